@@ -1,0 +1,340 @@
+//! Every setting of the sidecar: its flag, env var, default and doc.
+//!
+//! This struct is the one schema. The webhook turns `baton.dev/<flag>`
+//! annotations into `BATON_<FLAG>` env through it (the arguments under the
+//! [`ANNOTATION_HEADING`] help heading) and validates them by parsing them
+//! with it, so defaults and checks are never written twice.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Help heading that marks the settings a pod may set by annotation.
+pub const ANNOTATION_HEADING: &str = "Settable by pod annotation baton.dev/<flag>";
+
+/// Prefix of baton's own annotations and labels.
+pub const ANNOTATION_PREFIX: &str = "baton.dev/";
+
+#[derive(Parser, Debug, Clone, PartialEq)]
+#[command(
+    name = "baton-sidecar",
+    version,
+    about = "Probes the app beside it, competes for the group's Lease and labels its own Pod active or passive"
+)]
+pub struct Settings {
+    /// Name of this Pod (downward API: metadata.name); the Lease holder identity.
+    #[arg(long, env = "BATON_POD_NAME")]
+    pub pod_name: String,
+
+    /// Namespace of this Pod (downward API: metadata.namespace).
+    #[arg(long, env = "BATON_POD_NAMESPACE")]
+    pub pod_namespace: String,
+
+    /// Name of the group's Lease; also the value of the group label.
+    #[arg(long, env = "BATON_LEASE_NAME", help_heading = ANNOTATION_HEADING)]
+    pub lease_name: String,
+
+    /// How long a Lease stays valid without renewal, judged on the local monotonic clock.
+    #[arg(long, env = "BATON_LEASE_DURATION", default_value = "6s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub lease_duration: Duration,
+
+    /// A holder stops acting as holder this long after it sent its last successful renewal.
+    #[arg(long, env = "BATON_RENEW_DEADLINE", default_value = "4s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub renew_deadline: Duration,
+
+    /// How often a holder renews, and how long to wait before retrying a failed API call.
+    #[arg(long, env = "BATON_RETRY_PERIOD", default_value = "1s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub retry_period: Duration,
+
+    /// Upper bound of one API request; shortened further to the time a holder has left.
+    #[arg(long, env = "BATON_API_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+
+    /// How the app's health is checked.
+    #[arg(long, env = "BATON_PROBE_KIND", value_enum, default_value_t = ProbeKind::Http, help_heading = ANNOTATION_HEADING)]
+    pub probe_kind: ProbeKind,
+
+    /// Scheme of the HTTP probe (certificates are not verified, as kubelet does).
+    #[arg(long, env = "BATON_PROBE_SCHEME", value_enum, default_value_t = ProbeScheme::Http, help_heading = ANNOTATION_HEADING)]
+    pub probe_scheme: ProbeScheme,
+
+    /// Host the probe connects to: the app shares the Pod's network namespace.
+    #[arg(long, env = "BATON_PROBE_HOST", default_value = "127.0.0.1")]
+    pub probe_host: String,
+
+    /// Port of the app to probe.
+    #[arg(long, env = "BATON_PROBE_PORT", default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..), help_heading = ANNOTATION_HEADING)]
+    pub probe_port: u16,
+
+    /// Path of the HTTP probe; a 2xx or 3xx answer is healthy.
+    #[arg(long, env = "BATON_PROBE_PATH", default_value = "/healthz", value_parser = parse_path, help_heading = ANNOTATION_HEADING)]
+    pub probe_path: String,
+
+    /// Time between the starts of two probes.
+    #[arg(long, env = "BATON_PROBE_PERIOD", default_value = "500ms", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub probe_period: Duration,
+
+    /// A probe that has not answered after this long has failed (a hung app).
+    #[arg(long, env = "BATON_PROBE_TIMEOUT", default_value = "400ms", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub probe_timeout: Duration,
+
+    /// Consecutive failed probes that make a healthy app unhealthy.
+    #[arg(long, env = "BATON_FAILURE_THRESHOLD", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), help_heading = ANNOTATION_HEADING)]
+    pub failure_threshold: u32,
+
+    /// Consecutive good probes that make an unhealthy app healthy.
+    #[arg(long, env = "BATON_SUCCESS_THRESHOLD", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), help_heading = ANNOTATION_HEADING)]
+    pub success_threshold: u32,
+
+    /// Key of the role label the Service selects on.
+    #[arg(long, env = "BATON_ROLE_LABEL", default_value = "role", value_parser = parse_label_key, help_heading = ANNOTATION_HEADING)]
+    pub role_label: String,
+
+    /// Role label value of the one pod that serves.
+    #[arg(long, env = "BATON_ACTIVE_VALUE", default_value = "active", value_parser = parse_label_value, help_heading = ANNOTATION_HEADING)]
+    pub active_value: String,
+
+    /// Role label value of the standby pods.
+    #[arg(long, env = "BATON_PASSIVE_VALUE", default_value = "passive", value_parser = parse_label_value, help_heading = ANNOTATION_HEADING)]
+    pub passive_value: String,
+
+    /// Label whose value (the Lease name) marks the pods of one group.
+    #[arg(long, env = "BATON_GROUP_LABEL", default_value = "baton.dev/group", value_parser = parse_label_key)]
+    pub group_label: String,
+
+    /// Address of the status server (/healthz, /readyz, /status, /metrics).
+    #[arg(long, env = "BATON_STATUS_ADDR", default_value = "0.0.0.0:9095")]
+    pub status_addr: SocketAddr,
+
+    /// File the app may read: the role and leaseTransitions (a fencing token), replaced atomically.
+    #[arg(long, env = "BATON_ROLE_FILE")]
+    pub role_file: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// HTTP GET; healthy on 2xx or 3xx.
+    Http,
+    /// TCP connect; healthy when the connection opens.
+    Tcp,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeScheme {
+    Http,
+    Https,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings that parse one by one but make no sense together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error(
+        "--lease-duration ({lease:?}) must be longer than --renew-deadline ({renew:?}) by at least --api-timeout ({api:?}), so that one slow renewal cannot outlive the lease"
+    )]
+    LeaseNotLongerThanDeadline {
+        lease: Duration,
+        renew: Duration,
+        api: Duration,
+    },
+    #[error("--renew-deadline ({renew:?}) must be longer than --retry-period ({retry:?})")]
+    DeadlineNotLongerThanRetry { renew: Duration, retry: Duration },
+    #[error("--probe-timeout ({timeout:?}) must not be longer than --probe-period ({period:?})")]
+    ProbeTimeoutLongerThanPeriod { timeout: Duration, period: Duration },
+    #[error("--active-value and --passive-value must differ (both {0:?})")]
+    SameRoleValues(String),
+    #[error("{flag} must be more than zero")]
+    Zero { flag: &'static str },
+}
+
+impl Settings {
+    /// Checks the relations between settings (each was checked alone by clap).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        for (flag, d) in [
+            ("--lease-duration", self.lease_duration),
+            ("--renew-deadline", self.renew_deadline),
+            ("--retry-period", self.retry_period),
+            ("--api-timeout", self.api_timeout),
+            ("--probe-period", self.probe_period),
+            ("--probe-timeout", self.probe_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(SettingsError::Zero { flag });
+            }
+        }
+        if self.lease_duration < self.renew_deadline + self.api_timeout {
+            return Err(SettingsError::LeaseNotLongerThanDeadline {
+                lease: self.lease_duration,
+                renew: self.renew_deadline,
+                api: self.api_timeout,
+            });
+        }
+        if self.renew_deadline <= self.retry_period {
+            return Err(SettingsError::DeadlineNotLongerThanRetry {
+                renew: self.renew_deadline,
+                retry: self.retry_period,
+            });
+        }
+        if self.probe_timeout > self.probe_period {
+            return Err(SettingsError::ProbeTimeoutLongerThanPeriod {
+                timeout: self.probe_timeout,
+                period: self.probe_period,
+            });
+        }
+        if self.active_value == self.passive_value {
+            return Err(SettingsError::SameRoleValues(self.active_value.clone()));
+        }
+        Ok(())
+    }
+
+    /// The settings a pod may set by annotation: (flag, env var).
+    pub fn annotatable() -> Vec<(String, String)> {
+        use clap::CommandFactory;
+        Self::command()
+            .get_arguments()
+            .filter(|a| a.get_help_heading() == Some(ANNOTATION_HEADING))
+            .filter_map(|a| {
+                let env = a.get_env()?.to_str()?.to_owned();
+                Some((a.get_long()?.to_owned(), env))
+            })
+            .collect()
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.chars().any(char::is_whitespace) {
+        Ok(s.to_owned())
+    } else {
+        Err("must start with '/' and contain no spaces".to_owned())
+    }
+}
+
+/// A label value: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+fn parse_label_value(s: &str) -> Result<String, String> {
+    let ok_chars = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_ends = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !s.is_empty() && s.len() <= 63 && ok_chars && ok_ends {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1-63 of [A-Za-z0-9._-], starting and ending alphanumeric".to_owned())
+    }
+}
+
+/// A label key: an optional DNS-subdomain prefix and '/', then a name like a value.
+fn parse_label_key(s: &str) -> Result<String, String> {
+    let name = match s.split_once('/') {
+        Some((prefix, name)) => {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                });
+            if !ok {
+                return Err(format!("prefix {prefix:?} is not a DNS subdomain"));
+            }
+            name
+        }
+        None => s,
+    };
+    parse_label_value(name).map(|_| s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Settings, clap::Error> {
+        let mut args = vec![
+            "baton-sidecar",
+            "--pod-name=web-0",
+            "--pod-namespace=default",
+            "--lease-name=web",
+        ];
+        args.extend_from_slice(extra);
+        Settings::try_parse_from(args)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_ordered() {
+        let s = parse(&[]).expect("defaults parse");
+        assert_eq!(s.validate(), Ok(()));
+        assert!(s.lease_duration > s.renew_deadline && s.renew_deadline > s.retry_period);
+        assert_eq!(
+            (s.role_label.as_str(), s.active_value.as_str()),
+            ("role", "active")
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_flag_and_value() {
+        let err = parse(&["--lease-duration=soon"]).unwrap_err().to_string();
+        assert!(err.contains("--lease-duration"), "{err}");
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn zero_threshold_is_rejected() {
+        let err = parse(&["--failure-threshold=0"]).unwrap_err().to_string();
+        assert!(err.contains("--failure-threshold"), "{err}");
+    }
+
+    #[test]
+    fn lease_must_outlast_deadline_plus_one_request() {
+        let s = parse(&["--lease-duration=5s", "--renew-deadline=4s", "--api-timeout=2s"])
+            .expect("each parses");
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::LeaseNotLongerThanDeadline { .. })
+        ));
+    }
+
+    #[test]
+    fn deadline_must_outlast_retry() {
+        let s = parse(&["--renew-deadline=1s", "--retry-period=1s"]).expect("each parses");
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::DeadlineNotLongerThanRetry { .. })
+        ));
+    }
+
+    #[test]
+    fn label_syntax_is_checked() {
+        assert!(parse(&["--role-label=baton.dev/role"]).is_ok());
+        assert!(parse(&["--role-label=Bad_Prefix/role"]).is_err());
+        assert!(parse(&["--active-value=-leading"]).is_err());
+        assert!(parse(&["--active-value=x".repeat(2).as_str()]).is_ok());
+        let s = parse(&["--active-value=same", "--passive-value=same"]).expect("each parses");
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::SameRoleValues("same".into()))
+        );
+    }
+
+    #[test]
+    fn annotatable_settings_have_env_vars_and_exclude_identity() {
+        let names = Settings::annotatable();
+        assert!(names.contains(&("probe-path".into(), "BATON_PROBE_PATH".into())));
+        assert!(names.contains(&("lease-name".into(), "BATON_LEASE_NAME".into())));
+        assert!(!names.iter().any(|(flag, _)| flag == "pod-name"));
+    }
+}
