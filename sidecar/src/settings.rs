@@ -30,6 +30,10 @@ pub struct Settings {
     #[arg(long, env = "BATON_POD_NAMESPACE")]
     pub pod_namespace: String,
 
+    /// IP of this Pod (downward API: status.podIP), reported in /status.
+    #[arg(long, env = "BATON_POD_IP")]
+    pub pod_ip: Option<String>,
+
     /// Name of the group's Lease; also the value of the group label.
     #[arg(long, env = "BATON_LEASE_NAME", help_heading = ANNOTATION_HEADING)]
     pub lease_name: String,
