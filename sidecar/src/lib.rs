@@ -1,6 +1,129 @@
 //! baton's sidecar: probes the app beside it, competes for the group's Lease
 //! and labels its own Pod active or passive.
 
+pub mod backoff;
+pub mod candidate;
+pub mod election;
+pub mod events;
+pub mod labels;
+pub mod metrics;
+pub mod probe;
+pub mod rolefile;
 pub mod settings;
+pub mod status;
+pub mod telemetry;
+
+use std::future::Future;
+
+use futures::StreamExt;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
 
 pub use settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid settings: {0}")]
+    Settings(#[from] settings::SettingsError),
+    #[error("building the HTTP probe client: {0}")]
+    Probe(#[from] reqwest::Error),
+    #[error("serving status on {addr}: {source}")]
+    Status {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the sidecar until `shutdown` resolves, then hands over and returns.
+pub async fn run(
+    settings: Settings,
+    client: Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    settings.validate()?;
+    let span = info_span!("sidecar", pod = %settings.pod_name, namespace = %settings.pod_namespace, lease = %settings.lease_name);
+    let stop = CancellationToken::new();
+    let metrics = metrics::Metrics::new();
+    let (status_tx, status_rx) = watch::channel(status::Status::default());
+
+    let listener = tokio::net::TcpListener::bind(settings.status_addr)
+        .await
+        .map_err(|source| Error::Status {
+            addr: settings.status_addr,
+            source,
+        })?;
+    let router = status::router(status_rx, metrics.clone());
+    let server_stop = stop.clone();
+    let server = tokio::spawn(
+        async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { server_stop.cancelled().await })
+                .await;
+        }
+        .instrument(span.clone()),
+    );
+
+    let (health_tx, health_rx) = watch::channel(probe::Health::default());
+    let prober = probe::Prober::new(&settings)?;
+    let probe_task = tokio::spawn(
+        probe::run(
+            prober,
+            settings.clone(),
+            health_tx,
+            metrics.clone(),
+            stop.clone(),
+        )
+        .instrument(span.clone()),
+    );
+
+    let ns = &settings.pod_namespace;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lease_events = watcher(
+        leases.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.lease_name)),
+    )
+    .default_backoff()
+    .boxed();
+    let pod_events = watcher(
+        pods.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.pod_name)),
+    )
+    .default_backoff()
+    .boxed();
+
+    let labeller = labels::Labeller::new(
+        pods,
+        labels::RoleLabels {
+            key: settings.role_label.clone(),
+            active: settings.active_value.clone(),
+            passive: settings.passive_value.clone(),
+            group_key: settings.group_label.clone(),
+            group: settings.lease_name.clone(),
+        },
+    );
+    let candidate = candidate::Candidate::new(
+        settings.clone(),
+        election::LeaseClient::new(leases, settings.lease_name.clone()),
+        labeller,
+        events::Events::new(client, &settings.pod_name),
+        metrics,
+        health_rx,
+        status_tx,
+    );
+    info!(parent: &span, status_addr = %settings.status_addr, "sidecar started");
+    candidate
+        .run(lease_events, pod_events, shutdown)
+        .instrument(span)
+        .await;
+    stop.cancel();
+    let _ = tokio::join!(server, probe_task);
+    Ok(())
+}

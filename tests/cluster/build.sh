@@ -10,10 +10,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 cache_root=${BATON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/baton}
 bin="$cache_root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"
-wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages.yaml)
 
 missing=()
-for b in "${wanted[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
+for b in "${wanted[@]}"; do [ -e "$bin/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
 
 command -v go >/dev/null || { echo "build.sh: Go is required to build Kubernetes ($K8S_VERSION)" >&2; exit 1; }
@@ -46,7 +46,7 @@ done
 for b in "${missing[@]}"; do
   case "$b" in
     etcd) pkg=go.etcd.io/etcd/server/v3 ;;
-    kwok) continue ;;
+    kwok | kwok-stages.yaml) continue ;;
     *) pkg=k8s.io/kubernetes/cmd/$b ;;
   esac
   log "building $b from $pkg"
@@ -58,6 +58,16 @@ if [[ " ${missing[*]} " == *" kwok "* ]]; then
   log "building kwok $KWOK_VERSION"
   GOBIN="$work/gobin" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   mv "$work/gobin/kwok" "$bin/kwok"
+fi
+if [[ " ${missing[*]} " == *" kwok-stages.yaml "* ]]; then
+  # KWOK needs stages (what happens to nodes and pods); use its own "fast"
+  # set from the module just built: nodes Ready at once, pods Running and
+  # Ready with an IP, deleted pods gone at once.
+  stages="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  [ -d "$stages" ] || go mod download "sigs.k8s.io/kwok@$KWOK_VERSION"
+  for f in node/fast/node-initialize.yaml pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    cat "$stages/$f"; echo "---"
+  done >"$bin/kwok-stages.yaml"
 fi
 log "built ${missing[*]} in $(( $(date +%s) - start ))s"
 echo "$bin"

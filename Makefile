@@ -1,0 +1,35 @@
+# The verbs of baton. `make test` is what CI runs.
+CARGO ?= cargo
+BIN_DIR := $(CURDIR)/target/debug
+CLUSTER := tests/cluster
+export BATON_BIN_DIR := $(BIN_DIR)
+export KUBECONFIG := $(CURDIR)/target/cluster/kubeconfig
+
+.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down lint fmt
+
+build:
+	$(CARGO) build --workspace --bins --locked
+
+## Unit tests, then end-to-end tests on a fresh local control plane.
+test: unit e2e
+
+unit:
+	$(CARGO) test --workspace --lib --bins --locked
+
+e2e: build cluster-binaries
+	$(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked -- --test-threads=$${E2E_THREADS:-3}
+
+## Build (once per version, cached in ~/.cache/baton) the upstream components.
+cluster-binaries:
+	$(CLUSTER)/build.sh >/dev/null
+
+cluster-up: build cluster-binaries
+	$(CLUSTER)/up.sh
+	@echo "export KUBECONFIG=$(KUBECONFIG)"
+
+cluster-down:
+	$(CLUSTER)/down.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,89 @@
+//! Retrying the API server: back-off with jitter, and logs that say when
+//! its state changes rather than on every failed call.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+/// How long to wait after `failures` consecutive failures: doubling from
+/// `base` up to `cap`, with ±20% jitter so that pods do not retry in step.
+pub fn delay(base: Duration, cap: Duration, failures: u32, jitter: f64) -> Duration {
+    let exp = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    let raw = base.saturating_mul(exp).min(cap);
+    raw.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+}
+
+/// Tracks whether the API server answers, logging only the transitions.
+#[derive(Debug, Default)]
+pub struct ApiState {
+    failing_since_errors: Option<u32>,
+}
+
+impl ApiState {
+    pub fn reachable(&self) -> bool {
+        self.failing_since_errors.is_none()
+    }
+
+    /// Records a failure; returns the number of consecutive failures.
+    pub fn failed(&mut self, operation: &str, error: &dyn std::error::Error) -> u32 {
+        let n = self.failing_since_errors.map_or(1, |n| n + 1);
+        if n == 1 {
+            warn!(operation, error = %ErrorChain(error), "Kubernetes API call failed; retrying with back-off (logged again when it recovers)");
+        }
+        self.failing_since_errors = Some(n);
+        n
+    }
+
+    pub fn succeeded(&mut self) {
+        if let Some(n) = self.failing_since_errors.take() {
+            info!(failed_calls = n, "Kubernetes API reachable again");
+        }
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failing_since_errors.unwrap_or(0)
+    }
+}
+
+/// Displays an error with its sources: `a: b: c`.
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_doubles_up_to_the_cap_with_bounded_jitter() {
+        let (base, cap) = (Duration::from_secs(1), Duration::from_secs(4));
+        assert_eq!(delay(base, cap, 1, 0.5), Duration::from_secs(1));
+        assert_eq!(delay(base, cap, 2, 0.5), Duration::from_secs(2));
+        assert_eq!(delay(base, cap, 3, 0.5), Duration::from_secs(4));
+        assert_eq!(delay(base, cap, 30, 0.5), Duration::from_secs(4));
+        assert_eq!(delay(base, cap, 1, 0.0), Duration::from_millis(800));
+        assert_eq!(delay(base, cap, 1, 1.0), Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn failures_are_counted_until_a_success() {
+        let mut s = ApiState::default();
+        let e = std::io::Error::other("refused");
+        assert_eq!(s.failed("renew", &e), 1);
+        assert_eq!(s.failed("renew", &e), 2);
+        assert!(!s.reachable());
+        s.succeeded();
+        assert!(s.reachable());
+        assert_eq!(s.failures(), 0);
+    }
+}

@@ -1,0 +1,666 @@
+//! The one loop of the sidecar. It reacts to the app's health, the Lease
+//! (watched), its own Pod (watched) and shutdown; each turn it takes at most
+//! one action, decided by the pure functions of `election`, then looks again.
+//! There is no fixed sleep between decisions: it waits for an input or for
+//! the next instant at which a decision changes (renewal due, lease expiry,
+//! leadership deadline, back-off over).
+
+use std::{
+    pin::pin,
+    time::{Duration, Instant},
+};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::{api::coordination::v1::Lease, api::core::v1::Pod, jiff::Timestamp};
+use kube::runtime::watcher;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::{
+    backoff::{self, ApiState},
+    election::{self, LeaseClient, LeaseView, Observed, Situation, Step, WriteError},
+    events::Events,
+    labels::{LabelError, Labeller},
+    metrics::Metrics,
+    probe::Health,
+    rolefile::{self, RoleRecord},
+    settings::Settings,
+    status::{Role, Status},
+};
+
+/// Everything the loop knows and the handles it acts through.
+pub struct Candidate {
+    pub settings: Settings,
+    pub leases: LeaseClient,
+    pub labeller: Labeller,
+    pub events: Events,
+    pub metrics: Metrics,
+    pub health: watch::Receiver<Health>,
+    pub status: watch::Sender<Status>,
+    lease: LeaseView,
+    /// The Lease object as last read or written: the base of the next replace.
+    lease_object: Option<Lease>,
+    last_renew_sent: Option<Instant>,
+    /// Our Pod as last seen; None before the first list or once deleted.
+    pod: Option<Pod>,
+    pod_deleted: bool,
+    terminating: bool,
+    shutting_down: bool,
+    handover_started: Option<Instant>,
+    api: ApiState,
+    retry_at: Option<Instant>,
+    role: Option<Role>,
+    was_healthy: bool,
+    /// Lease events seen since the watch (re)listed.
+    lease_listed: bool,
+}
+
+/// Why an action failed, for back-off and logs.
+#[derive(Debug, thiserror::Error)]
+enum ActionError {
+    #[error(transparent)]
+    Lease(#[from] WriteError),
+    #[error(transparent)]
+    Label(#[from] LabelError),
+}
+
+impl Candidate {
+    pub fn new(
+        settings: Settings,
+        leases: LeaseClient,
+        labeller: Labeller,
+        events: Events,
+        metrics: Metrics,
+        health: watch::Receiver<Health>,
+        status: watch::Sender<Status>,
+    ) -> Self {
+        Candidate {
+            settings,
+            leases,
+            labeller,
+            events,
+            metrics,
+            health,
+            status,
+            lease: LeaseView::Unknown,
+            lease_object: None,
+            last_renew_sent: None,
+            pod: None,
+            pod_deleted: false,
+            terminating: false,
+            shutting_down: false,
+            handover_started: None,
+            api: ApiState::default(),
+            retry_at: None,
+            role: None,
+            was_healthy: false,
+            lease_listed: false,
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.settings.pod_name
+    }
+
+    /// Until when we may act as holder (rule 5).
+    fn leading_until(&self) -> Option<Instant> {
+        election::leading_until(
+            &self.lease,
+            &self.settings.pod_name,
+            self.last_renew_sent,
+            self.settings.renew_deadline,
+        )
+    }
+
+    fn leading(&self, now: Instant) -> bool {
+        self.leading_until().is_some_and(|until| now < until)
+    }
+
+    fn eligible(&self) -> bool {
+        self.health.borrow().healthy && !self.terminating
+    }
+
+    fn label_role(&self) -> Option<Role> {
+        self.pod
+            .as_ref()
+            .and_then(|p| self.labeller.labels().role_of(p))
+    }
+
+    /// Time left for an API call: the configured timeout, shortened to the
+    /// time we have left as holder.
+    fn call_timeout(&self, now: Instant) -> Duration {
+        let t = self.settings.api_timeout;
+        match self.leading_until() {
+            Some(until) if until > now => t.min(until - now),
+            _ => t,
+        }
+    }
+
+    /// Runs until `shutdown` resolves and the handover is done.
+    pub async fn run(
+        mut self,
+        lease_events: impl Stream<Item = Result<watcher::Event<Lease>, watcher::Error>>,
+        pod_events: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut lease_events = pin!(lease_events);
+        let mut pod_events = pin!(pod_events);
+        let mut shutdown = pin!(shutdown);
+        let mut health = self.health.clone();
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            self.note_health();
+            let acted = self.act(now).await;
+            self.publish_status();
+            if self.shutting_down && self.handover_done() {
+                if let Some(started) = self.handover_started {
+                    self.metrics.observe_handover(started.elapsed());
+                }
+                info!("handover done; exiting");
+                return;
+            }
+            if shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
+                warn!("API server did not answer in time; exiting without a clean handover");
+                return;
+            }
+            if acted {
+                continue;
+            }
+            let wake = [self.next_wake(now), shutdown_deadline]
+                .into_iter()
+                .flatten()
+                .min();
+            tokio::select! {
+                _ = &mut shutdown, if !self.shutting_down => {
+                    info!("shutdown requested; handing over");
+                    self.shutting_down = true;
+                    self.start_giving_up();
+                    shutdown_deadline = Some(Instant::now() + self.settings.api_timeout * 3);
+                }
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        warn!("probe stopped");
+                        self.terminating = true;
+                    }
+                }
+                Some(event) = lease_events.next() => self.on_lease_event(event),
+                Some(event) = pod_events.next() => self.on_pod_event(event),
+                _ = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Done handing over: not the holder (as last seen), not labelled active.
+    fn handover_done(&self) -> bool {
+        let holds =
+            matches!(&self.lease, LeaseView::Present(o) if o.holder.as_deref() == Some(self.me()));
+        let labelled_active = !self.pod_deleted && self.label_role() == Some(Role::Active);
+        !holds && !labelled_active
+    }
+
+    /// Shutdown or pod deletion: no longer eligible, hand over (rule 6).
+    fn start_giving_up(&mut self) {
+        self.terminating = true;
+        self.stop_leading();
+    }
+
+    /// Rule 4: stop acting as holder at once; the passive label and the
+    /// release follow in the next turns.
+    fn stop_leading(&mut self) {
+        if self.handover_started.is_none() && self.leading(Instant::now()) {
+            self.handover_started = Some(Instant::now());
+        }
+        self.last_renew_sent = None;
+        self.retry_at = None;
+    }
+
+    fn note_health(&mut self) {
+        let healthy = self.health.borrow().healthy;
+        self.metrics.set_app_healthy(healthy);
+        if self.was_healthy && !healthy && self.leading(Instant::now()) {
+            let why = self
+                .health
+                .borrow()
+                .last_failure
+                .clone()
+                .unwrap_or_default();
+            if let Some(pod) = &self.pod {
+                self.events.publish(
+                    pod,
+                    true,
+                    "AppUnhealthy",
+                    format!(
+                        "app failed its probe ({why}); handing over the lease {}",
+                        self.leases.name()
+                    ),
+                );
+            }
+            self.stop_leading();
+        }
+        self.was_healthy = healthy;
+    }
+
+    /// The next instant at which a decision may change without any input.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let step = self.step(now);
+        let step_wake = match step {
+            Step::WaitUntil(t) => t,
+            _ => Some(now),
+        };
+        [step_wake, self.leading_until(), self.retry_at]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    fn step(&self, now: Instant) -> Step {
+        election::next_step(&Situation {
+            me: self.me(),
+            eligible: self.eligible(),
+            lease: &self.lease,
+            last_renew_sent: self.last_renew_sent,
+            retry_period: self.settings.retry_period,
+            now,
+        })
+    }
+
+    /// Takes at most one action; returns whether it did anything.
+    async fn act(&mut self, now: Instant) -> bool {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        let leading = self.leading(now);
+        let label = self.label_role();
+        let have_pod = self.pod.is_some();
+
+        // Rules 4 and 7: whoever is not holder is labelled passive, first.
+        if !leading && have_pod && label != Some(Role::Passive) {
+            let result = self.set_own_role(Role::Passive, now).await;
+            return self.settle("label passive", result.map(|_| ()));
+        }
+
+        let step = self.step(now);
+        match step {
+            Step::WaitUntil(_) => {}
+            Step::Release if label == Some(Role::Active) && !self.pod_deleted => {
+                // Not yet labelled passive (no pod seen): wait for the pod.
+                return false;
+            }
+            _ => {
+                let result = self.lease_step(step, now).await;
+                return self.settle(step_name(step), result);
+            }
+        }
+
+        // Rule 3: a holder demotes the others, then promotes itself.
+        if leading && have_pod && label != Some(Role::Active) {
+            let result = self.promote(now).await;
+            return self.settle("promote", result);
+        }
+        false
+    }
+
+    /// Records an action's outcome: back-off on failure, re-read on conflict.
+    fn settle(&mut self, operation: &'static str, result: Result<(), ActionError>) -> bool {
+        match result {
+            Ok(()) => {
+                self.api.succeeded();
+                self.retry_at = None;
+            }
+            Err(ActionError::Lease(e)) if e.needs_read() => {
+                debug!(operation, error = %e, "re-reading the lease");
+                self.lease = LeaseView::Unknown;
+            }
+            Err(ActionError::Label(e @ LabelError::Conflict { .. })) => {
+                debug!(operation, error = %e, "pod changed; deciding again");
+            }
+            Err(e) => {
+                self.metrics.api_error(operation);
+                let failures = self.api.failed(operation, &e);
+                let cap = if self.leading(Instant::now()) {
+                    self.settings.retry_period
+                } else {
+                    self.settings.retry_period * 4
+                };
+                let wait = backoff::delay(
+                    self.settings.retry_period / 2,
+                    cap,
+                    failures,
+                    fastrand::f64(),
+                );
+                self.retry_at = Some(Instant::now() + wait);
+            }
+        }
+        true
+    }
+
+    async fn lease_step(&mut self, step: Step, now: Instant) -> Result<(), ActionError> {
+        let timeout = self.call_timeout(now);
+        if step == Step::Read {
+            let lease = self.leases.read(timeout).await?;
+            self.observe_lease(lease.as_ref(), Instant::now());
+            return Ok(());
+        }
+        let current = match step {
+            Step::Create => None,
+            _ => self.lease_object.as_ref(),
+        };
+        let desired = election::desired_lease(
+            current,
+            step,
+            self.me(),
+            self.settings.lease_duration,
+            Timestamp::now(),
+        );
+        let sent = Instant::now();
+        let written = self.leases.write(current, desired, timeout).await?;
+        let before = self.holder().map(str::to_owned);
+        self.observe_lease(Some(&written), Instant::now());
+        match step {
+            Step::Release => {
+                self.last_renew_sent = None;
+                info!(lease = %self.leases.name(), "released the lease");
+                if let (Some(pod), true) = (&self.pod, self.shutting_down || self.terminating) {
+                    let why = if self.shutting_down {
+                        "shutting down"
+                    } else {
+                        "app unhealthy or pod terminating"
+                    };
+                    self.events.publish(
+                        pod,
+                        false,
+                        "HandedOver",
+                        format!("released lease {} ({why})", self.leases.name()),
+                    );
+                }
+                if let Some(started) = self.handover_started.take().filter(|_| !self.shutting_down)
+                {
+                    self.metrics.observe_handover(started.elapsed());
+                }
+            }
+            _ => {
+                self.last_renew_sent = Some(sent);
+                if before.as_deref() != Some(self.me()) {
+                    info!(lease = %self.leases.name(), transitions = self.transitions(), "acquired the lease");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Demotes every other active pod of the group, then labels itself
+    /// active, if it is still holder right before the write.
+    async fn promote(&mut self, now: Instant) -> Result<(), ActionError> {
+        let demoted = self
+            .labeller
+            .demote_others(self.me(), self.call_timeout(now))
+            .await?;
+        for other in &demoted {
+            info!(pod = %other, "demoted a stale active pod");
+        }
+        let now = Instant::now();
+        if !self.leading(now) {
+            return Ok(());
+        }
+        self.set_own_role(Role::Active, now).await
+    }
+
+    /// Sets our own role label. Promotion carries our pod's resourceVersion
+    /// and is checked against the leadership deadline right before sending.
+    async fn set_own_role(&mut self, role: Role, now: Instant) -> Result<(), ActionError> {
+        let rv = match role {
+            Role::Active => self
+                .pod
+                .as_ref()
+                .and_then(|p| p.metadata.resource_version.clone()),
+            Role::Passive => None,
+        };
+        if role == Role::Active && !self.leading(Instant::now()) {
+            return Ok(());
+        }
+        let timeout = self.call_timeout(now);
+        let patched = self
+            .labeller
+            .set(self.me(), role, rv.as_deref(), timeout)
+            .await?;
+        match patched {
+            Some(pod) => self.observe_pod(pod),
+            None => self.pod_deleted = true,
+        }
+        self.on_role(role).await;
+        Ok(())
+    }
+
+    async fn on_role(&mut self, role: Role) {
+        let was = self.role;
+        let changed = was != Some(role);
+        self.role = Some(role);
+        self.metrics.set_role(role == Role::Active, changed);
+        if !changed {
+            return;
+        }
+        let lease = self.leases.name().to_owned();
+        let transitions = self.transitions();
+        match role {
+            Role::Active => info!(%lease, transitions, "labelled active"),
+            Role::Passive => {
+                info!(%lease, holder = self.holder().unwrap_or(""), "labelled passive")
+            }
+        }
+        if let Some(pod) = &self.pod {
+            let (reason, note) = match role {
+                Role::Active => (
+                    "Promoted",
+                    format!(
+                        "holds lease {lease} (transition {transitions}); labelled {}={}",
+                        self.settings.role_label, self.settings.active_value
+                    ),
+                ),
+                Role::Passive => (
+                    "Demoted",
+                    format!(
+                        "lease {lease} held by {}; labelled {}={}",
+                        self.holder().unwrap_or("nobody"),
+                        self.settings.role_label,
+                        self.settings.passive_value
+                    ),
+                ),
+            };
+            // The first passive label of a new pod is no news.
+            if role == Role::Active || was == Some(Role::Active) {
+                self.events.publish(pod, false, reason, note);
+            }
+        }
+        self.write_role_file(role).await;
+    }
+
+    async fn write_role_file(&self, role: Role) {
+        let Some(path) = &self.settings.role_file else {
+            return;
+        };
+        let record = RoleRecord {
+            role,
+            holder: self.holder(),
+            lease_transitions: self.transitions(),
+        };
+        if let Err(err) = rolefile::write(path, &record).await {
+            warn!(path = %path.display(), error = %err, "cannot write the role file");
+        }
+    }
+
+    fn holder(&self) -> Option<&str> {
+        match &self.lease {
+            LeaseView::Present(o) => o.holder.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn transitions(&self) -> i32 {
+        match &self.lease {
+            LeaseView::Present(o) => o.transitions,
+            _ => 0,
+        }
+    }
+
+    fn observe_lease(&mut self, lease: Option<&Lease>, now: Instant) {
+        match lease {
+            None => {
+                self.lease = LeaseView::Absent;
+                self.lease_object = None;
+            }
+            Some(l) => {
+                let previous = match &self.lease {
+                    LeaseView::Present(o) => Some(o),
+                    _ => None,
+                };
+                let observed = Observed::from_lease(l, previous, self.settings.lease_duration, now);
+                self.metrics.set_lease_transitions(observed.transitions);
+                self.lease = LeaseView::Present(observed);
+                self.lease_object = Some(l.clone());
+            }
+        }
+    }
+
+    fn on_lease_event(&mut self, event: Result<watcher::Event<Lease>, watcher::Error>) {
+        let now = Instant::now();
+        match event {
+            Ok(watcher::Event::Init) => self.lease_listed = false,
+            Ok(watcher::Event::InitApply(l) | watcher::Event::Apply(l)) => {
+                self.lease_listed = true;
+                if is_newer(
+                    &l.metadata.resource_version,
+                    self.lease_object
+                        .as_ref()
+                        .and_then(|o| o.metadata.resource_version.as_ref()),
+                ) {
+                    self.observe_lease(Some(&l), now);
+                }
+                self.api.succeeded();
+            }
+            Ok(watcher::Event::Delete(_)) => self.observe_lease(None, now),
+            Ok(watcher::Event::InitDone) => {
+                if !self.lease_listed {
+                    self.observe_lease(None, now);
+                }
+                self.api.succeeded();
+            }
+            Err(err) => {
+                self.metrics.api_error("watch lease");
+                self.api.failed("watch lease", &err);
+            }
+        }
+    }
+
+    fn on_pod_event(&mut self, event: Result<watcher::Event<Pod>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) => {
+                if is_newer(
+                    &p.metadata.resource_version,
+                    self.pod
+                        .as_ref()
+                        .and_then(|o| o.metadata.resource_version.as_ref()),
+                ) {
+                    self.observe_pod(p);
+                }
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                self.pod_deleted = true;
+                self.pod = None;
+                if !self.terminating {
+                    info!("pod deleted; handing over");
+                    self.start_giving_up();
+                }
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Err(err) => {
+                self.metrics.api_error("watch pod");
+                self.api.failed("watch pod", &err);
+            }
+        }
+    }
+
+    fn observe_pod(&mut self, pod: Pod) {
+        if pod.metadata.deletion_timestamp.is_some() && !self.terminating {
+            info!("pod terminating; handing over");
+            self.start_giving_up();
+        }
+        self.pod = Some(pod);
+    }
+
+    fn publish_status(&self) {
+        let health = self.health.borrow().clone();
+        let next = Status {
+            pod: self.settings.pod_name.clone(),
+            namespace: self.settings.pod_namespace.clone(),
+            pod_ip: self.settings.pod_ip.clone(),
+            lease: self.leases.name().to_owned(),
+            role: self.role,
+            holder: self.holder().map(str::to_owned),
+            app_healthy: health.healthy,
+            app_last_failure: health.last_failure,
+            lease_transitions: self.transitions(),
+            api_reachable: self.api.reachable(),
+            last_change: self.status.borrow().last_change.clone(),
+            terminating: self.terminating,
+        };
+        self.status.send_if_modified(|s| {
+            let mut next = next;
+            if s.role != next.role {
+                next.last_change = Some(Timestamp::now().to_string());
+            }
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Read => "read lease",
+        Step::Create => "create lease",
+        Step::Acquire => "acquire lease",
+        Step::Renew => "renew lease",
+        Step::Release => "release lease",
+        Step::WaitUntil(_) => "wait",
+    }
+}
+
+/// Whether a watched object is newer than the one we hold. Our own writes
+/// may overtake the watch; resourceVersions are opaque by contract but
+/// etcd's are integers, so compare them when both parse.
+fn is_newer(incoming: &Option<String>, held: Option<&String>) -> bool {
+    match (
+        incoming.as_deref().map(str::parse::<u64>),
+        held.map(|h| h.parse::<u64>()),
+    ) {
+        (Some(Ok(a)), Some(Ok(b))) => a >= b,
+        _ => true,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_events_older_than_our_own_write_are_ignored() {
+        assert!(is_newer(&Some("10".into()), Some(&"9".to_string())));
+        assert!(is_newer(&Some("10".into()), Some(&"10".to_string())));
+        assert!(!is_newer(&Some("9".into()), Some(&"10".to_string())));
+        assert!(
+            is_newer(&Some("abc".into()), Some(&"10".to_string())),
+            "opaque: accept"
+        );
+        assert!(is_newer(&Some("1".into()), None));
+    }
+}

@@ -1,0 +1,477 @@
+//! The Lease: what a candidate should do next (pure), and the writes that
+//! do it (thin). See the election rules in `shared/design.md`.
+//!
+//! - Every write carries the `resourceVersion` that was read; a 409 means
+//!   someone else wrote first, and the answer is to re-read.
+//! - Expiry is judged by the local monotonic clock: a Lease is expired when
+//!   its current `resourceVersion` has been seen unchanged for its duration.
+//!   `renewTime` is written for people, never compared with our clock.
+//! - Leadership is a deadline: the time the last successful renewal was
+//!   sent plus the renew deadline.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+
+/// What a candidate knows of the Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// `holderIdentity`; None when released.
+    pub holder: Option<String>,
+    pub resource_version: String,
+    /// The holder's own claim (`leaseDurationSeconds`).
+    pub duration: Duration,
+    pub transitions: i32,
+    /// Local monotonic time when this `resource_version` was first seen.
+    pub seen_at: Instant,
+}
+
+impl Observed {
+    /// Reads a Lease as seen at `now`, keeping `seen_at` when the
+    /// `resourceVersion` is the one already known (a re-list, not a write).
+    pub fn from_lease(
+        lease: &Lease,
+        previous: Option<&Observed>,
+        default_duration: Duration,
+        now: Instant,
+    ) -> Observed {
+        let spec = lease.spec.as_ref();
+        let resource_version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let seen_at = match previous {
+            Some(p) if p.resource_version == resource_version => p.seen_at,
+            _ => now,
+        };
+        Observed {
+            holder: spec
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty()),
+            resource_version,
+            duration: spec
+                .and_then(|s| s.lease_duration_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .filter(|s| *s > 0)
+                .map_or(default_duration, Duration::from_secs),
+            transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
+            seen_at,
+        }
+    }
+
+    pub fn expires_at(&self) -> Instant {
+        self.seen_at + self.duration
+    }
+}
+
+/// What is known of the Lease right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseView {
+    /// Not read yet (starting, or re-reading after a failed write).
+    Unknown,
+    /// Read, and it does not exist.
+    Absent,
+    Present(Observed),
+}
+
+/// The next thing to do about the Lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Read it (nothing known, or a write may have committed).
+    Read,
+    /// Create it with us as holder.
+    Create,
+    /// Take it over (released, or expired by local observation).
+    Acquire,
+    /// Renew our holding.
+    Renew,
+    /// Give it up: clear `holderIdentity`.
+    Release,
+    /// Nothing to do until the given time (or an input changes).
+    WaitUntil(Option<Instant>),
+}
+
+/// The inputs of [`next_step`].
+#[derive(Debug, Clone)]
+pub struct Situation<'a> {
+    pub me: &'a str,
+    /// App healthy and pod not terminating.
+    pub eligible: bool,
+    pub lease: &'a LeaseView,
+    /// When our last successful write was sent, if we hold the Lease.
+    pub last_renew_sent: Option<Instant>,
+    pub retry_period: Duration,
+    pub now: Instant,
+}
+
+/// What a candidate should do next, given what it has observed.
+pub fn next_step(s: &Situation<'_>) -> Step {
+    let observed = match s.lease {
+        LeaseView::Unknown => return Step::Read,
+        LeaseView::Absent if s.eligible => return Step::Create,
+        LeaseView::Absent => return Step::WaitUntil(None),
+        LeaseView::Present(o) => o,
+    };
+    match observed.holder.as_deref() {
+        Some(h) if h == s.me => {
+            if !s.eligible {
+                return Step::Release;
+            }
+            // A holder with no renewal of its own (a restarted sidecar of
+            // the same pod) renews at once.
+            match s.last_renew_sent {
+                Some(sent) if s.now < sent + s.retry_period => {
+                    Step::WaitUntil(Some(sent + s.retry_period))
+                }
+                _ => Step::Renew,
+            }
+        }
+        _ if !s.eligible => Step::WaitUntil(None),
+        None => Step::Acquire,
+        Some(_) if s.now >= observed.expires_at() => Step::Acquire,
+        Some(_) => Step::WaitUntil(Some(observed.expires_at())),
+    }
+}
+
+/// Until when we may act as holder: the deadline of our last successful
+/// renewal, if the Lease as last seen names us.
+pub fn leading_until(
+    lease: &LeaseView,
+    me: &str,
+    last_renew_sent: Option<Instant>,
+    renew_deadline: Duration,
+) -> Option<Instant> {
+    match lease {
+        LeaseView::Present(o) if o.holder.as_deref() == Some(me) => {
+            last_renew_sent.map(|sent| sent + renew_deadline)
+        }
+        _ => None,
+    }
+}
+
+/// The Lease after `step`, written as `me` at wall time `wall` (for people).
+pub fn desired_lease(
+    current: Option<&Lease>,
+    step: Step,
+    me: &str,
+    duration: Duration,
+    wall: Timestamp,
+) -> Lease {
+    let mut lease = current.cloned().unwrap_or_default();
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let now = Some(MicroTime(wall));
+    match step {
+        Step::Create | Step::Acquire => {
+            let previous = spec.holder_identity.clone().filter(|h| !h.is_empty());
+            if step == Step::Acquire && previous.as_deref() != Some(me) {
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            } else if step == Step::Create {
+                spec.lease_transitions = Some(0);
+            }
+            spec.holder_identity = Some(me.to_owned());
+            spec.acquire_time = now.clone();
+            spec.renew_time = now;
+        }
+        Step::Renew => {
+            spec.holder_identity = Some(me.to_owned());
+            spec.renew_time = now;
+        }
+        Step::Release => {
+            spec.holder_identity = None;
+            spec.acquire_time = None;
+            spec.renew_time = now;
+        }
+        Step::Read | Step::WaitUntil(_) => {}
+    }
+    spec.lease_duration_seconds =
+        Some(i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX));
+    lease
+}
+
+/// A write to the Lease that did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Someone else wrote first (409): re-read, never retry blindly.
+    #[error("lease {lease} changed since it was read")]
+    Conflict { lease: String },
+    /// No answer in time: the write may have committed, so re-read.
+    #[error("writing lease {lease} timed out after {after:?}")]
+    Timeout { lease: String, after: Duration },
+    #[error("writing lease {lease}: {source}")]
+    Api {
+        lease: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl WriteError {
+    /// Whether the Lease must be re-read before the next decision.
+    pub fn needs_read(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Conflict { .. } | WriteError::Timeout { .. }
+        )
+    }
+}
+
+/// Reads and writes the group's Lease, each call bounded by a timeout.
+#[derive(Clone)]
+pub struct LeaseClient {
+    api: Api<Lease>,
+    name: String,
+}
+
+impl LeaseClient {
+    pub fn new(api: Api<Lease>, name: impl Into<String>) -> Self {
+        Self {
+            api,
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn read(&self, timeout: Duration) -> Result<Option<Lease>, WriteError> {
+        match tokio::time::timeout(timeout, self.api.get_opt(&self.name)).await {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(source)) => Err(WriteError::Api {
+                lease: self.name.clone(),
+                source,
+            }),
+            Err(_) => Err(WriteError::Timeout {
+                lease: self.name.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Creates (when `current` is None) or replaces the Lease; a replace
+    /// carries `current`'s resourceVersion, so it fails if anyone wrote since.
+    pub async fn write(
+        &self,
+        current: Option<&Lease>,
+        desired: Lease,
+        timeout: Duration,
+    ) -> Result<Lease, WriteError> {
+        let pp = PostParams::default();
+        let mut desired = desired;
+        desired.metadata = ObjectMeta {
+            name: Some(self.name.clone()),
+            resource_version: current.and_then(|c| c.metadata.resource_version.clone()),
+            ..current.map(|c| c.metadata.clone()).unwrap_or_default()
+        };
+        let call = async {
+            match current {
+                None => self.api.create(&pp, &desired).await,
+                Some(_) => self.api.replace(&self.name, &pp, &desired).await,
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(kube::Error::Api(status))) if status.code == 409 => Err(WriteError::Conflict {
+                lease: self.name.clone(),
+            }),
+            Ok(Err(source)) => Err(WriteError::Api {
+                lease: self.name.clone(),
+                source,
+            }),
+            Err(_) => Err(WriteError::Timeout {
+                lease: self.name.clone(),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY: Duration = Duration::from_secs(1);
+    const DURATION: Duration = Duration::from_secs(6);
+
+    fn observed(holder: Option<&str>, seen_at: Instant) -> LeaseView {
+        LeaseView::Present(Observed {
+            holder: holder.map(Into::into),
+            resource_version: "7".into(),
+            duration: DURATION,
+            transitions: 3,
+            seen_at,
+        })
+    }
+
+    fn step(
+        lease: &LeaseView,
+        eligible: bool,
+        last_renew_sent: Option<Instant>,
+        now: Instant,
+    ) -> Step {
+        next_step(&Situation {
+            me: "web-0",
+            eligible,
+            lease,
+            last_renew_sent,
+            retry_period: RETRY,
+            now,
+        })
+    }
+
+    #[test]
+    fn nothing_known_means_read_first() {
+        let now = Instant::now();
+        assert_eq!(step(&LeaseView::Unknown, true, None, now), Step::Read);
+        assert_eq!(step(&LeaseView::Unknown, false, None, now), Step::Read);
+    }
+
+    #[test]
+    fn absent_lease_is_created_only_by_an_eligible_pod() {
+        let now = Instant::now();
+        assert_eq!(step(&LeaseView::Absent, true, None, now), Step::Create);
+        assert_eq!(
+            step(&LeaseView::Absent, false, None, now),
+            Step::WaitUntil(None)
+        );
+    }
+
+    #[test]
+    fn released_lease_is_acquired_at_once_by_an_eligible_pod() {
+        let now = Instant::now();
+        let lease = observed(None, now);
+        assert_eq!(step(&lease, true, None, now), Step::Acquire);
+        assert_eq!(step(&lease, false, None, now), Step::WaitUntil(None));
+    }
+
+    #[test]
+    fn expired_lease_is_taken_only_after_local_observation() {
+        let seen = Instant::now();
+        let lease = observed(Some("web-1"), seen);
+        let almost = seen + DURATION - Duration::from_millis(1);
+        assert_eq!(
+            step(&lease, true, None, almost),
+            Step::WaitUntil(Some(seen + DURATION))
+        );
+        assert_eq!(step(&lease, true, None, seen + DURATION), Step::Acquire);
+        assert_eq!(
+            step(&lease, false, None, seen + DURATION * 2),
+            Step::WaitUntil(None)
+        );
+    }
+
+    #[test]
+    fn a_new_resource_version_restarts_the_expiry_clock_but_a_relist_does_not() {
+        let t0 = Instant::now();
+        let mut lease = Lease::default();
+        lease.metadata.resource_version = Some("1".into());
+        let first = Observed::from_lease(&lease, None, DURATION, t0);
+        let relist = Observed::from_lease(&lease, Some(&first), DURATION, t0 + RETRY);
+        assert_eq!(relist.seen_at, t0);
+        lease.metadata.resource_version = Some("2".into());
+        let renewed = Observed::from_lease(&lease, Some(&first), DURATION, t0 + RETRY);
+        assert_eq!(renewed.seen_at, t0 + RETRY);
+    }
+
+    #[test]
+    fn renew_time_in_the_lease_is_never_compared_with_our_clock() {
+        // A renewTime far in the past (skewed clock) does not make it expired.
+        let now = Instant::now();
+        let mut lease = Lease::default();
+        lease.metadata.resource_version = Some("5".into());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some("web-1".into()),
+            renew_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+            lease_duration_seconds: Some(6),
+            ..Default::default()
+        });
+        let view = LeaseView::Present(Observed::from_lease(&lease, None, DURATION, now));
+        assert_eq!(
+            step(&view, true, None, now),
+            Step::WaitUntil(Some(now + DURATION))
+        );
+    }
+
+    #[test]
+    fn holder_renews_every_retry_period() {
+        let sent = Instant::now();
+        let lease = observed(Some("web-0"), sent);
+        assert_eq!(
+            step(&lease, true, Some(sent), sent + RETRY / 2),
+            Step::WaitUntil(Some(sent + RETRY))
+        );
+        assert_eq!(step(&lease, true, Some(sent), sent + RETRY), Step::Renew);
+        assert_eq!(
+            step(&lease, true, None, sent),
+            Step::Renew,
+            "restarted holder"
+        );
+    }
+
+    #[test]
+    fn unhealthy_or_terminating_holder_releases_at_once() {
+        let now = Instant::now();
+        let lease = observed(Some("web-0"), now);
+        assert_eq!(step(&lease, false, Some(now), now), Step::Release);
+    }
+
+    #[test]
+    fn leadership_ends_at_the_renew_deadline_of_the_last_renewal_sent() {
+        let sent = Instant::now();
+        let deadline = Duration::from_secs(4);
+        let mine = observed(Some("web-0"), sent);
+        assert_eq!(
+            leading_until(&mine, "web-0", Some(sent), deadline),
+            Some(sent + deadline)
+        );
+        assert_eq!(leading_until(&mine, "web-0", None, deadline), None);
+        let theirs = observed(Some("web-1"), sent);
+        assert_eq!(leading_until(&theirs, "web-0", Some(sent), deadline), None);
+        assert_eq!(
+            leading_until(&LeaseView::Absent, "web-0", Some(sent), deadline),
+            None
+        );
+    }
+
+    #[test]
+    fn transitions_count_changes_of_holder_only() {
+        let wall = Timestamp::UNIX_EPOCH;
+        let created = desired_lease(None, Step::Create, "web-0", DURATION, wall);
+        let spec = created.spec.as_ref().expect("spec");
+        assert_eq!(spec.lease_transitions, Some(0));
+        assert_eq!(spec.holder_identity.as_deref(), Some("web-0"));
+        assert_eq!(spec.lease_duration_seconds, Some(6));
+
+        let renewed = desired_lease(Some(&created), Step::Renew, "web-0", DURATION, wall);
+        assert_eq!(
+            renewed.spec.as_ref().and_then(|s| s.lease_transitions),
+            Some(0)
+        );
+
+        let released = desired_lease(Some(&renewed), Step::Release, "web-0", DURATION, wall);
+        assert_eq!(
+            released
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.clone()),
+            None
+        );
+
+        let taken = desired_lease(Some(&released), Step::Acquire, "web-1", DURATION, wall);
+        assert_eq!(
+            taken.spec.as_ref().and_then(|s| s.lease_transitions),
+            Some(1)
+        );
+        let retaken = desired_lease(Some(&taken), Step::Acquire, "web-1", DURATION, wall);
+        assert_eq!(
+            retaken.spec.as_ref().and_then(|s| s.lease_transitions),
+            Some(1),
+            "same holder again is no transition"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! Role labels on the pods of the group.
+//!
+//! A new holder demotes every other active pod of its group, then promotes
+//! itself; the promotion carries the pod's resourceVersion, so a holder that
+//! was frozen between its deadline check and the write cannot label itself
+//! active after someone demoted it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::status::Role;
+
+/// Names of the role label and its values, and of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleLabels {
+    pub key: String,
+    pub active: String,
+    pub passive: String,
+    pub group_key: String,
+    pub group: String,
+}
+
+impl RoleLabels {
+    pub fn value(&self, role: Role) -> &str {
+        match role {
+            Role::Active => &self.active,
+            Role::Passive => &self.passive,
+        }
+    }
+
+    /// The role a pod's labels say it has; None for no or a foreign value.
+    pub fn role_of(&self, pod: &Pod) -> Option<Role> {
+        match pod.labels().get(&self.key) {
+            Some(v) if *v == self.active => Some(Role::Active),
+            Some(v) if *v == self.passive => Some(Role::Passive),
+            _ => None,
+        }
+    }
+
+    /// Selects the other pods of the group that are labelled active.
+    pub fn active_selector(&self) -> String {
+        format!(
+            "{}={},{}={}",
+            self.group_key, self.group, self.key, self.active
+        )
+    }
+
+    /// The merge patch that sets `role`; with a resourceVersion it is a
+    /// precondition: the patch fails with 409 if the pod changed since.
+    pub fn patch(&self, role: Role, resource_version: Option<&str>) -> serde_json::Value {
+        let mut meta = json!({ "labels": { self.key.as_str(): self.value(role) } });
+        if let Some(rv) = resource_version {
+            meta["resourceVersion"] = json!(rv);
+        }
+        json!({ "metadata": meta })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error("labelling pod {pod} {role:?}: {source}")]
+    Patch {
+        pod: String,
+        role: Role,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("pod {pod} changed since it was read; not labelled {role:?}")]
+    Conflict { pod: String, role: Role },
+    #[error("listing the active pods of group {group}: {source}")]
+    List {
+        group: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("labelling pod {pod} timed out after {after:?}")]
+    Timeout { pod: String, after: Duration },
+}
+
+/// Patches role labels, each call bounded by a timeout.
+#[derive(Clone)]
+pub struct Labeller {
+    api: Api<Pod>,
+    labels: RoleLabels,
+}
+
+impl Labeller {
+    pub fn new(api: Api<Pod>, labels: RoleLabels) -> Self {
+        Self { api, labels }
+    }
+
+    pub fn labels(&self) -> &RoleLabels {
+        &self.labels
+    }
+
+    /// Sets a pod's role label; with `resource_version`, only if the pod
+    /// has not changed since. Returns the patched pod (None if it is gone).
+    pub async fn set(
+        &self,
+        pod: &str,
+        role: Role,
+        resource_version: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<Pod>, LabelError> {
+        let patch = Patch::Merge(self.labels.patch(role, resource_version));
+        let pp = PatchParams::default();
+        let call = self.api.patch(pod, &pp, &patch);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(None),
+            Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(LabelError::Conflict {
+                pod: pod.to_owned(),
+                role,
+            }),
+            Ok(Err(source)) => Err(LabelError::Patch {
+                pod: pod.to_owned(),
+                role,
+                source,
+            }),
+            Err(_) => Err(LabelError::Timeout {
+                pod: pod.to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Labels passive every pod of the group, other than `me`, that is
+    /// labelled active. Returns the names demoted.
+    pub async fn demote_others(
+        &self,
+        me: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, LabelError> {
+        let lp = ListParams::default().labels(&self.labels.active_selector());
+        let list = match tokio::time::timeout(timeout, self.api.list_metadata(&lp)).await {
+            Ok(Ok(list)) => list,
+            Ok(Err(source)) => {
+                return Err(LabelError::List {
+                    group: self.labels.group.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(LabelError::Timeout {
+                    pod: format!("group {}", self.labels.group),
+                    after: timeout,
+                });
+            }
+        };
+        let mut demoted = Vec::new();
+        for other in list.items.iter().filter(|p| p.name_any() != me) {
+            let name = other.name_any();
+            self.set(&name, Role::Passive, None, timeout).await?;
+            demoted.push(name);
+        }
+        Ok(demoted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> RoleLabels {
+        RoleLabels {
+            key: "role".into(),
+            active: "active".into(),
+            passive: "passive".into(),
+            group_key: "baton.dev/group".into(),
+            group: "web".into(),
+        }
+    }
+
+    #[test]
+    fn promotion_patch_carries_the_resource_version_precondition() {
+        let p = labels().patch(Role::Active, Some("42"));
+        assert_eq!(
+            p,
+            json!({"metadata": {"labels": {"role": "active"}, "resourceVersion": "42"}})
+        );
+        let d = labels().patch(Role::Passive, None);
+        assert_eq!(d, json!({"metadata": {"labels": {"role": "passive"}}}));
+    }
+
+    #[test]
+    fn role_is_read_from_the_configured_key_and_values() {
+        let l = RoleLabels {
+            key: "tier".into(),
+            active: "primary".into(),
+            passive: "standby".into(),
+            ..labels()
+        };
+        let mut pod = Pod::default();
+        assert_eq!(l.role_of(&pod), None);
+        pod.metadata.labels = Some([("tier".to_string(), "primary".to_string())].into());
+        assert_eq!(l.role_of(&pod), Some(Role::Active));
+        pod.metadata.labels = Some([("tier".to_string(), "other".to_string())].into());
+        assert_eq!(l.role_of(&pod), None);
+        assert_eq!(l.active_selector(), "baton.dev/group=web,tier=primary");
+    }
+}

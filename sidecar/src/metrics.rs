@@ -1,0 +1,157 @@
+//! The sidecar's metric families, registered once, served at `/metrics`.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Cheap to clone: every field is a handle to the shared metric.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    role_active: Gauge,
+    app_healthy: Gauge,
+    lease_transitions: Gauge,
+    role_changes: Family<Labels, Counter>,
+    probes: Family<Labels, Counter>,
+    probe_duration: Histogram,
+    api_errors: Family<Labels, Counter>,
+    handover_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("baton");
+        let m = Metrics {
+            registry: Arc::default(),
+            role_active: Gauge::default(),
+            app_healthy: Gauge::default(),
+            lease_transitions: Gauge::default(),
+            role_changes: Family::default(),
+            probes: Family::default(),
+            probe_duration: Histogram::new(
+                [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0].into_iter(),
+            ),
+            api_errors: Family::default(),
+            handover_duration: Histogram::new(
+                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter(),
+            ),
+        };
+        registry.register(
+            "role_active",
+            "1 when this pod carries the active role label, else 0",
+            m.role_active.clone(),
+        );
+        registry.register(
+            "app_healthy",
+            "1 when the app passes its probe thresholds, else 0",
+            m.app_healthy.clone(),
+        );
+        registry.register(
+            "lease_transitions",
+            "leaseTransitions of the group's Lease as last seen (a fencing token)",
+            m.lease_transitions.clone(),
+        );
+        registry.register(
+            "role_changes",
+            "Changes of this pod's role, by the role taken",
+            m.role_changes.clone(),
+        );
+        registry.register("probes", "App probes by result", m.probes.clone());
+        registry.register(
+            "probe_duration_seconds",
+            "Time an app probe took",
+            m.probe_duration.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Failed Kubernetes API calls by operation",
+            m.api_errors.clone(),
+        );
+        registry.register(
+            "handover_duration_seconds",
+            "From deciding to give up the Lease to having released it",
+            m.handover_duration.clone(),
+        );
+        *m.registry.lock().expect("fresh mutex") = registry;
+        m
+    }
+
+    pub fn observe_probe(&self, result: &'static str, took: Duration) {
+        self.probes.get_or_create(&vec![("result", result)]).inc();
+        self.probe_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn set_role(&self, active: bool, changed: bool) {
+        self.role_active.set(i64::from(active));
+        if changed {
+            let role = if active { "active" } else { "passive" };
+            self.role_changes.get_or_create(&vec![("role", role)]).inc();
+        }
+    }
+
+    pub fn set_app_healthy(&self, healthy: bool) {
+        self.app_healthy.set(i64::from(healthy));
+    }
+
+    pub fn set_lease_transitions(&self, transitions: i32) {
+        self.lease_transitions.set(i64::from(transitions));
+    }
+
+    pub fn api_error(&self, operation: &'static str) {
+        self.api_errors
+            .get_or_create(&vec![("operation", operation)])
+            .inc();
+    }
+
+    pub fn observe_handover(&self, took: Duration) {
+        self.handover_duration.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_prefixed_and_carry_units() {
+        let m = Metrics::new();
+        m.observe_probe("success", Duration::from_millis(3));
+        m.set_role(true, true);
+        m.api_error("renew");
+        let text = m.encode();
+        for needle in [
+            "baton_probes_total{result=\"success\"} 1",
+            "baton_role_active 1",
+            "baton_role_changes_total{role=\"active\"} 1",
+            "baton_api_errors_total{operation=\"renew\"} 1",
+            "baton_probe_duration_seconds_count 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

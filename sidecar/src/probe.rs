@@ -1,0 +1,284 @@
+//! The app's health: probe it over the pod's loopback, once per period, and
+//! fold the outcomes through the failure and success thresholds.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    metrics::Metrics,
+    settings::{ProbeKind, ProbeScheme, Settings},
+};
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure(String),
+    Timeout,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure(_) => "failure",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Health as folded through the thresholds. Starts unhealthy, as kubelet's
+/// readiness does: a pod is not eligible before its app has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub healthy: bool,
+    consecutive_successes: u32,
+    consecutive_failures: u32,
+    pub last_failure: Option<String>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            healthy: false,
+            consecutive_successes: 0,
+            consecutive_failures: 0,
+            last_failure: Some("not probed yet".into()),
+        }
+    }
+}
+
+impl Health {
+    /// The health after one more outcome.
+    pub fn fold(
+        &self,
+        outcome: &Outcome,
+        failure_threshold: u32,
+        success_threshold: u32,
+    ) -> Health {
+        let mut next = self.clone();
+        match outcome {
+            Outcome::Success => {
+                next.consecutive_successes += 1;
+                next.consecutive_failures = 0;
+                if next.consecutive_successes >= success_threshold {
+                    next.healthy = true;
+                    next.last_failure = None;
+                }
+            }
+            Outcome::Failure(_) | Outcome::Timeout => {
+                next.consecutive_failures += 1;
+                next.consecutive_successes = 0;
+                next.last_failure = Some(match outcome {
+                    Outcome::Failure(why) => why.clone(),
+                    _ => "timed out".into(),
+                });
+                if next.consecutive_failures >= failure_threshold {
+                    next.healthy = false;
+                }
+            }
+        }
+        next
+    }
+}
+
+/// Probes the app as the settings say.
+pub struct Prober {
+    kind: ProbeKind,
+    url: String,
+    target: String,
+    timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl Prober {
+    pub fn new(s: &Settings) -> Result<Self, reqwest::Error> {
+        let scheme = match s.probe_scheme {
+            ProbeScheme::Http => "http",
+            ProbeScheme::Https => "https",
+        };
+        let target = format!("{}:{}", s.probe_host, s.probe_port);
+        // One process-wide provider (ring, as kube uses); a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            // As kubelet: HTTPS probes do not verify the app's certificate.
+            .tls_danger_accept_invalid_certs(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()?;
+        Ok(Prober {
+            kind: s.probe_kind,
+            url: format!("{scheme}://{target}{}", s.probe_path),
+            target,
+            timeout: s.probe_timeout,
+            http,
+        })
+    }
+
+    pub async fn probe_once(&self) -> Outcome {
+        let attempt = async {
+            match self.kind {
+                ProbeKind::Tcp => tokio::net::TcpStream::connect(&self.target)
+                    .await
+                    .map(|_| Outcome::Success)
+                    .unwrap_or_else(|e| Outcome::Failure(format!("connect {}: {e}", self.target))),
+                ProbeKind::Http => match self.http.get(&self.url).send().await {
+                    Ok(r) if r.status().is_success() || r.status().is_redirection() => {
+                        Outcome::Success
+                    }
+                    Ok(r) => Outcome::Failure(format!("GET {} answered {}", self.url, r.status())),
+                    Err(e) => Outcome::Failure(format!("GET {}: {e}", self.url)),
+                },
+            }
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or(Outcome::Timeout)
+    }
+}
+
+/// Probes every period until cancelled, publishing health on `tx`.
+pub async fn run(
+    prober: Prober,
+    settings: Settings,
+    tx: watch::Sender<Health>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(settings.probe_period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let started = Instant::now();
+        let outcome = prober.probe_once().await;
+        metrics.observe_probe(outcome.label(), started.elapsed());
+        let before = tx.borrow().clone();
+        let after = before.fold(
+            &outcome,
+            settings.failure_threshold,
+            settings.success_threshold,
+        );
+        if after.healthy != before.healthy {
+            if after.healthy {
+                info!("app healthy");
+            } else {
+                warn!(
+                    reason = after.last_failure.as_deref().unwrap_or(""),
+                    "app unhealthy"
+                );
+            }
+        }
+        tx.send_if_modified(|h| {
+            let changed = h.healthy != after.healthy;
+            *h = after;
+            changed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fold_all(outcomes: &[Outcome], fail: u32, succ: u32) -> Vec<bool> {
+        let mut h = Health::default();
+        outcomes
+            .iter()
+            .map(|o| {
+                h = h.fold(o, fail, succ);
+                h.healthy
+            })
+            .collect()
+    }
+
+    #[test]
+    fn starts_unhealthy_until_success_threshold() {
+        let s = Outcome::Success;
+        assert_eq!(
+            fold_all(&[s.clone(), s.clone(), s], 3, 2),
+            [false, true, true]
+        );
+    }
+
+    #[test]
+    fn turns_unhealthy_after_failure_threshold_consecutive_failures() {
+        let (s, f) = (Outcome::Success, Outcome::Failure("500".into()));
+        assert_eq!(
+            fold_all(
+                &[s.clone(), f.clone(), s.clone(), f.clone(), Outcome::Timeout],
+                2,
+                1
+            ),
+            [true, true, true, true, false]
+        );
+    }
+
+    #[test]
+    fn last_failure_is_kept_for_status_and_cleared_when_healthy() {
+        let h = Health::default().fold(&Outcome::Timeout, 1, 1);
+        assert_eq!(h.last_failure.as_deref(), Some("timed out"));
+        let h = h.fold(&Outcome::Success, 1, 1);
+        assert_eq!(h.last_failure, None);
+    }
+
+    fn settings_for(port: u16, kind: &str) -> Settings {
+        use clap::Parser;
+        Settings::try_parse_from([
+            "baton-sidecar",
+            "--pod-name=p",
+            "--pod-namespace=n",
+            "--lease-name=l",
+            &format!("--probe-port={port}"),
+            &format!("--probe-kind={kind}"),
+            "--probe-timeout=200ms",
+        ])
+        .expect("valid settings")
+    }
+
+    #[tokio::test]
+    async fn http_probe_reads_status_and_times_out_on_a_hung_app() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            // First connection answers 500, the second 200, the third hangs.
+            for reply in ["500 Internal Server Error", "200 OK", "hang"] {
+                let (mut sock, _) = listener.accept().await.expect("accept");
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                if reply == "hang" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                } else {
+                    let _ = sock
+                        .write_all(
+                            format!("HTTP/1.1 {reply}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                }
+            }
+        });
+        let prober = Prober::new(&settings_for(port, "http")).expect("client");
+        assert!(matches!(prober.probe_once().await, Outcome::Failure(m) if m.contains("500")));
+        assert_eq!(prober.probe_once().await, Outcome::Success);
+        assert_eq!(prober.probe_once().await, Outcome::Timeout);
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_fails_when_nothing_listens() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let prober = Prober::new(&settings_for(port, "tcp")).expect("client");
+        assert_eq!(prober.probe_once().await, Outcome::Success);
+        drop(listener);
+        assert!(matches!(prober.probe_once().await, Outcome::Failure(_)));
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Stop everything up.sh (and the pod runner) started, and leave no process
+# behind: each component runs in its own session, so killing its process
+# group also ends whatever it spawned (the runner's pod processes).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
+[ -d "$dir/pids" ] || exit 0
+
+signal_all() {
+  for f in "$dir"/pids/*.pid; do
+    [ -f "$f" ] || continue
+    kill "-$1" -- "-$(cat "$f")" 2>/dev/null
+  done
+}
+alive() {
+  for f in "$dir"/pids/*.pid; do
+    [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# The runner first, so that sidecars hand over while the API server is up.
+if [ -f "$dir/pids/runner.pid" ]; then
+  kill -TERM -- "-$(cat "$dir/pids/runner.pid")" 2>/dev/null
+  for _ in $(seq 50); do kill -0 -- "-$(cat "$dir/pids/runner.pid")" 2>/dev/null || break; sleep 0.1; done
+fi
+signal_all TERM
+for _ in $(seq 100); do alive || break; sleep 0.1; done
+signal_all KILL
+rm -f "$dir"/pids/*.pid
+echo "[cluster] stopped"

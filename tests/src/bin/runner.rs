@@ -1,0 +1,23 @@
+use baton_e2e::runner::{self, RunnerSettings};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = RunnerSettings::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let client = kube::Client::try_default().await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            baton_e2e::shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    runner::run(settings, client, shutdown).await
+}
