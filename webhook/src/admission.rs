@@ -1,0 +1,983 @@
+//! The HTTPS endpoints the API server calls: `POST /mutate` (Pod CREATE:
+//! inject the sidecar) and `POST /validate` (StatefulSet and Deployment
+//! CREATE/UPDATE: refuse invalid `baton.dev/*` annotations at once).
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{Pod, PodTemplateSpec},
+};
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation as Op},
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    annotations::{self, OptIn, Sources},
+    events::{AdmissionEvent, EventSink},
+    inject::{self, Config, Decision},
+    metrics::{Metrics, Operation, Outcome},
+    owner::{self, Owner, OwnerLookup},
+};
+
+/// The API server sends at most 3 MiB; leave room for the envelope.
+const BODY_LIMIT_BYTES: usize = 8 * 1024 * 1024;
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+
+/// What the handlers share.
+pub struct Admission {
+    pub config: Config,
+    pub owners: Arc<dyn OwnerLookup>,
+    pub events: Arc<dyn EventSink>,
+    pub metrics: Metrics,
+}
+
+/// `POST /mutate` and `POST /validate`.
+pub fn router(state: Arc<Admission>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(state)
+}
+
+/// A request that is not a well-formed AdmissionReview of the expected kind: HTTP 400.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    #[error("body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error(
+        "body is not an {REVIEW_API_VERSION} AdmissionReview (apiVersion {api_version:?}, kind {kind:?})"
+    )]
+    NotReview { api_version: String, kind: String },
+    #[error("body is not a valid AdmissionReview: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("expected {expected}, got {got}")]
+    WrongKind { expected: &'static str, got: String },
+    #[error("{operation:?} request has no object")]
+    NoObject { operation: Op },
+    #[error("object is not a valid {kind}: {source}")]
+    BadObject {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The webhook failed to build its answer: HTTP 500, the API server applies its failurePolicy.
+#[derive(Debug, thiserror::Error)]
+pub enum Internal {
+    #[error("serializing the pod: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("serializing the patch: {0}")]
+    Patch(#[source] kube::core::admission::SerializePatchError),
+}
+
+enum Answer {
+    Review(Box<AdmissionResponse>, Outcome),
+    Bad(BadRequest),
+    Failed(Internal),
+}
+
+impl Answer {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Answer::Review(_, outcome) => *outcome,
+            Answer::Bad(_) => Outcome::Invalid,
+            Answer::Failed(_) => Outcome::Error,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Review(response, _) => match review_json(*response) {
+                Ok(review) => Json(review).into_response(),
+                Err(err) => Answer::Failed(Internal::Serialize(err)).into_response(),
+            },
+            Answer::Bad(err) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+            Answer::Failed(err) => {
+                tracing::error!(error = %err, "answering an admission failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
+            }
+        }
+    }
+}
+
+impl From<BadRequest> for Answer {
+    fn from(err: BadRequest) -> Self {
+        Answer::Bad(err)
+    }
+}
+
+impl From<Internal> for Answer {
+    fn from(err: Internal) -> Self {
+        Answer::Failed(err)
+    }
+}
+
+/// The AdmissionReview to send back, its patch base64-encoded as the API
+/// documents for JSON (`Vec<u8>` would go out as an array of numbers).
+fn review_json(response: AdmissionResponse) -> Result<serde_json::Value, serde_json::Error> {
+    use base64::Engine as _;
+    let patch = response.patch.clone();
+    let mut review = serde_json::to_value(response.into_review())?;
+    if let (Some(patch), Some(slot)) = (patch, review.pointer_mut("/response/patch")) {
+        *slot = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
+    }
+    Ok(review)
+}
+
+/// The full chain of an error in one line: denial messages go to users.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(next) = source {
+        let s = next.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = next.source();
+    }
+    text
+}
+
+/// Reads an `admission.k8s.io/v1` AdmissionReview and its request.
+fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(BadRequest::NotJson)?;
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    if api_version != REVIEW_API_VERSION || kind != "AdmissionReview" {
+        return Err(BadRequest::NotReview { api_version, kind });
+    }
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_value(value).map_err(BadRequest::Malformed)?;
+    review.try_into().map_err(|_| BadRequest::NoRequest)
+}
+
+fn object_as<K: DeserializeOwned>(
+    object: &DynamicObject,
+    kind: &'static str,
+) -> Result<K, BadRequest> {
+    let value =
+        serde_json::to_value(object).map_err(|source| BadRequest::BadObject { kind, source })?;
+    serde_json::from_value(value).map_err(|source| BadRequest::BadObject { kind, source })
+}
+
+fn pod_display_name(pod: &Pod) -> String {
+    match (&pod.metadata.name, &pod.metadata.generate_name) {
+        (Some(name), _) => name.clone(),
+        (None, Some(prefix)) => format!("{prefix}*"),
+        (None, None) => "(unnamed)".to_owned(),
+    }
+}
+
+async fn mutate(State(state): State<Arc<Admission>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let answer = match state.mutate(&body).await {
+        Ok(answer) | Err(answer) => answer,
+    };
+    state.metrics.observe(
+        Operation::Mutate,
+        answer.outcome(),
+        started.elapsed().as_secs_f64(),
+    );
+    answer.into_response()
+}
+
+async fn validate(State(state): State<Arc<Admission>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let answer = match state.validate(&body) {
+        Ok(answer) | Err(answer) => answer,
+    };
+    state.metrics.observe(
+        Operation::Validate,
+        answer.outcome(),
+        started.elapsed().as_secs_f64(),
+    );
+    answer.into_response()
+}
+
+impl Admission {
+    async fn mutate(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req = parse_review(body)?;
+        if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
+            return Err(BadRequest::WrongKind {
+                expected: "a v1 Pod",
+                got: format!("{}/{} {}", req.kind.group, req.kind.version, req.kind.kind),
+            }
+            .into());
+        }
+        let response = AdmissionResponse::from(&req);
+        if req.operation != Op::Create {
+            return Ok(Answer::Review(Box::new(response), Outcome::Skipped));
+        }
+        let object = req.object.as_ref().ok_or(BadRequest::NoObject {
+            operation: req.operation.clone(),
+        })?;
+        let pod: Pod = object_as(object, "Pod")?;
+        let namespace = req
+            .namespace
+            .clone()
+            .or_else(|| pod.metadata.namespace.clone())
+            .unwrap_or_default();
+        let name = pod_display_name(&pod);
+        let span = tracing::info_span!("mutate", %namespace, pod = %name, uid = %req.uid, dry_run = req.dry_run);
+        let _guard = span.enter();
+
+        let owner = if annotations::opt_in(&Sources::new(&pod, None)) == Ok(OptIn::OptedOut) {
+            None // the pod's own "false" wins: no need to ask the API server
+        } else {
+            match owner::controller_of(&pod.metadata) {
+                None => None,
+                Some(controller) => match self.owners.owner(&namespace, controller).await {
+                    Ok(owner) => owner,
+                    Err(err) => {
+                        let message = format!("baton: cannot decide on injection: {}", chain(&err));
+                        tracing::warn!(error = %message, "owner lookup failed");
+                        return Ok(Answer::Review(
+                            Box::new(response.deny(message)),
+                            Outcome::Denied,
+                        ));
+                    }
+                },
+            }
+        };
+
+        let decision = inject::decide(&pod, owner.as_ref(), &self.config);
+        let events = (!req.dry_run).then_some(()).and(owner.as_ref());
+        match decision {
+            Decision::Deny(denial) => {
+                tracing::info!(reason = %denial, "denied");
+                Ok(Answer::Review(
+                    Box::new(response.deny(denial.to_string())),
+                    Outcome::Denied,
+                ))
+            }
+            Decision::Skip(skip) => {
+                tracing::debug!(reason = skip.reason(), "skipped");
+                if let (Some(owner), true) = (events, skip.opted_in()) {
+                    self.events
+                        .record(owner, AdmissionEvent::skipped(&name, skip.reason()));
+                }
+                Ok(Answer::Review(Box::new(response), Outcome::Skipped))
+            }
+            Decision::Inject(injection) => {
+                let before = serde_json::to_value(&pod).map_err(Internal::Serialize)?;
+                let after = serde_json::to_value(&injection.pod).map_err(Internal::Serialize)?;
+                let patch = json_patch::diff(&before, &after);
+                let response = response.with_patch(patch).map_err(Internal::Patch)?;
+                tracing::info!(lease = %injection.lease, native = injection.native, "injected");
+                if let Some(owner) = events {
+                    self.events.record(
+                        owner,
+                        AdmissionEvent::injected(&name, &injection.lease, &self.config.image),
+                    );
+                }
+                Ok(Answer::Review(Box::new(response), Outcome::Injected))
+            }
+        }
+    }
+
+    fn validate(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req = parse_review(body)?;
+        let response = AdmissionResponse::from(&req);
+        let kind: &'static str = match (req.kind.group.as_str(), req.kind.kind.as_str()) {
+            ("apps", "StatefulSet") => "StatefulSet",
+            ("apps", "Deployment") => "Deployment",
+            _ => {
+                return Err(BadRequest::WrongKind {
+                    expected: "an apps StatefulSet or Deployment",
+                    got: format!("{}/{} {}", req.kind.group, req.kind.version, req.kind.kind),
+                }
+                .into());
+            }
+        };
+        if !matches!(req.operation, Op::Create | Op::Update) {
+            return Ok(Answer::Review(Box::new(response), Outcome::Allowed));
+        }
+        let object = req.object.as_ref().ok_or(BadRequest::NoObject {
+            operation: req.operation.clone(),
+        })?;
+        let namespace = req.namespace.clone().unwrap_or_default();
+        let (meta, template) = if kind == "StatefulSet" {
+            let sts: StatefulSet = object_as(object, kind)?;
+            (sts.metadata, sts.spec.map(|s| s.template))
+        } else {
+            let deploy: Deployment = object_as(object, kind)?;
+            (deploy.metadata, deploy.spec.map(|s| s.template))
+        };
+        let PodTemplateSpec { metadata, spec } = template.unwrap_or_default();
+        let pod = Pod {
+            metadata: metadata.unwrap_or_default(),
+            spec,
+            status: None,
+        };
+        let owner = Owner::from_meta(kind, "apps/v1", &namespace, &meta);
+        match inject::decide(&pod, Some(&owner), &self.config) {
+            Decision::Deny(denial) => Ok(Answer::Review(
+                Box::new(response.deny(denial.to_string())),
+                Outcome::Denied,
+            )),
+            Decision::Skip(skip) if skip.opted_in() => {
+                let mut response = response;
+                response.warnings = Some(vec![format!(
+                    "baton.dev/inject is set but pods of {kind} {} will not be injected: {}",
+                    owner.name,
+                    skip.reason()
+                )]);
+                Ok(Answer::Review(Box::new(response), Outcome::Allowed))
+            }
+            Decision::Skip(_) | Decision::Inject(_) => {
+                Ok(Answer::Review(Box::new(response), Outcome::Allowed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        path::PathBuf,
+        sync::{
+            Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+
+    use axum::{body::Body, http::Request};
+    use base64::Engine as _;
+    use futures::future::BoxFuture;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use serde_json::{Value, json};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::{
+        annotations::Resources,
+        inject::{SIDECAR_NAME, Skip},
+        owner::OwnerError,
+        testing::{Annotated, owner},
+    };
+
+    /// Answers every lookup with one owner (or an error), counting the calls.
+    struct FakeOwners {
+        answer: Option<Owner>,
+        fail: bool,
+        calls: AtomicUsize,
+    }
+
+    impl OwnerLookup for FakeOwners {
+        fn owner<'a>(
+            &'a self,
+            namespace: &'a str,
+            controller: &'a OwnerReference,
+        ) -> BoxFuture<'a, Result<Option<Owner>, OwnerError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if self.fail {
+                    return Err(OwnerError::Timeout {
+                        kind: controller.kind.clone(),
+                        namespace: namespace.to_owned(),
+                        name: controller.name.clone(),
+                        timeout: Duration::from_secs(3),
+                    });
+                }
+                Ok(self.answer.clone())
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeEvents(Mutex<Vec<(String, AdmissionEvent)>>);
+
+    impl EventSink for FakeEvents {
+        fn record(&self, regarding: &Owner, event: AdmissionEvent) {
+            let who = format!("{}/{}", regarding.kind, regarding.name);
+            self.0.lock().expect("not poisoned").push((who, event));
+        }
+    }
+
+    impl FakeEvents {
+        fn taken(&self) -> Vec<(String, AdmissionEvent)> {
+            std::mem::take(&mut *self.0.lock().expect("not poisoned"))
+        }
+    }
+
+    struct Harness {
+        state: Arc<Admission>,
+        owners: Arc<FakeOwners>,
+        events: Arc<FakeEvents>,
+    }
+
+    fn harness_with(answer: Option<Owner>, fail: bool) -> Harness {
+        let owners = Arc::new(FakeOwners {
+            answer,
+            fail,
+            calls: AtomicUsize::new(0),
+        });
+        let events = Arc::new(FakeEvents::default());
+        let state = Arc::new(Admission {
+            config: Config {
+                image: "baton-sidecar:test".into(),
+                native: true,
+                resources: Resources {
+                    cpu_request: Some("10m".into()),
+                    memory_request: Some("16Mi".into()),
+                    cpu_limit: None,
+                    memory_limit: Some("64Mi".into()),
+                },
+            },
+            owners: owners.clone(),
+            events: events.clone(),
+            metrics: Metrics::new(),
+        });
+        Harness {
+            state,
+            owners,
+            events,
+        }
+    }
+
+    /// The StatefulSet `web` of the fixtures, not annotated itself.
+    fn harness() -> Harness {
+        let mut web = owner("StatefulSet", "web");
+        web.namespace = "shop".into();
+        harness_with(Some(web), false)
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path: PathBuf = [
+            env!("CARGO_MANIFEST_DIR"),
+            "..",
+            "tests",
+            "fixtures",
+            "webhook",
+            name,
+        ]
+        .iter()
+        .collect();
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    fn fixture_json(name: &str) -> Value {
+        serde_json::from_slice(&fixture(name)).expect("fixture is JSON")
+    }
+
+    async fn post(h: &Harness, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request builds");
+        let response = router(h.state.clone())
+            .oneshot(request)
+            .await
+            .expect("router is infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body reads");
+        (status, bytes.to_vec())
+    }
+
+    /// Posts and expects an AdmissionReview answer: its `response`.
+    async fn review(h: &Harness, path: &str, body: Vec<u8>) -> Value {
+        let (status, bytes) = post(h, path, body).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let v: Value = serde_json::from_slice(&bytes).expect("answer is JSON");
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        v["response"].clone()
+    }
+
+    fn patch_of(response: &Value) -> json_patch::Patch {
+        assert_eq!(response["patchType"], "JSONPatch", "{response}");
+        let b64 = response["patch"]
+            .as_str()
+            .expect("patch is a base64 string");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64");
+        serde_json::from_slice(&raw).expect("patch is a JSON patch")
+    }
+
+    /// Applies the answer's patch to the fixture's pod, as the API server does.
+    fn patched_pod(fixture_name: &str, response: &Value) -> Pod {
+        let mut object = fixture_json(fixture_name)["request"]["object"].clone();
+        json_patch::patch(&mut object, &patch_of(response)).expect("patch applies to the request");
+        serde_json::from_value(object).expect("patched object is a pod")
+    }
+
+    #[tokio::test]
+    async fn annotated_statefulset_pod_gets_a_patch_that_applies_to_the_request() {
+        let h = harness();
+        let r = review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        assert_eq!(r["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(r["allowed"], true);
+        let pod = patched_pod("pod-of-statefulset.json", &r);
+        let spec = pod.spec.as_ref().expect("spec");
+        let inits = spec.init_containers.as_ref().expect("init containers");
+        assert_eq!(inits[0].name, SIDECAR_NAME);
+        // The app is untouched, the pod's own token is shared with the sidecar.
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(
+            inits[0].volume_mounts.as_ref().map(|m| m[0].name.as_str()),
+            Some("kube-api-access-x7k2p")
+        );
+        let labels = pod.metadata.labels.as_ref().expect("labels");
+        assert_eq!(
+            labels.get("baton.dev/group").map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(labels.get("role").map(String::as_str), Some("passive"));
+        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+        // Feeding the patched pod back in changes nothing.
+        assert_eq!(
+            inject::decide(&pod, None, &h.state.config),
+            Decision::Skip(Skip::AlreadyInjected)
+        );
+        let events = h.events.taken();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].0, "StatefulSet/web");
+        assert_eq!(events[0].1.reason, "Injected");
+    }
+
+    #[tokio::test]
+    async fn patch_touches_only_what_injection_adds() {
+        let h = harness();
+        let r = review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        let paths: Vec<String> = patch_of(&r)
+            .0
+            .iter()
+            .map(|op| op.path().to_string())
+            .collect();
+        for path in &paths {
+            assert!(
+                path.starts_with("/metadata/labels/")
+                    || path.starts_with("/metadata/annotations/")
+                    || path == "/spec/initContainers",
+                "unexpected patch path {path} in {paths:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn already_injected_pod_is_allowed_unchanged() {
+        let h = harness();
+        let r = review(&h, "/mutate", fixture("pod-already-injected.json")).await;
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none(), "{r}");
+        let events = h.events.taken();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].1.reason, "InjectionSkipped");
+        assert!(events[0].1.note.contains("already injected"));
+    }
+
+    #[tokio::test]
+    async fn host_network_pod_is_allowed_unchanged_with_a_skip_event() {
+        let h = harness();
+        let r = review(&h, "/mutate", fixture("pod-host-network.json")).await;
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none(), "{r}");
+        let events = h.events.taken();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].1.note.contains("hostNetwork"), "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn invalid_annotation_denies_naming_it() {
+        let h = harness();
+        let r = review(&h, "/mutate", fixture("pod-invalid-annotation.json")).await;
+        assert_eq!(r["allowed"], false);
+        let message = r["status"]["message"].as_str().expect("message");
+        assert!(
+            message.starts_with("annotation baton.dev/probe-period=\"fast\": invalid value"),
+            "{message}"
+        );
+        assert!(h.events.taken().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dry_run_answers_the_same_without_events() {
+        let h = harness();
+        let dry = review(&h, "/mutate", fixture("pod-dry-run.json")).await;
+        assert!(h.events.taken().is_empty(), "dry run records no events");
+        let wet = review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        assert_eq!(h.events.taken().len(), 1);
+        assert_eq!(patch_of(&dry), patch_of(&wet));
+    }
+
+    #[tokio::test]
+    async fn deployment_opt_in_reaches_pods_through_the_replicaset() {
+        let mut api = owner("Deployment", "api").annotated("baton.dev/inject", "true");
+        api.namespace = "shop".into();
+        let h = harness_with(Some(api), false);
+        let r = review(&h, "/mutate", fixture("pod-of-deployment.json")).await;
+        let pod = patched_pod("pod-of-deployment.json", &r);
+        let labels = pod.metadata.labels.expect("labels");
+        assert_eq!(
+            labels.get("baton.dev/group").map(String::as_str),
+            Some("api")
+        );
+        assert_eq!(h.owners.calls.load(Ordering::SeqCst), 1);
+        let events = h.events.taken();
+        assert_eq!(events[0].0, "Deployment/api");
+        assert!(events[0].1.note.contains("api-6b7f9c8d4-*"), "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn failed_owner_lookup_denies_with_the_cause() {
+        let h = harness_with(None, true);
+        let r = review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        assert_eq!(r["allowed"], false);
+        let message = r["status"]["message"].as_str().expect("message");
+        assert!(message.contains("StatefulSet shop/web"), "{message}");
+        assert!(message.contains("no answer within 3s"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn bare_pod_with_lease_name_needs_no_owner_lookup() {
+        let h = harness_with(None, true);
+        let r = review(&h, "/mutate", fixture("pod-bare.json")).await;
+        let pod = patched_pod("pod-bare.json", &r);
+        let labels = pod.metadata.labels.expect("labels");
+        assert_eq!(
+            labels.get("baton.dev/group").map(String::as_str),
+            Some("solo")
+        );
+        assert_eq!(h.owners.calls.load(Ordering::SeqCst), 0);
+        assert!(h.events.taken().is_empty(), "no owner, no event");
+    }
+
+    #[tokio::test]
+    async fn opted_out_pod_is_not_looked_up() {
+        let h = harness_with(None, true);
+        let mut body = fixture_json("pod-of-statefulset.json");
+        body["request"]["object"]["metadata"]["annotations"]["baton.dev/inject"] = json!("false");
+        let r = review(&h, "/mutate", body.to_string().into_bytes()).await;
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none());
+        assert_eq!(h.owners.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn pod_delete_is_allowed_unchanged() {
+        let h = harness();
+        let mut body = fixture_json("pod-of-statefulset.json");
+        body["request"]["operation"] = json!("DELETE");
+        body["request"]["oldObject"] = body["request"]["object"].take();
+        let r = review(&h, "/mutate", body.to_string().into_bytes()).await;
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none());
+    }
+
+    #[tokio::test]
+    async fn valid_statefulset_is_allowed() {
+        let h = harness();
+        let r = review(&h, "/validate", fixture("statefulset-valid.json")).await;
+        assert_eq!(r["allowed"], true, "{r}");
+        assert!(r.get("warnings").is_none(), "{r}");
+    }
+
+    #[tokio::test]
+    async fn statefulset_with_invalid_template_annotation_is_denied_naming_it() {
+        let h = harness();
+        let r = review(&h, "/validate", fixture("statefulset-invalid.json")).await;
+        assert_eq!(r["allowed"], false);
+        let message = r["status"]["message"].as_str().expect("message");
+        assert!(
+            message.starts_with("annotation baton.dev/failure-threshold=\"many\": invalid value"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn statefulset_not_opted_in_is_allowed_whatever_its_annotations() {
+        let h = harness();
+        let mut body = fixture_json("statefulset-invalid.json");
+        body["request"]["object"]["metadata"]["annotations"] = json!({});
+        let r = review(&h, "/validate", body.to_string().into_bytes()).await;
+        assert_eq!(r["allowed"], true);
+    }
+
+    #[tokio::test]
+    async fn host_network_workload_is_allowed_with_a_warning() {
+        let h = harness();
+        let mut body = fixture_json("statefulset-valid.json");
+        body["request"]["object"]["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        let r = review(&h, "/validate", body.to_string().into_bytes()).await;
+        assert_eq!(r["allowed"], true);
+        let warning = r["warnings"][0].as_str().expect("a warning");
+        assert!(warning.contains("hostNetwork"), "{warning}");
+    }
+
+    #[tokio::test]
+    async fn deployment_with_conflicting_annotations_is_denied() {
+        let h = harness();
+        let mut body = fixture_json("statefulset-valid.json");
+        body["request"]["kind"]["kind"] = json!("Deployment");
+        let object = &mut body["request"]["object"];
+        object["kind"] = json!("Deployment");
+        object["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("serviceName");
+        object["metadata"]["annotations"]["baton.dev/renew-deadline"] = json!("10s");
+        let r = review(&h, "/validate", body.to_string().into_bytes()).await;
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().expect("message");
+        assert!(message.contains("baton.dev/renew-deadline"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_400_with_a_reason() {
+        let h = harness();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "not JSON"),
+            (b"{}".to_vec(), "not an admission.k8s.io/v1 AdmissionReview"),
+            (
+                json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"})
+                    .to_string()
+                    .into_bytes(),
+                "not an admission.k8s.io/v1 AdmissionReview",
+            ),
+            (
+                json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})
+                    .to_string()
+                    .into_bytes(),
+                "no request",
+            ),
+            (fixture("statefulset-valid.json"), "expected a v1 Pod"),
+        ];
+        for (body, reason) in cases {
+            let (status, text) = post(&h, "/mutate", body).await;
+            let text = String::from_utf8_lossy(&text);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+            assert!(text.contains(reason), "{text:?} should contain {reason:?}");
+        }
+        let (status, text) = post(&h, "/validate", fixture("pod-of-statefulset.json")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&text).contains("StatefulSet or Deployment"));
+
+        let mut body = fixture_json("pod-of-statefulset.json");
+        body["request"]["object"]["kind"] = json!("Service");
+        let (status, text) = post(&h, "/mutate", body.to_string().into_bytes()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&text).contains("not a valid Pod"));
+    }
+
+    #[tokio::test]
+    async fn answers_are_counted_in_metrics() {
+        let h = harness();
+        review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        review(&h, "/mutate", fixture("pod-invalid-annotation.json")).await;
+        post(&h, "/mutate", b"[".to_vec()).await;
+        let text = h.state.metrics.encode().expect("encodes");
+        for line in [
+            "baton_webhook_admissions_total{operation=\"mutate\",result=\"injected\"} 1",
+            "baton_webhook_admissions_total{operation=\"mutate\",result=\"denied\"} 1",
+            "baton_webhook_admissions_total{operation=\"mutate\",result=\"invalid\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    // ---- property: whatever the body, no panic, and 200 or 400 ----
+
+    fn random_string(rng: &mut fastrand::Rng) -> String {
+        const PIECES: &[&str] = &[
+            "",
+            "true",
+            "false",
+            "Pod",
+            "v1",
+            "apps",
+            "CREATE",
+            "baton.dev/inject",
+            "0",
+            "-1",
+            "fast",
+            "é",
+            "\u{0}",
+            "/",
+            "web",
+            "9095",
+            "1s",
+            "64Mi",
+        ];
+        if rng.bool() {
+            PIECES[rng.usize(..PIECES.len())].to_owned()
+        } else {
+            (0..rng.usize(..12)).map(|_| rng.char(..)).collect()
+        }
+    }
+
+    fn random_value(rng: &mut fastrand::Rng, depth: u32) -> Value {
+        match rng.u8(..if depth == 0 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.bool()),
+            2 => json!(rng.i64(..)),
+            3 => json!(rng.f64() * 1e6),
+            4 => Value::String(random_string(rng)),
+            5 => Value::Array(
+                (0..rng.usize(..4))
+                    .map(|_| random_value(rng, depth - 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.usize(..4))
+                    .map(|_| (random_string(rng), random_value(rng, depth - 1)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Every node of `v`, as the tokens of its JSON pointer.
+    fn node_paths(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(prefix.clone());
+        let children: Vec<(String, &Value)> = match v {
+            Value::Object(map) => map.iter().map(|(k, c)| (k.clone(), c)).collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i.to_string(), c))
+                .collect(),
+            _ => return,
+        };
+        for (token, child) in children {
+            prefix.push(token);
+            node_paths(child, prefix, out);
+            prefix.pop();
+        }
+    }
+
+    /// Replaces or removes one node, picked uniformly among all nodes of `v`.
+    fn mutate_somewhere(rng: &mut fastrand::Rng, v: &mut Value) {
+        use json_patch::{PatchOperation, RemoveOperation, ReplaceOperation, jsonptr::PointerBuf};
+        let mut paths = Vec::new();
+        node_paths(v, &mut Vec::new(), &mut paths);
+        let tokens = &paths[rng.usize(..paths.len())];
+        let path = PointerBuf::from_tokens(tokens);
+        let is_string = path.resolve(v).is_ok_and(Value::is_string);
+        let op = if is_string && rng.u8(..3) != 0 {
+            // Keep the shape, change the meaning: names, annotation values, kinds.
+            PatchOperation::Replace(ReplaceOperation {
+                path,
+                value: Value::String(random_string(rng)),
+            })
+        } else if rng.u8(..3) == 0 {
+            PatchOperation::Remove(RemoveOperation { path })
+        } else {
+            PatchOperation::Replace(ReplaceOperation {
+                path,
+                value: random_value(rng, 2),
+            })
+        };
+        // Removing the root fails: then the body stays as it was, which is fine too.
+        let _ = json_patch::patch(v, &[op]);
+    }
+
+    /// A body, and the endpoint its fixture was meant for.
+    fn random_body(
+        rng: &mut fastrand::Rng,
+        fixtures: &[(Vec<u8>, &'static str)],
+    ) -> (Vec<u8>, &'static str) {
+        let (base, path) = &fixtures[rng.usize(..fixtures.len())];
+        let path = if rng.u8(..10) == 0 { "/validate" } else { path };
+        let body = match rng.u8(..8) {
+            0 => (0..rng.usize(..256)).map(|_| rng.u8(..)).collect(),
+            1 => random_value(rng, 4).to_string().into_bytes(),
+            2 => base[..rng.usize(..base.len())].to_vec(),
+            _ => {
+                let mut v: Value = serde_json::from_slice(base).expect("fixture is JSON");
+                for _ in 0..rng.usize(1..4) {
+                    mutate_somewhere(rng, &mut v);
+                }
+                v.to_string().into_bytes()
+            }
+        };
+        (body, path)
+    }
+
+    #[tokio::test]
+    async fn random_and_mangled_bodies_never_panic_and_get_200_or_400() {
+        let fixtures: Vec<(Vec<u8>, &str)> = [
+            ("pod-of-statefulset.json", "/mutate"),
+            ("pod-of-deployment.json", "/mutate"),
+            ("pod-bare.json", "/mutate"),
+            ("pod-host-network.json", "/mutate"),
+            ("pod-invalid-annotation.json", "/mutate"),
+            ("pod-already-injected.json", "/mutate"),
+            ("statefulset-valid.json", "/validate"),
+            ("statefulset-invalid.json", "/validate"),
+        ]
+        .iter()
+        .map(|(name, path)| (fixture(name), *path))
+        .collect();
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let h = harness();
+        let (mut ok, mut bad, mut patched) = (0, 0, 0);
+        for case in 0..1500 {
+            let (body, path) = random_body(&mut rng, &fixtures);
+            let (status, answer) = post(&h, path, body.clone()).await;
+            match status {
+                StatusCode::OK => {
+                    ok += 1;
+                    let v: Value = serde_json::from_slice(&answer).unwrap_or_else(|e| {
+                        panic!("seed {seed} case {case}: 200 without JSON: {e}")
+                    });
+                    assert!(
+                        v["response"]["allowed"].is_boolean(),
+                        "seed {seed} case {case}: {v}"
+                    );
+                    if v["response"].get("patch").is_some() {
+                        // Whatever was injected, the patch applies to what was sent.
+                        patched += 1;
+                        let sent: Value = serde_json::from_slice(&body).expect("answered JSON");
+                        let mut object = sent["request"]["object"].clone();
+                        json_patch::patch(&mut object, &patch_of(&v["response"])).unwrap_or_else(
+                            |e| panic!("seed {seed} case {case}: patch does not apply: {e}"),
+                        );
+                    }
+                }
+                StatusCode::BAD_REQUEST => {
+                    bad += 1;
+                }
+                other => panic!(
+                    "seed {seed} case {case}: {path} answered {other} to {}",
+                    String::from_utf8_lossy(&body)
+                ),
+            }
+        }
+        eprintln!("seed {seed}: {ok} answered ({patched} patched), {bad} refused");
+        assert!(
+            ok > 100 && bad > 100 && patched > 20,
+            "seed {seed}: {ok} ok, {bad} bad: the generator is too narrow"
+        );
+    }
+}
