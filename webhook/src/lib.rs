@@ -1,16 +1,48 @@
 //! baton's admission webhook: injects the sidecar into the pods of annotated
 //! workloads and validates their `baton.dev/*` annotations.
 
+use std::{future::Future, sync::Arc};
+
 pub mod admission;
 pub mod annotations;
 pub mod events;
+pub mod health;
 pub mod inject;
 pub mod metrics;
 pub mod owner;
 pub mod quantity;
+pub mod serve;
 pub mod settings;
+pub mod tls;
 
 #[cfg(test)]
 mod testing;
 
+pub use serve::{ServeError, Webhook};
 pub use settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
+    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Runs the webhook against the API server of the ambient configuration
+/// (in-cluster, or `KUBECONFIG`) until `shutdown` completes.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    // kube's client builds its TLS config from the process default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default().await.map_err(Error::Client)?;
+    let owners = Arc::new(owner::KubeOwners::new(client.clone(), settings.api_timeout));
+    let events = Arc::new(events::KubeEvents::new(client, settings.pod_name.clone()));
+    Webhook::bind(&settings, owners, events)
+        .await?
+        .serve(shutdown)
+        .await?;
+    Ok(())
+}

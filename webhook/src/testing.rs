@@ -111,3 +111,23 @@ impl PodExt for Pod {
         self.spec.get_or_insert_default()
     }
 }
+
+/// Answers every owner lookup with the same owner.
+pub struct StaticOwners(pub Option<Owner>);
+
+impl crate::owner::OwnerLookup for StaticOwners {
+    fn owner<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a OwnerReference,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Owner>, crate::owner::OwnerError>> {
+        Box::pin(async move { Ok(self.0.clone()) })
+    }
+}
+
+/// Drops every event.
+pub struct NoEvents;
+
+impl crate::events::EventSink for NoEvents {
+    fn record(&self, _: &Owner, _: crate::events::AdmissionEvent) {}
+}

@@ -1,0 +1,67 @@
+//! The plain-HTTP router for the kubelet and Prometheus: `/healthz`, `/metrics`.
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::metrics::Metrics;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub fn router(metrics: Metrics) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .with_state(metrics)
+}
+
+async fn metrics_text(State(metrics): State<Metrics>) -> Response {
+    match metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::metrics::{Operation, Outcome};
+
+    async fn get_text(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn healthz_is_ok_and_metrics_show_admissions() {
+        let metrics = Metrics::new();
+        metrics.observe(Operation::Mutate, Outcome::Skipped, 0.001);
+        let app = router(metrics);
+        assert_eq!(
+            get_text(app.clone(), "/healthz").await,
+            (StatusCode::OK, "ok".into())
+        );
+        let (status, text) = get_text(app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains(
+                "baton_webhook_admissions_total{operation=\"mutate\",result=\"skipped\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}
