@@ -263,7 +263,8 @@ impl Admission {
         };
 
         let decision = inject::decide(&pod, owner.as_ref(), &self.config);
-        let events = (!req.dry_run).then_some(()).and(owner.as_ref());
+        // Events go on the owner, and a dry run has no side effects.
+        let events = if req.dry_run { None } else { owner.as_ref() };
         match decision {
             Decision::Deny(denial) => {
                 tracing::info!(reason = %denial, "denied");
