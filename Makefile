@@ -5,7 +5,7 @@ CLUSTER := tests/cluster
 export BATON_BIN_DIR := $(BIN_DIR)
 export KUBECONFIG := $(CURDIR)/target/cluster/kubeconfig
 
-.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down lint fmt
+.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint
 
 build:
 	$(CARGO) build --workspace --bins --locked
@@ -16,8 +16,11 @@ test: unit e2e
 unit:
 	$(CARGO) test --workspace --lib --bins --locked
 
+# Test binaries are built outside the cluster's network namespace (which
+# reaches no registry), then run inside it.
 e2e: build cluster-binaries
-	$(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked -- --test-threads=$${E2E_THREADS:-3}
+	$(CARGO) test -p baton-e2e --test '*' --locked --no-run
+	$(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked --offline -- --test-threads=$${E2E_THREADS:-3}
 
 ## Build (once per version, cached in ~/.cache/baton) the upstream components.
 cluster-binaries:
@@ -29,6 +32,10 @@ cluster-up: build cluster-binaries
 
 cluster-down:
 	$(CLUSTER)/down.sh
+
+## A shell inside the local cluster's network namespace, with KUBECONFIG set.
+shell:
+	ip netns exec $${BATON_NETNS:-baton} env PATH="$$(cat target/cluster/bin-dir):$$PATH" bash
 
 lint:
 	$(CARGO) fmt --all -- --check

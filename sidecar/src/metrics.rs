@@ -43,13 +43,13 @@ impl Metrics {
             lease_transitions: Gauge::default(),
             role_changes: Family::default(),
             probes: Family::default(),
-            probe_duration: Histogram::new(
-                [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0].into_iter(),
-            ),
+            probe_duration: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
             api_errors: Family::default(),
-            handover_duration: Histogram::new(
-                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter(),
-            ),
+            handover_duration: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
         };
         registry.register(
             "role_active",

@@ -6,7 +6,6 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
-[ -d "$dir/pids" ] || exit 0
 
 signal_all() {
   for f in "$dir"/pids/*.pid; do
@@ -30,4 +29,7 @@ signal_all TERM
 for _ in $(seq 100); do alive || break; sleep 0.1; done
 signal_all KILL
 rm -f "$dir"/pids/*.pid
+# shellcheck source=netns.sh
+. "$here/netns.sh"
+ip netns del "$netns" 2>/dev/null
 echo "[cluster] stopped"

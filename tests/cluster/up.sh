@@ -3,6 +3,8 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK
 # (fake nodes whose pods become Running and Ready with 127.x IPs).
 #
+# Every process runs inside the network namespace of netns.sh, where KWOK's
+# pod IPs are bindable addresses of its loopback.
 # Everything lives in $BATON_CLUSTER_DIR (default target/cluster): PKI,
 # data, logs, pid files and the kubeconfig. Nothing touches ~/.kube.
 # `down.sh` stops it all; `up.sh` first stops a previous run of the same dir.
@@ -13,9 +15,8 @@ dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
 nodes=${BATON_KWOK_NODES:-3}
 etcd_port=${BATON_ETCD_PORT:-23790}
 api_port=${BATON_APISERVER_PORT:-16443}
-# KWOK hands out pod IPs from this range: loopback, so a local process can
-# bind a pod's IP and nothing leaves the machine.
-pod_cidr=${BATON_POD_CIDR:-127.64.0.1/16}
+# shellcheck source=netns.sh
+. "$here/netns.sh"
 
 log() { echo "[cluster $(date +%T)] $*" >&2; }
 started=$(date +%s)
@@ -24,6 +25,7 @@ bin=$("$here/build.sh")
 "$here/down.sh" >/dev/null 2>&1 || true
 rm -rf "$dir/etcd" "$dir/pods"
 mkdir -p "$dir"/{pki,logs,pids,etcd}
+ensure_netns
 cd "$dir"
 
 # --- PKI: one CA signs the serving cert and the admin client cert.
@@ -41,8 +43,10 @@ if [ ! -f "$pki/admin.crt" ]; then
       -out apiserver.crt -days 3650 -extfile apiserver.ext 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr \
       -subj "/O=system:masters/CN=baton-admin" 2>/dev/null
+    # Extensions make it an X.509 v3 certificate: rustls rejects v1.
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' >admin.ext
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-      -out admin.crt -days 3650 2>/dev/null
+      -out admin.crt -days 3650 -extfile admin.ext 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
@@ -72,14 +76,14 @@ EOF
 # output to logs/NAME.log, pid to pids/NAME.pid.
 start() {
   local name=$1; shift
-  setsid "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
+  setsid ip netns exec "$netns" "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
   echo $! >"$dir/pids/$name.pid"
 }
 
 wait_for() { # wait_for WHAT TIMEOUT_S CMD...
   local what=$1 timeout=$2; shift 2
   local deadline=$(( $(date +%s) + timeout ))
-  until "$@" >/dev/null 2>&1; do
+  until in_netns "$@" >/dev/null 2>&1; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
       log "timed out after ${timeout}s waiting for $what; last log lines:"
       tail -n 30 "$dir/logs/"*.log >&2
@@ -135,10 +139,10 @@ log "starting kwok (pod IPs from $pod_cidr)"
 start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$bin/kwok-stages.yaml" \
   --manage-all-nodes=false \
   --manage-nodes-with-label-selector type=kwok \
-  --cidr "$pod_cidr" --node-ip 127.63.0.1 \
+  --cidr "${pod_cidr%.0/*}.1/${pod_cidr#*/}" --node-ip 10.243.0.1 \
   --server-address 127.0.0.1:0
 
-kubectl_() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+kubectl_() { in_netns "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 for i in $(seq 0 $((nodes - 1))); do
   cat <<EOF
 apiVersion: v1
@@ -158,7 +162,7 @@ wait_for "$nodes Ready nodes" 60 bash -c \
 # The API server taints new nodes not-ready; the node lifecycle controller,
 # which would lift it, is off (KWOK nodes send no kubelet heartbeats).
 kubectl_ taint nodes -l type=kwok node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
-wait_for "the default service account" 60 kubectl_ -n default get serviceaccount default
+wait_for "the default service account" 60 "$bin/kubectl" --kubeconfig "$kubeconfig" -n default get serviceaccount default
 
 echo "$bin" >"$dir/bin-dir"
 
@@ -169,4 +173,5 @@ if [ -n "${BATON_BIN_DIR:-}" ]; then
   KUBECONFIG=$kubeconfig RUST_LOG=${RUST_LOG:-info} start runner "$BATON_BIN_DIR/baton-runner" \
     --bin-dir "$BATON_BIN_DIR" --state-dir "$dir/pods" --ca-file "$pki/ca.crt"
 fi
-log "control plane ready in $(( $(date +%s) - started ))s: export KUBECONFIG=$kubeconfig"
+log "control plane ready in $(( $(date +%s) - started ))s, in network namespace $netns"
+log "kubectl: tests/cluster/kubectl ...   a shell inside: make shell"

@@ -1,8 +1,10 @@
 //! The end-to-end harness: the pod runner, the env a pod's process gets, and
 //! the helpers the tests in `tests/tests/` use against the local control plane.
 
+pub mod harness;
 pub mod podenv;
 pub mod runner;
+pub mod workload;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

@@ -257,12 +257,22 @@ async fn write_kubeconfig(
         ..Default::default()
     };
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    let token = api
-        .create_subresource::<_, TokenRequest>("token", &sa, &PostParams::default(), &request)
-        .await?
-        .status
-        .map(|s| s.token)
-        .unwrap_or_default();
+    // A new namespace's service account appears a moment after the namespace.
+    let mut attempt = 0;
+    let token = loop {
+        match api
+            .create_subresource::<_, TokenRequest>("token", &sa, &PostParams::default(), &request)
+            .await
+        {
+            Ok(t) => break t.status.map(|s| s.token).unwrap_or_default(),
+            Err(err) if attempt < 50 => {
+                attempt += 1;
+                tracing::debug!(error = %err, "token request failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
     let config = kube::config::Kubeconfig::read()?;
     let cluster_server = config
         .clusters
@@ -433,9 +443,9 @@ mod tests {
             ));
         assert!(!should_run(&pod));
         pod.metadata.deletion_timestamp = None;
-        pod.status
-            .as_mut()
-            .map(|s| s.phase = Some("Pending".into()));
+        if let Some(s) = pod.status.as_mut() {
+            s.phase = Some("Pending".into());
+        }
         assert!(!should_run(&pod));
     }
 }

@@ -1,0 +1,361 @@
+//! What the end-to-end tests share: a connection to the local control plane
+//! (`make cluster-up`, or `make test` which starts one), a namespace per
+//! test, waits on watches with timeouts, and access to the runner's pods.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    io::Write,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        core::v1::{Namespace as K8sNamespace, Pod},
+        discovery::v1::EndpointSlice,
+    },
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::watcher,
+};
+use serde::de::DeserializeOwned;
+
+/// The repository root (this crate lives in `<repo>/tests`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    pub dir: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+impl Cluster {
+    /// Connects to the control plane that `make cluster-up` started.
+    pub async fn connect() -> Cluster {
+        let dir = std::env::var_os("BATON_CLUSTER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/cluster"));
+        let kubeconfig = dir.join("kubeconfig");
+        let bin_dir = std::fs::read_to_string(dir.join("bin-dir")).unwrap_or_else(|_| {
+            panic!(
+                "no local control plane at {}: run `make cluster-up` (or `make test`)",
+                dir.display()
+            )
+        });
+        let config = Kubeconfig::read_from(&kubeconfig).expect("reading the cluster's kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+            .await
+            .expect("a usable kubeconfig");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Cluster {
+            client: Client::try_from(config).expect("a client"),
+            kubectl: PathBuf::from(bin_dir.trim()).join("kubectl"),
+            dir,
+        }
+    }
+
+    /// Runs kubectl against the cluster.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(self.dir.join("kubeconfig"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(input.as_bytes())
+                .expect("writing kubectl's stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// A fresh namespace for one test, with the sidecar's RBAC applied.
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}-{:04x}", fastrand::u16(..));
+        let api: Api<K8sNamespace> = Api::all(self.client.clone());
+        let mut ns = K8sNamespace::default();
+        ns.metadata.name = Some(name.clone());
+        ns.metadata.labels = Some([("baton.dev/test".to_string(), prefix.to_string())].into());
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
+        let ns = TestNamespace {
+            name,
+            cluster: self.clone(),
+        };
+        let rbac = repo_root().join("manifests/rbac");
+        ns.kubectl_ok(&["apply", "-k", rbac.to_str().expect("utf-8 path")], None);
+        ns
+    }
+}
+
+pub struct TestNamespace {
+    pub name: String,
+    pub cluster: Cluster,
+}
+
+impl TestNamespace {
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.cluster.client.clone(), &self.name)
+    }
+
+    /// kubectl in this namespace; panics with its stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        self.cluster.kubectl(&all, stdin)
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        self.kubectl_ok(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    /// Deletes the namespace (its pods stop through the runner).
+    pub async fn delete(self) {
+        let api: Api<K8sNamespace> = Api::all(self.cluster.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::background()).await;
+    }
+
+    /// The directory where the runner keeps a pod's files.
+    pub fn pod_dir(&self, pod: &str) -> PathBuf {
+        self.cluster.dir.join("pods").join(&self.name).join(pod)
+    }
+
+    /// The pid of a container's process, once the runner started it.
+    pub async fn pid(&self, pod: &str, container: &str, timeout: Duration) -> u32 {
+        let path = self.pod_dir(pod).join(format!("{container}.pid"));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return pid;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the runner started no {container} process for pod {pod} within {timeout:?} (no {})",
+                path.display()
+            );
+            // A local file the runner writes: nothing to watch through the API.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines a container's process wrote, for failure messages.
+    pub fn log_tail(&self, pod: &str, container: &str) -> String {
+        let text = std::fs::read_to_string(self.pod_dir(pod).join(format!("{container}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// Watches the objects matching `labels` until `done` holds for them, or
+/// panics after `timeout` saying what it waited for and what it saw.
+pub async fn wait_until<K, F>(
+    api: Api<K>,
+    labels: &str,
+    timeout: Duration,
+    what: &str,
+    mut done: F,
+) -> Vec<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: FnMut(&[K]) -> bool,
+{
+    let mut stream = watcher(api, watcher::Config::default().labels(labels)).boxed();
+    let mut state: BTreeMap<String, K> = BTreeMap::new();
+    let mut listing: BTreeMap<String, K> = BTreeMap::new();
+    let mut listed = false;
+    let waiting = async {
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listing.clear(),
+                Ok(watcher::Event::InitApply(o)) => {
+                    listing.insert(o.name_any(), o);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    state = std::mem::take(&mut listing);
+                    listed = true;
+                }
+                Ok(watcher::Event::Apply(o)) => {
+                    state.insert(o.name_any(), o);
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    state.remove(&o.name_any());
+                }
+                Err(_) => continue,
+            }
+            let items: Vec<K> = state.values().cloned().collect();
+            if listed && done(&items) {
+                return items;
+            }
+        }
+        Vec::new()
+    };
+    match tokio::time::timeout(timeout, waiting).await {
+        Ok(items) => items,
+        Err(_) => panic!(
+            "timed out after {timeout:?} waiting for {what}; last seen: {:?}",
+            state.keys().collect::<Vec<_>>()
+        ),
+    }
+}
+
+/// Names of the pods a Service's EndpointSlices list as ready.
+pub fn ready_endpoints(slices: &[EndpointSlice]) -> BTreeSet<String> {
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.target_ref.as_ref().and_then(|r| r.name.clone()))
+        .collect()
+}
+
+/// Waits until the Service's EndpointSlices list exactly `pods`.
+pub async fn wait_endpoints(ns: &TestNamespace, service: &str, pods: &[&str], timeout: Duration) {
+    let want: BTreeSet<String> = pods.iter().map(|p| p.to_string()).collect();
+    let what = format!("service {service} to have endpoints {want:?}");
+    wait_until::<EndpointSlice, _>(
+        ns.api(),
+        &format!("kubernetes.io/service-name={service}"),
+        timeout,
+        &what,
+        |slices| ready_endpoints(slices) == want,
+    )
+    .await;
+}
+
+/// Pods of `labels` that carry `key=value`.
+pub fn labelled(pods: &[Pod], key: &str, value: &str) -> Vec<String> {
+    pods.iter()
+        .filter(|p| p.labels().get(key).map(String::as_str) == Some(value))
+        .map(|p| p.name_any())
+        .collect()
+}
+
+/// Watches a group's pods from before a test acts until it ends, and
+/// records every moment at which more than one carried the active label.
+pub struct NeverTwoActive {
+    task: tokio::task::JoinHandle<()>,
+    violations: Arc<Mutex<Vec<Vec<String>>>>,
+    most: Arc<Mutex<usize>>,
+}
+
+impl NeverTwoActive {
+    /// Starts watching; returns once the watch has listed the pods.
+    pub async fn start(api: Api<Pod>, labels: &str, key: &str, active: &str) -> NeverTwoActive {
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let most = Arc::new(Mutex::new(0));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (v, m) = (violations.clone(), most.clone());
+        let (key, active) = (key.to_owned(), active.to_owned());
+        let mut stream = watcher(api, watcher::Config::default().labels(labels)).boxed();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut state: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut listing: BTreeMap<String, Pod> = BTreeMap::new();
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => listing.clear(),
+                    Ok(watcher::Event::InitApply(p)) => {
+                        listing.insert(p.name_any(), p);
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        state = std::mem::take(&mut listing);
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(watcher::Event::Apply(p)) => {
+                        state.insert(p.name_any(), p);
+                    }
+                    Ok(watcher::Event::Delete(p)) => {
+                        state.remove(&p.name_any());
+                    }
+                    Err(_) => continue,
+                }
+                let pods: Vec<Pod> = state.values().cloned().collect();
+                let active_now = labelled(&pods, &key, &active);
+                let mut most = m.lock().expect("not poisoned");
+                *most = (*most).max(active_now.len());
+                if active_now.len() > 1 {
+                    v.lock().expect("not poisoned").push(active_now);
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        NeverTwoActive {
+            task,
+            violations,
+            most,
+        }
+    }
+
+    /// Panics if two pods were ever active at once; returns the most seen.
+    pub fn assert_held(self) -> usize {
+        self.task.abort();
+        let violations = self.violations.lock().expect("not poisoned").clone();
+        assert!(
+            violations.is_empty(),
+            "two pods carried the active label at the same moment: {violations:?}"
+        );
+        *self.most.lock().expect("not poisoned")
+    }
+}
+
+/// An HTTP client for pod IPs (loopback: never a proxy).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// A pod's IP as the API server reports it.
+pub async fn pod_ip(ns: &TestNamespace, pod: &str) -> String {
+    let api: Api<Pod> = ns.api();
+    let p = api.get(pod).await.expect("getting the pod");
+    p.status
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_else(|| panic!("pod {pod} has no IP"))
+}

@@ -1,0 +1,75 @@
+//! Workloads the tests create: the demo app in a StatefulSet, with the
+//! sidecar written into the spec by hand as the webhook injects it, and the
+//! user's Service that selects the app plus `role: active`.
+
+/// A demo-app StatefulSet named `name` with `replicas` pods and, when
+/// `sidecar` is set, the baton sidecar as a native sidecar with `env` extra.
+pub fn statefulset(name: &str, replicas: u32, sidecar: bool, env: &[(&str, &str)]) -> String {
+    let extra: String = env
+        .iter()
+        .map(|(k, v)| format!("        - {{name: {k}, value: \"{v}\"}}\n"))
+        .collect();
+    let sidecar_spec = if sidecar {
+        format!(
+            r#"      initContainers:
+      - name: baton-sidecar
+        image: ghcr.io/baton-dev/baton-sidecar:dev
+        restartPolicy: Always
+        ports: [{{name: baton-status, containerPort: 9095}}]
+        env:
+        - name: BATON_POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: BATON_POD_NAMESPACE
+          valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+        - name: BATON_POD_IP
+          valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+        - {{name: BATON_LEASE_NAME, value: "{name}"}}
+        - {{name: BATON_PROBE_HOST, value: "127.0.0.1"}}
+        - {{name: BATON_PROBE_PORT, value: "8080"}}
+        - {{name: BATON_STATUS_ADDR, value: "0.0.0.0:9095"}}
+{extra}"#
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  serviceName: {name}
+  podManagementPolicy: Parallel
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}, baton.dev/group: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 5
+{sidecar_spec}      containers:
+      - name: app
+        image: ghcr.io/baton-dev/baton-demo-app:dev
+        ports: [{{name: http, containerPort: 8080}}]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - {{name: LISTEN_ADDR, value: "0.0.0.0:8080"}}
+"#
+    )
+}
+
+/// The user's Service: the app's pods that carry `role: active`.
+pub fn active_service(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: {name}-active
+spec:
+  selector: {{app: {name}, role: active}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+    )
+}
