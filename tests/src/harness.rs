@@ -194,13 +194,56 @@ pub async fn wait_until<K, F>(
     labels: &str,
     timeout: Duration,
     what: &str,
+    done: F,
+) -> Vec<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: FnMut(&[K]) -> bool,
+{
+    wait_watched(
+        api,
+        watcher::Config::default().labels(labels),
+        timeout,
+        what,
+        done,
+    )
+    .await
+}
+
+/// Like [`wait_until`] for one object, by name.
+pub async fn wait_for_object<K, F>(
+    api: Api<K>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    mut done: F,
+) -> K
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: FnMut(&K) -> bool,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    wait_watched(api, config, timeout, what, |items| {
+        items.first().is_some_and(&mut done)
+    })
+    .await
+    .into_iter()
+    .next()
+    .expect("the object the wait ended on")
+}
+
+async fn wait_watched<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    timeout: Duration,
+    what: &str,
     mut done: F,
 ) -> Vec<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     F: FnMut(&[K]) -> bool,
 {
-    let mut stream = watcher(api, watcher::Config::default().labels(labels)).boxed();
+    let mut stream = watcher(api, config).boxed();
     let mut state: BTreeMap<String, K> = BTreeMap::new();
     let mut listing: BTreeMap<String, K> = BTreeMap::new();
     let mut listed = false;
@@ -358,4 +401,59 @@ pub async fn pod_ip(ns: &TestNamespace, pod: &str) -> String {
     p.status
         .and_then(|s| s.pod_ip)
         .unwrap_or_else(|| panic!("pod {pod} has no IP"))
+}
+
+/// Records every holder a Lease has had, from before a test acts.
+pub struct LeaseHistory {
+    task: tokio::task::JoinHandle<()>,
+    holders: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl LeaseHistory {
+    pub async fn start(
+        api: Api<k8s_openapi::api::coordination::v1::Lease>,
+        name: &str,
+    ) -> LeaseHistory {
+        let holders = Arc::new(Mutex::new(Vec::new()));
+        let h = holders.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut stream = watcher(api, config).boxed();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            while let Some(event) = stream.next().await {
+                let lease = match event {
+                    Ok(watcher::Event::InitApply(l) | watcher::Event::Apply(l)) => l,
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let holder = lease
+                    .spec
+                    .and_then(|s| s.holder_identity)
+                    .filter(|h| !h.is_empty());
+                let mut all = h.lock().expect("not poisoned");
+                if all.last() != Some(&holder) {
+                    all.push(holder);
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        LeaseHistory { task, holders }
+    }
+
+    /// The holders so far, consecutive repeats folded; None is "released".
+    pub fn holders(&self) -> Vec<Option<String>> {
+        self.holders.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Drop for LeaseHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -1,0 +1,309 @@
+//! The sidecar against the real control plane: sidecar and demo-app
+//! processes run by the runner for KWOK pods. In every test a watch over the
+//! group's pods checks that two pods never carry `role=active` at once.
+
+use std::time::Duration;
+
+use baton_e2e::{
+    harness::{
+        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip,
+        wait_endpoints, wait_for_object, wait_until,
+    },
+    runner::signal,
+    workload,
+};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A group of `replicas` pods with sidecars, its Service, and its watchers.
+struct Group {
+    ns: TestNamespace,
+    name: String,
+    guard: NeverTwoActive,
+    history: LeaseHistory,
+}
+
+impl Group {
+    async fn deploy(test: &str, replicas: u32) -> (Group, String) {
+        let cluster = Cluster::connect().await;
+        let ns = cluster.namespace(test).await;
+        let name = "web".to_string();
+        let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+        let history = LeaseHistory::start(ns.api(), &name).await;
+        ns.apply(&workload::statefulset(&name, replicas, true, &[]));
+        ns.apply(&workload::active_service(&name));
+        let group = Group {
+            ns,
+            name,
+            guard,
+            history,
+        };
+        let holder = group.wait_for_new_holder(None).await;
+        (group, holder)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        self.ns.api()
+    }
+
+    /// Waits until the Lease names a holder other than `old`, that pod alone
+    /// is labelled active, and the Service's only endpoint is that pod.
+    async fn wait_for_new_holder(&self, old: Option<&str>) -> String {
+        let lease = wait_for_object::<Lease, _>(
+            self.ns.api(),
+            &self.name,
+            T,
+            &format!("a holder other than {old:?}"),
+            |l| {
+                let h = l.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
+                h.is_some_and(|h| !h.is_empty() && Some(h) != old)
+            },
+        )
+        .await;
+        let holder = lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .expect("a holder");
+        self.wait_active(&holder).await;
+        holder
+    }
+
+    /// Waits until `pod` alone carries the active label and is the endpoint.
+    async fn wait_active(&self, pod: &str) {
+        let want = vec![pod.to_string()];
+        wait_until::<Pod, _>(
+            self.pods(),
+            "app=web",
+            T,
+            &format!("{pod} alone labelled active"),
+            |pods| labelled(pods, "role", "active") == want,
+        )
+        .await;
+        wait_endpoints(&self.ns, &format!("{}-active", self.name), &[pod], T).await;
+    }
+
+    async fn sidecar_status(&self, pod: &str) -> serde_json::Value {
+        let ip = pod_ip(&self.ns, pod).await;
+        http()
+            .get(format!("http://{ip}:9095/status"))
+            .send()
+            .await
+            .expect("the sidecar's status server answers")
+            .text()
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .expect("status is JSON")
+    }
+
+    async fn set_app_health(&self, pod: &str, health: &str) {
+        let ip = pod_ip(&self.ns, pod).await;
+        let r = http()
+            .post(format!("http://{ip}:8080/control?health={health}"))
+            .send()
+            .await
+            .expect("the demo app answers");
+        assert!(r.status().is_success());
+    }
+
+    async fn sidecar_pid(&self, pod: &str) -> u32 {
+        self.ns.pid(pod, "baton-sidecar", T).await
+    }
+
+    /// Checks the never-two-active guard and deletes the namespace.
+    async fn finish(self) -> Vec<Option<String>> {
+        let holders = self.history.holders();
+        let most = self.guard.assert_held();
+        assert_eq!(most, 1, "some pod was active at some point");
+        self.ns.delete().await;
+        holders
+    }
+}
+
+#[tokio::test]
+async fn first_election_makes_one_of_two_active_and_the_other_passive() {
+    let (group, holder) = Group::deploy("sidecar-first", 2).await;
+    let pods = wait_until::<Pod, _>(
+        group.pods(),
+        "app=web",
+        T,
+        "the other pod passive",
+        |pods| labelled(pods, "role", "passive").len() == 1,
+    )
+    .await;
+    let passive = labelled(&pods, "role", "passive").remove(0);
+    assert_ne!(passive, holder);
+
+    let status = group.sidecar_status(&holder).await;
+    assert_eq!(status["role"], "active", "{status}");
+    assert_eq!(status["holder"], holder.as_str());
+    assert_eq!(status["app_healthy"], true);
+    let status = group.sidecar_status(&passive).await;
+    assert_eq!(status["role"], "passive", "{status}");
+    assert_eq!(status["holder"], holder.as_str());
+
+    // A passive pod is ready: readiness must not stall StatefulSet rollouts.
+    let ip = pod_ip(&group.ns, &passive).await;
+    let ready = http()
+        .get(format!("http://{ip}:9095/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert!(ready.status().is_success());
+    group.finish().await;
+}
+
+#[tokio::test]
+async fn failing_app_hands_the_service_to_a_healthy_pod_of_three() {
+    let (group, old) = Group::deploy("sidecar-fail", 3).await;
+    group.set_app_health(&old, "fail").await;
+    let new = group.wait_for_new_holder(Some(&old)).await;
+    assert_ne!(new, old);
+    let status = group.sidecar_status(&old).await;
+    assert_eq!(status["role"], "passive", "{status}");
+    assert_eq!(status["app_healthy"], false);
+    let holders = group.finish().await;
+    // An unhealthy holder releases at once (rule 4) rather than letting it expire.
+    assert!(
+        holders.contains(&None),
+        "lease released on the way: {holders:?}"
+    );
+}
+
+#[tokio::test]
+async fn hung_app_hands_over_like_a_failing_one() {
+    let (group, old) = Group::deploy("sidecar-hang", 2).await;
+    group.set_app_health(&old, "hang").await;
+    let new = group.wait_for_new_holder(Some(&old)).await;
+    assert_ne!(new, old);
+    let status = group.sidecar_status(&old).await;
+    assert_eq!(status["app_last_failure"], "timed out", "{status}");
+    group.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_hands_over_without_waiting_for_expiry() {
+    let (group, old) = Group::deploy("sidecar-sigterm", 2).await;
+    let pid = group.sidecar_pid(&old).await;
+    signal(pid, "TERM").await;
+    let new = group.wait_for_new_holder(Some(&old)).await;
+    let holders = group.finish().await;
+    assert_eq!(
+        holders,
+        [Some(old), None, Some(new)],
+        "the holder released the lease on SIGTERM and the other took it"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_active_pod_hands_over() {
+    let (group, old) = Group::deploy("sidecar-delete", 2).await;
+    group
+        .pods()
+        .delete(&old, &DeleteParams::default())
+        .await
+        .expect("delete the active pod");
+    let new = group.wait_for_new_holder(Some(&old)).await;
+    let holders = group.finish().await;
+    assert_eq!(
+        holders,
+        [Some(old), None, Some(new)],
+        "released, then taken"
+    );
+}
+
+#[tokio::test]
+async fn sigkilled_holder_is_replaced_after_the_lease_expires() {
+    let (group, old) = Group::deploy("sidecar-sigkill", 2).await;
+    let pid = group.sidecar_pid(&old).await;
+    signal(pid, "KILL").await;
+    // The killed sidecar cannot release or relabel: the new holder takes the
+    // lease once it has seen it unchanged for its duration, and demotes it.
+    let new = group.wait_for_new_holder(Some(&old)).await;
+    let holders = group.finish().await;
+    assert_eq!(
+        holders,
+        [Some(old), Some(new)],
+        "taken over without a release"
+    );
+}
+
+#[tokio::test]
+async fn frozen_holder_is_demoted_and_stays_passive_when_it_resumes() {
+    let (group, old) = Group::deploy("sidecar-sigstop", 2).await;
+    let pid = group.sidecar_pid(&old).await;
+    signal(pid, "STOP").await;
+    let new = group.wait_for_new_holder(Some(&old)).await;
+    signal(pid, "CONT").await;
+    // The resumed sidecar finds its deadline passed and the lease taken.
+    let ip = pod_ip(&group.ns, &old).await;
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = group.sidecar_status(&old).await;
+        if last["holder"] == new.as_str() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["role"], "passive", "resumed sidecar at {ip}: {last}");
+    assert_eq!(last["holder"], new.as_str(), "{last}");
+    group.wait_active(&new).await;
+    group.finish().await;
+}
+
+#[tokio::test]
+async fn role_labels_edited_by_hand_are_corrected() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("sidecar-handedit").await;
+    ns.apply(&workload::statefulset("web", 2, true, &[]));
+    ns.apply(&workload::active_service("web"));
+    let lease = wait_for_object::<Lease, _>(ns.api(), "web", T, "a holder", |l| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_ref())
+            .is_some()
+    })
+    .await;
+    let holder = lease.spec.and_then(|s| s.holder_identity).expect("holder");
+    let other = if holder == "web-0" { "web-1" } else { "web-0" };
+    let pods: Api<Pod> = ns.api();
+    let set = |role: &'static str| Patch::Merge(json!({"metadata": {"labels": {"role": role}}}));
+    wait_until::<Pod, _>(pods.clone(), "app=web", T, "roles settled", |p| {
+        labelled(p, "role", "passive") == [other.to_string()]
+    })
+    .await;
+
+    pods.patch(other, &PatchParams::default(), &set("active"))
+        .await
+        .expect("hand edit");
+    wait_until::<Pod, _>(
+        pods.clone(),
+        "app=web",
+        T,
+        "the passive pod relabelled passive",
+        |p| labelled(p, "role", "passive") == [other.to_string()],
+    )
+    .await;
+
+    pods.patch(&holder, &PatchParams::default(), &set("passive"))
+        .await
+        .expect("hand edit");
+    wait_until::<Pod, _>(
+        pods.clone(),
+        "app=web",
+        T,
+        "the holder relabelled active",
+        |p| labelled(p, "role", "active") == [holder.clone()],
+    )
+    .await;
+    wait_endpoints(&ns, "web-active", &[&holder], T).await;
+    let now = pods.get(&holder).await.expect("holder pod");
+    assert_eq!(now.labels().get("role").map(String::as_str), Some("active"));
+    ns.delete().await;
+}
