@@ -136,7 +136,7 @@ start kube-scheduler "$bin/kube-scheduler" \
   --bind-address 127.0.0.1 --secure-port 0
 
 log "starting kwok (pod IPs from $pod_cidr)"
-start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$bin/kwok-stages.yaml" \
+start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$bin/kwok-stages-2.yaml" \
   --manage-all-nodes=false \
   --manage-nodes-with-label-selector type=kwok \
   --cidr "${pod_cidr%.0/*}.1/${pod_cidr#*/}" --node-ip 10.243.0.1 \

@@ -22,7 +22,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::PostParams,
+    api::{DeleteParams, PostParams, Preconditions},
     runtime::{WatchStreamExt, watcher},
 };
 use tokio::{process::Command, sync::watch};
@@ -223,11 +223,36 @@ fn start_pod(
             for t in tasks {
                 let _ = t.await;
             }
+            // As kubelet: once the containers of a deleted pod have exited,
+            // remove the pod object, so that a StatefulSet's replacement of
+            // the same name starts only after the old processes are gone.
+            if pod_deleting(&client, &pod).await {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                    ..Default::default()
+                };
+                if let Err(err) = api.delete(&pod.name_any(), &dp).await {
+                    tracing::debug!(error = %err, "pod already gone");
+                }
+            }
             let _ = done_tx.send(true);
         }
         .instrument(span),
     );
     Some(Running { stop, done, ip })
+}
+
+/// Whether the pod (this very one, by uid) is being deleted or is gone.
+async fn pod_deleting(client: &Client, pod: &Pod) -> bool {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    match api.get_opt(&pod.name_any()).await {
+        Ok(Some(p)) => {
+            p.metadata.uid == pod.metadata.uid && p.metadata.deletion_timestamp.is_some()
+        }
+        _ => false,
+    }
 }
 
 /// A kubeconfig with a token bound to the pod, for its service account.
