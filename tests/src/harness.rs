@@ -39,6 +39,7 @@ pub fn repo_root() -> PathBuf {
 #[derive(Clone)]
 pub struct Cluster {
     pub client: Client,
+    pub config: kube::Config,
     pub dir: PathBuf,
     pub kubectl: PathBuf,
 }
@@ -62,7 +63,8 @@ impl Cluster {
             .expect("a usable kubeconfig");
         let _ = rustls::crypto::ring::default_provider().install_default();
         Cluster {
-            client: Client::try_from(config).expect("a client"),
+            client: Client::try_from(config.clone()).expect("a client"),
+            config,
             kubectl: PathBuf::from(bin_dir.trim()).join("kubectl"),
             dir,
         }
@@ -105,8 +107,12 @@ impl Cluster {
             name,
             cluster: self.clone(),
         };
-        let rbac = repo_root().join("manifests/rbac");
-        ns.kubectl_ok(&["apply", "-k", rbac.to_str().expect("utf-8 path")], None);
+        // The sidecar's Role, and the cluster-wide policy that confines it:
+        // every test runs as a real install would.
+        for dir in ["manifests/rbac", "manifests/rbac/policy"] {
+            let path = repo_root().join(dir);
+            ns.kubectl_ok(&["apply", "-k", path.to_str().expect("utf-8 path")], None);
+        }
         ns
     }
 }
@@ -140,6 +146,41 @@ impl TestNamespace {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
         self.cluster.kubectl(&all, stdin)
+    }
+
+    /// A client that authenticates as a service account of this namespace.
+    pub async fn client_as(&self, service_account: &str) -> Client {
+        use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+        let api: Api<ServiceAccount> = self.api();
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({
+            "spec": {"audiences": [], "expirationSeconds": 3600}
+        }))
+        .expect("a token request");
+        // The namespace's default service account appears shortly after it.
+        let mut token = None;
+        for _ in 0..100 {
+            match api
+                .create_subresource::<_, TokenRequest>(
+                    "token",
+                    service_account,
+                    &PostParams::default(),
+                    &request,
+                )
+                .await
+            {
+                Ok(t) => {
+                    token = t.status.map(|s| s.token);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let mut config = self.cluster.config.clone();
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.expect("a token for the service account").into()),
+            ..Default::default()
+        };
+        Client::try_from(config).expect("a client")
     }
 
     pub fn apply(&self, yaml: &str) {

@@ -1,0 +1,104 @@
+//! The ValidatingAdmissionPolicy of manifests/rbac/policy: a service account
+//! of an app namespace, which the sidecar's Role lets patch pods, may change
+//! only the role label of a pod in a baton group, and only to a role value.
+
+use std::time::Duration;
+
+use baton_e2e::{
+    harness::{Cluster, wait_until},
+    workload,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+async fn patch(api: &Api<Pod>, pod: &str, body: serde_json::Value) -> Result<Pod, String> {
+    api.patch(pod, &PatchParams::default(), &Patch::Merge(body))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_service_account_may_change_only_the_role_label_of_group_pods() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("policy").await;
+    ns.apply(&workload::statefulset("web", 1, false, &[]));
+    wait_until::<Pod, _>(ns.api(), "app=web", T, "the pod", |p| p.len() == 1).await;
+    let as_sidecar: Api<Pod> = Api::namespaced(ns.client_as("default").await, &ns.name);
+
+    // The policy is enforced once the API server has loaded it: the first
+    // forbidden change is retried until it is refused (bounded).
+    let mut refused = String::new();
+    for _ in 0..100 {
+        match patch(
+            &as_sidecar,
+            "web-0",
+            json!({"metadata": {"labels": {"app": "evil"}}}),
+        )
+        .await
+        {
+            Err(e) => {
+                refused = e;
+                break;
+            }
+            Ok(_) => {
+                // Undo, as an admin, and try again.
+                let admin: Api<Pod> = ns.api();
+                let _ = patch(
+                    &admin,
+                    "web-0",
+                    json!({"metadata": {"labels": {"app": "web"}}}),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        refused.contains("only the role label"),
+        "changing another label must be refused: {refused:?}"
+    );
+
+    patch(
+        &as_sidecar,
+        "web-0",
+        json!({"metadata": {"labels": {"role": "active"}}}),
+    )
+    .await
+    .expect("the role label may change");
+    let err = patch(
+        &as_sidecar,
+        "web-0",
+        json!({"metadata": {"labels": {"role": "boss"}}}),
+    )
+    .await
+    .expect_err("a foreign role value is refused");
+    assert!(err.contains("must be active or passive"), "{err}");
+    let err = patch(
+        &as_sidecar,
+        "web-0",
+        json!({"metadata": {"annotations": {"x": "y"}}}),
+    )
+    .await
+    .expect_err("annotations are not the sidecar's to change");
+    assert!(
+        err.contains("may not change the spec, annotations"),
+        "{err}"
+    );
+
+    // Administrators are not confined by it.
+    let admin: Api<Pod> = ns.api();
+    patch(
+        &admin,
+        "web-0",
+        json!({"metadata": {"labels": {"team": "a"}}}),
+    )
+    .await
+    .expect("an admin may relabel");
+    ns.delete().await;
+}
