@@ -158,6 +158,7 @@ impl Candidate {
                     self.metrics.observe_handover(started.elapsed());
                 }
                 info!("handover done; exiting");
+                self.events.flush(self.settings.api_timeout).await;
                 return;
             }
             if shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
@@ -458,15 +459,18 @@ impl Candidate {
                         self.settings.role_label, self.settings.active_value
                     ),
                 ),
-                Role::Passive => (
-                    "Demoted",
-                    format!(
-                        "lease {lease} held by {}; labelled {}={}",
-                        self.holder().unwrap_or("nobody"),
-                        self.settings.role_label,
-                        self.settings.passive_value
-                    ),
-                ),
+                Role::Passive => {
+                    let why = match self.holder() {
+                        Some(h) if h == self.me() => format!("handing over lease {lease}"),
+                        Some(h) => format!("lease {lease} held by {h}"),
+                        None => format!("lease {lease} not held"),
+                    };
+                    let label = format!(
+                        "{}={}",
+                        self.settings.role_label, self.settings.passive_value
+                    );
+                    ("Demoted", format!("{why}; labelled {label}"))
+                }
             };
             // The first passive label of a new pod is no news.
             if role == Role::Active || was == Some(Role::Active) {

@@ -7,11 +7,19 @@ use kube::{
     Client, Resource,
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
+use std::{sync::Arc, time::Duration};
+
+use std::sync::Mutex;
+
+use tokio::task::JoinSet;
 use tracing::debug;
 
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
+    /// Publications under way, so that the last ones (the handover on
+    /// shutdown) can be waited for before the process exits.
+    in_flight: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl Events {
@@ -22,6 +30,7 @@ impl Events {
         };
         Events {
             recorder: Recorder::new(client, reporter),
+            in_flight: Arc::default(),
         }
     }
 
@@ -40,10 +49,22 @@ impl Events {
             secondary: None,
         };
         let recorder = self.recorder.clone();
-        tokio::spawn(async move {
+        let task = async move {
             if let Err(err) = recorder.publish(&event, &reference).await {
                 debug!(error = %err, reason, "event not published");
             }
-        });
+        };
+        let mut set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget the finished ones as new ones come.
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
+    }
+
+    /// Waits, at most `timeout`, for the Events still being published.
+    pub async fn flush(&self, timeout: Duration) {
+        let mut set =
+            std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ =
+            tokio::time::timeout(timeout, async { while set.join_next().await.is_some() {} }).await;
     }
 }

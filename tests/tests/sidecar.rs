@@ -12,7 +12,7 @@ use baton_e2e::{
     runner::signal,
     workload,
 };
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -126,6 +126,20 @@ impl Group {
     }
 }
 
+/// Waits until the sidecars have published Events with these (reason, pod).
+async fn wait_for_events(ns: &TestNamespace, want: &[(&str, &str)]) {
+    wait_until::<Event, _>(ns.api(), "", T, &format!("Events {want:?}"), |events| {
+        want.iter().all(|(reason, pod)| {
+            events.iter().any(|e| {
+                e.reason.as_deref() == Some(*reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(*pod)
+                    && e.reporting_controller.as_deref() == Some("baton-sidecar")
+            })
+        })
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn first_election_makes_one_of_two_active_and_the_other_passive() {
     let (group, holder) = Group::deploy("sidecar-first", 2).await;
@@ -168,6 +182,13 @@ async fn failing_app_hands_the_service_to_a_healthy_pod_of_three() {
     let status = group.sidecar_status(&old).await;
     assert_eq!(status["role"], "passive", "{status}");
     assert_eq!(status["app_healthy"], false);
+    // kubectl describe pod tells the story.
+    let want = [
+        ("AppUnhealthy", old.as_str()),
+        ("Demoted", old.as_str()),
+        ("Promoted", new.as_str()),
+    ];
+    wait_for_events(&group.ns, &want).await;
     let holders = group.finish().await;
     // An unhealthy holder releases at once (rule 4) rather than letting it expire.
     assert!(
@@ -193,6 +214,11 @@ async fn sigterm_hands_over_without_waiting_for_expiry() {
     let pid = group.sidecar_pid(&old).await;
     signal(pid, "TERM").await;
     let new = group.wait_for_new_holder(Some(&old)).await;
+    wait_for_events(
+        &group.ns,
+        &[("HandedOver", old.as_str()), ("Promoted", new.as_str())],
+    )
+    .await;
     let holders = group.finish().await;
     assert_eq!(
         holders,
