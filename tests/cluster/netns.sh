@@ -7,7 +7,8 @@ netns=${BATON_NETNS:-baton}
 pod_cidr=${BATON_POD_CIDR:-10.244.0.0/16}
 
 ensure_netns() {
-  if ! ip netns list 2>/dev/null | grep -qw "^$netns"; then
+  # `ip netns list` prints "name (id: N)"; match the whole name only.
+  if ! ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF "$netns"; then
     ip netns add "$netns" || {
       echo "cannot create network namespace $netns: the local cluster needs root (or CAP_SYS_ADMIN)" >&2
       return 1
