@@ -615,3 +615,108 @@ fn referenced_finds_whole_metric_names_only() {
     assert_eq!(base64(b"abc"), "YWJj");
     assert_eq!(base64(b"a"), "YQ==");
 }
+
+/// The PrometheusRule's `spec` as a plain rule file (what promtool reads).
+fn rule_file(prometheus_rule: &str) -> String {
+    let mut lines = prometheus_rule.lines().skip_while(|l| *l != "spec:");
+    assert_eq!(lines.next(), Some("spec:"), "a PrometheusRule with a spec");
+    lines
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn alert_rules_pass_promtool_checks_and_their_unit_tests() {
+    let promtool = cached_tool("build-promtool.sh", "promtool");
+    let observability = repo_root().join("manifests/observability");
+    let rules =
+        std::fs::read_to_string(observability.join("prometheus-rules.yaml")).expect("rules");
+    let dir = std::env::temp_dir().join(format!("baton-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("baton-rules.yaml"), rule_file(&rules)).expect("rule file");
+    std::fs::copy(
+        observability.join("prometheus-rules.test.yaml"),
+        dir.join("prometheus-rules.test.yaml"),
+    )
+    .expect("test file");
+    let run = |args: &[&str]| {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("running promtool");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}:\n{text}");
+        text
+    };
+    let alerts = rules.matches("- alert: ").count();
+    let checked = run(&["check", "rules", "baton-rules.yaml"]);
+    assert!(
+        checked.contains(&format!("SUCCESS: {alerts} rules found")),
+        "{checked}"
+    );
+    for alert in [
+        "BatonNoActivePod",
+        "BatonMoreThanOneActive",
+        "BatonFrequentRoleChanges",
+        "BatonWebhookErrors",
+        "BatonWebhookCertificateExpiring",
+    ] {
+        assert!(rules.contains(&format!("- alert: {alert}\n")), "{alert}");
+    }
+    run(&["test", "rules", "prometheus-rules.test.yaml"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn grafana_dashboard_panels_query_prometheus() {
+    let path = repo_root().join("manifests/observability/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    assert_eq!(dashboard["uid"], "baton");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut queried = 0;
+    for p in panels {
+        assert!(ids.insert(p["id"].as_i64().expect("an id")), "unique ids");
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{} queries something", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            assert!(expr.contains("baton_"), "{expr}");
+            assert_eq!(
+                expr.matches('(').count(),
+                expr.matches(')').count(),
+                "{expr}"
+            );
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}");
+        queried += 1;
+    }
+    assert!(queried >= 10, "sidecar and webhook panels");
+    for metric in [
+        "baton_role_active",
+        "baton_app_healthy",
+        "baton_lease_transitions",
+        "baton_role_changes_total",
+        "baton_probes_total",
+        "baton_probe_duration_seconds_bucket",
+        "baton_api_errors_total",
+        "baton_handover_duration_seconds_bucket",
+        "baton_webhook_admissions_total",
+        "baton_webhook_admission_duration_seconds_bucket",
+    ] {
+        assert!(
+            referenced(&dashboard.to_string()).contains(metric),
+            "the dashboard shows {metric}"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# `make demo`: baton on a laptop, in one command.
+#
+# Starts a fresh local control plane (tests/cluster/up.sh: etcd,
+# kube-apiserver, controller-manager, scheduler, KWOK nodes and the pod
+# runner, inside the network namespace $BATON_NETNS), runs the baton webhook
+# as a local process, installs manifests/examples/helloworld with kubectl,
+# then tells the story with real commands and their real output: one pod
+# serves, its app fails, the Service's single endpoint moves; the serving
+# pod is deleted, it moves again. Everything is stopped at the end.
+#
+# Commands are printed as you would type them against a real cluster
+# (`kubectl ...`, `curl ...`); they run through tests/cluster/kubectl and
+# `ip netns exec`, because the cluster lives in its own network namespace.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cluster=$repo/tests/cluster
+export BATON_CLUSTER_DIR=${BATON_CLUSTER_DIR:-$repo/target/cluster}
+export BATON_NETNS=${BATON_NETNS:-baton}
+export BATON_BIN_DIR=${BATON_BIN_DIR:-$repo/target/debug}
+ns=${BATON_DEMO_NAMESPACE:-helloworld}
+webhook_port=${BATON_DEMO_WEBHOOK_PORT:-8443}
+# The webhook's plain-HTTP port (/healthz, /metrics); 8080 is the apps' port.
+webhook_http_port=${BATON_DEMO_WEBHOOK_HTTP_PORT:-8081}
+demo_dir=$BATON_CLUSTER_DIR/demo
+started=$(date +%s.%N)
+cd "$repo"
+
+# --- Output: bold headings and commands on a terminal, plain text otherwise.
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+  bold=$'\e[1m' dim=$'\e[2m' green=$'\e[32m' reset=$'\e[0m'
+else
+  bold='' dim='' green='' reset=''
+fi
+step_no=0
+step() { step_no=$((step_no + 1)); printf '\n%s== %d. %s%s\n' "$bold" "$step_no" "$*" "$reset"; }
+say() { printf '%s\n' "$*" | fold -s -w "${COLUMNS:-100}"; }
+note() { printf '%s%s%s\n' "$dim" "$*" "$reset"; }
+show() { printf '%s$ %s%s\n' "$green" "$*" "$reset"; }
+# Words quoted as a user types them: 'single quotes' around shell characters.
+quoted() {
+  local out=() a
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=@,%+-]*$ ]]; then out+=("$a"); else out+=("'$a'"); fi
+  done
+  echo "${out[*]}"
+}
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+now() { date +%s.%N; }
+
+# kubectl, as typed (`kubectl ARGS`), run against the local cluster.
+k() { show "kubectl $(quoted "$@")"; "$cluster/kubectl" "$@"; }
+# kubectl without echo, for the script's own bookkeeping.
+kq() { "$cluster/kubectl" "$@"; }
+# curl inside the cluster's network namespace, where pod IPs are reachable.
+c() { show "curl $(quoted "$@")"; ip netns exec "$BATON_NETNS" curl -sS --max-time 5 "$@"; }
+
+cleanup() {
+  local rc=$?
+  step "Clean up"
+  show "tests/cluster/down.sh"
+  "$cluster/down.sh" 2>&1 | sed 's/^/  /' || true
+  if [ "$rc" -ne 0 ]; then
+    say "The demo failed (exit $rc). Logs: $BATON_CLUSTER_DIR/logs/ (control plane, webhook) and $BATON_CLUSTER_DIR/pods/<namespace>/<pod>/<container>.log."
+  fi
+  printf '\n%sDone in %ss.%s\n' "$bold" "$(elapsed "$started" "$(now)")" "$reset"
+  exit "$rc"
+}
+
+printf '%sbaton demo: one Service, two pods, exactly one of them serving.%s\n' "$bold" "$reset"
+say "A sidecar in each pod probes its app and competes for a Lease; the holder labels its pod role=active, and the Service selects role=active. Watch the Service's single endpoint move when the active app fails and when its pod is deleted."
+
+step "Build baton and the local control plane"
+show "cargo build --workspace --bins"
+(cd "$repo" && cargo build --workspace --bins --locked 2>&1 | grep -E '^(error|warning: unused)|Finished|Compiling baton' | sed 's/^ */  /') || {
+  echo "cargo build failed" >&2; exit 1; }
+note "The control plane is upstream Kubernetes $(. "$cluster/versions.env"; echo "$K8S_VERSION"), built from the Go module proxy once (cached in ~/.cache/baton; the first time takes several minutes)."
+show "tests/cluster/build.sh"
+"$cluster/build.sh" 2>&1 >/dev/null | sed 's/^/  /'
+
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "Start a local cluster"
+say "etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK (3 fake nodes; pods become Running with IPs) run as local processes. The pod runner starts the processes of our images' containers, as a kubelet would."
+show "tests/cluster/up.sh"
+"$cluster/up.sh" 2>&1 | sed 's/^/  /'
+k get nodes
+
+step "Run the baton webhook"
+say "In a real cluster the webhook is a Deployment (manifests/webhook or the Helm chart manifests/helm/baton). Here it runs as a local process with a self-signed certificate; its CA goes into the caBundle of a MutatingWebhookConfiguration that sends it the pods of namespace $ns."
+mkdir -p "$demo_dir"
+rm -f "$demo_dir/ca.pem"
+show "baton-webhook --listen-addr 127.0.0.1:$webhook_port --http-addr 127.0.0.1:$webhook_http_port --tls-san 127.0.0.1 --ca-out-file ca.pem &"
+KUBECONFIG=$BATON_CLUSTER_DIR/kubeconfig setsid ip netns exec "$BATON_NETNS" "$BATON_BIN_DIR/baton-webhook" \
+  --listen-addr "127.0.0.1:$webhook_port" --http-addr "127.0.0.1:$webhook_http_port" \
+  --tls-san 127.0.0.1 --ca-out-file "$demo_dir/ca.pem" \
+  >"$BATON_CLUSTER_DIR/logs/webhook.log" 2>&1 </dev/null &
+# down.sh stops every process with a pid file here.
+echo $! >"$BATON_CLUSTER_DIR/pids/webhook.pid"
+for _ in $(seq 100); do
+  ip netns exec "$BATON_NETNS" curl -fsS "http://127.0.0.1:$webhook_http_port/healthz" >/dev/null 2>&1 && break
+  kill -0 "$(cat "$BATON_CLUSTER_DIR/pids/webhook.pid")" 2>/dev/null || { cat "$BATON_CLUSTER_DIR/logs/webhook.log" >&2; exit 1; }
+  sleep 0.1
+done
+k create namespace "$ns"
+cat >"$demo_dir/webhook.yaml" <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: baton-demo
+webhooks:
+- name: inject.baton.dev
+  admissionReviewVersions: [v1]
+  sideEffects: NoneOnDryRun
+  failurePolicy: Fail
+  timeoutSeconds: 5
+  clientConfig:
+    url: https://127.0.0.1:$webhook_port/mutate
+    caBundle: $(base64 -w0 <"$demo_dir/ca.pem")
+  rules:
+  - {operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}
+  namespaceSelector:
+    matchLabels: {kubernetes.io/metadata.name: $ns}
+EOF
+k apply -f "${demo_dir#"$repo"/}/webhook.yaml"
+# The API server loads webhook configurations asynchronously: wait until a
+# dry-run pod comes back with the sidecar before creating the real ones.
+probe_pod='{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe","annotations":{"baton.dev/inject":"true","baton.dev/lease-name":"probe"}},"spec":{"containers":[{"name":"app","image":"ghcr.io/baton-dev/baton-demo-app:0.1.0"}]}}'
+for i in $(seq 100); do
+  if kq -n "$ns" create --dry-run=server -o jsonpath='{.spec.initContainers[*].name}' -f - <<<"$probe_pod" 2>/dev/null | grep -q baton-sidecar; then
+    break
+  fi
+  [ "$i" -lt 100 ] || { echo "the API server never called the webhook" >&2; exit 1; }
+  sleep 0.1
+done
+
+step "Install the example: a 2-replica StatefulSet annotated baton.dev/inject=true"
+say "manifests/examples/helloworld holds the StatefulSet (the demo app, a hello-world HTTP server whose /healthz can be told to fail), the Service 'helloworld' that selects app=helloworld AND role=active, a headless Service, and the sidecar's Role and RoleBinding."
+k -n "$ns" apply -k manifests/examples/helloworld
+k -n "$ns" wait --for=create pod/helloworld-0 pod/helloworld-1 --timeout=60s >/dev/null
+say "The webhook injected the sidecar (a native sidecar: an init container that keeps running):"
+k -n "$ns" get pod helloworld-0 -o jsonpath='{range .spec.initContainers[*]}{.name}{"\t"}{.image}{"\n"}{end}{range .spec.containers[*]}{.name}{"\t"}{.image}{"\n"}{end}'
+k -n "$ns" wait --for=condition=Ready pod -l app=helloworld --timeout=60s
+
+step "Who serves? The Lease, the pods' role labels, the Service"
+kq -n "$ns" wait --for=create lease/helloworld --timeout=60s >/dev/null
+kq -n "$ns" wait --for=jsonpath='{.spec.holderIdentity}' lease/helloworld --timeout=60s >/dev/null
+active=$(kq -n "$ns" get lease helloworld -o jsonpath='{.spec.holderIdentity}')
+kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$active" endpointslice -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null
+k -n "$ns" get lease helloworld
+k -n "$ns" get pods -L role
+k -n "$ns" describe service helloworld
+k -n "$ns" get endpointslices -l kubernetes.io/service-name=helloworld
+say "One endpoint: $active, the Lease holder. The other pod runs, warm, as passive."
+other=$( [ "$active" = helloworld-0 ] && echo helloworld-1 || echo helloworld-0 )
+active_ip=$(kq -n "$ns" get pod "$active" -o jsonpath='{.status.podIP}')
+other_ip=$(kq -n "$ns" get pod "$other" -o jsonpath='{.status.podIP}')
+note "(No kube-proxy here: we call the pods at their IPs; a real cluster routes the Service's ClusterIP to its one endpoint.)"
+c "http://$active_ip:8080/"
+c "http://$active_ip:9095/status"; echo
+
+step "The active app's health check starts failing"
+say "The demo app's /healthz returns 500 from now on. The sidecar sees two failed probes (one every 500ms), labels its pod passive and releases the Lease; the other sidecar, watching the Lease, takes it and labels its own pod active. We time it until the Service's EndpointSlice lists the other pod."
+# Watch first (kubectl wait lists, then watches from that version: no change is missed).
+kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$other" endpointslice \
+  -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null &
+waiter=$!
+t0=$(now)
+c -X POST "http://$active_ip:8080/control?health=fail"
+wait "$waiter"
+t1=$(now)
+printf '%sThe Service switched from %s to %s in %ss.%s\n' "$bold" "$active" "$other" "$(elapsed "$t0" "$t1")" "$reset"
+c "http://$active_ip:8080/healthz" || true
+k -n "$ns" get lease helloworld
+k -n "$ns" get pods -L role
+k -n "$ns" describe service helloworld
+show "kubectl -n $ns get events --sort-by=.lastTimestamp | grep -E 'Promoted|Demoted|AppUnhealthy|HandedOver'"
+kq -n "$ns" get events --sort-by=.lastTimestamp | grep -E 'REASON|Promoted|Demoted|AppUnhealthy|HandedOver' || true
+say "leaseTransitions grew by one: the app can use it as a fencing token (the sidecar also writes it to a file with --role-file)."
+
+step "The failed app recovers; it stays passive"
+c -X POST "http://$active_ip:8080/control?health=ok"
+# The sidecar probes every 500ms; one good probe makes the app healthy again.
+for _ in $(seq 50); do
+  ip netns exec "$BATON_NETNS" curl -sS "http://$active_ip:9095/status" | grep -q '"app_healthy":true' && break
+  sleep 0.1
+done
+c "http://$active_ip:9095/status"; echo
+say "A healthy pod does not take the Lease back: the holder keeps it while it stays healthy. $active is a warm standby again."
+old_active=$active; active=$other; other=$old_active
+active_ip=$other_ip
+
+step "Delete the active pod"
+say "On SIGTERM (or once its pod has a deletionTimestamp) the holder labels itself passive and releases the Lease at once, so the standby takes over without waiting for the Lease to expire. The StatefulSet then re-creates the deleted pod, which joins as passive."
+kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$other" endpointslice \
+  -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null &
+waiter=$!
+old_uid=$(kq -n "$ns" get pod "$active" -o jsonpath='{.metadata.uid}')
+t0=$(now)
+k -n "$ns" delete pod "$active" --wait=false
+wait "$waiter"
+t1=$(now)
+printf '%sThe Service switched from %s to %s in %ss.%s\n' "$bold" "$active" "$other" "$(elapsed "$t0" "$t1")" "$reset"
+k -n "$ns" get lease helloworld
+k -n "$ns" describe service helloworld
+show "kubectl -n $ns get events --sort-by=.lastTimestamp | grep -E 'HandedOver|Promoted' | tail -n 2"
+kq -n "$ns" get events --sort-by=.lastTimestamp | grep -E 'HandedOver|Promoted' | tail -n 2 || true
+say "The StatefulSet re-creates $active (a new pod with the same name):"
+# Until the pod of that name is a new one (another uid), Ready and labelled.
+for i in $(seq 300); do
+  state=$(kq -n "$ns" get pod "$active" --ignore-not-found \
+    -o jsonpath='{.metadata.uid} {.metadata.labels.role} {.status.conditions[?(@.type=="Ready")].status}')
+  case "$state" in "$old_uid "*) ;; *" passive True") break ;; esac
+  [ "$i" -lt 300 ] || { echo "$active did not come back passive: $state" >&2; exit 1; }
+  sleep 0.2
+done
+k -n "$ns" get pods -L role
+say "$active is back, passive; $other keeps serving."
+
+step "What you saw"
+say "- The Service 'helloworld' always had exactly one endpoint: the pod holding the Lease."
+say "- A failing health check moved it to the standby within about a second; so did deleting the pod."
+say "- Install on a real cluster: docs/install.md. Timings and failure modes: docs/operations.md."
