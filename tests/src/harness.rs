@@ -111,7 +111,21 @@ impl Cluster {
         // every test runs as a real install would.
         for dir in ["manifests/rbac", "manifests/rbac/policy"] {
             let path = repo_root().join(dir);
-            ns.kubectl_ok(&["apply", "-k", path.to_str().expect("utf-8 path")], None);
+            let args = ["apply", "-k", path.to_str().expect("utf-8 path")];
+            // Tests running at once may both create the cluster-scoped
+            // policy; the loser of that race applies again.
+            let out = ns.kubectl(&args, None);
+            if !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
+            {
+                ns.kubectl_ok(&args, None);
+            } else {
+                assert!(
+                    out.status.success(),
+                    "kubectl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         ns
     }
