@@ -1,0 +1,97 @@
+//! A steady-state window: the API server's request counters scraped at
+//! both ends, and the processes of interest sampled from /proc.
+
+use std::time::Duration;
+
+use baton_e2e::harness::Cluster;
+
+use super::{
+    measure::{ProcSample, Requests, cpu_percent, proc_sample, rates, requests},
+    stats::now,
+};
+
+#[derive(Debug, Default, Clone)]
+pub struct Window {
+    pub secs: f64,
+    /// Requests per minute by (resource, verb).
+    pub rates: Requests,
+    /// Summed over the sampled processes: CPU in percent of one core.
+    pub procs_cpu: f64,
+    pub procs_rss_kib: Vec<u64>,
+    pub procs_anon_kib: Vec<u64>,
+    pub apiserver_cpu: f64,
+    pub apiserver_rss_kib: u64,
+    pub etcd_cpu: f64,
+}
+
+impl Window {
+    /// Requests per minute on leases and pods (any subresource, any verb).
+    pub fn leases_and_pods(&self) -> (f64, f64) {
+        let sum = |prefix: &str| {
+            self.rates
+                .iter()
+                .filter(|((r, _), _)| r == prefix || r.starts_with(&format!("{prefix}/")))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        (sum("leases"), sum("pods"))
+    }
+
+    pub fn total(&self) -> f64 {
+        self.rates.values().sum()
+    }
+}
+
+pub fn scrape(cluster: &Cluster) -> anyhow::Result<Requests> {
+    let out = cluster.kubectl(&["get", "--raw", "/metrics"], None);
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl get --raw /metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(requests(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn component_pid(cluster: &Cluster, name: &str) -> Option<u32> {
+    std::fs::read_to_string(cluster.dir.join("pids").join(format!("{name}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Measures for `secs`: request rates, and CPU/RSS of `pids` and of the
+/// API server and etcd. The scrapes' own requests are a few per window.
+pub async fn window(cluster: &Cluster, secs: u64, pids: &[u32]) -> anyhow::Result<Window> {
+    let api = component_pid(cluster, "kube-apiserver");
+    let etcd = component_pid(cluster, "etcd");
+    let sample = |p: Option<u32>| p.and_then(proc_sample);
+    let procs_before: Vec<Option<ProcSample>> = pids.iter().map(|p| proc_sample(*p)).collect();
+    let (api0, etcd0) = (sample(api), sample(etcd));
+    let before = scrape(cluster)?;
+    let t0 = now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = scrape(cluster)?;
+    let secs = now() - t0;
+    let (api1, etcd1) = (sample(api), sample(etcd));
+    let mut w = Window {
+        secs,
+        rates: rates(&before, &after, secs),
+        ..Window::default()
+    };
+    for (p, b) in pids.iter().zip(procs_before) {
+        if let (Some(b), Some(a)) = (b, proc_sample(*p)) {
+            w.procs_cpu += cpu_percent(&b, &a, secs);
+            w.procs_rss_kib.push(a.rss_kib);
+            w.procs_anon_kib.push(a.anon_kib);
+        }
+    }
+    if let (Some(a), Some(b)) = (api0, api1) {
+        w.apiserver_cpu = cpu_percent(&a, &b, secs);
+        w.apiserver_rss_kib = b.rss_kib;
+    }
+    if let (Some(a), Some(b)) = (etcd0, etcd1) {
+        w.etcd_cpu = cpu_percent(&a, &b, secs);
+    }
+    Ok(w)
+}

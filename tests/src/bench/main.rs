@@ -1,0 +1,810 @@
+//! `baton-bench`: measures baton side by side with the baseline controller
+//! (tests/bench/baseline-controller.sh) on the local control plane, and
+//! writes target/bench/{report.md, *.svg, *.csv}. `make bench` runs it
+//! inside the network namespace of a fresh cluster of its own.
+
+mod load;
+mod measure;
+mod recorder;
+mod scale;
+mod scenario;
+mod stats;
+mod svg;
+mod webhook;
+
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+
+use anyhow::Context as _;
+use baton_e2e::harness::{Cluster, repo_root};
+use clap::Parser;
+
+use load::Window;
+use measure::kubectl_costs;
+use scenario::{Group, Run, System};
+use stats::{now, summary};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "baton-bench",
+    about = "Failover, handover, resource and admission figures: baton vs the polling baseline"
+)]
+struct Args {
+    /// Where report.md, the SVG plots and the CSV files go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Unplanned failovers with baton.
+    #[arg(long, default_value_t = 30)]
+    failover_runs: usize,
+    /// Unplanned failovers with the baseline at the fast interval.
+    #[arg(long, default_value_t = 10)]
+    baseline_runs: usize,
+    /// Unplanned failovers with the baseline at the post's interval.
+    #[arg(long, default_value_t = 5)]
+    slow_runs: usize,
+    /// Planned handovers (active pod deleted) with baton; the baselines get half (at least 2).
+    #[arg(long, default_value_t = 10)]
+    planned_runs: usize,
+    /// Holder's sidecar SIGKILLed (baton only).
+    #[arg(long, default_value_t = 6)]
+    kill_runs: usize,
+    /// The baseline's fast poll interval (its example repository), seconds.
+    #[arg(long, default_value_t = 10)]
+    fast_interval: u64,
+    /// The baseline's poll interval in the post, seconds.
+    #[arg(long, default_value_t = 60)]
+    slow_interval: u64,
+    /// Length of each steady-state window (API load, idle resources), seconds.
+    #[arg(long, default_value_t = 30)]
+    window: u64,
+    /// Pods created (dry run) through the webhook.
+    #[arg(long, default_value_t = 1000)]
+    webhook_pods: usize,
+    /// Seconds of direct load on /mutate.
+    #[arg(long, default_value_t = 10)]
+    direct_secs: u64,
+    /// Group counts of the scale measure.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200")]
+    scale: Vec<usize>,
+    /// Failovers per scale step (in distinct groups).
+    #[arg(long, default_value_t = 10)]
+    scale_failovers: usize,
+    /// Parts to skip: baton, fast, slow, webhook, scale.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// Where the workspace binaries are (the webhook's).
+    #[arg(long, env = "BATON_BIN_DIR", default_value = "target/debug")]
+    bin_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct SystemResult {
+    runs: Vec<Run>,
+    errors: Vec<String>,
+    idle: Option<Window>,
+    kubectl: Vec<measure::KubectlCost>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        repo_root().join(&args.out)
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let started = now();
+    let cluster = Cluster::connect().await;
+    let skip = |p: &str| args.skip.iter().any(|s| s == p);
+
+    say("steady-state window on the empty cluster (background load)");
+    let background = load::window(&cluster, args.window, &[])
+        .await
+        .context("background window")?;
+
+    let mut systems: Vec<(System, SystemResult)> = Vec::new();
+    let plan = [
+        (
+            System::Baton,
+            "baton",
+            args.failover_runs,
+            args.planned_runs,
+            args.kill_runs,
+        ),
+        (
+            System::Baseline(args.fast_interval),
+            "fast",
+            args.baseline_runs,
+            (args.planned_runs / 2).max(2),
+            0,
+        ),
+        (
+            System::Baseline(args.slow_interval),
+            "slow",
+            args.slow_runs,
+            (args.planned_runs / 4).max(2),
+            0,
+        ),
+    ];
+    for (system, part, failovers, planned, kills) in plan {
+        if skip(part) {
+            continue;
+        }
+        systems.push((
+            system,
+            measure_system(&cluster, system, &out, &args, failovers, planned, kills).await,
+        ));
+    }
+
+    let webhook = if skip("webhook") {
+        None
+    } else {
+        say(&format!(
+            "webhook: {} pods (dry run) through the API server, then {} s of direct load",
+            args.webhook_pods, args.direct_secs
+        ));
+        let bin_dir = if args.bin_dir.is_absolute() {
+            args.bin_dir.clone()
+        } else {
+            repo_root().join(&args.bin_dir)
+        };
+        Some(
+            webhook::run(
+                &cluster,
+                &bin_dir,
+                &out,
+                args.webhook_pods,
+                args.direct_secs,
+            )
+            .await
+            .map_err(|e| format!("{e:#}")),
+        )
+    };
+
+    let mut scales = Vec::new();
+    if !skip("scale") {
+        // Private memory of one pod (sidecar + app), from the last step; a
+        // generous guess before the first.
+        let mut per_pod_kib = 40.0 * 1024.0;
+        for &n in &args.scale {
+            let need = n as f64 * 2.0 * per_pod_kib;
+            let available = scale::mem_available_kib();
+            if need > available - 3.0 * 1024.0 * 1024.0 {
+                let note = format!(
+                    "not run: {n} groups need about {} MiB, {} MiB available (keeping 3 GiB for the rest of the machine)",
+                    mib(need),
+                    mib(available)
+                );
+                say(&note);
+                scales.push(scale::ScaleResult {
+                    groups: n,
+                    broke: Some(note),
+                    ..Default::default()
+                });
+                break;
+            }
+            say(&format!("scale: {n} groups"));
+            let r = scale::run(&cluster, n, args.window, args.scale_failovers).await;
+            if let Some(k) = r.pod_anon_kib {
+                per_pod_kib = k + 1024.0;
+            }
+            let broke = r.broke.is_some();
+            scales.push(r);
+            if broke {
+                say("stopping the scale measure here: it broke");
+                break;
+            }
+        }
+    }
+
+    let report = Report {
+        args: &args,
+        background: &background,
+        systems: &systems,
+        webhook: webhook.as_ref(),
+        scales: &scales,
+        minutes: (now() - started) / 60.0,
+    };
+    report.write(&out)?;
+    println!("{}", report.table());
+    say(&format!("report: {}", out.join("report.md").display()));
+    Ok(())
+}
+
+fn say(msg: &str) {
+    eprintln!("[bench {}] {msg}", chrono_free_time());
+}
+
+fn chrono_free_time() -> String {
+    let t = now() as u64 % 86400;
+    format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+}
+
+async fn measure_system(
+    cluster: &Cluster,
+    system: System,
+    out: &std::path::Path,
+    args: &Args,
+    failovers: usize,
+    planned: usize,
+    kills: usize,
+) -> SystemResult {
+    let mut r = SystemResult::default();
+    say(&format!(
+        "{}: deploying a group of two pods",
+        system.label()
+    ));
+    let group = match Group::deploy(cluster, system, out).await {
+        Ok(g) => g,
+        Err(e) => {
+            r.errors.push(format!("deploy: {e:#}"));
+            return r;
+        }
+    };
+    if system == System::Baton || system == System::Baseline(args.fast_interval) {
+        say(&format!("{}: steady-state window", system.label()));
+        let pids: Vec<u32> = sidecar_pids(&group);
+        match load::window(cluster, args.window, &pids).await {
+            Ok(w) => r.idle = Some(w),
+            Err(e) => r.errors.push(format!("window: {e:#}")),
+        }
+    }
+    type Step<'a> = (&'static str, usize);
+    let steps: [Step; 3] = [
+        ("failover", failovers),
+        ("planned", planned),
+        ("sigkill", kills),
+    ];
+    for (scenario, n) in steps {
+        let mut consecutive = 0;
+        for i in 0..n {
+            say(&format!("{}: {scenario} {}/{n}", system.label(), i + 1));
+            let res = match scenario {
+                "failover" => group.failover(i).await,
+                "planned" => group.planned(i).await,
+                _ => group.killed(i).await,
+            };
+            match res {
+                Ok(run) => {
+                    say(&format!(
+                        "  {:.3} s (detection {:?})",
+                        run.total,
+                        run.detection.map(|d| (d * 1000.0).round() / 1000.0)
+                    ));
+                    r.runs.push(run);
+                    consecutive = 0;
+                }
+                Err(e) => {
+                    say(&format!("  failed: {e:#}"));
+                    r.errors.push(format!("{scenario} {i}: {e:#}"));
+                    consecutive += 1;
+                    if consecutive >= 3 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if system != System::Baton {
+        r.kubectl = kubectl_costs(&std::fs::read_to_string(&group.cost_file).unwrap_or_default());
+    }
+    let name = group.ns.name.clone();
+    group.stop().await;
+    scale::wait_namespace_gone(cluster, &name, std::time::Duration::from_secs(120)).await;
+    r
+}
+
+fn sidecar_pids(group: &Group) -> Vec<u32> {
+    ["web-0", "web-1"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(group.ns.pod_dir(p).join("baton-sidecar.pid")).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// One baseline poll: kubectl runs, wall seconds, CPU seconds, max RSS KiB.
+type PollCost = (usize, f64, f64, u64);
+
+struct Report<'a> {
+    args: &'a Args,
+    background: &'a Window,
+    systems: &'a [(System, SystemResult)],
+    webhook: Option<&'a Result<webhook::WebhookResult, String>>,
+    scales: &'a [scale::ScaleResult],
+    minutes: f64,
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1}", kib / 1024.0)
+}
+
+impl Report<'_> {
+    fn runs<'b>(
+        &'b self,
+        sys: &'b SystemResult,
+        scenario: &'b str,
+    ) -> impl Iterator<Item = &'b Run> + 'b {
+        sys.runs.iter().filter(move |r| r.scenario == scenario)
+    }
+
+    fn col(&self, f: impl Fn(&System, &SystemResult) -> String) -> String {
+        self.systems
+            .iter()
+            .map(|(s, r)| format!(" {} |", f(s, r)))
+            .collect()
+    }
+
+    fn machine(&self) -> Vec<(String, String)> {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let mem = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemTotal"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(String::new(), |k| format!("{:.1} GiB", k / 1024.0 / 1024.0));
+        let versions = read(
+            &repo_root()
+                .join("tests/cluster/versions.env")
+                .to_string_lossy(),
+        )
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect::<Vec<_>>()
+        .join(", ");
+        let git = std::process::Command::new("git")
+            .args([
+                "-C",
+                &repo_root().to_string_lossy(),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+        vec![
+            ("nproc".into(), nproc.to_string()),
+            ("CPU".into(), cpu),
+            ("memory".into(), mem),
+            (
+                "kernel".into(),
+                read("/proc/sys/kernel/osrelease").trim().to_string(),
+            ),
+            ("upstream".into(), versions),
+            (
+                "baton".into(),
+                format!(
+                    "{} (git {git}), debug build as the runner runs it",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ),
+            ("bench took".into(), format!("{:.1} min", self.minutes)),
+        ]
+    }
+
+    /// The main table: one column per system.
+    fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "| measure |{}", self.col(|s, _| s.label()));
+        let _ = writeln!(t, "| --- |{}", self.col(|_, _| "---".into()));
+        let sum = |sys: &SystemResult, sc: &str, f: &dyn Fn(&Run) -> Option<f64>| {
+            summary(&self.runs(sys, sc).filter_map(f).collect::<Vec<_>>())
+        };
+        let mut row = |name: &str, f: &dyn Fn(&System, &SystemResult) -> String| {
+            let _ = writeln!(t, "| {name} |{}", self.col(f));
+        };
+        row(
+            "unplanned failover: app fails → endpoint is the standby, s (median / p99)",
+            &|_, r| sum(r, "failover", &|x| Some(x.total)).cell(2),
+        );
+        row(
+            "… detection: until the decision (sidecar log / controller log), s",
+            &|_, r| sum(r, "failover", &|x| x.detection).cell(2),
+        );
+        row(
+            "… handover: decision → endpoint switched, s",
+            &|_, r| sum(r, "failover", &|x| x.detection.map(|d| x.total - d)).cell(2),
+        );
+        row(
+            "planned handover (active pod deleted): switch time, s",
+            &|_, r| sum(r, "planned", &|x| Some(x.total)).cell(2),
+        );
+        row(
+            "… failed client requests per handover (of ~100/s)",
+            &|_, r| sum(r, "planned", &|x| Some(x.failed as f64)).cell(0),
+        );
+        row("holder's sidecar SIGKILLed: takeover, s", &|s, r| {
+            if *s == System::Baton {
+                sum(r, "sigkill", &|x| Some(x.total)).cell(2)
+            } else {
+                "n/a (no holder process)".into()
+            }
+        });
+        row(
+            "time with two pods labelled active, all runs, s (total / worst run)",
+            &|_, r| {
+                let v: Vec<f64> = r.runs.iter().map(|x| x.two_active).collect();
+                format!("{:.3} / {:.3}", v.iter().sum::<f64>(), summary(&v).max)
+            },
+        );
+        row(
+            "time with no pod labelled active, all runs, s (total / worst run)",
+            &|_, r| {
+                let v: Vec<f64> = r.runs.iter().map(|x| x.none_active).collect();
+                format!("{:.3} / {:.3}", v.iter().sum::<f64>(), summary(&v).max)
+            },
+        );
+        row(
+            "sidecar memory idle, MiB per sidecar: RSS (private part, RssAnon)",
+            &|s, r| match (s, &r.idle) {
+                (System::Baton, Some(w)) if !w.procs_rss_kib.is_empty() => format!(
+                    "{} ({})",
+                    mib(w.procs_rss_kib.iter().sum::<u64>() as f64 / w.procs_rss_kib.len() as f64),
+                    mib(w.procs_anon_kib.iter().sum::<u64>() as f64
+                        / w.procs_anon_kib.len().max(1) as f64)
+                ),
+                (System::Baton, _) => "–".into(),
+                _ => "none (no sidecar)".into(),
+            },
+        );
+        row(
+            "sidecar CPU idle, % of a core per sidecar",
+            &|s, r| match (s, &r.idle) {
+                (System::Baton, Some(w)) if !w.procs_rss_kib.is_empty() => {
+                    format!("{:.2}", w.procs_cpu / w.procs_rss_kib.len() as f64)
+                }
+                _ => "–".into(),
+            },
+        );
+        row(
+            "sidecars during failover: CPU % of a core (both) / max RSS MiB",
+            &|_, r| {
+                let cpu = sum(r, "failover", &|x| x.cpu_percent);
+                let rss = sum(r, "failover", &|x| x.rss_kib.map(|k| k as f64 / 1024.0));
+                if cpu.n == 0 {
+                    "–".into()
+                } else {
+                    format!("{:.1} / {:.1}", cpu.median, rss.max)
+                }
+            },
+        );
+        row(
+            "baseline per poll: kubectl runs / wall s / CPU s / max RSS MiB",
+            &|s, r| {
+                if *s == System::Baton || r.kubectl.is_empty() {
+                    return "–".into();
+                }
+                let mut polls: BTreeMap<u64, PollCost> = BTreeMap::new();
+                for c in &r.kubectl {
+                    let e = polls.entry(c.poll).or_default();
+                    e.0 += 1;
+                    e.1 += c.wall;
+                    e.2 += c.cpu;
+                    e.3 = e.3.max(c.max_rss_kib);
+                }
+                let v: Vec<_> = polls.values().collect();
+                let med = |f: &dyn Fn(&PollCost) -> f64| {
+                    summary(&v.iter().map(|x| f(x)).collect::<Vec<_>>()).median
+                };
+                format!(
+                    "{:.1} / {:.2} / {:.2} / {:.0}",
+                    med(&|x| x.0 as f64),
+                    med(&|x| x.1),
+                    med(&|x| x.2),
+                    med(&|x| x.3 as f64) / 1024.0
+                )
+            },
+        );
+        let bg = self.background.leases_and_pods();
+        row(
+            "API requests per minute per group, steady state: leases / pods / all (background subtracted)",
+            &|_, r| match &r.idle {
+                Some(w) => {
+                    let (l, p) = w.leases_and_pods();
+                    format!(
+                        "{:.0} / {:.0} / {:.0}",
+                        l - bg.0,
+                        p - bg.1,
+                        w.total() - self.background.total()
+                    )
+                }
+                None => "–".into(),
+            },
+        );
+        t
+    }
+
+    fn write(&self, out: &std::path::Path) -> anyhow::Result<()> {
+        let mut md = String::new();
+        let _ = writeln!(md, "# baton bench\n");
+        let _ = writeln!(
+            md,
+            "Command: `make bench` (driver `baton-bench {}`), on a fresh local control plane in its own network namespace.\n",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+        let _ = writeln!(md, "## Machine\n\n| | |\n| --- | --- |");
+        for (k, v) in self.machine() {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+        let a = self.args;
+        let _ = writeln!(md, "\n## baton vs the baseline controller\n");
+        let _ = writeln!(
+            md,
+            "Runs: unplanned failover {} (baton) / {} (baseline {} s) / {} (baseline {} s); planned handover {} (baton, the baselines half or at least 2); SIGKILL {}; steady-state windows of {:.0} s.\n",
+            a.failover_runs,
+            a.baseline_runs,
+            a.fast_interval,
+            a.slow_runs,
+            a.slow_interval,
+            a.planned_runs,
+            a.kill_runs,
+            self.background.secs
+        );
+        let _ = writeln!(
+            md,
+            "Baseline: `tests/bench/baseline-controller.sh` (bash, kubectl, curl; polls both pods and swaps labels) against the same pods without the sidecar. Times are from the driver's watches (as kube-proxy sees the EndpointSlice). p99 is nearest-rank: with fewer than 100 runs it is the worst run.\n"
+        );
+        md.push_str(&self.table());
+        let _ = writeln!(
+            md,
+            "\nBackground (empty cluster) requests per minute: leases {:.0}, pods {:.0}, all {:.0}; API server CPU {:.1} % of a core, RSS {} MiB.\n",
+            self.background.leases_and_pods().0,
+            self.background.leases_and_pods().1,
+            self.background.total(),
+            self.background.apiserver_cpu,
+            mib(self.background.apiserver_rss_kib as f64)
+        );
+        for (s, r) in self.systems {
+            if let Some(w) = &r.idle {
+                let _ = writeln!(
+                    md,
+                    "Steady state, {}: API server CPU {:.1} % of a core (background {:.1}); requests per minute by resource and verb: {}.\n",
+                    s.label(),
+                    w.apiserver_cpu,
+                    self.background.apiserver_cpu,
+                    w.rates
+                        .iter()
+                        .filter(|((res, _), v)| (res.starts_with("leases")
+                            || res.starts_with("pods"))
+                            && **v >= 0.5)
+                        .map(|((res, verb), v)| format!("{verb} {res} {v:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            for e in &r.errors {
+                let _ = writeln!(md, "- {} error: {e}", s.label());
+            }
+        }
+        let _ = writeln!(md, "\n![failover times](failover-distribution.svg)\n");
+        for (s, _) in self.systems {
+            let f = format!("timeline-{}.svg", s.slug());
+            if out.join(&f).exists() {
+                let _ = writeln!(md, "![timeline {}]({f})\n", s.label());
+            }
+        }
+        if let Some(w) = self.webhook {
+            let _ = writeln!(md, "## Webhook\n");
+            match w {
+                Ok(w) => {
+                    let _ = writeln!(
+                        md,
+                        "`baton-webhook` (debug build) beside the API server, self-signed (`--ca-out-file`), registered for one namespace; {} pods owned by an annotated StatefulSet (so the webhook looks the owner up for each) created with server-side dry run (admission runs in full, nothing is stored), 8 at a time. Direct load: AdmissionReviews of a bare pod that opts in by annotation (no owner lookup).\n",
+                        w.pods
+                    );
+                    let _ = writeln!(md, "| measure | value |\n| --- | --- |");
+                    let _ = writeln!(
+                        md,
+                        "| admission latency from `apiserver_admission_webhook_admission_duration_seconds`, ms (p50 / p99, bucket-interpolated; {} calls) | {} / {} |",
+                        w.admission_count,
+                        w.admission_p50.map_or("–".into(), |v| format!("{v:.1}")),
+                        w.admission_p99.map_or("–".into(), |v| format!("{v:.1}"))
+                    );
+                    let _ = writeln!(
+                        md,
+                        "| pod create (dry run) through the webhook, client side, ms | {} |",
+                        w.create_with.cell(1)
+                    );
+                    let _ = writeln!(
+                        md,
+                        "| pod create (dry run) without a webhook, ms | {} |",
+                        w.create_without.cell(1)
+                    );
+                    let _ = writeln!(md, "| creates rejected | {} |", w.rejected);
+                    let _ = writeln!(
+                        md,
+                        "| direct POST /mutate, {} connections: requests/s (errors) | {:.0} ({}) |",
+                        w.direct_concurrency, w.direct_rps, w.direct_errors
+                    );
+                    let _ = writeln!(
+                        md,
+                        "| direct POST /mutate latency, ms | {} |",
+                        w.direct_latency.cell(2)
+                    );
+                    let _ = writeln!(
+                        md,
+                        "| webhook RSS after the load, MiB | {} |",
+                        mib(w.webhook_rss_kib as f64)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(md, "The webhook measure failed: {e}");
+                }
+            }
+        }
+        if !self.scales.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Scale: groups of two pods with the sidecar on one control plane\n"
+            );
+            let _ = writeln!(
+                md,
+                "| groups | settle s | failover s (median / p99) | detection s | failed failovers | flaps in window | leases+pods req/min per group | all req/min | API server CPU % | API server RSS MiB | etcd CPU % | sidecars: total RSS MiB (private) / CPU % of a core | note |"
+            );
+            let _ = writeln!(
+                md,
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            );
+            let bg = self.background.leases_and_pods();
+            for s in self.scales {
+                let (lp, all, api, apirss, etcd, side) = match &s.window {
+                    Some(w) => {
+                        let (l, p) = w.leases_and_pods();
+                        (
+                            format!("{:.1}", (l + p - bg.0 - bg.1) / s.groups as f64),
+                            format!("{:.0}", w.total()),
+                            format!("{:.0}", w.apiserver_cpu),
+                            mib(w.apiserver_rss_kib as f64),
+                            format!("{:.0}", w.etcd_cpu),
+                            format!(
+                                "{} ({}) / {:.0}",
+                                mib(w.procs_rss_kib.iter().sum::<u64>() as f64),
+                                mib(w.procs_anon_kib.iter().sum::<u64>() as f64),
+                                w.procs_cpu
+                            ),
+                        )
+                    }
+                    None => Default::default(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {lp} | {all} | {api} | {apirss} | {etcd} | {side} | {} |",
+                    s.groups,
+                    s.settle.map_or("–".into(), |v| format!("{v:.0}")),
+                    s.failover.cell(2),
+                    s.detection.cell(2),
+                    s.failed_failovers,
+                    s.flaps,
+                    s.broke.clone().unwrap_or_default()
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\nRaw data: `runs.csv`, `windows.csv`, `scale.csv`; controller logs and kubectl costs beside them."
+        );
+        std::fs::write(out.join("report.md"), md)?;
+        self.write_csv(out)?;
+        self.write_svg(out)?;
+        Ok(())
+    }
+
+    fn write_csv(&self, out: &std::path::Path) -> anyhow::Result<()> {
+        let mut runs = String::from(
+            "system,scenario,run,t0,total_s,detection_s,two_active_s,none_active_s,requests,failed,sidecar_cpu_percent,sidecar_rss_kib\n",
+        );
+        for (_, r) in self.systems {
+            for x in &r.runs {
+                let _ = writeln!(
+                    runs,
+                    "{},{},{},{:.3},{:.4},{},{:.4},{:.4},{},{},{},{}",
+                    x.system,
+                    x.scenario,
+                    x.index,
+                    x.t0,
+                    x.total,
+                    x.detection.map_or(String::new(), |d| format!("{d:.4}")),
+                    x.two_active,
+                    x.none_active,
+                    x.requests,
+                    x.failed,
+                    x.cpu_percent.map_or(String::new(), |c| format!("{c:.2}")),
+                    x.rss_kib.map_or(String::new(), |k| k.to_string())
+                );
+            }
+        }
+        std::fs::write(out.join("runs.csv"), runs)?;
+        let mut win = String::from("window,resource,verb,per_minute\n");
+        let mut add = |name: &str, w: &Window| {
+            for ((res, verb), v) in &w.rates {
+                let _ = writeln!(win, "{name},{res},{verb},{v:.2}");
+            }
+        };
+        add("background", self.background);
+        for (s, r) in self.systems {
+            if let Some(w) = &r.idle {
+                add(&s.slug(), w);
+            }
+        }
+        for s in self.scales {
+            if let Some(w) = &s.window {
+                add(&format!("scale-{}", s.groups), w);
+            }
+        }
+        std::fs::write(out.join("windows.csv"), win)?;
+        let mut sc = String::from(
+            "groups,settle_s,failover_median_s,failover_p99_s,failed_failovers,flaps,all_req_per_min,apiserver_cpu_percent,sidecar_rss_total_kib,sidecar_cpu_percent,broke\n",
+        );
+        for s in self.scales {
+            let w = s.window.clone().unwrap_or_default();
+            let _ = writeln!(
+                sc,
+                "{},{},{:.3},{:.3},{},{},{:.0},{:.1},{},{:.1},\"{}\"",
+                s.groups,
+                s.settle.unwrap_or(f64::NAN),
+                s.failover.median,
+                s.failover.p99,
+                s.failed_failovers,
+                s.flaps,
+                w.total(),
+                w.apiserver_cpu,
+                w.procs_rss_kib.iter().sum::<u64>(),
+                w.procs_cpu,
+                s.broke.clone().unwrap_or_default().replace('"', "'")
+            );
+        }
+        std::fs::write(out.join("scale.csv"), sc)?;
+        Ok(())
+    }
+
+    fn write_svg(&self, out: &std::path::Path) -> anyhow::Result<()> {
+        let series: Vec<(String, Vec<f64>)> = self
+            .systems
+            .iter()
+            .map(|(s, r)| {
+                (
+                    s.label(),
+                    self.runs(r, "failover").map(|x| x.total).collect(),
+                )
+            })
+            .collect();
+        std::fs::write(
+            out.join("failover-distribution.svg"),
+            svg::distributions(
+                "Unplanned failover: app fails → Service endpoint is the standby",
+                &series,
+            ),
+        )?;
+        for (s, r) in self.systems {
+            // The median run: typical, not the luckiest.
+            let mut fo: Vec<&Run> = self.runs(r, "failover").collect();
+            fo.sort_by(|a, b| a.total.total_cmp(&b.total));
+            if let Some(run) = fo.get(fo.len() / 2) {
+                let mut marks = vec![("app fails", run.t0)];
+                if let Some(d) = run.detection {
+                    marks.push(("decision", run.t0 + d));
+                }
+                marks.push(("switched", run.t0 + run.total));
+                let end = run.t0 + run.total * 1.15 + 0.3;
+                let title = format!(
+                    "{}: one unplanned failover (median run, {:.2} s)",
+                    s.label(),
+                    run.total
+                );
+                std::fs::write(
+                    out.join(format!("timeline-{}.svg", s.slug())),
+                    svg::timeline(&title, run.t0, end, &run.history, &marks),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
