@@ -3,6 +3,8 @@
 # behind: each component runs in its own session, so killing its process
 # group also ends whatever it spawned (the runner's pod processes).
 set -uo pipefail
+# A second Ctrl-C must not leave half a cluster behind: finish the cleanup.
+trap '' INT TERM HUP
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
