@@ -299,31 +299,15 @@ where
     F: FnMut(&[K]) -> bool,
 {
     let mut stream = watcher(api, config).boxed();
-    let mut state: BTreeMap<String, K> = BTreeMap::new();
-    let mut listing: BTreeMap<String, K> = BTreeMap::new();
-    let mut listed = false;
+    let mut state = Listed::default();
     let waiting = async {
         while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Init) => listing.clear(),
-                Ok(watcher::Event::InitApply(o)) => {
-                    listing.insert(o.name_any(), o);
+            let Ok(event) = event else { continue };
+            if state.apply(event) {
+                let items = state.items();
+                if done(&items) {
+                    return items;
                 }
-                Ok(watcher::Event::InitDone) => {
-                    state = std::mem::take(&mut listing);
-                    listed = true;
-                }
-                Ok(watcher::Event::Apply(o)) => {
-                    state.insert(o.name_any(), o);
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    state.remove(&o.name_any());
-                }
-                Err(_) => continue,
-            }
-            let items: Vec<K> = state.values().cloned().collect();
-            if listed && done(&items) {
-                return items;
             }
         }
         Vec::new()
@@ -332,8 +316,57 @@ where
         Ok(items) => items,
         Err(_) => panic!(
             "timed out after {timeout:?} waiting for {what}; last seen: {:?}",
-            state.keys().collect::<Vec<_>>()
+            state.names()
         ),
+    }
+}
+
+/// The objects of a watch as of its last event. A (re-)list replaces them
+/// whole at its end, so that no check ever sees half a list.
+struct Listed<K> {
+    state: BTreeMap<String, K>,
+    listing: BTreeMap<String, K>,
+    listed: bool,
+}
+
+impl<K> Default for Listed<K> {
+    fn default() -> Self {
+        Listed {
+            state: BTreeMap::new(),
+            listing: BTreeMap::new(),
+            listed: false,
+        }
+    }
+}
+
+impl<K: Resource + Clone> Listed<K> {
+    /// Takes one event; returns whether the state is a complete view.
+    fn apply(&mut self, event: watcher::Event<K>) -> bool {
+        match event {
+            watcher::Event::Init => self.listing.clear(),
+            watcher::Event::InitApply(o) => {
+                self.listing.insert(o.name_any(), o);
+            }
+            watcher::Event::InitDone => {
+                self.state = std::mem::take(&mut self.listing);
+                self.listed = true;
+            }
+            watcher::Event::Apply(o) => {
+                self.state.insert(o.name_any(), o);
+            }
+            watcher::Event::Delete(o) => {
+                self.state.remove(&o.name_any());
+            }
+        }
+        self.listed
+    }
+
+    fn items(&self) -> Vec<K> {
+        self.state.values().cloned().collect()
+    }
+
+    fn names(&self) -> Vec<&String> {
+        self.state.keys().collect()
     }
 }
 
@@ -388,29 +421,16 @@ impl NeverTwoActive {
         let mut stream = watcher(api, watcher::Config::default().labels(labels)).boxed();
         let task = tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
-            let mut state: BTreeMap<String, Pod> = BTreeMap::new();
-            let mut listing: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut state = Listed::default();
             while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => listing.clear(),
-                    Ok(watcher::Event::InitApply(p)) => {
-                        listing.insert(p.name_any(), p);
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        state = std::mem::take(&mut listing);
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(watcher::Event::Apply(p)) => {
-                        state.insert(p.name_any(), p);
-                    }
-                    Ok(watcher::Event::Delete(p)) => {
-                        state.remove(&p.name_any());
-                    }
-                    Err(_) => continue,
+                let Ok(event) = event else { continue };
+                if !state.apply(event) {
+                    continue;
                 }
-                let pods: Vec<Pod> = state.values().cloned().collect();
+                if let Some(tx) = ready_tx.take() {
+                    let _ = tx.send(());
+                }
+                let pods = state.items();
                 let active_now = labelled(&pods, &key, &active);
                 let mut most = m.lock().expect("not poisoned");
                 *most = (*most).max(active_now.len());
