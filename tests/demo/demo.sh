@@ -173,11 +173,11 @@ wait "$waiter"
 t1=$(now)
 printf '%sThe Service switched from %s to %s in %ss.%s\n' "$bold" "$active" "$other" "$(elapsed "$t0" "$t1")" "$reset"
 c "http://$active_ip:8080/healthz" || true
-k -n "$ns" get lease helloworld
+k -n "$ns" get lease helloworld -o custom-columns=HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions
 k -n "$ns" get pods -L role
 k -n "$ns" describe service helloworld
-show "kubectl -n $ns get events --sort-by=.lastTimestamp | grep -E 'Promoted|Demoted|AppUnhealthy|HandedOver'"
-kq -n "$ns" get events --sort-by=.lastTimestamp | grep -E 'REASON|Promoted|Demoted|AppUnhealthy|HandedOver' || true
+show "kubectl -n $ns get events --sort-by=.eventTime | grep -E 'Promoted|Demoted|AppUnhealthy|HandedOver'"
+kq -n "$ns" get events --sort-by=.eventTime | grep -E 'REASON|Promoted|Demoted|AppUnhealthy|HandedOver' || true
 say "leaseTransitions grew by one: the app can use it as a fencing token (the sidecar also writes it to a file with --role-file)."
 
 step "The failed app recovers; it stays passive"
@@ -203,10 +203,8 @@ k -n "$ns" delete pod "$active" --wait=false
 wait "$waiter"
 t1=$(now)
 printf '%sThe Service switched from %s to %s in %ss.%s\n' "$bold" "$active" "$other" "$(elapsed "$t0" "$t1")" "$reset"
-k -n "$ns" get lease helloworld
+k -n "$ns" get lease helloworld -o custom-columns=HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions
 k -n "$ns" describe service helloworld
-show "kubectl -n $ns get events --sort-by=.lastTimestamp | grep -E 'HandedOver|Promoted' | tail -n 2"
-kq -n "$ns" get events --sort-by=.lastTimestamp | grep -E 'HandedOver|Promoted' | tail -n 2 || true
 say "The StatefulSet re-creates $active (a new pod with the same name):"
 # Until the pod of that name is a new one (another uid), Ready and labelled.
 for i in $(seq 300); do
