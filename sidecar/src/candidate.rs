@@ -53,6 +53,8 @@ pub struct Candidate {
     was_healthy: bool,
     /// Lease events seen since the watch (re)listed.
     lease_listed: bool,
+    /// What the role file says: (role, holder, transitions).
+    role_file_written: Option<(Role, Option<String>, i32)>,
 }
 
 /// Why an action failed, for back-off and logs.
@@ -95,6 +97,7 @@ impl Candidate {
             role: None,
             was_healthy: false,
             lease_listed: false,
+            role_file_written: None,
         }
     }
 
@@ -152,6 +155,7 @@ impl Candidate {
             let now = Instant::now();
             self.note_health();
             let acted = self.act(now).await;
+            self.sync_role_file(Instant::now()).await;
             self.publish_status();
             if self.shutting_down && self.handover_done() {
                 if let Some(started) = self.handover_started {
@@ -477,20 +481,39 @@ impl Candidate {
                 self.events.publish(pod, false, reason, note);
             }
         }
-        self.write_role_file(role).await;
     }
 
-    async fn write_role_file(&self, role: Role) {
-        let Some(path) = &self.settings.role_file else {
+    /// Keeps the role file in step with what we know. It says active only
+    /// while we are labelled active *and* within our leadership deadline
+    /// (rule 5): a holder that lost the API server turns passive here at
+    /// its deadline even when it cannot relabel itself.
+    async fn sync_role_file(&mut self, now: Instant) {
+        let Some(path) = self.settings.role_file.clone() else {
             return;
+        };
+        let Some(labelled) = self.role else {
+            return;
+        };
+        let role = match labelled {
+            Role::Active if self.leading(now) => Role::Active,
+            _ => Role::Passive,
         };
         let record = RoleRecord {
             role,
             holder: self.holder(),
             lease_transitions: self.transitions(),
         };
-        if let Err(err) = rolefile::write(path, &record).await {
-            warn!(path = %path.display(), error = %err, "cannot write the role file");
+        let key = (
+            role,
+            record.holder.map(str::to_owned),
+            record.lease_transitions,
+        );
+        if self.role_file_written.as_ref() == Some(&key) {
+            return;
+        }
+        match rolefile::write(&path, &record).await {
+            Ok(()) => self.role_file_written = Some(key),
+            Err(err) => warn!(path = %path.display(), error = %err, "cannot write the role file"),
         }
     }
 

@@ -36,7 +36,18 @@ impl Group {
         let name = "web".to_string();
         let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
         let history = LeaseHistory::start(ns.api(), &name).await;
-        ns.apply(&workload::statefulset(&name, replicas, true, &[]));
+        // The role file goes where the runner keeps each pod's files.
+        let role_file = format!(
+            "{}/pods/{}/$(BATON_POD_NAME)/role.json",
+            cluster.dir.display(),
+            ns.name
+        );
+        ns.apply(&workload::statefulset(
+            &name,
+            replicas,
+            true,
+            &[("BATON_ROLE_FILE", &role_file)],
+        ));
         ns.apply(&workload::active_service(&name));
         let group = Group {
             ns,
@@ -161,6 +172,22 @@ async fn first_election_makes_one_of_two_active_and_the_other_passive() {
     let status = group.sidecar_status(&passive).await;
     assert_eq!(status["role"], "passive", "{status}");
     assert_eq!(status["holder"], holder.as_str());
+
+    // The app reads its role, with leaseTransitions as a fencing token.
+    let lease: Lease = group.ns.api().get("web").await.expect("lease");
+    let transitions = lease
+        .spec
+        .and_then(|s| s.lease_transitions)
+        .expect("transitions");
+    for (pod, role) in [(&holder, "active"), (&passive, "passive")] {
+        let path = group.ns.pod_dir(pod).join("role.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let record: serde_json::Value = serde_json::from_str(&text).expect("role file is JSON");
+        assert_eq!(record["role"], role, "{text}");
+        assert_eq!(record["holder"], holder.as_str(), "{text}");
+        assert_eq!(record["lease_transitions"], transitions, "{text}");
+    }
 
     // A passive pod is ready: readiness must not stall StatefulSet rollouts.
     let ip = pod_ip(&group.ns, &passive).await;
