@@ -304,6 +304,12 @@ impl Candidate {
             let result = self.promote(now).await;
             return self.settle("promote", result);
         }
+
+        // The label already says what we decided (a pod admitted as
+        // passive, a restarted holder): that is our role too.
+        if let Some(role) = label.filter(|_| self.lease != LeaseView::Unknown) {
+            self.on_role(role).await;
+        }
         false
     }
 

@@ -45,7 +45,8 @@ spec:
     matchLabels: {{app: {name}}}
   template:
     metadata:
-      labels: {{app: {name}, baton.dev/group: {name}}}
+      # As the webhook admits them: passive until the sidecar decides.
+      labels: {{app: {name}, baton.dev/group: {name}, role: passive}}
     spec:
       terminationGracePeriodSeconds: 5
 {sidecar_spec}      containers:
