@@ -185,8 +185,8 @@ impl Candidate {
                 }
                 changed = health.changed() => {
                     if changed.is_err() {
-                        warn!("probe stopped");
-                        self.terminating = true;
+                        warn!("probe stopped; handing over");
+                        self.start_giving_up();
                     }
                 }
                 Some(event) = lease_events.next() => self.on_lease_event(event),
@@ -276,6 +276,10 @@ impl Candidate {
         if self.retry_at.is_some_and(|t| now < t) {
             return false;
         }
+        // Rule 4 as an invariant: whoever is not eligible does not lead.
+        if !self.eligible() && self.leading(now) {
+            self.stop_leading();
+        }
         let leading = self.leading(now);
         let label = self.label_role();
         let have_pod = self.pod.is_some();
@@ -286,17 +290,12 @@ impl Candidate {
             return self.settle("label passive", result.map(|_| ()));
         }
 
+        // Then the Lease. A release comes after the passive label above; if
+        // our pod was never seen, the next holder demotes it (rule 3).
         let step = self.step(now);
-        match step {
-            Step::WaitUntil(_) => {}
-            Step::Release if label == Some(Role::Active) && !self.pod_deleted => {
-                // Not yet labelled passive (no pod seen): wait for the pod.
-                return false;
-            }
-            _ => {
-                let result = self.lease_step(step, now).await;
-                return self.settle(step_name(step), result);
-            }
+        if !matches!(step, Step::WaitUntil(_)) {
+            let result = self.lease_step(step, now).await;
+            return self.settle(step_name(step), result);
         }
 
         // Rule 3: a holder demotes the others, then promotes itself.
