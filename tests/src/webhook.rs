@@ -1,0 +1,692 @@
+//! The webhook as a local process beside the control plane, registered for
+//! one test namespace with the webhook configurations that ship in
+//! `manifests/webhook`: only their names (the configuration's, and each
+//! webhook's prefixed with the namespace), `clientConfig` and
+//! `namespaceSelector` change, so the rules, `matchConditions`,
+//! `failurePolicy`, `sideEffects` and timeouts under test are the shipped ones.
+//!
+//! The process runs as a ServiceAccount of the test namespace bound to the
+//! shipped ClusterRole, so a permission missing from `manifests/webhook`
+//! fails the tests (an in-cluster install runs with exactly that role).
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::{Api, api::PostParams};
+use serde_json::{Value, json};
+
+use crate::harness::{Cluster, TestNamespace, http, repo_root};
+
+/// Image the webhook injects: the runner starts `baton-sidecar` images as the local binary.
+pub const SIDECAR_IMAGE: &str = "ghcr.io/baton-dev/baton-sidecar:dev";
+/// The ClusterRole that ships with the webhook.
+const CLUSTER_ROLE: &str = "baton-webhook";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the webhook's serving certificate comes from.
+pub enum Tls {
+    /// `--ca-out-file`: the webhook makes its own CA and certificate for 127.0.0.1.
+    SelfSigned,
+    /// `--tls-cert-file/--tls-key-file`, with the CA that signed them.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        ca_pem: Vec<u8>,
+    },
+}
+
+/// A running `baton-webhook` and the webhook configurations that send it
+/// this namespace's requests; both go away on drop.
+pub struct LocalWebhook {
+    child: Child,
+    pub https_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// The CA the configurations trust now.
+    pub ca_pem: Vec<u8>,
+    /// Name of both webhook configurations: `baton-<namespace>`.
+    pub config_name: String,
+    pub log: PathBuf,
+    namespace: String,
+    cluster: Cluster,
+    scratch: PathBuf,
+}
+
+impl LocalWebhook {
+    /// Starts a webhook with a self-signed certificate and registers it.
+    pub async fn start(ns: &TestNamespace) -> LocalWebhook {
+        Self::start_with(ns, Tls::SelfSigned).await
+    }
+
+    /// Starts the webhook, registers it for `ns` and waits until the API server calls it.
+    pub async fn start_with(ns: &TestNamespace, tls: Tls) -> LocalWebhook {
+        let scratch = ns.cluster.dir.join("webhook").join(&ns.name);
+        std::fs::create_dir_all(&scratch).expect("the webhook's scratch directory");
+        let kubeconfig = webhook_kubeconfig(ns, &scratch);
+        let log = ns
+            .cluster
+            .dir
+            .join("logs")
+            .join(format!("webhook-{}.log", ns.name));
+        let ca_file = scratch.join("ca.pem");
+        let mut args = vec![
+            "--listen-addr=127.0.0.1:0".to_owned(),
+            "--http-addr=127.0.0.1:0".to_owned(),
+            "--log-format=json".to_owned(),
+            format!("--sidecar-image={SIDECAR_IMAGE}"),
+            format!("--pod-name=webhook-{}", ns.name),
+        ];
+        match &tls {
+            Tls::SelfSigned => {
+                args.push("--tls-san=127.0.0.1,localhost".to_owned());
+                args.push(format!("--ca-out-file={}", ca_file.display()));
+            }
+            Tls::Files { cert, key, .. } => {
+                args.push(format!("--tls-cert-file={}", cert.display()));
+                args.push(format!("--tls-key-file={}", key.display()));
+            }
+        }
+        let out = std::fs::File::create(&log).expect("the webhook's log file");
+        let child = Command::new(bin_dir().join("baton-webhook"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,baton_webhook=debug")
+            .args(&args)
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("starting target/debug/baton-webhook (cargo build --workspace --bins)");
+        let mut child = Some(child);
+        let (https_addr, http_addr) = wait_serving(&log, &mut child).await;
+        let ca_pem = match tls {
+            Tls::SelfSigned => std::fs::read(&ca_file).expect("the webhook wrote its CA"),
+            Tls::Files { ca_pem, .. } => ca_pem,
+        };
+        let webhook = LocalWebhook {
+            child: child.take().expect("running"),
+            https_addr,
+            http_addr,
+            ca_pem,
+            config_name: format!("baton-{}", ns.name),
+            log,
+            namespace: ns.name.clone(),
+            cluster: ns.cluster.clone(),
+            scratch,
+        };
+        webhook.register(&webhook.ca_pem.clone());
+        webhook.wait_until_injecting(ns).await;
+        webhook
+    }
+
+    /// Creates or updates both configurations for this namespace, trusting `ca_pem`.
+    pub fn register(&self, ca_pem: &[u8]) {
+        let url = format!("https://{}", self.https_addr);
+        let configs = configurations_for(
+            &self.cluster,
+            &self.config_name,
+            &self.namespace,
+            &url,
+            ca_pem,
+        );
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": configs});
+        let out = self
+            .cluster
+            .kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
+        assert!(
+            out.status.success(),
+            "registering the webhook: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The API server picks configurations up asynchronously, with no object
+    /// to watch: dry-run an opted-in pod until it comes back injected.
+    pub async fn wait_until_injecting(&self, ns: &TestNamespace) {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "webhook-probe", "annotations": {
+                "baton.dev/inject": "true", "baton.dev/lease-name": "webhook-probe"}},
+            "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:dev"}]}
+        }))
+        .expect("a pod");
+        let api: Api<Pod> = ns.api();
+        let params = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let last = match api.create(&params, &pod).await {
+                Ok(p) if sidecars(&p) == 1 => return,
+                Ok(_) => "created without the sidecar".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the API server never called the webhook at {} within {START_TIMEOUT:?}; last: {last}\n{}",
+                self.https_addr,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The webhook's own `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("http://{}/metrics", self.http_addr))
+            .send()
+            .await
+            .expect("the webhook's /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The process id: unchanged means not restarted.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("the webhook's status")
+            .is_none()
+    }
+
+    /// The last lines of the webhook's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for LocalWebhook {
+    fn drop(&mut self) {
+        // Configurations first: with failurePolicy Fail, a webhook that is
+        // gone would block this namespace's pods until they are deleted.
+        for kind in [
+            "mutatingwebhookconfiguration",
+            "validatingwebhookconfiguration",
+        ] {
+            let _ = self.cluster.kubectl(
+                &["delete", kind, &self.config_name, "--ignore-not-found"],
+                None,
+            );
+        }
+        let _ = self.cluster.kubectl(
+            &[
+                "delete",
+                "clusterrolebinding",
+                &self.config_name,
+                "--ignore-not-found",
+            ],
+            None,
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("BATON_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"))
+}
+
+/// Waits for the webhook's "serving" log line and reads both addresses from it.
+async fn wait_serving(log: &Path, child: &mut Option<Child>) -> (SocketAddr, SocketAddr) {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let serving = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v.pointer("/fields/message").and_then(Value::as_str) == Some("serving"));
+        if let Some(v) = serving {
+            let addr = |name: &str| -> SocketAddr {
+                v.pointer(&format!("/fields/{name}"))
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} address in {v}"))
+            };
+            return (addr("https"), addr("http"));
+        }
+        let exited = child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("the webhook's status"));
+        assert!(exited.is_none(), "baton-webhook exited at start: {text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "baton-webhook did not serve within {START_TIMEOUT:?}: {text}"
+        );
+        // A local process's log file: nothing to watch through the API.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A kubeconfig for the ServiceAccount `baton-webhook` of the test namespace,
+/// bound to the shipped ClusterRole.
+fn webhook_kubeconfig(ns: &TestNamespace, scratch: &Path) -> PathBuf {
+    // The ClusterRole exactly as it ships; tests running at once race to create it.
+    let role = shipped(&ns.cluster)
+        .into_iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == CLUSTER_ROLE)
+        .expect("manifests/webhook has the ClusterRole baton-webhook");
+    apply_racing(&ns.cluster, &role);
+    let account = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "baton-webhook", "namespace": ns.name},
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": format!("baton-{}", ns.name)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": "baton-webhook", "namespace": ns.name}],
+    });
+    for object in [account, binding] {
+        apply_racing(&ns.cluster, &object);
+    }
+    let token = token_for(ns, "baton-webhook");
+    let server = ns.cluster.config.cluster_url.to_string();
+    let ca = ns.cluster.dir.join("pki/ca.crt");
+    let path = scratch.join("kubeconfig");
+    let mut file = std::fs::File::create(&path).expect("kubeconfig file");
+    write!(
+        file,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: baton-webhook\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context: {{cluster: local, user: baton-webhook}}\ncurrent-context: local\n",
+        ca.display()
+    )
+    .expect("writing the kubeconfig");
+    path
+}
+
+/// A token of a ServiceAccount of the namespace (`kubectl create token`).
+fn token_for(ns: &TestNamespace, account: &str) -> String {
+    ns.kubectl_ok(&["create", "token", account, "--duration=1h"], None)
+        .trim()
+        .to_owned()
+}
+
+/// `kubectl apply` of one object; when a test running at once created it
+/// first, apply again.
+fn apply_racing(cluster: &Cluster, object: &Value) {
+    let text = object.to_string();
+    let out = cluster.kubectl(&["apply", "-f", "-"], Some(&text));
+    if out.status.success() {
+        return;
+    }
+    let again = cluster.kubectl(&["apply", "-f", "-"], Some(&text));
+    assert!(
+        again.status.success(),
+        "kubectl apply {}: {}",
+        object["metadata"]["name"],
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+/// Every object `kubectl kustomize manifests/webhook` builds, as JSON.
+pub fn shipped(cluster: &Cluster) -> Vec<Value> {
+    let dir = repo_root().join("manifests/webhook");
+    let built = cluster.kubectl(&["kustomize", dir.to_str().expect("utf-8 path")], None);
+    assert!(
+        built.status.success(),
+        "kustomize manifests/webhook: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let yaml = String::from_utf8_lossy(&built.stdout).into_owned();
+    let json = cluster.kubectl(
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(&yaml),
+    );
+    assert!(
+        json.status.success(),
+        "converting manifests/webhook to JSON: {}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    // One JSON document per object, one after the other.
+    serde_json::Deserializer::from_slice(&json.stdout)
+        .into_iter::<Value>()
+        .map(|v| v.expect("kubectl prints JSON"))
+        .collect()
+}
+
+/// The shipped webhook configurations, pointed at `url` for `namespace` only.
+pub fn configurations_for(
+    cluster: &Cluster,
+    name: &str,
+    namespace: &str,
+    url: &str,
+    ca_pem: &[u8],
+) -> Vec<Value> {
+    let mut configs: Vec<Value> = shipped(cluster)
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration")
+            )
+        })
+        .collect();
+    assert_eq!(
+        configs.len(),
+        2,
+        "a mutating and a validating configuration"
+    );
+    for config in &mut configs {
+        config["metadata"]["name"] = json!(name);
+        for webhook in config["webhooks"]
+            .as_array_mut()
+            .expect("webhooks")
+            .iter_mut()
+        {
+            let path = webhook["clientConfig"]["service"]["path"]
+                .as_str()
+                .expect("the shipped clientConfig names a path")
+                .to_owned();
+            // Unique per test: the API server's metrics are labelled by webhook name.
+            let shipped = webhook["name"].as_str().expect("a webhook name").to_owned();
+            webhook["name"] = json!(webhook_name(namespace, &shipped));
+            webhook["clientConfig"] =
+                json!({"url": format!("{url}{path}"), "caBundle": base64(ca_pem)});
+            webhook["namespaceSelector"] = json!({"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}]});
+        }
+    }
+    configs
+}
+
+/// The name a shipped webhook (`inject.baton.dev`) gets in a test namespace.
+pub fn webhook_name(namespace: &str, shipped: &str) -> String {
+    format!("{namespace}.{shipped}")
+}
+
+/// The containers named `baton-sidecar` in a pod.
+pub fn sidecars(pod: &Pod) -> usize {
+    all_containers(pod)
+        .filter(|c| c.name == "baton-sidecar")
+        .count()
+}
+
+/// Init containers, then containers.
+pub fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
+    pod.spec.iter().flat_map(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+    })
+}
+
+/// The certificate (DER) a TLS server presents, checked against `roots` (PEM).
+pub fn served_certificate(addr: SocketAddr, roots_pem: &[&[u8]]) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in roots_pem {
+        for der in CertificateDer::pem_slice_iter(pem) {
+            roots.add(der.expect("a PEM certificate")).expect("a CA");
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client");
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connecting to the webhook");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)
+            .expect("a TLS handshake verified by the given CAs");
+    }
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .expect("the server's certificate")
+        .to_vec()
+}
+
+/// DER of the first certificate of a PEM text.
+pub fn der_of(pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    CertificateDer::from_pem_slice(pem)
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
+/// A CA and a serving certificate for 127.0.0.1 made with `openssl` in `dir`:
+/// (CA PEM, cert path, key path).
+pub fn openssl_pair(dir: &Path, name: &str) -> (Vec<u8>, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("a directory for certificates");
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: PathBuf| p.to_str().expect("utf-8 path").to_owned();
+    let (ca_key, ca_crt, key, csr, crt, ext) = (
+        s(p("ca.key")),
+        s(p("ca.crt")),
+        s(p("tls.key")),
+        s(p("tls.csr")),
+        s(p("tls.crt")),
+        s(p("ext")),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_crt,
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN={name} CA"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN={name}"),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("extensions file");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &crt,
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+    ]);
+    (
+        std::fs::read(&ca_crt).expect("the CA"),
+        PathBuf::from(crt),
+        PathBuf::from(key),
+    )
+}
+
+/// Cumulative buckets `(le, count)` of histogram `metric` in a Prometheus
+/// text, summed over the series whose labels include every pair of `labels`.
+pub fn histogram_buckets(text: &str, metric: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let prefix = format!("{metric}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((label_text, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let pairs: Vec<(&str, &str)> = label_text
+            .split("\",")
+            .filter_map(|p| p.split_once("=\""))
+            .map(|(k, v)| (k.trim_start_matches(','), v.trim_end_matches('"')))
+            .collect();
+        if !labels.iter().all(|want| pairs.contains(want)) {
+            continue;
+        }
+        let le = pairs.iter().find(|(k, _)| *k == "le").map(|(_, v)| *v);
+        let (Some(le), Ok(count)) = (le, value.trim().parse::<f64>()) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::INFINITY)
+        };
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some(bucket) => bucket.1 += count,
+            None => buckets.push((le, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// Bucket counts of `after` minus those of `before` (the same buckets).
+pub fn histogram_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|(le, n)| {
+            let old = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, c)| *c);
+            (*le, n - old)
+        })
+        .collect()
+}
+
+/// The `q` quantile of cumulative buckets, interpolated linearly inside a
+/// bucket as Prometheus' `histogram_quantile` does; `None` without samples.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let inside = count - below;
+            let fraction = if inside > 0.0 {
+                (rank - below) / inside
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * fraction);
+        }
+        (lower, below) = (le, count);
+    }
+    Some(lower)
+}
+
+/// Standard base64 with padding (the caBundle's encoding).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_pads_like_the_api_server_expects() {
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
+        assert_eq!(base64(b""), "");
+    }
+
+    #[test]
+    fn histogram_quantiles_interpolate_inside_buckets_of_matching_series() {
+        let text = r#"# TYPE h histogram
+h_bucket{name="a",rejected="false",le="0.01"} 50
+h_bucket{name="a",rejected="false",le="0.1"} 100
+h_bucket{name="a",rejected="false",le="+Inf"} 100
+h_bucket{name="a",rejected="true",le="0.01"} 0
+h_bucket{name="a",rejected="true",le="0.1"} 0
+h_bucket{name="a",rejected="true",le="+Inf"} 0
+h_bucket{name="b",rejected="false",le="0.01"} 7
+h_bucket{name="b",rejected="false",le="0.1"} 7
+h_bucket{name="b",rejected="false",le="+Inf"} 7
+"#;
+        let a = histogram_buckets(text, "h", &[("name", "a")]);
+        assert_eq!(a, [(0.01, 50.0), (0.1, 100.0), (f64::INFINITY, 100.0)]);
+        let p50 = quantile(&a, 0.5).expect("samples");
+        assert!((p50 - 0.01).abs() < 1e-9, "{p50}");
+        let p99 = quantile(&a, 0.99).expect("samples");
+        assert!((p99 - (0.01 + 0.09 * 0.98)).abs() < 1e-9, "{p99}");
+        let before = histogram_buckets(text, "h", &[("name", "b")]);
+        assert_eq!(quantile(&histogram_delta(&before, &before), 0.5), None);
+    }
+}

@@ -1,0 +1,595 @@
+//! The webhook end to end: the real API server calls a `baton-webhook`
+//! process at `https://127.0.0.1:<port>` inside the cluster's network
+//! namespace, through the webhook configurations that ship in
+//! `manifests/webhook` (registered per test for its namespace only). The
+//! runner starts the injected sidecars as processes, and they elect.
+
+use std::time::{Duration, Instant};
+
+use baton_e2e::{
+    harness::{
+        Cluster, NeverTwoActive, TestNamespace, labelled, repo_root, wait_endpoints,
+        wait_for_object, wait_until,
+    },
+    webhook::{
+        LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, der_of, histogram_buckets,
+        histogram_delta, openssl_pair, quantile, served_certificate, sidecars, webhook_name,
+    },
+    workload,
+};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    coordination::v1::Lease,
+    core::v1::{Container, Pod},
+    events::v1::Event,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+
+fn sidecar_of(pod: &Pod) -> &Container {
+    all_containers(pod)
+        .find(|c| c.name == "baton-sidecar")
+        .unwrap_or_else(|| panic!("pod {} has no baton-sidecar", pod.name_any()))
+}
+
+/// The env var `name` of a container: (value, fieldRef path).
+fn env_of(c: &Container, name: &str) -> (Option<String>, Option<String>) {
+    let var = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("{} has no env {name}", c.name));
+    let field = var
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.clone());
+    (var.value.clone(), field)
+}
+
+/// Checks what the webhook put into one pod of group `lease`.
+fn assert_injected_as_shipped(pod: &Pod, lease: &str) {
+    let name = pod.name_any();
+    assert_eq!(sidecars(pod), 1, "{name}: exactly one sidecar");
+    let spec = pod.spec.as_ref().expect("spec");
+    let native = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "baton-sidecar")
+        .unwrap_or_else(|| panic!("{name}: the sidecar is an init container"));
+    assert_eq!(
+        native.restart_policy.as_deref(),
+        Some("Always"),
+        "{name}: native sidecar"
+    );
+    let c = sidecar_of(pod);
+    assert_eq!(c.image.as_deref(), Some(SIDECAR_IMAGE));
+    let sc = c.security_context.as_ref().expect("a security context");
+    assert_eq!(sc.run_as_non_root, Some(true), "{name}: non-root");
+    assert_eq!(
+        sc.read_only_root_filesystem,
+        Some(true),
+        "{name}: read-only"
+    );
+    assert_eq!(
+        sc.allow_privilege_escalation,
+        Some(false),
+        "{name}: no escalation"
+    );
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_owned()]),
+        "{name}: drops ALL"
+    );
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{name}: seccomp"
+    );
+    for (var, path) in [
+        ("BATON_POD_NAME", "metadata.name"),
+        ("BATON_POD_NAMESPACE", "metadata.namespace"),
+        ("BATON_POD_IP", "status.podIP"),
+    ] {
+        assert_eq!(
+            env_of(c, var),
+            (None, Some(path.to_owned())),
+            "{name}: {var} from the downward API"
+        );
+    }
+    assert_eq!(env_of(c, "BATON_LEASE_NAME").0.as_deref(), Some(lease));
+    assert_eq!(
+        pod.labels().get("baton.dev/group").map(String::as_str),
+        Some(lease),
+        "{name}: group label"
+    );
+    let status: Value = pod
+        .annotations()
+        .get("baton.dev/injected")
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_else(|| panic!("{name}: a JSON baton.dev/injected annotation"));
+    assert_eq!(status["image"], SIDECAR_IMAGE);
+    assert_eq!(status["lease"], lease);
+    assert_eq!(status["native"], true);
+}
+
+/// Waits for an Event of the webhook with `reason` regarding `kind/name`.
+async fn wait_event(ns: &TestNamespace, reason: &str, kind: &str, name: &str) -> Vec<Event> {
+    let what = format!("a {reason} Event on {kind} {name}");
+    let matching = |e: &Event| {
+        e.reason.as_deref() == Some(reason)
+            && e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+    };
+    let events =
+        wait_until::<Event, _>(ns.api(), "", T, &what, |events| events.iter().any(matching)).await;
+    events.into_iter().filter(|e| matching(e)).collect()
+}
+
+#[tokio::test]
+async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-sts").await;
+    let webhook = LocalWebhook::start(&ns).await;
+    let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+
+    // A StatefulSet that has not opted in: its pods come without the sidecar.
+    ns.apply(&workload::statefulset("web", 2, false, &[]));
+    ns.apply(&workload::active_service("web"));
+    let before = wait_until::<Pod, _>(ns.api(), "app=web", T, "two plain pods", |pods| {
+        pods.len() == 2
+    })
+    .await;
+    assert!(before.iter().all(|p| sidecars(p) == 0), "not opted in yet");
+    let old_uids: Vec<String> = before.iter().filter_map(|p| p.uid()).collect();
+
+    // What the user types.
+    ns.kubectl_ok(
+        &["annotate", "statefulset", "web", "baton.dev/inject=true"],
+        None,
+    );
+    ns.kubectl_ok(&["rollout", "restart", "statefulset", "web"], None);
+    let pods = wait_until::<Pod, _>(
+        ns.api(),
+        "app=web",
+        T,
+        "two re-created pods with the sidecar",
+        |pods| {
+            pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| sidecars(p) == 1 && !old_uids.contains(&p.uid().unwrap_or_default()))
+        },
+    )
+    .await;
+    for pod in &pods {
+        assert_injected_as_shipped(pod, "web");
+        // The runner runs the injected image as the local sidecar binary.
+        ns.pid(&pod.name_any(), "baton-sidecar", T).await;
+    }
+
+    let lease = wait_for_object::<Lease, _>(ns.api(), "web", T, "a holder of lease web", |l| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            .is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a holder");
+    wait_until::<Pod, _>(
+        ns.api(),
+        "app=web",
+        T,
+        "the holder alone active, the other passive",
+        |pods| {
+            labelled(pods, "role", "active") == [holder.clone()]
+                && labelled(pods, "role", "passive").len() == 1
+        },
+    )
+    .await;
+    wait_endpoints(&ns, "web-active", &[&holder], T).await;
+
+    // The webhook, running with the shipped ClusterRole, recorded why.
+    wait_event(&ns, "Injected", "StatefulSet", "web").await;
+    assert!(
+        webhook
+            .metrics()
+            .await
+            .contains("baton_webhook_admissions_total{operation=\"mutate\",result=\"injected\"}"),
+        "the webhook counted its injections"
+    );
+    assert_eq!(guard.assert_held(), 1, "one active pod at a time");
+    drop(webhook);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn deployment_opted_in_by_its_own_annotation_gets_injected_pods() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-deploy").await;
+    let webhook = LocalWebhook::start(&ns).await;
+    // Only the Deployment carries the annotation; its pods are created by a
+    // ReplicaSet, which the webhook follows to the Deployment.
+    ns.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  annotations: {baton.dev/inject: "true", baton.dev/probe-path: /healthz}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: api}
+  template:
+    metadata:
+      labels: {app: api}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: ghcr.io/baton-dev/baton-demo-app:dev
+        ports: [{name: http, containerPort: 8080}]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - {name: LISTEN_ADDR, value: "0.0.0.0:8080"}
+"#,
+    );
+    let pods = wait_until::<Pod, _>(ns.api(), "app=api", T, "two injected pods", |pods| {
+        pods.len() == 2 && pods.iter().all(|p| sidecars(p) == 1)
+    })
+    .await;
+    for pod in &pods {
+        assert_injected_as_shipped(pod, "api");
+        assert_eq!(
+            env_of(sidecar_of(pod), "BATON_PROBE_PATH").0.as_deref(),
+            Some("/healthz"),
+            "the Deployment's annotation reached the sidecar"
+        );
+    }
+    wait_event(&ns, "Injected", "Deployment", "api").await;
+    let lease = wait_for_object::<Lease, _>(ns.api(), "api", T, "a holder of lease api", |l| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            .is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a holder");
+    assert!(pods.iter().any(|p| p.name_any() == holder), "{holder}");
+    drop(webhook);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn recreated_pod_is_not_injected_twice() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-recreate").await;
+    let webhook = LocalWebhook::start(&ns).await;
+    ns.apply(&workload::statefulset("web", 1, false, &[]));
+    ns.kubectl_ok(
+        &["annotate", "statefulset", "web", "baton.dev/inject=true"],
+        None,
+    );
+    ns.kubectl_ok(&["rollout", "restart", "statefulset", "web"], None);
+    let api: Api<Pod> = ns.api();
+    let first = wait_for_object::<Pod, _>(api.clone(), "web-0", T, "web-0 injected", |p| {
+        sidecars(p) == 1
+    })
+    .await;
+    let first_uid = first.uid().expect("a uid");
+
+    api.delete("web-0", &DeleteParams::default())
+        .await
+        .expect("deleting web-0");
+    let second = wait_for_object::<Pod, _>(api.clone(), "web-0", T, "a new web-0", |p| {
+        p.uid().as_deref() != Some(first_uid.as_str())
+    })
+    .await;
+    assert_injected_as_shipped(&second, "web");
+
+    // Re-admission of an injected pod changes nothing: send the pod back as
+    // it is stored (server-side dry run) and compare its containers.
+    let mut again = second.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: Some("web-copy".to_owned()),
+        labels: second.metadata.labels.clone(),
+        annotations: second.metadata.annotations.clone(),
+        owner_references: second.metadata.owner_references.clone(),
+        ..Default::default()
+    };
+    again.status = None;
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let readmitted = api.create(&dry, &again).await.expect("dry-run create");
+    assert_eq!(sidecars(&readmitted), 1, "still one sidecar");
+    let names = |p: &Pod| {
+        all_containers(p)
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&readmitted), names(&second));
+    assert_eq!(
+        readmitted.spec.as_ref().map(|s| s.volumes.clone()),
+        second.spec.as_ref().map(|s| s.volumes.clone()),
+        "no second token volume"
+    );
+    drop(webhook);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-invalid").await;
+    let webhook = LocalWebhook::start(&ns).await;
+    let valid = workload::statefulset("web", 0, false, &[]);
+    let invalid = valid.replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  annotations: {baton.dev/inject: \"true\", baton.dev/probe-period: fast}\n",
+        1,
+    );
+    assert_ne!(invalid, valid);
+    let out = ns.kubectl(&["apply", "-f", "-"], Some(&invalid));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kubectl apply must fail");
+    assert!(
+        stderr.contains("baton.dev/probe-period") && stderr.contains("fast"),
+        "the message names the annotation and the value: {stderr}"
+    );
+    let sts: Api<StatefulSet> = ns.api();
+    assert!(
+        sts.get_opt("web").await.expect("get").is_none(),
+        "nothing was created"
+    );
+
+    // The same check on an update: annotating an existing StatefulSet.
+    ns.apply(&valid);
+    let out = ns.kubectl(
+        &[
+            "annotate",
+            "statefulset",
+            "web",
+            "baton.dev/inject=true",
+            "baton.dev/lease-duration=soon",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kubectl annotate must fail");
+    assert!(
+        stderr.contains("baton.dev/lease-duration") && stderr.contains("soon"),
+        "{stderr}"
+    );
+    drop(webhook);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn server_side_dry_run_creates_nothing_and_records_no_event() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-dryrun").await;
+    let webhook = LocalWebhook::start(&ns).await;
+    // An opted-in owner with no pods of its own: Events go on the owner.
+    ns.apply(&workload::statefulset("web", 0, false, &[]).replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  annotations: {baton.dev/inject: \"true\"}\n",
+        1,
+    ));
+    let sts: Api<StatefulSet> = ns.api();
+    let uid = sts
+        .get("web")
+        .await
+        .expect("the StatefulSet")
+        .uid()
+        .expect("uid");
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "solo",
+            "labels": {"dry": "run"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web",
+                                 "uid": uid, "controller": true}],
+        },
+        "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:dev",
+                                 "ports": [{"containerPort": 8080}]}]},
+    })
+    .to_string();
+
+    let out = ns.kubectl_ok(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&pod),
+    );
+    let shown: Pod = serde_json::from_str(&out).expect("kubectl prints the pod");
+    assert_eq!(sidecars(&shown), 1, "the output shows the injected sidecar");
+    let pods: Api<Pod> = ns.api();
+    assert!(
+        pods.get_opt("solo").await.expect("get").is_none(),
+        "a dry run creates no pod"
+    );
+
+    // Then for real: the Event of this creation must be the only one, so a
+    // dry run that had recorded one would show up here (as a second Event
+    // or a series count of 2).
+    ns.kubectl_ok(&["apply", "-f", "-"], Some(&pod));
+    let injected = wait_event(&ns, "Injected", "StatefulSet", "web").await;
+    assert_eq!(injected.len(), 1, "one Event: {injected:?}");
+    assert!(
+        injected[0].series.is_none(),
+        "recorded once, not a series: {:?}",
+        injected[0]
+    );
+    let metrics = webhook.metrics().await;
+    assert!(
+        metrics
+            .contains("baton_webhook_admissions_total{operation=\"mutate\",result=\"injected\"}"),
+        "{metrics}"
+    );
+    drop(webhook);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn certificate_rotated_on_disk_is_served_without_a_restart() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-rotate").await;
+    let dir = cluster.dir.join("webhook-certs").join(&ns.name);
+    let (ca_a, cert_a, key_a) = openssl_pair(&dir, "a");
+    let (ca_b, cert_b, key_b) = openssl_pair(&dir, "b");
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::copy(&cert_a, &cert).expect("cert a");
+    std::fs::copy(&key_a, &key).expect("key a");
+
+    let mut webhook = LocalWebhook::start_with(
+        &ns,
+        Tls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca_pem: ca_a.clone(),
+        },
+    )
+    .await;
+    let pid = webhook.pid();
+    let der_a = der_of(&std::fs::read(&cert_a).expect("cert a"));
+    let der_b = der_of(&std::fs::read(&cert_b).expect("cert b"));
+    assert_eq!(served_certificate(webhook.https_addr, &[&ca_a]), der_a);
+
+    // Rotate as a tool would: new files renamed over the old ones.
+    for (from, to) in [(&key_b, &key), (&cert_b, &cert)] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).expect("copy");
+        std::fs::rename(&tmp, to).expect("rename");
+    }
+    assert_eq!(
+        served_certificate(webhook.https_addr, &[&ca_a, &ca_b]),
+        der_b,
+        "the next handshake serves the new certificate"
+    );
+    assert!(webhook.running(), "same process");
+    assert_eq!(webhook.pid(), pid);
+
+    // The API server trusts the new CA once the caBundle says so.
+    webhook.register(&ca_b);
+    webhook.wait_until_injecting(&ns).await;
+    assert!(
+        std::fs::read_to_string(&webhook.log)
+            .unwrap_or_default()
+            .contains("serving certificate reloaded"),
+        "{}",
+        webhook.log_tail()
+    );
+    drop(webhook);
+    let _ = std::fs::remove_dir_all(&dir);
+    ns.delete().await;
+}
+
+/// Not a pass/fail check: how long admission takes, for docs/webhook.md.
+/// `cargo test -p baton-e2e --test webhook admission_latency -- --nocapture`.
+#[tokio::test]
+async fn admission_latency_is_measured() {
+    const PODS: usize = 100;
+    const DIRECT: Duration = Duration::from_secs(5);
+    const HISTOGRAM: &str = "apiserver_admission_webhook_admission_duration_seconds";
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-latency").await;
+    let webhook = LocalWebhook::start(&ns).await;
+    let name = webhook_name(&ns.name, "inject.baton.dev");
+    let raw_metrics = || {
+        let out = cluster.kubectl(&["get", "--raw", "/metrics"], None);
+        assert!(out.status.success(), "kubectl get --raw /metrics");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = histogram_buckets(&raw_metrics(), HISTOGRAM, &[("name", &name)]);
+
+    // Opted-in pods, created one after the other through server-side dry run:
+    // admission runs in full, nothing is stored or run.
+    let api: Api<Pod> = ns.api();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    for i in 0..PODS {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("lat-{i}"), "annotations": {
+                "baton.dev/inject": "true", "baton.dev/lease-name": "lat"}},
+            "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:dev"}]}
+        }))
+        .expect("a pod");
+        let created = api.create(&dry, &pod).await.expect("created");
+        assert_eq!(sidecars(&created), 1);
+    }
+    let client_ms = started.elapsed().as_secs_f64() * 1000.0 / PODS as f64;
+    let after = histogram_buckets(&raw_metrics(), HISTOGRAM, &[("name", &name)]);
+    let delta = histogram_delta(&before, &after);
+    let count = delta.last().map_or(0.0, |b| b.1);
+    assert!(
+        count >= PODS as f64,
+        "the API server measured the calls: {delta:?}"
+    );
+    let ms = |q| quantile(&delta, q).map_or(f64::NAN, |s| s * 1000.0);
+
+    // Straight to /mutate: a bare opted-in pod (no owner lookup), 4 connections.
+    let body =
+        std::fs::read(repo_root().join("tests/fixtures/webhook/pod-bare.json")).expect("fixture");
+    let ca = reqwest::Certificate::from_pem(&webhook.ca_pem).expect("the CA");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("a client");
+    let url = format!("https://{}/mutate", webhook.https_addr);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut ok = 0u64;
+                while started.elapsed() < DIRECT {
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("the webhook answers");
+                    assert!(r.status().is_success(), "{}", r.status());
+                    let text = r.text().await.expect("body");
+                    assert!(text.contains("\"patchType\":\"JSONPatch\""), "{text}");
+                    ok += 1;
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut requests = 0;
+    for w in workers {
+        requests += w.await.expect("worker");
+    }
+    let rps = requests as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "admission latency ({PODS} dry-run pod creations): API server webhook histogram p50 {:.1} ms, p99 {:.1} ms ({count} calls); client-side create {client_ms:.1} ms/pod; direct /mutate {rps:.0} requests/s over 4 connections ({requests} in {DIRECT:?})",
+        ms(0.5),
+        ms(0.99),
+    );
+    assert!(requests > 0);
+    drop(webhook);
+    ns.delete().await;
+}
