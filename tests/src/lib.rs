@@ -4,6 +4,7 @@
 pub mod harness;
 pub mod podenv;
 pub mod runner;
+pub mod webhook;
 pub mod workload;
 
 /// Resolves on SIGTERM or SIGINT.
