@@ -720,3 +720,82 @@ fn grafana_dashboard_panels_query_prometheus() {
         );
     }
 }
+
+/// The webhook configurations of a YAML stream, as JSON by kind, through
+/// kubectl's own conversion (a client-side dry run).
+fn webhook_configurations(cluster: &Cluster, yaml: &str) -> Vec<(String, serde_json::Value)> {
+    let configs: Vec<String> = documents(yaml)
+        .into_iter()
+        .filter(|(kind, _)| kind.ends_with("WebhookConfiguration"))
+        .map(|(_, doc)| doc)
+        .collect();
+    let out = cluster.kubectl(
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(&configs.join("\n---\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One JSON object after the other.
+    let mut configs: Vec<(String, serde_json::Value)> =
+        serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter::<serde_json::Value>()
+            .map(|o| {
+                let o = o.expect("JSON objects");
+                (o["kind"].as_str().expect("kind").to_owned(), o)
+            })
+            .collect();
+    configs.sort_by(|a, b| a.0.cmp(&b.0));
+    configs
+}
+
+/// `v` with every run of whitespace in its strings made one space (CEL
+/// expressions folded differently in YAML are the same expression).
+fn spaced(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(s.split_whitespace().collect::<Vec<_>>().join(" ")),
+        Value::Array(a) => Value::Array(a.iter().map(spaced).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), spaced(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+#[tokio::test]
+async fn helm_chart_webhooks_match_the_kustomize_install() {
+    let cluster = Cluster::connect().await;
+    let kustomized = webhook_configurations(&cluster, &kustomize(&cluster, "manifests/webhook"));
+    let charted = webhook_configurations(&cluster, &helm_template("baton-system", &[]));
+    assert_eq!(kustomized.len(), 2, "a mutating and a validating webhook");
+    assert_eq!(
+        kustomized.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        charted.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    for ((kind, ours), (_, theirs)) in charted.iter().zip(&kustomized) {
+        let (ours, theirs) = (&ours["webhooks"][0], &theirs["webhooks"][0]);
+        for field in [
+            "name",
+            "rules",
+            "namespaceSelector",
+            "matchConditions",
+            "failurePolicy",
+            "sideEffects",
+            "timeoutSeconds",
+            "reinvocationPolicy",
+            "admissionReviewVersions",
+        ] {
+            assert_eq!(
+                spaced(&ours[field]),
+                spaced(&theirs[field]),
+                "{kind}: the chart's {field} differs from manifests/webhook's"
+            );
+        }
+        let (svc, want) = (
+            &ours["clientConfig"]["service"],
+            &theirs["clientConfig"]["service"],
+        );
+        assert_eq!(svc, want, "{kind}: the same Service, namespace and path");
+    }
+}

@@ -11,14 +11,15 @@
 {{- printf "%s-webhook" (include "baton.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* As manifests/webhook labels its objects, plus the release. */}}
 {{- define "baton.selectorLabels" -}}
-app.kubernetes.io/name: baton
+app.kubernetes.io/name: baton-webhook
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: webhook
 {{- end -}}
 
 {{- define "baton.labels" -}}
 {{ include "baton.selectorLabels" . }}
+app.kubernetes.io/part-of: baton
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
@@ -44,7 +45,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* The webhook's DNS names, as the API server dials it. */}}
 {{- define "baton.dnsNames" -}}
 {{- $svc := include "baton.webhookName" . -}}
-{{- list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) | toJson -}}
+{{- list (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) | toJson -}}
 {{- end -}}
 
 {{/* Namespaces the webhooks never see: the listed ones and the release's own. */}}
