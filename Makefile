@@ -52,7 +52,7 @@ lint:
 
 ## The seed's story on a fresh local control plane, narrated; stops it after.
 demo:
-	tests/demo/demo.sh
+	@tests/demo/demo.sh
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE_REPO ?= ghcr.io/baton-dev
@@ -68,7 +68,9 @@ image:
 	  echo "            'make release' builds the static binaries without one."; exit 0; fi; \
 	set -e; for spec in baton-sidecar:baton-sidecar:sidecar baton-webhook:baton-webhook:webhook baton-e2e:baton-demo-app:sidecar; do \
 	  pkg=$${spec%%:*}; rest=$${spec#*:}; bin=$${rest%%:*}; file=$${rest#*:}/Dockerfile; \
+	  desc=""; [ $$bin = baton-demo-app ] && desc="--build-arg DESCRIPTION=baton's demo app: hello world with a switchable /healthz"; \
 	  $$engine build -f $$file --build-arg PACKAGE=$$pkg --build-arg BIN=$$bin --build-arg VERSION=$(VERSION) \
+	    $${desc:+"$$desc"} $$( [ $$engine = podman ] && echo --ignorefile $$file.dockerignore ) \
 	    -t $(IMAGE_REPO)/$$bin:$(VERSION) .; done; \
 	$$engine images --filter reference='$(IMAGE_REPO)/baton-*:$(VERSION)'
 
