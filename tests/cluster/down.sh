@@ -27,9 +27,12 @@ if [ -f "$dir/pids/runner.pid" ]; then
   kill -TERM -- "-$(cat "$dir/pids/runner.pid")" 2>/dev/null
   for _ in $(seq 50); do kill -0 -- "-$(cat "$dir/pids/runner.pid")" 2>/dev/null || break; sleep 0.1; done
 fi
+# The control plane keeps no state worth a graceful stop (up.sh wipes etcd);
+# kube-apiserver's own graceful shutdown takes over 10 s.
 signal_all TERM
-for _ in $(seq 100); do alive || break; sleep 0.1; done
+for _ in $(seq 20); do alive || break; sleep 0.1; done
 signal_all KILL
+for _ in $(seq 50); do alive || break; sleep 0.1; done
 rm -f "$dir"/pids/*.pid
 # shellcheck source=netns.sh
 . "$here/netns.sh"
