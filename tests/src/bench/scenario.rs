@@ -41,6 +41,15 @@ impl System {
             System::Baseline(i) => format!("baseline-{i}s"),
         }
     }
+    /// The period of what detects a failure: the sidecar's probe period,
+    /// or the baseline's poll interval.
+    fn cadence(&self) -> Duration {
+        match self {
+            System::Baton => Duration::from_millis(500),
+            System::Baseline(i) => Duration::from_secs(*i),
+        }
+    }
+
     /// Longest a failover may take before the run counts as failed.
     fn timeout(&self) -> Duration {
         match self {
@@ -337,9 +346,18 @@ impl Group {
         }
     }
 
+    /// Failures come at any moment, not just after a poll: each run waits
+    /// a random part of the detector's period (uniform) before acting, so
+    /// that a poll loop is measured at its average, not its worst or best
+    /// phase (the previous run ends in step with the detector).
+    async fn random_phase(&self, period: Duration) {
+        tokio::time::sleep(period.mul_f64(fastrand::f64())).await;
+    }
+
     /// The active app starts failing; ends when the Service lists only the standby.
     pub async fn failover(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
+        self.random_phase(self.system.cadence()).await;
         let before = self.sidecar_samples();
         let t0 = now();
         self.set_health(&a, "fail").await?;
@@ -390,6 +408,7 @@ impl Group {
         ));
         // Some traffic before the deletion, so the client is warm.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        self.random_phase(self.system.cadence()).await;
         let t0 = now();
         let pods: kube::Api<Pod> = self.ns.api();
         pods.delete(&a, &DeleteParams::default()).await?;
@@ -423,6 +442,8 @@ impl Group {
     pub async fn killed(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
         let pid = self.sidecar_pid(&a).context("the holder's sidecar pid")?;
+        // The renewal cadence (the retry period, 1 s by default).
+        self.random_phase(Duration::from_secs(1)).await;
         let t0 = now();
         signal(pid, "KILL").await;
         let svc = self.service();
