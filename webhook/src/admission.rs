@@ -156,6 +156,13 @@ fn chain(err: &dyn std::error::Error) -> String {
 
 /// Reads an `admission.k8s.io/v1` AdmissionReview and its request.
 fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
+    parse_review_raw(body).map(|(req, _)| req)
+}
+
+/// Like [`parse_review`], also returning the request's object exactly as sent.
+fn parse_review_raw(
+    body: &[u8],
+) -> Result<(AdmissionRequest<DynamicObject>, serde_json::Value), BadRequest> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(BadRequest::NotJson)?;
     let field = |name: &str| {
         value
@@ -168,9 +175,54 @@ fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReque
     if api_version != REVIEW_API_VERSION || kind != "AdmissionReview" {
         return Err(BadRequest::NotReview { api_version, kind });
     }
+    let raw = value
+        .pointer("/request/object")
+        .cloned()
+        .unwrap_or_default();
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_value(value).map_err(BadRequest::Malformed)?;
-    review.try_into().map_err(|_| BadRequest::NoRequest)
+    let req = review.try_into().map_err(|_| BadRequest::NoRequest)?;
+    Ok((req, raw))
+}
+
+/// Pod fields the injection may change; a patch that replaces them whole is
+/// the fallback when the fine-grained one does not fit the object as sent.
+const INJECTED_FIELDS: [&str; 5] = [
+    "/metadata/labels",
+    "/metadata/annotations",
+    "/spec/initContainers",
+    "/spec/containers",
+    "/spec/volumes",
+];
+
+/// The JSONPatch from `before` to `after` (the pod as typed), checked against
+/// the object as the API server sent it. The typed pod can differ from it (a
+/// required field missing from the request gets a default when parsed):
+/// then the changed fields are replaced whole. `None` if even that fails.
+fn patch_for(
+    raw: &serde_json::Value,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> Option<json_patch::Patch> {
+    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+    let applies = |patch: &json_patch::Patch| json_patch::patch(&mut raw.clone(), patch).is_ok();
+    let fine = json_patch::diff(before, after);
+    if applies(&fine) {
+        return Some(fine);
+    }
+    let coarse = json_patch::Patch(
+        INJECTED_FIELDS
+            .iter()
+            .filter(|field| before.pointer(field) != after.pointer(field))
+            .filter_map(|field| {
+                Some(PatchOperation::Add(AddOperation {
+                    path: PointerBuf::parse(*field).ok()?,
+                    value: after.pointer(field)?.clone(),
+                }))
+            })
+            .collect(),
+    );
+    applies(&coarse).then_some(coarse)
 }
 
 fn object_as<K: DeserializeOwned>(
@@ -218,7 +270,7 @@ async fn validate(State(state): State<Arc<Admission>>, body: Bytes) -> Response 
 
 impl Admission {
     async fn mutate(&self, body: &[u8]) -> Result<Answer, Answer> {
-        let req = parse_review(body)?;
+        let (req, raw) = parse_review_raw(body)?;
         if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
             return Err(BadRequest::WrongKind {
                 expected: "a v1 Pod",
@@ -284,7 +336,14 @@ impl Admission {
             Decision::Inject(injection) => {
                 let before = serde_json::to_value(&pod).map_err(Internal::Serialize)?;
                 let after = serde_json::to_value(&injection.pod).map_err(Internal::Serialize)?;
-                let patch = json_patch::diff(&before, &after);
+                let Some(patch) = patch_for(&raw, &before, &after) else {
+                    let message = "baton: cannot patch this pod: its containers, volumes or metadata are malformed";
+                    tracing::info!(reason = message, "denied");
+                    return Ok(Answer::Review(
+                        Box::new(response.deny(message)),
+                        Outcome::Denied,
+                    ));
+                };
                 let response = response.with_patch(patch).map_err(Internal::Patch)?;
                 tracing::info!(lease = %injection.lease, native = injection.native, "injected");
                 if let Some(owner) = events {
@@ -925,6 +984,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_patch_applies_to_the_pod_as_sent_even_when_parsing_filled_in_defaults() {
+        // An init container without a name: parsed, it gets name "", so a
+        // patch computed from the parsed pod alone would not apply.
+        let mut review: Value =
+            serde_json::from_slice(&fixture("pod-bare.json")).expect("fixture is JSON");
+        review["request"]["object"]["spec"]["initContainers"] = json!([{}]);
+        let (status, answer) = post(&harness(), "/mutate", review.to_string().into_bytes()).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&answer).expect("JSON");
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+        let mut pod = review["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch_of(&v["response"])).expect("applies to what was sent");
+        let init = pod["spec"]["initContainers"]
+            .as_array()
+            .expect("init containers");
+        assert_eq!(
+            init.len(),
+            2,
+            "the sidecar, then the nameless container: {init:?}"
+        );
+        assert_eq!(init[0]["name"], SIDECAR_NAME);
+    }
+
+    #[tokio::test]
     async fn random_and_mangled_bodies_never_panic_and_get_200_or_400() {
         let fixtures: Vec<(Vec<u8>, &str)> = [
             ("pod-of-statefulset.json", "/mutate"),
@@ -939,7 +1022,11 @@ mod tests {
         .iter()
         .map(|(name, path)| (fixture(name), *path))
         .collect();
-        let seed = fastrand::u64(..);
+        // BATON_FUZZ_SEED=<seed> replays a failure.
+        let seed = std::env::var("BATON_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
         let mut rng = fastrand::Rng::with_seed(seed);
         let h = harness();
         let (mut ok, mut bad, mut patched) = (0, 0, 0);
@@ -962,7 +1049,13 @@ mod tests {
                         let sent: Value = serde_json::from_slice(&body).expect("answered JSON");
                         let mut object = sent["request"]["object"].clone();
                         json_patch::patch(&mut object, &patch_of(&v["response"])).unwrap_or_else(
-                            |e| panic!("seed {seed} case {case}: patch does not apply: {e}"),
+                            |e| {
+                                panic!(
+                                    "seed {seed} case {case}: patch does not apply: {e}\nsent {}\npatch {:?}",
+                                    sent["request"]["object"],
+                                    patch_of(&v["response"])
+                                )
+                            },
                         );
                     }
                 }
