@@ -5,6 +5,7 @@ use std::{future::Future, sync::Arc};
 
 pub mod admission;
 pub mod annotations;
+pub mod certs;
 pub mod events;
 pub mod health;
 pub mod inject;
@@ -27,6 +28,10 @@ pub enum Error {
     Client(#[source] kube::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("self-managed certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    #[error("self-managed certificates: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs the webhook against the API server of the ambient configuration
@@ -39,10 +44,25 @@ pub async fn run(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await.map_err(Error::Client)?;
     let owners = Arc::new(owner::KubeOwners::new(client.clone(), settings.api_timeout));
-    let events = Arc::new(events::KubeEvents::new(client, settings.pod_name.clone()));
-    Webhook::bind(&settings, owners, events)
-        .await?
-        .serve(shutdown)
-        .await?;
+    let events = Arc::new(events::KubeEvents::new(
+        client.clone(),
+        settings.pod_name.clone(),
+    ));
+    let Some(_) = &settings.cert_secret else {
+        Webhook::bind(&settings, owners, events)
+            .await?
+            .serve(shutdown)
+            .await?;
+        return Ok(());
+    };
+    let certs = certs::SelfManaged::start(client, &settings).await?;
+    let tls = tls::from_resolver(certs.resolver())?;
+    let webhook = Webhook::bind_with(&settings, tls, owners, events).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let maintenance = tokio::spawn(certs.run(stop.clone()));
+    let result = webhook.serve(shutdown).await;
+    stop.cancel();
+    let _ = maintenance.await;
+    result?;
     Ok(())
 }

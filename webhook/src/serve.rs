@@ -65,6 +65,16 @@ impl Webhook {
             (Some(cert), Some(key)) => tls::from_files(cert, key)?,
             _ => tls::from_self_signed(&settings.tls_san, settings.ca_out_file.as_deref())?,
         };
+        Self::bind_with(settings, tls, owners, events).await
+    }
+
+    /// Binds both addresses, serving HTTPS with `tls` (e.g. self-managed certificates).
+    pub async fn bind_with(
+        settings: &Settings,
+        tls: Arc<ServerConfig>,
+        owners: Arc<dyn OwnerLookup>,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Self, ServeError> {
         let bind = |addr: SocketAddr| async move {
             let listener = TcpListener::bind(addr)
                 .await

@@ -55,6 +55,44 @@ pub struct Settings {
     #[arg(long, env = "BATON_WEBHOOK_CA_OUT_FILE")]
     pub ca_out_file: Option<PathBuf>,
 
+    /// Self-managed certificates: the Secret in which the replicas keep the CA and serving
+    /// certificate they make (for --tls-san), renew and publish as the caBundle of
+    /// --webhook-configuration. Replaces --tls-cert-file.
+    #[arg(
+        long,
+        env = "BATON_WEBHOOK_CERT_SECRET",
+        conflicts_with = "tls_cert_file"
+    )]
+    pub cert_secret: Option<String>,
+
+    /// Namespace of --cert-secret (the webhook's own).
+    #[arg(
+        long,
+        env = "BATON_WEBHOOK_CERT_SECRET_NAMESPACE",
+        default_value = "baton-system"
+    )]
+    pub cert_secret_namespace: String,
+
+    /// Name of the Mutating- and ValidatingWebhookConfiguration whose caBundle --cert-secret keeps.
+    #[arg(
+        long,
+        env = "BATON_WEBHOOK_CONFIGURATION",
+        default_value = "baton-webhook"
+    )]
+    pub webhook_configuration: String,
+
+    /// Lifetime of a self-managed serving certificate.
+    #[arg(long, env = "BATON_WEBHOOK_CERT_VALIDITY", default_value = "90days", value_parser = parse_duration)]
+    pub cert_validity: Duration,
+
+    /// A self-managed serving certificate is replaced this long before it expires.
+    #[arg(long, env = "BATON_WEBHOOK_CERT_RENEW_BEFORE", default_value = "30days", value_parser = parse_duration)]
+    pub cert_renew_before: Duration,
+
+    /// Lifetime of a self-managed CA; a new one joins the caBundle before the old one expires.
+    #[arg(long, env = "BATON_WEBHOOK_CA_VALIDITY", default_value = "3650days", value_parser = parse_duration)]
+    pub ca_validity: Duration,
+
     /// Image of the injected sidecar.
     #[arg(long, env = "BATON_WEBHOOK_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
     pub sidecar_image: String,

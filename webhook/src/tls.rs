@@ -77,6 +77,11 @@ pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError
     server_config(provider, Arc::new(resolver))
 }
 
+/// Serves whatever `resolver` chooses (self-managed certificates).
+pub fn from_resolver(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config(provider(), resolver)
+}
+
 /// A self-signed serving certificate and the CA that signed it.
 pub struct SelfSigned {
     /// The CA certificate (PEM): what clients trust, e.g. a webhook's caBundle.

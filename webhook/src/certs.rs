@@ -1,0 +1,826 @@
+//! Self-managed certificates: a CA and a serving certificate made with
+//! rcgen, kept in one Secret that every replica shares (created once, then
+//! replaced only with the `resourceVersion` that was read, so two replicas
+//! never each make their own), the CA published as the `caBundle` of the
+//! webhook configurations, and both renewed before they expire.
+//!
+//! Renewal never breaks the API server's trust:
+//! - a new serving certificate is signed by the CA already in the caBundle;
+//! - a new CA first joins the caBundle beside the old one, and the serving
+//!   certificate it signs is made only after an overlap, once the API server
+//!   has had time to load the new caBundle.
+//!
+//! Deciding is pure ([`next_step`], [`issue`]); [`SelfManaged`] does the I/O.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::{
+    ByteString,
+    api::{
+        admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+        core::v1::Secret,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client,
+    api::PostParams,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::{
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{settings::Settings, tls};
+
+const TRUSTED: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const CERT: &str = "tls.crt";
+const KEY: &str = "tls.key";
+const CA_NAME: &str = "baton.dev/ca-name";
+const CA_NOT_AFTER: &str = "baton.dev/ca-not-after";
+const CA_SINCE: &str = "baton.dev/ca-since";
+const CERT_NOT_AFTER: &str = "baton.dev/cert-not-after";
+const CERT_CA: &str = "baton.dev/cert-ca";
+const CERT_NAMES: &str = "baton.dev/cert-names";
+/// Certificates start a little in the past: clocks of the API server and
+/// the webhook differ.
+const BACKDATE: Duration = Duration::from_secs(60);
+/// The longest wait between two looks at the Secret.
+const MAX_RECHECK: Duration = Duration::from_secs(3600);
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("loading the generated certificate: {0}")]
+    Load(#[source] rustls::Error),
+    #[error("the Secret's {0} is not a usable PEM")]
+    Pem(&'static str),
+    #[error("{action} Secret {namespace}/{name}: {source}")]
+    Secret {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("{action} {kind} {name}: {source}")]
+    Configuration {
+        action: &'static str,
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("{kind} {name} does not exist (yet)")]
+    NoConfiguration { kind: &'static str, name: String },
+    #[error("another replica changed {what} first")]
+    Conflict { what: String },
+}
+
+/// How certificates are made and when they are renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// DNS names or IP addresses of the serving certificate.
+    pub names: Vec<String>,
+    pub validity: Duration,
+    pub renew_before: Duration,
+    pub ca_validity: Duration,
+}
+
+impl Policy {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            names: s.tls_san.clone(),
+            validity: s.cert_validity,
+            renew_before: s.cert_renew_before,
+            ca_validity: s.ca_validity,
+        }
+    }
+
+    /// How long a new CA sits in the caBundle before it signs the serving certificate.
+    pub fn overlap(&self) -> Duration {
+        (self.renew_before / 2).min(Duration::from_secs(600))
+    }
+}
+
+/// What the Secret holds, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// Every CA clients should trust (the caBundle), newest first.
+    pub trusted_pem: String,
+    /// Key of the CA that signs new serving certificates.
+    pub ca_key_pem: String,
+    /// Common name of that CA (unique per CA).
+    pub ca_name: String,
+    pub ca_not_after: SystemTime,
+    /// When that CA joined the caBundle.
+    pub ca_since: SystemTime,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_not_after: SystemTime,
+    /// Common name of the CA that signed the serving certificate.
+    pub cert_ca: String,
+    pub names: Vec<String>,
+}
+
+/// What to do with the Secret now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing until then.
+    Keep { recheck_at: SystemTime },
+    /// No usable Secret: a new CA and serving certificate.
+    Create,
+    /// The CA expires too soon: a new one joins the caBundle.
+    NewCa,
+    /// A new serving certificate from the current CA.
+    NewServing,
+}
+
+/// Decides from the Secret's content alone.
+pub fn next_step(bundle: Option<&Bundle>, policy: &Policy, now: SystemTime) -> Step {
+    let Some(b) = bundle else {
+        return Step::Create;
+    };
+    // A CA must outlive every certificate it signs, with room to renew.
+    let ca_renew_at = sub(b.ca_not_after, policy.validity + policy.renew_before);
+    if now >= ca_renew_at {
+        return Step::NewCa;
+    }
+    let cert_renew_at = sub(b.cert_not_after, policy.renew_before);
+    if now >= cert_renew_at || b.names != policy.names {
+        return Step::NewServing;
+    }
+    let mut recheck_at = cert_renew_at.min(ca_renew_at);
+    if b.cert_ca != b.ca_name {
+        let switch_at = b.ca_since + policy.overlap();
+        if now >= switch_at {
+            return Step::NewServing;
+        }
+        recheck_at = recheck_at.min(switch_at);
+    }
+    Step::Keep { recheck_at }
+}
+
+fn sub(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_sub(d).unwrap_or(UNIX_EPOCH)
+}
+
+/// Makes what `step` asks for from the old bundle (`Keep` keeps it).
+pub fn issue(
+    step: &Step,
+    old: Option<&Bundle>,
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Bundle, CertError> {
+    // Whole milliseconds: what the Secret's annotations keep.
+    let now = UNIX_EPOCH + Duration::from_millis(since_epoch(now).as_millis() as u64);
+    let bundle = match (step, old) {
+        (Step::Keep { .. }, Some(old)) => old.clone(),
+        (_, None) | (Step::Create, _) => {
+            let ca = new_ca(policy, now)?;
+            let mut b = serving(policy, now, &ca, ca.pem.clone())?;
+            b.ca_since = now;
+            b
+        }
+        (Step::NewCa, Some(old)) => {
+            let ca = new_ca(policy, now)?;
+            // The new CA first, then the one that signed the certificate
+            // served now: both are trusted through the switch.
+            let previous = first_pem(&old.trusted_pem).unwrap_or_default();
+            Bundle {
+                trusted_pem: format!("{}{}", ca.pem, previous),
+                ca_key_pem: ca.key.serialize_pem(),
+                ca_name: ca.name.clone(),
+                ca_not_after: ca.not_after,
+                ca_since: now,
+                ..old.clone()
+            }
+        }
+        (Step::NewServing, Some(old)) => {
+            let ca = SigningCa::from_bundle(old)?;
+            let mut b = serving(policy, now, &ca, old.trusted_pem.clone())?;
+            b.ca_since = old.ca_since;
+            b
+        }
+    };
+    Ok(bundle)
+}
+
+/// The first PEM block of a text.
+fn first_pem(text: &str) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let end = text.find(END)? + END.len();
+    Some(format!("{}\n", &text[..end]))
+}
+
+struct SigningCa {
+    name: String,
+    key: KeyPair,
+    pem: String,
+    not_after: SystemTime,
+}
+
+impl SigningCa {
+    fn params(name: &str) -> Result<CertificateParams, CertError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ok(params)
+    }
+
+    /// The signing CA of a bundle: its key, and its name for the issuer field.
+    fn from_bundle(b: &Bundle) -> Result<Self, CertError> {
+        Ok(Self {
+            name: b.ca_name.clone(),
+            key: KeyPair::from_pem(&b.ca_key_pem).map_err(|_| CertError::Pem(CA_KEY))?,
+            pem: String::new(),
+            not_after: b.ca_not_after,
+        })
+    }
+}
+
+fn since_epoch(t: SystemTime) -> Duration {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn new_ca(policy: &Policy, now: SystemTime) -> Result<SigningCa, CertError> {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let name = format!(
+        "baton-webhook CA {}.{:03}",
+        since.as_secs(),
+        since.subsec_millis()
+    );
+    let key = KeyPair::generate()?;
+    let mut params = SigningCa::params(&name)?;
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(sub(now, BACKDATE));
+    let not_after = now + policy.ca_validity;
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_after);
+    let cert = params.self_signed(&key)?;
+    Ok(SigningCa {
+        name,
+        key,
+        pem: cert.pem(),
+        not_after,
+    })
+}
+
+fn serving(
+    policy: &Policy,
+    now: SystemTime,
+    ca: &SigningCa,
+    trusted_pem: String,
+) -> Result<Bundle, CertError> {
+    let issuer = Issuer::new(SigningCa::params(&ca.name)?, &ca.key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(policy.names.clone())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        policy.names.first().map_or("baton-webhook", String::as_str),
+    );
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(sub(now, BACKDATE));
+    // Never beyond the CA.
+    let not_after = (now + policy.validity).min(ca.not_after);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_after);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Bundle {
+        trusted_pem,
+        ca_key_pem: ca.key.serialize_pem(),
+        ca_name: ca.name.clone(),
+        ca_not_after: ca.not_after,
+        ca_since: now,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_not_after: not_after,
+        cert_ca: ca.name.clone(),
+        names: policy.names.clone(),
+    })
+}
+
+fn time_text(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Reads a bundle from a Secret; `None` when anything is missing or unreadable.
+pub fn from_secret(secret: &Secret) -> Option<Bundle> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    let notes = secret.metadata.annotations.as_ref()?;
+    let note = |key: &str| notes.get(key).cloned();
+    let time = |key: &str| {
+        notes
+            .get(key)
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    };
+    Some(Bundle {
+        trusted_pem: text(TRUSTED)?,
+        ca_key_pem: text(CA_KEY)?,
+        ca_name: note(CA_NAME)?,
+        ca_not_after: time(CA_NOT_AFTER)?,
+        ca_since: time(CA_SINCE)?,
+        cert_pem: text(CERT)?,
+        key_pem: text(KEY)?,
+        cert_not_after: time(CERT_NOT_AFTER)?,
+        cert_ca: note(CERT_CA)?,
+        names: note(CERT_NAMES)?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// Writes a bundle into a Secret's data and annotations (other fields kept).
+pub fn into_secret(bundle: &Bundle, mut secret: Secret) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    secret.type_ = Some("kubernetes.io/tls".to_owned());
+    secret.data = Some(BTreeMap::from([
+        (TRUSTED.to_owned(), bytes(&bundle.trusted_pem)),
+        (CA_KEY.to_owned(), bytes(&bundle.ca_key_pem)),
+        (CERT.to_owned(), bytes(&bundle.cert_pem)),
+        (KEY.to_owned(), bytes(&bundle.key_pem)),
+    ]));
+    let notes = secret.metadata.annotations.get_or_insert_default();
+    for (key, value) in [
+        (CA_NAME, bundle.ca_name.clone()),
+        (CA_NOT_AFTER, time_text(bundle.ca_not_after)),
+        (CA_SINCE, time_text(bundle.ca_since)),
+        (CERT_NOT_AFTER, time_text(bundle.cert_not_after)),
+        (CERT_CA, bundle.cert_ca.clone()),
+        (CERT_NAMES, bundle.names.join(",")),
+    ] {
+        notes.insert(key.to_owned(), value);
+    }
+    secret
+}
+
+/// The serving key of a bundle, for rustls.
+pub fn certified_key(bundle: &Bundle) -> Result<CertifiedKey, CertError> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(bundle.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|_| CertError::Pem(CERT))?;
+    let key = PrivateKeyDer::from_pem_slice(bundle.key_pem.as_bytes())
+        .map_err(|_| CertError::Pem(KEY))?;
+    CertifiedKey::from_der(chain, key, &tls::provider()).map_err(CertError::Load)
+}
+
+/// The certificate to serve, swapped when the Secret changes.
+#[derive(Debug)]
+pub struct Swappable(Mutex<Arc<CertifiedKey>>);
+
+impl Swappable {
+    fn set(&self, key: Arc<CertifiedKey>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl ResolvesServerCert for Swappable {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// Keeps the Secret, the served certificate and the caBundles up to date.
+pub struct SelfManaged {
+    secrets: Api<Secret>,
+    mutating: Api<MutatingWebhookConfiguration>,
+    validating: Api<ValidatingWebhookConfiguration>,
+    namespace: String,
+    secret: String,
+    configuration: String,
+    policy: Policy,
+    serving: Arc<Swappable>,
+    served_pem: Mutex<String>,
+}
+
+impl SelfManaged {
+    /// Reads (or makes) the Secret once, so that the webhook starts with a certificate.
+    pub async fn start(client: Client, settings: &Settings) -> Result<Self, CertError> {
+        let secret = settings.cert_secret.clone().unwrap_or_default();
+        let namespace = settings.cert_secret_namespace.clone();
+        let policy = Policy::from_settings(settings);
+        let mut tries = 0;
+        let bundle = loop {
+            match ensure(
+                &Api::namespaced(client.clone(), &namespace),
+                &namespace,
+                &secret,
+                &policy,
+            )
+            .await
+            {
+                Ok((bundle, _)) => break bundle,
+                // Two replicas starting at once: the loser reads the winner's.
+                Err(CertError::Conflict { .. }) if tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let serving = Arc::new(Swappable(Mutex::new(Arc::new(certified_key(&bundle)?))));
+        Ok(Self {
+            secrets: Api::namespaced(client.clone(), &namespace),
+            mutating: Api::all(client.clone()),
+            validating: Api::all(client),
+            namespace,
+            secret,
+            configuration: settings.webhook_configuration.clone(),
+            policy,
+            serving,
+            served_pem: Mutex::new(bundle.cert_pem),
+        })
+    }
+
+    /// What the HTTPS server serves.
+    pub fn resolver(&self) -> Arc<dyn ResolvesServerCert> {
+        self.serving.clone()
+    }
+
+    /// Watches the Secret and renews on time until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.secret));
+        let mut changes = watcher(self.secrets.clone(), config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        let mut wait = Duration::ZERO;
+        let mut retry = RETRY_FIRST;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.next() => {
+                    if change.is_none() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            match self.reconcile().await {
+                Ok(next) => {
+                    retry = RETRY_FIRST;
+                    wait = next
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .min(MAX_RECHECK);
+                }
+                Err(error) => {
+                    // A conflict is another replica's write: read it at once.
+                    if matches!(error, CertError::Conflict { .. }) {
+                        wait = Duration::ZERO;
+                    } else {
+                        tracing::warn!(%error, retry_in = ?retry, "certificate maintenance failed");
+                        wait = retry;
+                        retry = (retry * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass: the Secret, the served certificate, the caBundles. Returns when to look again.
+    async fn reconcile(&self) -> Result<SystemTime, CertError> {
+        let (bundle, next) =
+            ensure(&self.secrets, &self.namespace, &self.secret, &self.policy).await?;
+        let changed = {
+            let mut served = self.served_pem.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *served != bundle.cert_pem;
+            if changed {
+                *served = bundle.cert_pem.clone();
+            }
+            changed
+        };
+        if changed {
+            self.serving.set(Arc::new(certified_key(&bundle)?));
+            tracing::info!(ca = %bundle.cert_ca, not_after = %time_text(bundle.cert_not_after), "serving certificate renewed");
+        }
+        self.publish(bundle.trusted_pem.as_bytes()).await?;
+        Ok(next)
+    }
+
+    /// Sets the caBundle of every webhook of both configurations.
+    async fn publish(&self, ca: &[u8]) -> Result<(), CertError> {
+        let name = &self.configuration;
+        let err = |action, kind| {
+            move |source| CertError::Configuration {
+                action,
+                kind,
+                name: name.clone(),
+                source: Box::new(source),
+            }
+        };
+        let kind = "MutatingWebhookConfiguration";
+        let mut m = self
+            .mutating
+            .get_opt(name)
+            .await
+            .map_err(err("reading", kind))?
+            .ok_or_else(|| CertError::NoConfiguration {
+                kind,
+                name: name.clone(),
+            })?;
+        let mut stale = false;
+        for w in m.webhooks.iter_mut().flatten() {
+            if w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca) {
+                w.client_config.ca_bundle = Some(ByteString(ca.to_vec()));
+                stale = true;
+            }
+        }
+        if stale {
+            replace(&self.mutating, name, &m)
+                .await
+                .map_err(err("updating", kind))?
+                .ok_or_else(|| CertError::Conflict {
+                    what: format!("{kind} {name}"),
+                })?;
+            tracing::info!(configuration = %name, kind, "caBundle updated");
+        }
+        let kind = "ValidatingWebhookConfiguration";
+        let mut v = self
+            .validating
+            .get_opt(name)
+            .await
+            .map_err(err("reading", kind))?
+            .ok_or_else(|| CertError::NoConfiguration {
+                kind,
+                name: name.clone(),
+            })?;
+        let mut stale = false;
+        for w in v.webhooks.iter_mut().flatten() {
+            if w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca) {
+                w.client_config.ca_bundle = Some(ByteString(ca.to_vec()));
+                stale = true;
+            }
+        }
+        if stale {
+            replace(&self.validating, name, &v)
+                .await
+                .map_err(err("updating", kind))?
+                .ok_or_else(|| CertError::Conflict {
+                    what: format!("{kind} {name}"),
+                })?;
+            tracing::info!(configuration = %name, kind, "caBundle updated");
+        }
+        Ok(())
+    }
+}
+
+/// Replaces with the read object's resourceVersion; `None` on a conflict.
+async fn replace<K>(api: &Api<K>, name: &str, object: &K) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.replace(name, &PostParams::default(), object).await {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the Secret, writes what [`next_step`] asks for (create, or replace
+/// with the resourceVersion read), and returns the bundle now in force and
+/// when to look again.
+async fn ensure(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    policy: &Policy,
+) -> Result<(Bundle, SystemTime), CertError> {
+    let err = |action| {
+        move |source| CertError::Secret {
+            action,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source: Box::new(source),
+        }
+    };
+    let existing = api.get_opt(name).await.map_err(err("reading"))?;
+    let old = existing.as_ref().and_then(from_secret);
+    let now = SystemTime::now();
+    let step = next_step(old.as_ref(), policy, now);
+    let new = match (step, old) {
+        (Step::Keep { recheck_at }, Some(old)) => return Ok((old, recheck_at)),
+        (step, old) => {
+            tracing::info!(?step, secret = %name, "writing certificates");
+            issue(&step, old.as_ref(), policy, now)?
+        }
+    };
+    let conflict = || CertError::Conflict {
+        what: format!("Secret {namespace}/{name}"),
+    };
+    match existing {
+        Some(secret) => {
+            // The read resourceVersion stays in metadata: a precondition.
+            let updated = into_secret(&new, secret);
+            if replace(api, name, &updated)
+                .await
+                .map_err(err("replacing"))?
+                .is_none()
+            {
+                return Err(conflict());
+            }
+        }
+        None => {
+            let secret = into_secret(
+                &new,
+                Secret {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        namespace: Some(namespace.to_owned()),
+                        labels: Some(BTreeMap::from([(
+                            "app.kubernetes.io/name".to_owned(),
+                            "baton-webhook".to_owned(),
+                        )])),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            );
+            match api.create(&PostParams::default(), &secret).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => return Err(conflict()),
+                Err(e) => return Err(err("creating")(e)),
+            }
+        }
+    }
+    // Look again at once: a new CA is followed by a new serving certificate.
+    Ok((new, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::{
+        client::{WebPkiServerVerifier, danger::ServerCertVerifier as _},
+        pki_types::{ServerName, UnixTime},
+    };
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn policy() -> Policy {
+        Policy {
+            names: vec!["127.0.0.1".into(), "baton-webhook.baton-system.svc".into()],
+            validity: 90 * DAY,
+            renew_before: 30 * DAY,
+            ca_validity: 3650 * DAY,
+        }
+    }
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// Whether `trusted` (PEM, one or more CAs) verifies the bundle's serving cert at `at`.
+    fn verifies(b: &Bundle, trusted: &str, at: SystemTime) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(trusted.as_bytes()) {
+            roots.add(der.expect("pem")).expect("adds");
+        }
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), tls::provider())
+                .build()
+                .expect("verifier");
+        let cert = CertificateDer::from_pem_slice(b.cert_pem.as_bytes()).expect("cert");
+        policy().names.iter().all(|name| {
+            verifier
+                .verify_server_cert(
+                    &cert,
+                    &[],
+                    &ServerName::try_from(name.as_str()).expect("name"),
+                    &[],
+                    UnixTime::since_unix_epoch(since_epoch(at)),
+                )
+                .is_ok()
+        })
+    }
+
+    fn created() -> Bundle {
+        let step = next_step(None, &policy(), t0());
+        assert_eq!(step, Step::Create);
+        issue(&step, None, &policy(), t0()).expect("issues")
+    }
+
+    #[test]
+    fn a_missing_secret_gets_a_ca_and_a_serving_certificate_it_signs() {
+        let b = created();
+        assert_eq!(b.cert_ca, b.ca_name);
+        assert_eq!(b.cert_not_after, t0() + 90 * DAY);
+        assert!(verifies(&b, &b.trusted_pem, t0()));
+        assert!(
+            verifies(&b, &b.trusted_pem, t0() - Duration::from_secs(30)),
+            "backdated"
+        );
+        assert!(!verifies(&b, &b.trusted_pem, t0() + 91 * DAY), "expires");
+        assert_eq!(
+            next_step(Some(&b), &policy(), t0()),
+            Step::Keep {
+                recheck_at: t0() + 60 * DAY
+            }
+        );
+    }
+
+    #[test]
+    fn the_secret_round_trips_through_data_and_annotations() {
+        let b = created();
+        let secret = into_secret(&b, Secret::default());
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(from_secret(&secret), Some(b));
+        assert_eq!(from_secret(&Secret::default()), None, "nothing to read");
+    }
+
+    #[test]
+    fn the_serving_certificate_is_renewed_before_expiry_by_the_same_ca() {
+        let old = created();
+        let at = t0() + 60 * DAY;
+        let step = next_step(Some(&old), &policy(), at);
+        assert_eq!(step, Step::NewServing);
+        let new = issue(&step, Some(&old), &policy(), at).expect("renews");
+        assert_ne!(new.cert_pem, old.cert_pem);
+        assert_eq!(new.trusted_pem, old.trusted_pem, "caBundle unchanged");
+        // Both old and new are trusted by the same caBundle: no gap.
+        assert!(verifies(&old, &new.trusted_pem, at));
+        assert!(verifies(&new, &new.trusted_pem, at));
+        assert!(matches!(
+            next_step(Some(&new), &policy(), at),
+            Step::Keep { .. }
+        ));
+    }
+
+    #[test]
+    fn other_names_get_a_new_serving_certificate() {
+        let b = created();
+        let mut p = policy();
+        p.names.push("localhost".into());
+        assert_eq!(next_step(Some(&b), &p, t0()), Step::NewServing);
+    }
+
+    #[test]
+    fn a_new_ca_joins_the_ca_bundle_before_it_signs_the_served_certificate() {
+        let first = created();
+        // Years later, with the serving certificate renewed on time so far,
+        // the CA would not outlive a new serving certificate plus its renewal.
+        let at = first.ca_not_after - 100 * DAY;
+        let old = issue(&Step::NewServing, Some(&first), &policy(), at - 10 * DAY).expect("renews");
+        let step = next_step(Some(&old), &policy(), at);
+        assert_eq!(step, Step::NewCa);
+        let joined = issue(&step, Some(&old), &policy(), at).expect("new CA");
+        assert_eq!(
+            joined.cert_pem, old.cert_pem,
+            "still serving the old certificate"
+        );
+        assert_ne!(joined.ca_name, old.ca_name);
+        assert!(
+            joined.trusted_pem.ends_with(&old.trusted_pem),
+            "old CA kept"
+        );
+        assert!(verifies(&joined, &joined.trusted_pem, at));
+
+        // Until the overlap has passed, nothing changes.
+        let overlap = policy().overlap();
+        assert_eq!(
+            next_step(Some(&joined), &policy(), at + overlap / 2),
+            Step::Keep {
+                recheck_at: joined.ca_since + overlap
+            }
+        );
+        let later = at + overlap;
+        let step = next_step(Some(&joined), &policy(), later);
+        assert_eq!(step, Step::NewServing);
+        let switched = issue(&step, Some(&joined), &policy(), later).expect("switches");
+        assert_eq!(switched.cert_ca, joined.ca_name);
+        let new_ca_only = first_pem(&joined.trusted_pem).expect("a PEM");
+        assert!(
+            verifies(&switched, &new_ca_only, later),
+            "signed by the new CA"
+        );
+        assert!(!verifies(&switched, &old.trusted_pem, later));
+        assert!(matches!(
+            next_step(Some(&switched), &policy(), later),
+            Step::Keep { .. }
+        ));
+    }
+}
