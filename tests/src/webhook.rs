@@ -5,9 +5,10 @@
 //! `namespaceSelector` change, so the rules, `matchConditions`,
 //! `failurePolicy`, `sideEffects` and timeouts under test are the shipped ones.
 //!
-//! The process runs as a ServiceAccount of the test namespace bound to the
-//! shipped ClusterRole, so a permission missing from `manifests/webhook`
-//! fails the tests (an in-cluster install runs with exactly that role).
+//! The process runs as a ServiceAccount of the test namespace bound to
+//! copies of the roles that ship with the install of its certificate mode,
+//! so a permission missing from `manifests/webhook` fails the tests (an
+//! in-cluster install runs with exactly those roles).
 
 use std::{
     io::Write as _,
@@ -26,8 +27,6 @@ use crate::harness::{Cluster, TestNamespace, http, repo_root};
 
 /// Image the webhook injects: the runner starts `baton-sidecar` images as the local binary.
 pub const SIDECAR_IMAGE: &str = "ghcr.io/baton-dev/baton-sidecar:dev";
-/// The ClusterRole that ships with the webhook.
-const CLUSTER_ROLE: &str = "baton-webhook";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the webhook's serving certificate comes from.
@@ -40,7 +39,16 @@ pub enum Tls {
         key: PathBuf,
         ca_pem: Vec<u8>,
     },
+    /// `--cert-secret`: the Secret `baton-webhook-tls` of the test namespace,
+    /// the caBundle published by the webhook itself.
+    SelfManaged {
+        validity: Duration,
+        renew_before: Duration,
+    },
 }
+
+/// The Secret of self-managed certificates.
+pub const CERT_SECRET: &str = "baton-webhook-tls";
 
 /// A running `baton-webhook` and the webhook configurations that send it
 /// this namespace's requests; both go away on drop.
@@ -48,14 +56,19 @@ pub struct LocalWebhook {
     child: Child,
     pub https_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    /// The CA the configurations trust now.
+    /// The CA the configurations trust now (empty when self-managed).
     pub ca_pem: Vec<u8>,
     /// Name of both webhook configurations: `baton-<namespace>`.
     pub config_name: String,
     pub log: PathBuf,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
     namespace: String,
     cluster: Cluster,
     scratch: PathBuf,
+    /// The per-test copies of the shipped roles and their bindings, as (kind, name).
+    grants: Vec<(String, String)>,
+    replicas: Vec<Child>,
 }
 
 impl LocalWebhook {
@@ -68,6 +81,13 @@ impl LocalWebhook {
     pub async fn start_with(ns: &TestNamespace, tls: Tls) -> LocalWebhook {
         let scratch = ns.cluster.dir.join("webhook").join(&ns.name);
         std::fs::create_dir_all(&scratch).expect("the webhook's scratch directory");
+        let config_name = format!("baton-{}", ns.name);
+        // Exactly the permissions of the install that matches the mode.
+        let install = match tls {
+            Tls::SelfManaged { .. } => "manifests/webhook/self-managed",
+            _ => "manifests/webhook/base",
+        };
+        let grants = grant(ns, install, &config_name);
         let kubeconfig = webhook_kubeconfig(ns, &scratch);
         let log = ns
             .cluster
@@ -91,40 +111,62 @@ impl LocalWebhook {
                 args.push(format!("--tls-cert-file={}", cert.display()));
                 args.push(format!("--tls-key-file={}", key.display()));
             }
+            Tls::SelfManaged {
+                validity,
+                renew_before,
+            } => {
+                args.push("--tls-san=127.0.0.1".to_owned());
+                args.push(format!("--cert-secret={CERT_SECRET}"));
+                args.push(format!("--cert-secret-namespace={}", ns.name));
+                args.push(format!("--webhook-configuration={config_name}"));
+                args.push(format!("--cert-validity={}ms", validity.as_millis()));
+                args.push(format!(
+                    "--cert-renew-before={}ms",
+                    renew_before.as_millis()
+                ));
+            }
         }
-        let out = std::fs::File::create(&log).expect("the webhook's log file");
-        let child = Command::new(bin_dir().join("baton-webhook"))
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,baton_webhook=debug")
-            .args(&args)
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("starting target/debug/baton-webhook (cargo build --workspace --bins)");
-        let mut child = Some(child);
-        let (https_addr, http_addr) = wait_serving(&log, &mut child).await;
+        let (child, https_addr, http_addr) = spawn(&kubeconfig, &args, &log).await;
         let ca_pem = match tls {
             Tls::SelfSigned => std::fs::read(&ca_file).expect("the webhook wrote its CA"),
             Tls::Files { ca_pem, .. } => ca_pem,
+            Tls::SelfManaged { .. } => Vec::new(),
         };
         let webhook = LocalWebhook {
-            child: child.take().expect("running"),
+            child,
             https_addr,
             http_addr,
             ca_pem,
-            config_name: format!("baton-{}", ns.name),
+            config_name,
             log,
+            args,
+            kubeconfig,
             namespace: ns.name.clone(),
             cluster: ns.cluster.clone(),
             scratch,
+            grants,
+            replicas: Vec::new(),
         };
-        webhook.register(&webhook.ca_pem.clone());
+        let ca = (!webhook.ca_pem.is_empty()).then_some(webhook.ca_pem.as_slice());
+        webhook.register(ca);
         webhook.wait_until_injecting(ns).await;
         webhook
     }
 
-    /// Creates or updates both configurations for this namespace, trusting `ca_pem`.
-    pub fn register(&self, ca_pem: &[u8]) {
+    /// Another process with the same flags (not registered): a second
+    /// replica. Returns its HTTPS address.
+    pub async fn start_replica(&mut self) -> SocketAddr {
+        let log = self
+            .log
+            .with_extension(format!("{}.log", self.replicas.len() + 1));
+        let (child, https, _) = spawn(&self.kubeconfig, &self.args, &log).await;
+        self.replicas.push(child);
+        https
+    }
+
+    /// Creates or updates both configurations for this namespace, trusting
+    /// `ca_pem` (`None`: no caBundle, the webhook sets it).
+    pub fn register(&self, ca_pem: Option<&[u8]>) {
         let url = format!("https://{}", self.https_addr);
         let configs = configurations_for(
             &self.cluster,
@@ -221,17 +263,23 @@ impl Drop for LocalWebhook {
                 None,
             );
         }
-        let _ = self.cluster.kubectl(
-            &[
-                "delete",
-                "clusterrolebinding",
-                &self.config_name,
-                "--ignore-not-found",
-            ],
-            None,
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for (kind, name) in &self.grants {
+            let _ = self.cluster.kubectl(
+                &[
+                    "delete",
+                    kind,
+                    name,
+                    "--ignore-not-found",
+                    "-n",
+                    &self.namespace,
+                ],
+                None,
+            );
+        }
+        for child in self.replicas.iter_mut().chain([&mut self.child]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
@@ -240,6 +288,22 @@ fn bin_dir() -> PathBuf {
     std::env::var_os("BATON_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/debug"))
+}
+
+/// Starts `baton-webhook` with `args`, returning once it serves.
+async fn spawn(kubeconfig: &Path, args: &[String], log: &Path) -> (Child, SocketAddr, SocketAddr) {
+    let out = std::fs::File::create(log).expect("the webhook's log file");
+    let child = Command::new(bin_dir().join("baton-webhook"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,baton_webhook=debug")
+        .args(args)
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .expect("starting target/debug/baton-webhook (cargo build --workspace --bins)");
+    let mut child = Some(child);
+    let (https, http) = wait_serving(log, &mut child).await;
+    (child.take().expect("running"), https, http)
 }
 
 /// Waits for the webhook's "serving" log line and reads both addresses from it.
@@ -273,28 +337,60 @@ async fn wait_serving(log: &Path, child: &mut Option<Child>) -> (SocketAddr, Soc
     }
 }
 
-/// A kubeconfig for the ServiceAccount `baton-webhook` of the test namespace,
-/// bound to the shipped ClusterRole.
-fn webhook_kubeconfig(ns: &TestNamespace, scratch: &Path) -> PathBuf {
-    // The ClusterRole exactly as it ships; tests running at once race to create it.
-    let role = shipped(&ns.cluster)
-        .into_iter()
-        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == CLUSTER_ROLE)
-        .expect("manifests/webhook has the ClusterRole baton-webhook");
-    apply_racing(&ns.cluster, &role);
+/// Copies of the roles `install` ships (ClusterRoles and Roles), named and
+/// bound for this test: the ServiceAccount `baton-webhook` of the test
+/// namespace, the Secret in that namespace, the configurations named
+/// `config_name`. Returns what to delete at the end, as (kind, name).
+fn grant(ns: &TestNamespace, install: &str, config_name: &str) -> Vec<(String, String)> {
     let account = json!({
         "apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "baton-webhook", "namespace": ns.name},
     });
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": format!("baton-{}", ns.name)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": "baton-webhook", "namespace": ns.name}],
-    });
-    for object in [account, binding] {
-        apply_racing(&ns.cluster, &object);
+    ns.apply(&account.to_string());
+    let subject =
+        json!([{"kind": "ServiceAccount", "name": "baton-webhook", "namespace": ns.name}]);
+    let mut grants = Vec::new();
+    for mut role in shipped_from(&ns.cluster, install)
+        .into_iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+    {
+        let kind = role["kind"].as_str().expect("a kind").to_owned();
+        let name = format!(
+            "{}-{}",
+            ns.name,
+            role["metadata"]["name"].as_str().expect("a name")
+        );
+        role["metadata"] = json!({"name": name, "namespace": ns.name});
+        for rule in role["rules"].as_array_mut().into_iter().flatten() {
+            for resource in rule["resourceNames"].as_array_mut().into_iter().flatten() {
+                if resource == "baton-webhook" {
+                    *resource = json!(config_name);
+                }
+            }
+        }
+        let binding_kind = if kind == "Role" {
+            "RoleBinding"
+        } else {
+            "ClusterRoleBinding"
+        };
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding_kind,
+            "metadata": {"name": name, "namespace": ns.name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+            "subjects": subject,
+        });
+        for object in [&role, &binding] {
+            ns.apply(&object.to_string());
+        }
+        grants.push((binding_kind.to_owned(), name.clone()));
+        grants.push((kind, name));
     }
+    assert!(!grants.is_empty(), "{install} ships roles");
+    grants
+}
+
+/// A kubeconfig for the ServiceAccount `baton-webhook` of the test namespace.
+fn webhook_kubeconfig(ns: &TestNamespace, scratch: &Path) -> PathBuf {
     let token = token_for(ns, "baton-webhook");
     let server = ns.cluster.config.cluster_url.to_string();
     let ca = ns.cluster.dir.join("pki/ca.crt");
@@ -316,30 +412,13 @@ fn token_for(ns: &TestNamespace, account: &str) -> String {
         .to_owned()
 }
 
-/// `kubectl apply` of one object; when a test running at once created it
-/// first, apply again.
-fn apply_racing(cluster: &Cluster, object: &Value) {
-    let text = object.to_string();
-    let out = cluster.kubectl(&["apply", "-f", "-"], Some(&text));
-    if out.status.success() {
-        return;
-    }
-    let again = cluster.kubectl(&["apply", "-f", "-"], Some(&text));
-    assert!(
-        again.status.success(),
-        "kubectl apply {}: {}",
-        object["metadata"]["name"],
-        String::from_utf8_lossy(&again.stderr)
-    );
-}
-
-/// Every object `kubectl kustomize manifests/webhook` builds, as JSON.
-pub fn shipped(cluster: &Cluster) -> Vec<Value> {
-    let dir = repo_root().join("manifests/webhook");
-    let built = cluster.kubectl(&["kustomize", dir.to_str().expect("utf-8 path")], None);
+/// Every object `kubectl kustomize <dir>` builds, as JSON.
+pub fn shipped_from(cluster: &Cluster, dir: &str) -> Vec<Value> {
+    let path = repo_root().join(dir);
+    let built = cluster.kubectl(&["kustomize", path.to_str().expect("utf-8 path")], None);
     assert!(
         built.status.success(),
-        "kustomize manifests/webhook: {}",
+        "kustomize {dir}: {}",
         String::from_utf8_lossy(&built.stderr)
     );
     let yaml = String::from_utf8_lossy(&built.stdout).into_owned();
@@ -349,7 +428,7 @@ pub fn shipped(cluster: &Cluster) -> Vec<Value> {
     );
     assert!(
         json.status.success(),
-        "converting manifests/webhook to JSON: {}",
+        "converting {dir} to JSON: {}",
         String::from_utf8_lossy(&json.stderr)
     );
     // One JSON document per object, one after the other.
@@ -365,9 +444,9 @@ pub fn configurations_for(
     name: &str,
     namespace: &str,
     url: &str,
-    ca_pem: &[u8],
+    ca_pem: Option<&[u8]>,
 ) -> Vec<Value> {
-    let mut configs: Vec<Value> = shipped(cluster)
+    let mut configs: Vec<Value> = shipped_from(cluster, "manifests/webhook")
         .into_iter()
         .filter(|o| {
             matches!(
@@ -395,8 +474,10 @@ pub fn configurations_for(
             // Unique per test: the API server's metrics are labelled by webhook name.
             let shipped = webhook["name"].as_str().expect("a webhook name").to_owned();
             webhook["name"] = json!(webhook_name(namespace, &shipped));
-            webhook["clientConfig"] =
-                json!({"url": format!("{url}{path}"), "caBundle": base64(ca_pem)});
+            webhook["clientConfig"] = match ca_pem {
+                Some(ca) => json!({"url": format!("{url}{path}"), "caBundle": base64(ca)}),
+                None => json!({"url": format!("{url}{path}")}),
+            };
             webhook["namespaceSelector"] = json!({"matchExpressions": [{
                 "key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}]});
         }

@@ -12,15 +12,16 @@ use baton_e2e::{
         wait_for_object, wait_until,
     },
     webhook::{
-        LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, der_of, histogram_buckets,
-        histogram_delta, openssl_pair, quantile, served_certificate, sidecars, webhook_name,
+        CERT_SECRET, LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, base64, der_of,
+        histogram_buckets, histogram_delta, openssl_pair, quantile, served_certificate, sidecars,
+        webhook_name,
     },
     workload,
 };
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     coordination::v1::Lease,
-    core::v1::{Container, Pod},
+    core::v1::{Container, Pod, Secret},
     events::v1::Event,
 };
 use kube::{
@@ -352,6 +353,7 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
     assert_ne!(invalid, valid);
     let out = ns.kubectl(&["apply", "-f", "-"], Some(&invalid));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
     assert!(!out.status.success(), "kubectl apply must fail");
     assert!(
         stderr.contains("baton.dev/probe-period") && stderr.contains("fast"),
@@ -493,7 +495,7 @@ async fn certificate_rotated_on_disk_is_served_without_a_restart() {
     assert_eq!(webhook.pid(), pid);
 
     // The API server trusts the new CA once the caBundle says so.
-    webhook.register(&ca_b);
+    webhook.register(Some(&ca_b));
     webhook.wait_until_injecting(&ns).await;
     assert!(
         std::fs::read_to_string(&webhook.log)
@@ -504,6 +506,88 @@ async fn certificate_rotated_on_disk_is_served_without_a_restart() {
     );
     drop(webhook);
     let _ = std::fs::remove_dir_all(&dir);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn self_managed_certificates_are_shared_published_and_renewed_without_a_gap() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-selfmanaged").await;
+    // Short-lived on purpose: renewed about 10 s after it is made.
+    let mut webhook = LocalWebhook::start_with(
+        &ns,
+        Tls::SelfManaged {
+            validity: Duration::from_secs(30),
+            renew_before: Duration::from_secs(20),
+        },
+    )
+    .await;
+    // start_with returned: the API server called the webhook, so the
+    // webhook published its CA as the caBundle.
+    let secrets: Api<Secret> = ns.api();
+    let first = secrets
+        .get(CERT_SECRET)
+        .await
+        .expect("the webhook made the Secret");
+    let data = |s: &Secret, key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .unwrap_or_else(|| panic!("{key} in the Secret"))
+    };
+    let ca = data(&first, "ca.crt");
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        let bundle = cluster.kubectl(
+            &[
+                "get",
+                kind,
+                &webhook.config_name,
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&bundle.stdout),
+            base64(&ca),
+            "{kind}'s caBundle is the Secret's CA"
+        );
+    }
+    let cert = der_of(&data(&first, "tls.crt"));
+    assert_eq!(served_certificate(webhook.https_addr, &[&ca]), cert);
+
+    // A second replica serves the Secret's certificate, not one of its own.
+    let replica = webhook.start_replica().await;
+    assert_eq!(served_certificate(replica, &[&ca]), cert);
+
+    // Renewal: a new serving certificate in the Secret, signed by the same CA.
+    let renewed = wait_for_object::<Secret, _>(
+        secrets.clone(),
+        CERT_SECRET,
+        T,
+        "a renewed serving certificate",
+        |s| der_of(&data(s, "tls.crt")) != cert,
+    )
+    .await;
+    assert_eq!(data(&renewed, "ca.crt"), ca, "the caBundle did not change");
+    let new_cert = der_of(&data(&renewed, "tls.crt"));
+    // Both replicas pick it up from their watch of the Secret.
+    for addr in [webhook.https_addr, replica] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served_certificate(addr, &[&ca]) != new_cert {
+            assert!(
+                Instant::now() < deadline,
+                "{addr} still serves the old certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    webhook.wait_until_injecting(&ns).await;
+    drop(webhook);
     ns.delete().await;
 }
 
