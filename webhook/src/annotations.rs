@@ -390,6 +390,82 @@ fn flags_to_annotations(message: &str) -> String {
     })
 }
 
+/// What the webhook itself reads, beyond the sidecar's settings: (annotation, meaning).
+pub const WEBHOOK_ANNOTATIONS: [(&str, &str); 6] = [
+    (
+        INJECT,
+        "\"true\" injects the sidecar; on the pod (template), or on the owning StatefulSet or Deployment. \"false\" on the pod wins over its owner",
+    ),
+    (
+        NATIVE_SIDECAR,
+        "\"true\": an init container with restartPolicy Always (a native sidecar); \"false\": a regular container",
+    ),
+    (SIDECAR_CPU_REQUEST, "CPU request of the sidecar"),
+    (SIDECAR_MEMORY_REQUEST, "Memory request of the sidecar"),
+    (SIDECAR_CPU_LIMIT, "CPU limit of the sidecar"),
+    (SIDECAR_MEMORY_LIMIT, "Memory limit of the sidecar"),
+];
+
+/// The annotations reference of docs/webhook.md, as a Markdown table
+/// generated from the sidecar's settings schema and the webhook's flags.
+pub fn reference_table() -> String {
+    use crate::settings::Settings as WebhookSettings;
+    fn cell(text: &str) -> String {
+        text.replace('|', "\\|").replace('\n', " ")
+    }
+    fn defaults(arg: &clap::Arg) -> String {
+        let values: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        if values.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", values.join(","))
+        }
+    }
+    let mut rows = vec![
+        "| annotation | sidecar env | default | meaning |".to_owned(),
+        "| --- | --- | --- | --- |".to_owned(),
+    ];
+    let webhook = WebhookSettings::command();
+    for (key, meaning) in WEBHOOK_ANNOTATIONS {
+        let flag = key.trim_start_matches(ANNOTATION_PREFIX);
+        let default = match webhook.get_arguments().find(|a| a.get_long() == Some(flag)) {
+            Some(arg) => format!("the webhook's `--{flag}` ({})", {
+                let d = defaults(arg);
+                if d.is_empty() { "none".to_owned() } else { d }
+            }),
+            None => "not injected".to_owned(),
+        };
+        rows.push(format!("| `{key}` | | {default} | {} |", cell(meaning)));
+    }
+    let sidecar = SidecarSettings::command();
+    for (flag, env) in SidecarSettings::annotatable() {
+        let Some(arg) = sidecar
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()))
+        else {
+            continue;
+        };
+        let default = match flag.as_str() {
+            LEASE_NAME_FLAG => "the owner's name (required on bare pods)".to_owned(),
+            PROBE_PORT_FLAG => format!(
+                "the first containerPort of the first container, else {}",
+                defaults(arg)
+            ),
+            _ => defaults(arg),
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        rows.push(format!(
+            "| `{ANNOTATION_PREFIX}{flag}` | `{env}` | {default} | {} |",
+            cell(&help)
+        ));
+    }
+    rows.join("\n") + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +478,23 @@ mod tests {
             cpu_limit: None,
             memory_limit: Some("64Mi".into()),
         }
+    }
+
+    #[test]
+    fn docs_webhook_md_carries_the_generated_annotations_reference() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/webhook.md");
+        let doc = std::fs::read_to_string(path).expect("docs/webhook.md");
+        let table = reference_table();
+        for (flag, _) in SidecarSettings::annotatable() {
+            assert!(
+                table.contains(&format!("| `{ANNOTATION_PREFIX}{flag}` |")),
+                "{flag}"
+            );
+        }
+        assert!(
+            doc.contains(&table),
+            "docs/webhook.md's annotations table is out of date; replace it with:\n\n{table}"
+        );
     }
 
     fn plan_of(pod: &Pod, owner: Option<&Owner>) -> Result<Plan, Denial> {
