@@ -91,6 +91,10 @@ pub enum CertError {
     NoConfiguration { kind: &'static str, name: String },
     #[error("another replica changed {what} first")]
     Conflict { what: String },
+    #[error(
+        "certificate lifetimes would renew forever: need --cert-renew-before < --cert-validity and --cert-validity + --cert-renew-before < --ca-validity"
+    )]
+    Lifetimes,
 }
 
 /// How certificates are made and when they are renewed.
@@ -111,6 +115,13 @@ impl Policy {
             renew_before: s.cert_renew_before,
             ca_validity: s.ca_validity,
         }
+    }
+
+    /// Lifetimes for which renewal settles: each certificate outlives its renewal window.
+    pub fn check(&self) -> Result<(), CertError> {
+        let settles = self.renew_before < self.validity
+            && self.validity + self.renew_before < self.ca_validity;
+        settles.then_some(()).ok_or(CertError::Lifetimes)
     }
 
     /// How long a new CA sits in the caBundle before it signs the serving certificate.
@@ -425,6 +436,7 @@ impl SelfManaged {
         let secret = settings.cert_secret.clone().unwrap_or_default();
         let namespace = settings.cert_secret_namespace.clone();
         let policy = Policy::from_settings(settings);
+        policy.check()?;
         let mut tries = 0;
         let bundle = loop {
             match ensure(
@@ -472,11 +484,15 @@ impl SelfManaged {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                change = changes.next() => {
-                    if change.is_none() {
-                        return;
+                change = changes.next() => match change {
+                    None => return,
+                    Some(Err(error)) => {
+                        // The watcher retries with backoff; the timer still renews.
+                        tracing::warn!(%error, secret = %self.secret, "watching the certificate Secret failed");
+                        continue;
                     }
-                }
+                    Some(Ok(_)) => {}
+                },
                 () = tokio::time::sleep(wait) => {}
             }
             match self.reconcile().await {
@@ -768,6 +784,17 @@ mod tests {
             next_step(Some(&new), &policy(), at),
             Step::Keep { .. }
         ));
+    }
+
+    #[test]
+    fn lifetimes_that_would_renew_forever_are_refused() {
+        assert!(policy().check().is_ok());
+        let mut p = policy();
+        p.renew_before = p.validity;
+        assert!(p.check().is_err());
+        let mut p = policy();
+        p.ca_validity = p.validity + p.renew_before;
+        assert!(p.check().is_err());
     }
 
     #[test]

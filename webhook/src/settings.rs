@@ -177,6 +177,23 @@ mod tests {
     }
 
     #[test]
+    fn self_managed_certificates_exclude_cert_files_and_default_to_90_days() {
+        let s = parse(&["--cert-secret=baton-webhook-tls"]).expect("parses");
+        assert_eq!(s.cert_secret.as_deref(), Some("baton-webhook-tls"));
+        assert_eq!(s.cert_secret_namespace, "baton-system");
+        assert_eq!(s.webhook_configuration, "baton-webhook");
+        assert_eq!(s.cert_validity, Duration::from_secs(90 * 86_400));
+        assert!(s.cert_renew_before < s.cert_validity);
+        let err = parse(&[
+            "--cert-secret=x",
+            "--tls-cert-file=/tmp/c.pem",
+            "--tls-key-file=/tmp/k.pem",
+        ])
+        .expect_err("one source of certificates");
+        assert!(err.to_string().contains("--cert-secret"), "{err}");
+    }
+
+    #[test]
     fn bad_resource_quantity_names_flag_and_value() {
         let err = parse(&["--sidecar-memory-limit=lots"]).expect_err("not a quantity");
         let msg = err.to_string();
