@@ -498,10 +498,14 @@ impl SelfManaged {
             match self.reconcile().await {
                 Ok(next) => {
                     retry = RETRY_FIRST;
-                    wait = next
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default()
-                        .min(MAX_RECHECK);
+                    let until = next.duration_since(SystemTime::now()).unwrap_or_default();
+                    // Replicas look at slightly different times: one renews,
+                    // the others see its write through their watch.
+                    wait = if until.is_zero() {
+                        until
+                    } else {
+                        (until + jitter(self.policy.renew_before / 10)).min(MAX_RECHECK)
+                    };
                 }
                 Err(error) => {
                     // A conflict is another replica's write: read it at once.
@@ -602,6 +606,14 @@ impl SelfManaged {
         }
         Ok(())
     }
+}
+
+/// A duration in `[0, max.min(60 s))`, different from one replica to the next.
+fn jitter(max: Duration) -> Duration {
+    let max_ms = max.min(Duration::from_secs(60)).as_millis().max(1) as u64;
+    let seed =
+        u64::from(since_epoch(SystemTime::now()).subsec_nanos()) ^ u64::from(std::process::id());
+    Duration::from_millis(seed % max_ms)
 }
 
 /// Replaces with the read object's resourceVersion; `None` on a conflict.
