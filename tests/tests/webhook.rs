@@ -413,7 +413,8 @@ async fn server_side_dry_run_creates_nothing_and_records_no_event() {
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web",
                                  "uid": uid, "controller": true}],
         },
-        "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:dev",
+        // An image the runner does not run: only the injected sidecar becomes a process.
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1",
                                  "ports": [{"containerPort": 8080}]}]},
     })
     .to_string();
