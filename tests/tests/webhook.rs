@@ -431,6 +431,44 @@ async fn server_side_dry_run_creates_nothing_and_records_no_event() {
         "a dry run creates no pod"
     );
 
+    // A bare pod (no owner: it names its lease) that does not automount its
+    // token: the sidecar alone gets API credentials, the app none.
+    let bare = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare", "annotations": {
+            "baton.dev/inject": "true", "baton.dev/lease-name": "bare"}},
+        "spec": {"automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "registry.example/app:1"}]},
+    })
+    .to_string();
+    let out = ns.kubectl_ok(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&bare),
+    );
+    let shown: Pod = serde_json::from_str(&out).expect("kubectl prints the pod");
+    assert_eq!(sidecars(&shown), 1, "{out}");
+    let token_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let mounts = |c: &Container| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path == token_dir)
+            .map(|m| m.name.clone())
+            .collect::<Vec<_>>()
+    };
+    for c in all_containers(&shown) {
+        let want: &[&str] = if c.name == "baton-sidecar" {
+            &["baton-api-token"]
+        } else {
+            &[]
+        };
+        assert_eq!(mounts(c), want, "{}'s API credentials", c.name);
+    }
+    assert!(
+        pods.get_opt("bare").await.expect("get").is_none(),
+        "a dry run creates no pod"
+    );
+
     // Then the same pod for real, under another name: its Event is the
     // barrier, and the only Event on the owner. (The webhook records its
     // Events in admission order, and kube's recorder folds repeats on one
