@@ -302,9 +302,6 @@ fn sidecar_pids(group: &Group) -> Vec<u32> {
         .collect()
 }
 
-/// One baseline poll: kubectl runs, wall seconds, CPU seconds, max RSS KiB.
-type PollCost = (usize, f64, f64, u64);
-
 struct Report<'a> {
     args: &'a Args,
     background: &'a Window,
@@ -477,29 +474,25 @@ impl Report<'_> {
             },
         );
         row(
-            "baseline per poll: kubectl runs / wall s / CPU s / max RSS MiB",
+            "baseline: per kubectl run, wall s / CPU s / max RSS MiB (median); kubectl runs per poll: quiet / with a swap",
             &|s, r| {
                 if *s == System::Baton || r.kubectl.is_empty() {
                     return "–".into();
                 }
-                let mut polls: BTreeMap<u64, PollCost> = BTreeMap::new();
-                for c in &r.kubectl {
-                    let e = polls.entry(c.poll).or_default();
-                    e.0 += 1;
-                    e.1 += c.wall;
-                    e.2 += c.cpu;
-                    e.3 = e.3.max(c.max_rss_kib);
-                }
-                let v: Vec<_> = polls.values().collect();
-                let med = |f: &dyn Fn(&PollCost) -> f64| {
-                    summary(&v.iter().map(|x| f(x)).collect::<Vec<_>>()).median
+                let med = |f: &dyn Fn(&measure::KubectlCost) -> f64| {
+                    summary(&r.kubectl.iter().map(f).collect::<Vec<_>>()).median
                 };
+                let mut per_poll: BTreeMap<u64, usize> = BTreeMap::new();
+                for c in &r.kubectl {
+                    *per_poll.entry(c.poll).or_default() += 1;
+                }
+                let quiet = per_poll.values().copied().min().unwrap_or(0);
+                let busy = per_poll.values().copied().max().unwrap_or(0);
                 format!(
-                    "{:.1} / {:.2} / {:.2} / {:.0}",
-                    med(&|x| x.0 as f64),
-                    med(&|x| x.1),
-                    med(&|x| x.2),
-                    med(&|x| x.3 as f64) / 1024.0
+                    "{:.2} / {:.2} / {:.0}; {quiet} / {busy}",
+                    med(&|c| c.wall),
+                    med(&|c| c.cpu),
+                    med(&|c| c.max_rss_kib as f64) / 1024.0
                 )
             },
         );
