@@ -266,7 +266,7 @@ impl Candidate {
             eligible: self.eligible(),
             lease: &self.lease,
             last_renew_sent: self.last_renew_sent,
-            retry_period: self.settings.retry_period,
+            renew_period: self.settings.renew_period,
             now,
         })
     }

@@ -105,7 +105,7 @@ pub struct Situation<'a> {
     pub lease: &'a LeaseView,
     /// When our last successful write was sent, if we hold the Lease.
     pub last_renew_sent: Option<Instant>,
-    pub retry_period: Duration,
+    pub renew_period: Duration,
     pub now: Instant,
 }
 
@@ -125,8 +125,8 @@ pub fn next_step(s: &Situation<'_>) -> Step {
             // A holder with no renewal of its own (a restarted sidecar of
             // the same pod) renews at once.
             match s.last_renew_sent {
-                Some(sent) if s.now < sent + s.retry_period => {
-                    Step::WaitUntil(Some(sent + s.retry_period))
+                Some(sent) if s.now < sent + s.renew_period => {
+                    Step::WaitUntil(Some(sent + s.renew_period))
                 }
                 _ => Step::Renew,
             }
@@ -295,7 +295,7 @@ impl LeaseClient {
 mod tests {
     use super::*;
 
-    const RETRY: Duration = Duration::from_secs(1);
+    const RENEW: Duration = Duration::from_secs(2);
     const DURATION: Duration = Duration::from_secs(6);
 
     fn observed(holder: Option<&str>, seen_at: Instant) -> LeaseView {
@@ -319,7 +319,7 @@ mod tests {
             eligible,
             lease,
             last_renew_sent,
-            retry_period: RETRY,
+            renew_period: RENEW,
             now,
         })
     }
@@ -371,11 +371,11 @@ mod tests {
         let mut lease = Lease::default();
         lease.metadata.resource_version = Some("1".into());
         let first = Observed::from_lease(&lease, None, DURATION, t0);
-        let relist = Observed::from_lease(&lease, Some(&first), DURATION, t0 + RETRY);
+        let relist = Observed::from_lease(&lease, Some(&first), DURATION, t0 + RENEW);
         assert_eq!(relist.seen_at, t0);
         lease.metadata.resource_version = Some("2".into());
-        let renewed = Observed::from_lease(&lease, Some(&first), DURATION, t0 + RETRY);
-        assert_eq!(renewed.seen_at, t0 + RETRY);
+        let renewed = Observed::from_lease(&lease, Some(&first), DURATION, t0 + RENEW);
+        assert_eq!(renewed.seen_at, t0 + RENEW);
     }
 
     #[test]
@@ -398,14 +398,14 @@ mod tests {
     }
 
     #[test]
-    fn holder_renews_every_retry_period() {
+    fn holder_renews_every_renew_period() {
         let sent = Instant::now();
         let lease = observed(Some("web-0"), sent);
         assert_eq!(
-            step(&lease, true, Some(sent), sent + RETRY / 2),
-            Step::WaitUntil(Some(sent + RETRY))
+            step(&lease, true, Some(sent), sent + RENEW / 2),
+            Step::WaitUntil(Some(sent + RENEW))
         );
-        assert_eq!(step(&lease, true, Some(sent), sent + RETRY), Step::Renew);
+        assert_eq!(step(&lease, true, Some(sent), sent + RENEW), Step::Renew);
         assert_eq!(
             step(&lease, true, None, sent),
             Step::Renew,

@@ -46,7 +46,11 @@ pub struct Settings {
     #[arg(long, env = "BATON_RENEW_DEADLINE", default_value = "4s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
     pub renew_deadline: Duration,
 
-    /// How often a holder renews, and how long to wait before retrying a failed API call.
+    /// How often a holder renews the Lease (each renewal is one write to the API server).
+    #[arg(long, env = "BATON_RENEW_PERIOD", default_value = "2s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub renew_period: Duration,
+
+    /// How long to wait before retrying a failed API call (the back-off grows from half of it).
     #[arg(long, env = "BATON_RETRY_PERIOD", default_value = "1s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
     pub retry_period: Duration,
 
@@ -151,8 +155,14 @@ pub enum SettingsError {
         renew: Duration,
         api: Duration,
     },
-    #[error("--renew-deadline ({renew:?}) must be longer than --retry-period ({retry:?})")]
-    DeadlineNotLongerThanRetry { renew: Duration, retry: Duration },
+    #[error(
+        "--renew-deadline ({deadline:?}) must be longer than --renew-period ({renew:?}) plus --retry-period ({retry:?}), so that a failed renewal is retried once before the deadline"
+    )]
+    DeadlineTooShortForRenewals {
+        deadline: Duration,
+        renew: Duration,
+        retry: Duration,
+    },
     #[error("--probe-timeout ({timeout:?}) must not be longer than --probe-period ({period:?})")]
     ProbeTimeoutLongerThanPeriod { timeout: Duration, period: Duration },
     #[error("--active-value and --passive-value must differ (both {0:?})")]
@@ -167,6 +177,7 @@ impl Settings {
         for (flag, d) in [
             ("--lease-duration", self.lease_duration),
             ("--renew-deadline", self.renew_deadline),
+            ("--renew-period", self.renew_period),
             ("--retry-period", self.retry_period),
             ("--api-timeout", self.api_timeout),
             ("--probe-period", self.probe_period),
@@ -183,9 +194,10 @@ impl Settings {
                 api: self.api_timeout,
             });
         }
-        if self.renew_deadline <= self.retry_period {
-            return Err(SettingsError::DeadlineNotLongerThanRetry {
-                renew: self.renew_deadline,
+        if self.renew_deadline <= self.renew_period + self.retry_period {
+            return Err(SettingsError::DeadlineTooShortForRenewals {
+                deadline: self.renew_deadline,
+                renew: self.renew_period,
                 retry: self.retry_period,
             });
         }
@@ -282,7 +294,8 @@ mod tests {
     fn defaults_are_valid_and_ordered() {
         let s = parse(&[]).expect("defaults parse");
         assert_eq!(s.validate(), Ok(()));
-        assert!(s.lease_duration > s.renew_deadline && s.renew_deadline > s.retry_period);
+        assert!(s.lease_duration > s.renew_deadline);
+        assert!(s.renew_deadline > s.renew_period + s.retry_period);
         assert_eq!(
             (s.role_label.as_str(), s.active_value.as_str()),
             ("role", "active")
@@ -317,12 +330,17 @@ mod tests {
     }
 
     #[test]
-    fn deadline_must_outlast_retry() {
-        let s = parse(&["--renew-deadline=1s", "--retry-period=1s"]).expect("each parses");
-        assert!(matches!(
-            s.validate(),
-            Err(SettingsError::DeadlineNotLongerThanRetry { .. })
-        ));
+    fn deadline_leaves_room_for_one_retried_renewal() {
+        // 2s + 1s < 4s by default; 3s + 1s leaves no retry before the deadline.
+        let s = parse(&["--renew-period=3s"]).expect("each parses");
+        let err = s.validate().expect_err("no room for a retry");
+        assert!(
+            matches!(err, SettingsError::DeadlineTooShortForRenewals { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--renew-period"), "{err}");
+        let s = parse(&["--renew-period=1s", "--renew-deadline=2500ms"]).expect("each parses");
+        assert_eq!(s.validate(), Ok(()));
     }
 
     #[test]

@@ -64,7 +64,7 @@ async fn baton_candidate(client: LeaseClient, me: String, start: Arc<Barrier>) -
             eligible: true,
             lease: &view,
             last_renew_sent: None,
-            retry_period: Duration::from_millis(200),
+            renew_period: Duration::from_millis(200),
             now,
         });
         match step {

@@ -58,6 +58,7 @@ async fn unreachable_api_server_is_retried_and_logged_once_per_change() {
             "--probe-kind=tcp",
             &format!("--probe-port={}", app.local_addr().expect("addr").port()),
             &format!("--status-addr=127.0.0.1:{status_port}"),
+            "--renew-period=400ms",
             "--retry-period=200ms",
             "--renew-deadline=1s",
             "--lease-duration=2s",

@@ -442,8 +442,8 @@ impl Group {
     pub async fn killed(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
         let pid = self.sidecar_pid(&a).context("the holder's sidecar pid")?;
-        // The renewal cadence (the retry period, 1 s by default).
-        self.random_phase(Duration::from_secs(1)).await;
+        // The renewal cadence (the renew period, 2 s by default).
+        self.random_phase(Duration::from_secs(2)).await;
         let t0 = now();
         signal(pid, "KILL").await;
         let svc = self.service();
