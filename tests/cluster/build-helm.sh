@@ -18,14 +18,14 @@ if [ -x "$bin/helm" ]; then echo "$bin"; exit 0; fi
 
 command -v go >/dev/null || { echo "build-helm.sh: Go is required to build helm $version" >&2; exit 1; }
 log() { echo "[build $(date +%T)] $*" >&2; }
-proxy=${GOPROXY_URL:-https://proxy.golang.org}
-if curl -fsSL "$proxy/helm.sh/helm/v3/@v/$version.mod" | grep -q '^replace\|^[[:space:]]*replace'; then
+gomod=$("$here/go-mod-file.sh" helm.sh/helm/v3 "$version")
+if grep -q '^[[:space:]]*replace' "$gomod"; then
   echo "build-helm.sh: helm $version's go.mod has replace directives; go install cannot build it" >&2
   exit 1
 fi
 # As helm's own Makefile: the Kubernetes version `helm template` assumes
 # (client-go v0.X -> 1.X); without it, helm assumes 1.20.
-client_go=$(curl -fsSL "$proxy/helm.sh/helm/v3/@v/$version.mod" | sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p')
+client_go=$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod")
 k8s_flags=""
 for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   k8s_flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${client_go:?no client-go in the go.mod of helm}"

@@ -16,8 +16,9 @@ if [ -x "$bin/promtool" ]; then echo "$bin"; exit 0; fi
 
 command -v go >/dev/null || { echo "build-promtool.sh: Go is required to build promtool $version" >&2; exit 1; }
 log() { echo "[build $(date +%T)] $*" >&2; }
-proxy=${GOPROXY_URL:-https://proxy.golang.org}
-if curl -fsSL "$proxy/$module/@v/$version.mod" | grep -q '^[[:space:]]*replace'; then
+here=$(cd "$(dirname "$0")" && pwd)
+gomod=$("$here/go-mod-file.sh" "$module" "$version")
+if grep -q '^[[:space:]]*replace' "$gomod"; then
   echo "build-promtool.sh: $module $version's go.mod has replace directives; go install cannot build it" >&2
   exit 1
 fi

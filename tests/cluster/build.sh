@@ -29,11 +29,11 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 export GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
 go mod init baton.local/k8s-build >/dev/null 2>&1
+gomod=$("$here/go-mod-file.sh" k8s.io/kubernetes "$K8S_VERSION")
 {
   echo "require k8s.io/kubernetes $K8S_VERSION"
   echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
-  curl -fsSL "${GOPROXY_URL:-https://proxy.golang.org}/k8s.io/kubernetes/@v/$K8S_VERSION.mod" \
-    | sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/.*#replace \1 => \1 '"$K8S_STAGING_VERSION"'#p'
+  sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/.*#replace \1 => \1 '"$K8S_STAGING_VERSION"'#p' "$gomod"
 } >>go.mod
 grep -c '^replace' go.mod | xargs -I{} echo "[build] {} staging replaces" >&2
 
