@@ -21,6 +21,7 @@ use kube::core::{
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation as Op},
 };
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::{
     annotations::{self, OptIn, Sources},
@@ -292,15 +293,32 @@ impl Admission {
             .or_else(|| pod.metadata.namespace.clone())
             .unwrap_or_default();
         let name = pod_display_name(&pod);
+        // Instrumented, not entered: a guard held across the owner lookup's
+        // await would leave the span entered on whichever request the worker
+        // thread polls next (spans nested across requests, then a panic in
+        // tracing-subscriber's registry under load).
         let span = tracing::info_span!("mutate", %namespace, pod = %name, uid = %req.uid, dry_run = req.dry_run);
-        let _guard = span.enter();
+        self.mutate_pod(&req, &raw, response, pod, &namespace, &name)
+            .instrument(span)
+            .await
+    }
 
+    /// Decides on one Pod CREATE: its owner, injection or not, the Events.
+    async fn mutate_pod(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        raw: &serde_json::Value,
+        response: AdmissionResponse,
+        pod: Pod,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Answer, Answer> {
         let owner = if annotations::opt_in(&Sources::new(&pod, None)) == Ok(OptIn::OptedOut) {
             None // the pod's own "false" wins: no need to ask the API server
         } else {
             match owner::controller_of(&pod.metadata) {
                 None => None,
-                Some(controller) => match self.owners.owner(&namespace, controller).await {
+                Some(controller) => match self.owners.owner(namespace, controller).await {
                     Ok(owner) => owner,
                     Err(err) => {
                         let message = format!("baton: cannot decide on injection: {}", chain(&err));
@@ -329,14 +347,14 @@ impl Admission {
                 tracing::debug!(reason = skip.reason(), "skipped");
                 if let (Some(owner), true) = (events, skip.opted_in()) {
                     self.events
-                        .record(owner, AdmissionEvent::skipped(&name, skip.reason()));
+                        .record(owner, AdmissionEvent::skipped(name, skip.reason()));
                 }
                 Ok(Answer::Review(Box::new(response), Outcome::Skipped))
             }
             Decision::Inject(injection) => {
                 let before = serde_json::to_value(&pod).map_err(Internal::Serialize)?;
                 let after = serde_json::to_value(&injection.pod).map_err(Internal::Serialize)?;
-                let Some(patch) = patch_for(&raw, &before, &after) else {
+                let Some(patch) = patch_for(raw, &before, &after) else {
                     let message = "baton: cannot patch this pod: its containers, volumes or metadata are malformed";
                     tracing::info!(reason = message, "denied");
                     return Ok(Answer::Review(
@@ -349,7 +367,7 @@ impl Admission {
                 if let Some(owner) = events {
                     self.events.record(
                         owner,
-                        AdmissionEvent::injected(&name, &injection.lease, &self.config.image),
+                        AdmissionEvent::injected(name, &injection.lease, &self.config.image),
                     );
                 }
                 Ok(Answer::Review(Box::new(response), Outcome::Injected))
@@ -454,6 +472,8 @@ mod tests {
         ) -> BoxFuture<'a, Result<Option<Owner>, OwnerError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
+                // As a real lookup does: let other requests run meanwhile.
+                tokio::task::yield_now().await;
                 if self.fail {
                     return Err(OwnerError::Timeout {
                         kind: controller.kind.clone(),
@@ -590,6 +610,49 @@ mod tests {
         let mut object = fixture_json(fixture_name)["request"]["object"].clone();
         json_patch::patch(&mut object, &patch_of(response)).expect("patch applies to the request");
         serde_json::from_value(object).expect("patched object is a pod")
+    }
+
+    /// Records the most `mutate` spans any event was logged inside.
+    struct MutateSpanDepth(Arc<AtomicUsize>);
+
+    impl<S> tracing_subscriber::Layer<S> for MutateSpanDepth
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let depth = ctx.event_scope(event).map_or(0, |scope| {
+                scope.filter(|span| span.name() == "mutate").count()
+            });
+            self.0.fetch_max(depth, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_log_each_in_its_own_span() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let depth = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(MutateSpanDepth(depth.clone()));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let h = harness();
+        // One thread polls both: each request's owner lookup yields to the other.
+        let (a, b) = tokio::join!(
+            review(&h, "/mutate", fixture("pod-of-statefulset.json")),
+            review(&h, "/mutate", fixture("pod-of-statefulset.json")),
+        );
+        assert_eq!(
+            (a["allowed"].clone(), b["allowed"].clone()),
+            (json!(true), json!(true))
+        );
+        assert_eq!(h.owners.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            depth.load(Ordering::SeqCst),
+            1,
+            "a request's events were logged inside another request's span"
+        );
     }
 
     #[tokio::test]
