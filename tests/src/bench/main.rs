@@ -611,7 +611,12 @@ impl Report<'_> {
                         "| pod create (dry run) without a webhook, ms | {} |",
                         w.create_without.cell(1)
                     );
-                    let _ = writeln!(md, "| creates rejected | {} |", w.rejected);
+                    let why = if w.rejections.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (first: {})", w.rejections.join("; ").replace('|', "/"))
+                    };
+                    let _ = writeln!(md, "| creates rejected | {}{why} |", w.rejected);
                     let _ = writeln!(
                         md,
                         "| direct POST /mutate, {} connections: requests/s (errors) | {:.0} ({}) |",

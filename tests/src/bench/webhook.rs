@@ -38,6 +38,8 @@ pub struct WebhookResult {
     pub admission_p50: Option<f64>,
     pub admission_p99: Option<f64>,
     pub rejected: usize,
+    /// Why, for the first few rejections: the API server's message.
+    pub rejections: Vec<String>,
     /// Direct POSTs to /mutate.
     pub direct_concurrency: usize,
     pub direct_rps: f64,
@@ -141,10 +143,11 @@ async fn measure(
     };
     let metric = "apiserver_admission_webhook_admission_duration_seconds";
     let before = histogram(&raw_metrics(cluster)?, metric, name_is_ours);
-    let (lat_with, rejected) = create_many(&with, pods, Some(&uid)).await;
+    let (lat_with, rejections) = create_many(&with, pods, Some(&uid)).await;
     let after = histogram(&raw_metrics(cluster)?, metric, name_is_ours);
     let delta = histogram_delta(&before, &after);
     let (lat_without, _) = create_many(&without, pods.min(300), None).await;
+    let rejected = rejections.len();
     let webhook_rss_kib = super::measure::proc_sample(pid).map_or(0, |s| s.rss_kib);
 
     let (rps, errors, direct) =
@@ -163,6 +166,7 @@ async fn measure(
         admission_p50: quantile(&delta, 0.5).map(|s| s * 1000.0),
         admission_p99: quantile(&delta, 0.99).map(|s| s * 1000.0),
         rejected,
+        rejections: rejections.into_iter().take(3).collect(),
         direct_concurrency: 8,
         direct_rps: rps,
         direct_errors: errors,
@@ -191,25 +195,34 @@ fn cluster_apply(cluster: &Cluster, yaml: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `n` pods (dry run) 8 at a time; latencies in ms and rejections.
-async fn create_many(ns: &TestNamespace, n: usize, owner: Option<&str>) -> (Vec<f64>, usize) {
+/// Creates `n` pods (dry run) 8 at a time; latencies in ms and the errors
+/// of the rejected ones.
+async fn create_many(ns: &TestNamespace, n: usize, owner: Option<&str>) -> (Vec<f64>, Vec<String>) {
     let api: Api<Pod> = ns.api();
     let api = Arc::new(api);
-    let results: Vec<Option<f64>> = futures::stream::iter(0..n)
+    let results: Vec<Result<f64, String>> = futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
             let p = pod(&format!("p-{i}"), owner);
             async move {
                 let start = Instant::now();
                 let r = api.create(&dry_run(), &p).await;
-                r.ok().map(|_| start.elapsed().as_secs_f64() * 1000.0)
+                r.map(|_| start.elapsed().as_secs_f64() * 1000.0)
+                    .map_err(|e| e.to_string())
             }
         })
         .buffer_unordered(8)
         .collect()
         .await;
-    let rejected = results.iter().filter(|r| r.is_none()).count();
-    (results.into_iter().flatten().collect(), rejected)
+    let mut latencies = Vec::with_capacity(results.len());
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(ms) => latencies.push(ms),
+            Err(e) => errors.push(e),
+        }
+    }
+    (latencies, errors)
 }
 
 fn dry_run() -> PostParams {
