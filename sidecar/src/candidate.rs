@@ -28,6 +28,9 @@ use crate::{
     status::{Role, Status},
 };
 
+/// First wait after a label refused at admission: about one informer hop.
+const REFUSED_RETRY_BASE: Duration = Duration::from_millis(20);
+
 /// Everything the loop knows and the handles it acts through.
 pub struct Candidate {
     pub settings: Settings,
@@ -48,6 +51,8 @@ pub struct Candidate {
     shutting_down: bool,
     handover_started: Option<Instant>,
     api: ApiState,
+    /// Consecutive labels refused at admission (see `settle`).
+    refused: u32,
     retry_at: Option<Instant>,
     role: Option<Role>,
     was_healthy: bool,
@@ -93,6 +98,7 @@ impl Candidate {
             shutting_down: false,
             handover_started: None,
             api: ApiState::default(),
+            refused: 0,
             retry_at: None,
             role: None,
             was_healthy: false,
@@ -317,7 +323,29 @@ impl Candidate {
         match result {
             Ok(()) => {
                 self.api.succeeded();
+                if self.refused > 0 {
+                    info!(operation, refused = self.refused, "label admitted");
+                    self.refused = 0;
+                }
                 self.retry_at = None;
+            }
+            Err(ActionError::Label(e @ LabelError::Refused { .. })) => {
+                // The Lease-holder policy judges by a cached Lease that may
+                // lag the write that made us holder by milliseconds: try
+                // again soon, backing off from a short base in case the
+                // refusal lasts (a policy with other role values, say).
+                self.metrics.promotion_refused();
+                self.refused += 1;
+                if self.refused == 1 {
+                    info!(operation, error = %e, "label refused at admission; retrying (logged again when admitted)");
+                }
+                let wait = backoff::delay(
+                    REFUSED_RETRY_BASE,
+                    self.settings.retry_period,
+                    self.refused,
+                    fastrand::f64(),
+                );
+                self.retry_at = Some(Instant::now() + wait);
             }
             Err(ActionError::Lease(e)) if e.needs_read() => {
                 debug!(operation, error = %e, "re-reading the lease");

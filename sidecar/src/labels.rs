@@ -73,6 +73,14 @@ pub enum LabelError {
     },
     #[error("pod {pod} changed since it was read; not labelled {role:?}")]
     Conflict { pod: String, role: Role },
+    /// Admission refused the label (422): the Lease-holder policy of
+    /// manifests/rbac/policy, whose cached Lease may lag our write.
+    #[error("labelling pod {pod} {role:?} refused at admission: {message}")]
+    Refused {
+        pod: String,
+        role: Role,
+        message: String,
+    },
     #[error("listing the active pods of group {group}: {source}")]
     List {
         group: String,
@@ -117,6 +125,11 @@ impl Labeller {
             Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(LabelError::Conflict {
                 pod: pod.to_owned(),
                 role,
+            }),
+            Ok(Err(kube::Error::Api(s))) if s.code == 422 => Err(LabelError::Refused {
+                pod: pod.to_owned(),
+                role,
+                message: s.message,
             }),
             Ok(Err(source)) => Err(LabelError::Patch {
                 pod: pod.to_owned(),

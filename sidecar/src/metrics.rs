@@ -24,6 +24,7 @@ pub struct Metrics {
     probes: Family<Labels, Counter>,
     probe_duration: Histogram,
     api_errors: Family<Labels, Counter>,
+    promotions_refused: Counter,
     handover_duration: Histogram,
 }
 
@@ -47,6 +48,7 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
             api_errors: Family::default(),
+            promotions_refused: Counter::default(),
             handover_duration: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
@@ -83,6 +85,11 @@ impl Metrics {
             m.api_errors.clone(),
         );
         registry.register(
+            "promotions_refused",
+            "Promotions of this pod refused at admission (the Lease-holder policy), retried at once",
+            m.promotions_refused.clone(),
+        );
+        registry.register(
             "handover_duration_seconds",
             "From deciding to give up the Lease to having released it",
             m.handover_duration.clone(),
@@ -116,6 +123,10 @@ impl Metrics {
         self.api_errors
             .get_or_create(&vec![("operation", operation)])
             .inc();
+    }
+
+    pub fn promotion_refused(&self) {
+        self.promotions_refused.inc();
     }
 
     pub fn observe_handover(&self, took: Duration) {

@@ -314,6 +314,17 @@ async fn frozen_holder_is_demoted_and_stays_passive_when_it_resumes() {
 async fn role_labels_edited_by_hand_are_corrected() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("sidecar-handedit").await;
+    // Without manifests/rbac/policy's Lease-holder policy, which would refuse
+    // the first hand edit below (tested on its own): this tests the sidecar.
+    ns.kubectl_ok(
+        &[
+            "label",
+            "namespace",
+            &ns.name,
+            "baton.dev/lease-policy=disabled",
+        ],
+        None,
+    );
     ns.apply(&workload::statefulset("web", 2, true, &[]));
     ns.apply(&workload::active_service("web"));
     let lease = wait_for_object::<Lease, _>(ns.api(), "web", T, "a holder", |l| {
@@ -359,4 +370,172 @@ async fn role_labels_edited_by_hand_are_corrected() {
     let now = pods.get(&holder).await.expect("holder pod");
     assert_eq!(now.labels().get("role").map(String::as_str), Some("active"));
     ns.delete().await;
+}
+
+/// manifests/rbac/policy's Lease-holder policy: no one, not even an
+/// administrator, may label a pod active unless the group's Lease names it;
+/// the sidecars' own promotions still go through (a promotion judged on a
+/// lagging cached Lease is refused and retried).
+#[tokio::test]
+async fn only_the_lease_holder_may_be_labelled_active() {
+    let (group, holder) = Group::deploy("sidecar-leasepolicy", 2).await;
+    let other = if holder == "web-0" { "web-1" } else { "web-0" };
+    let set_active = Patch::Merge(json!({"metadata": {"labels": {"role": "active"}}}));
+    // The API server loads policies asynchronously: ask in dry run (which
+    // admission judges in full and which changes nothing) until refused.
+    let dry_run = PatchParams::default().dry_run();
+    let mut refused = None;
+    for _ in 0..100 {
+        match group.pods().patch(other, &dry_run, &set_active).await {
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let refused = refused.expect("the policy never refused role=active on the standby");
+    assert!(
+        refused.contains(&format!(
+            "pod {other} may not be labelled role=active: Lease web is held by {holder}"
+        )),
+        "{refused}"
+    );
+    let err = group
+        .pods()
+        .patch(other, &PatchParams::default(), &set_active)
+        .await
+        .expect_err("a hand-made role=active on the standby is refused");
+    assert!(
+        err.to_string().contains("may not be labelled role=active"),
+        "{err}"
+    );
+
+    // Failover under the policy: the standby, once holder, is admitted.
+    group.set_app_health(&holder, "fail").await;
+    let new = group.wait_for_new_holder(Some(&holder)).await;
+    assert_eq!(new, other);
+    group.finish().await;
+}
+
+/// A promotion refused at admission (as the Lease-holder policy refuses one
+/// judged on a lagging cached Lease) is retried, counted, and goes through
+/// once admission allows it. Refusals are made here by a policy of the
+/// test's own that holds promotions of a pod while it carries an annotation.
+#[tokio::test]
+async fn a_promotion_refused_at_admission_is_retried_until_admitted() {
+    const HOLD: &str = "test.baton.dev/hold-promotion";
+    let (group, holder) = Group::deploy("sidecar-refused", 2).await;
+    let standby = if holder == "web-0" { "web-1" } else { "web-0" };
+    let ns = group.ns.name.clone();
+    // Only this test's policy judges promotions here.
+    group.ns.kubectl_ok(
+        &["label", "namespace", &ns, "baton.dev/lease-policy=disabled"],
+        None,
+    );
+    let policy = format!("baton-test-hold-{ns}");
+    let hold_policy = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [""], apiVersions: [v1], operations: [UPDATE], resources: [pods]}}
+  validations:
+  - expression: >-
+      !(has(object.metadata.annotations) && '{HOLD}' in object.metadata.annotations)
+      || !has(object.metadata.labels) || !('role' in object.metadata.labels)
+      || object.metadata.labels['role'] != 'active'
+    message: "test: promotion held"
+    reason: Invalid
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}
+"#
+    );
+    // Cluster-scoped: kubectl's namespace flag does not apply to them.
+    group
+        .ns
+        .kubectl_ok(&["apply", "-f", "-"], Some(&hold_policy));
+    group
+        .ns
+        .kubectl_ok(&["annotate", "pod", standby, &format!("{HOLD}=true")], None);
+    // Until the API server has loaded the policy (dry run changes nothing).
+    let set_active = Patch::Merge(json!({"metadata": {"labels": {"role": "active"}}}));
+    let dry_run = PatchParams::default().dry_run();
+    let mut held = false;
+    for _ in 0..100 {
+        match group.pods().patch(standby, &dry_run, &set_active).await {
+            Err(e) if e.to_string().contains("promotion held") => {
+                held = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(held, "the test's policy never held a promotion");
+
+    // The holder's app fails: the standby takes the Lease, but admission
+    // refuses its promotion until the annotation goes.
+    group.set_app_health(&holder, "fail").await;
+    let ip = pod_ip(&group.ns, standby).await;
+    let mut refused = 0.0;
+    for _ in 0..200 {
+        let metrics = http()
+            .get(format!("http://{ip}:9095/metrics"))
+            .send()
+            .await
+            .expect("the sidecar's metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        refused = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("baton_promotions_refused_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if refused >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused >= 2.0,
+        "the standby's promotion was not refused and retried: {refused}"
+    );
+    let lease: Api<Lease> = group.ns.api();
+    let held_by = lease
+        .get("web")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_eq!(
+        held_by.as_deref(),
+        Some(standby),
+        "the standby holds the Lease meanwhile"
+    );
+
+    group
+        .ns
+        .kubectl_ok(&["annotate", "pod", standby, &format!("{HOLD}-")], None);
+    let new = group.wait_for_new_holder(Some(&holder)).await;
+    assert_eq!(new, standby);
+    group.ns.kubectl_ok(
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &policy,
+        ],
+        None,
+    );
+    group.finish().await;
 }
