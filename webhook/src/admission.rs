@@ -612,8 +612,12 @@ mod tests {
         serde_json::from_value(object).expect("patched object is a pod")
     }
 
-    /// Records the most `mutate` spans any event was logged inside.
-    struct MutateSpanDepth(Arc<AtomicUsize>);
+    thread_local! {
+        /// The most `mutate` spans an event on this thread was logged inside.
+        static MUTATE_SPAN_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    struct MutateSpanDepth;
 
     impl<S> tracing_subscriber::Layer<S> for MutateSpanDepth
     where
@@ -627,16 +631,27 @@ mod tests {
             let depth = ctx.event_scope(event).map_or(0, |scope| {
                 scope.filter(|span| span.name() == "mutate").count()
             });
-            self.0.fetch_max(depth, Ordering::SeqCst);
+            MUTATE_SPAN_DEPTH.with(|d| d.set(d.get().max(depth)));
         }
+    }
+
+    /// A process-wide subscriber, set once: a thread-scoped one (`set_default`)
+    /// misses events while tests on other threads register the same callsites.
+    fn record_mutate_span_depth() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            use tracing_subscriber::layer::SubscriberExt as _;
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(MutateSpanDepth),
+            )
+            .expect("no other test sets a global subscriber");
+        });
+        MUTATE_SPAN_DEPTH.with(|d| d.set(0));
     }
 
     #[tokio::test]
     async fn concurrent_requests_log_each_in_its_own_span() {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        let depth = Arc::new(AtomicUsize::new(0));
-        let subscriber = tracing_subscriber::registry().with(MutateSpanDepth(depth.clone()));
-        let _default = tracing::subscriber::set_default(subscriber);
+        record_mutate_span_depth();
         let h = harness();
         // One thread polls both: each request's owner lookup yields to the other.
         let (a, b) = tokio::join!(
@@ -649,9 +664,9 @@ mod tests {
         );
         assert_eq!(h.owners.calls.load(Ordering::SeqCst), 2);
         assert_eq!(
-            depth.load(Ordering::SeqCst),
+            MUTATE_SPAN_DEPTH.with(std::cell::Cell::get),
             1,
-            "a request's events were logged inside another request's span"
+            "a request's events were logged inside another request's span (or none in its own)"
         );
     }
 
