@@ -53,6 +53,10 @@ pub struct Candidate {
     api: ApiState,
     /// Consecutive labels refused at admission (see `settle`).
     refused: u32,
+    /// The resourceVersion of our Pod that a promotion conflicted with (409):
+    /// the Pod has changed since, so promote again only once the watch shows
+    /// a newer one (acting again at once would send the same stale version).
+    conflicted_pod_version: Option<String>,
     retry_at: Option<Instant>,
     role: Option<Role>,
     was_healthy: bool,
@@ -99,6 +103,7 @@ impl Candidate {
             handover_started: None,
             api: ApiState::default(),
             refused: 0,
+            conflicted_pod_version: None,
             retry_at: None,
             role: None,
             was_healthy: false,
@@ -109,6 +114,10 @@ impl Candidate {
 
     fn me(&self) -> &str {
         &self.settings.pod_name
+    }
+
+    fn pod_seen_stale(&self) -> bool {
+        is_stale(self.pod.as_ref(), self.conflicted_pod_version.as_deref())
     }
 
     /// Until when we may act as holder (rule 5).
@@ -305,7 +314,7 @@ impl Candidate {
         }
 
         // Rule 3: a holder demotes the others, then promotes itself.
-        if leading && have_pod && label != Some(Role::Active) {
+        if leading && have_pod && label != Some(Role::Active) && !self.pod_seen_stale() {
             let result = self.promote(now).await;
             return self.settle("promote", result);
         }
@@ -323,10 +332,6 @@ impl Candidate {
         match result {
             Ok(()) => {
                 self.api.succeeded();
-                if self.refused > 0 {
-                    info!(operation, refused = self.refused, "label admitted");
-                    self.refused = 0;
-                }
                 self.retry_at = None;
             }
             Err(ActionError::Label(e @ LabelError::Refused { .. })) => {
@@ -459,10 +464,23 @@ impl Candidate {
             return Ok(());
         }
         let timeout = self.call_timeout(now);
-        let patched = self
+        let patched = match self
             .labeller
             .set(self.me(), role, rv.as_deref(), timeout)
-            .await?;
+            .await
+        {
+            Ok(patched) => patched,
+            Err(e) => {
+                if matches!(e, LabelError::Conflict { .. }) {
+                    self.conflicted_pod_version = rv;
+                }
+                return Err(e.into());
+            }
+        };
+        if self.refused > 0 {
+            info!(refused = self.refused, "label admitted");
+            self.refused = 0;
+        }
         match patched {
             Some(pod) => self.observe_pod(pod),
             None => self.pod_deleted = true,
@@ -708,9 +726,32 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Whether our Pod as last seen is the version a promotion conflicted with.
+fn is_stale(pod: Option<&Pod>, conflicted_version: Option<&str>) -> bool {
+    conflicted_version.is_some()
+        && pod.and_then(|p| p.metadata.resource_version.as_deref()) == conflicted_version
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conflicted_promotion_waits_for_a_newer_pod_version() {
+        let mut pod = Pod::default();
+        pod.metadata.resource_version = Some("41".into());
+        assert!(!is_stale(Some(&pod), None), "no conflict yet");
+        assert!(
+            is_stale(Some(&pod), Some("41")),
+            "the version that conflicted"
+        );
+        pod.metadata.resource_version = Some("42".into());
+        assert!(
+            !is_stale(Some(&pod), Some("41")),
+            "the watch showed a newer pod"
+        );
+        assert!(!is_stale(None, Some("41")));
+    }
 
     #[test]
     fn watch_events_older_than_our_own_write_are_ignored() {

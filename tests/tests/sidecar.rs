@@ -524,9 +524,21 @@ spec:
         "the standby holds the Lease meanwhile"
     );
 
-    group
+    // Lift the hold while the sidecar is frozen, so that it resumes with
+    // both the retry due and the Pod changed: a promotion sent before the
+    // watch shows the new Pod conflicts (409), and must then wait for the
+    // watch instead of resending the stale version in a loop.
+    let pid = group.sidecar_pid(standby).await;
+    signal(pid, "STOP").await;
+    let lifted = group
         .ns
-        .kubectl_ok(&["annotate", "pod", standby, &format!("{HOLD}-")], None);
+        .kubectl(&["annotate", "pod", standby, &format!("{HOLD}-")], None);
+    signal(pid, "CONT").await;
+    assert!(
+        lifted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lifted.stderr)
+    );
     let new = group.wait_for_new_holder(Some(&holder)).await;
     assert_eq!(new, standby);
     group.ns.kubectl_ok(
