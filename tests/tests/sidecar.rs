@@ -99,18 +99,21 @@ impl Group {
         wait_endpoints(&self.ns, &format!("{}-active", self.name), &[pod], T).await;
     }
 
-    async fn sidecar_status(&self, pod: &str) -> serde_json::Value {
+    /// The body of a GET of `path` on the pod's sidecar status server.
+    async fn sidecar_get(&self, pod: &str, path: &str) -> String {
         let ip = pod_ip(&self.ns, pod).await;
         http()
-            .get(format!("http://{ip}:9095/status"))
+            .get(format!("http://{ip}:9095{path}"))
             .send()
             .await
             .expect("the sidecar's status server answers")
             .text()
             .await
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .expect("status is JSON")
+            .expect("a body")
+    }
+
+    async fn sidecar_status(&self, pod: &str) -> serde_json::Value {
+        serde_json::from_str(&self.sidecar_get(pod, "/status").await).expect("status is JSON")
     }
 
     async fn set_app_health(&self, pod: &str, health: &str) {
@@ -486,18 +489,11 @@ spec:
     // The holder's app fails: the standby takes the Lease, but admission
     // refuses its promotion until the annotation goes.
     group.set_app_health(&holder, "fail").await;
-    let ip = pod_ip(&group.ns, standby).await;
     let mut refused = 0.0;
     for _ in 0..200 {
-        let metrics = http()
-            .get(format!("http://{ip}:9095/metrics"))
-            .send()
+        refused = group
+            .sidecar_get(standby, "/metrics")
             .await
-            .expect("the sidecar's metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        refused = metrics
             .lines()
             .find_map(|l| l.strip_prefix("baton_promotions_refused_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
