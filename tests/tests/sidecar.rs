@@ -56,7 +56,44 @@ impl Group {
             history,
         };
         let holder = group.wait_for_new_holder(None).await;
+        // Every test starts from warm standbys: without this a standby whose
+        // app is still starting cannot take over, and a re-created holder
+        // (same name) may take the Lease back first.
+        wait_until::<Pod, _>(
+            group.pods(),
+            "app=web",
+            T,
+            &format!("{replicas} pods with an IP"),
+            |pods| {
+                pods.len() == replicas as usize
+                    && pods
+                        .iter()
+                        .all(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+            },
+        )
+        .await;
+        for i in 0..replicas {
+            group.wait_app_healthy(&format!("{}-{i}", group.name)).await;
+        }
         (group, holder)
+    }
+
+    /// Waits (bounded) until the pod's sidecar reports its app healthy.
+    async fn wait_app_healthy(&self, pod: &str) {
+        let ip = pod_ip(&self.ns, pod).await;
+        let mut last = String::new();
+        for _ in 0..100 {
+            // The sidecar may not be listening yet: keep asking.
+            if let Ok(r) = http().get(format!("http://{ip}:9095/status")).send().await {
+                last = r.text().await.unwrap_or_default();
+                let status: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+                if status["app_healthy"] == true {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{pod}'s app never turned healthy: {last}");
     }
 
     fn pods(&self) -> Api<Pod> {
