@@ -334,7 +334,13 @@ impl Candidate {
                 self.api.succeeded();
                 self.retry_at = None;
             }
-            Err(ActionError::Label(e @ LabelError::Refused { .. })) => {
+            // Only a promotion: a refused passive label is a lasting
+            // misconfiguration (the policies' role values), an API error.
+            Err(ActionError::Label(
+                e @ LabelError::Refused {
+                    role: Role::Active, ..
+                },
+            )) => {
                 // The Lease-holder policy judges by a cached Lease that may
                 // lag the write that made us holder by milliseconds: try
                 // again soon, backing off from a short base in case the

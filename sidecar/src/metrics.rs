@@ -86,7 +86,7 @@ impl Metrics {
         );
         registry.register(
             "promotions_refused",
-            "Promotions of this pod refused at admission (the Lease-holder policy), retried at once",
+            "Promotions of this pod refused at admission (the Lease-holder policy), retried after a short back-off",
             m.promotions_refused.clone(),
         );
         registry.register(
