@@ -4,6 +4,8 @@
 //! There is no fixed sleep between decisions: it waits for an input or for
 //! the next instant at which a decision changes (renewal due, lease expiry,
 //! leadership deadline, back-off over).
+//!
+//! "Rule N" in the comments below is rule N of `docs/design.md`.
 
 use std::{
     pin::pin,
@@ -120,7 +122,7 @@ impl Candidate {
         is_stale(self.pod.as_ref(), self.conflicted_pod_version.as_deref())
     }
 
-    /// Until when we may act as holder (rule 5).
+    /// Until when we may act as holder (`docs/design.md`, rule 5).
     fn leading_until(&self) -> Option<Instant> {
         election::leading_until(
             &self.lease,
@@ -219,14 +221,14 @@ impl Candidate {
         !holds && !labelled_active
     }
 
-    /// Shutdown or pod deletion: no longer eligible, hand over (rule 6).
+    /// Shutdown or pod deletion: no longer eligible, hand over (`docs/design.md`, rule 6).
     fn start_giving_up(&mut self) {
         self.terminating = true;
         self.stop_leading();
     }
 
-    /// Rule 4: stop acting as holder at once; the passive label and the
-    /// release follow in the next turns.
+    /// Rule 4 of `docs/design.md`: stop acting as holder at once; the passive
+    /// label and the release follow in the next turns.
     fn stop_leading(&mut self) {
         if self.handover_started.is_none() && self.leading(Instant::now()) {
             self.handover_started = Some(Instant::now());
@@ -291,7 +293,7 @@ impl Candidate {
         if self.retry_at.is_some_and(|t| now < t) {
             return false;
         }
-        // Rule 4 as an invariant: whoever is not eligible does not lead.
+        // docs/design.md rule 4 as an invariant: whoever is not eligible does not lead.
         if !self.eligible() && self.leading(now) {
             self.stop_leading();
         }
@@ -299,21 +301,21 @@ impl Candidate {
         let label = self.label_role();
         let have_pod = self.pod.is_some();
 
-        // Rules 4 and 7: whoever is not holder is labelled passive, first.
+        // docs/design.md rules 4 and 7: whoever is not holder is labelled passive, first.
         if !leading && have_pod && label != Some(Role::Passive) {
             let result = self.set_own_role(Role::Passive, now).await;
             return self.settle("label passive", result.map(|_| ()));
         }
 
         // Then the Lease. A release comes after the passive label above; if
-        // our pod was never seen, the next holder demotes it (rule 3).
+        // our pod was never seen, the next holder demotes it (docs/design.md, rule 3).
         let step = self.step(now);
         if !matches!(step, Step::WaitUntil(_)) {
             let result = self.lease_step(step, now).await;
             return self.settle(step_name(step), result);
         }
 
-        // Rule 3: a holder demotes the others, then promotes itself.
+        // docs/design.md rule 3: a holder demotes the others, then promotes itself.
         if leading && have_pod && label != Some(Role::Active) && !self.pod_seen_stale() {
             let result = self.promote(now).await;
             return self.settle("promote", result);
@@ -542,8 +544,8 @@ impl Candidate {
 
     /// Keeps the role file in step with what we know. It says active only
     /// while we are labelled active *and* within our leadership deadline
-    /// (rule 5): a holder that lost the API server turns passive here at
-    /// its deadline even when it cannot relabel itself.
+    /// (`docs/design.md`, rule 5): a holder that lost the API server turns
+    /// passive here at its deadline even when it cannot relabel itself.
     async fn sync_role_file(&mut self, now: Instant) {
         let Some(path) = self.settings.role_file.clone() else {
             return;

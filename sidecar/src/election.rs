@@ -1,13 +1,14 @@
 //! The Lease: what a candidate should do next (pure), and the writes that
-//! do it (thin). See the election rules in `shared/design.md`.
+//! do it (thin). The election rules are numbered in `docs/design.md`.
 //!
 //! - Every write carries the `resourceVersion` that was read; a 409 means
-//!   someone else wrote first, and the answer is to re-read.
+//!   someone else wrote first, and the answer is to re-read (rule 1).
 //! - Expiry is judged by the local monotonic clock: a Lease is expired when
 //!   its current `resourceVersion` has been seen unchanged for its duration.
-//!   `renewTime` is written for people, never compared with our clock.
+//!   `renewTime` is written for people, never compared with our clock
+//!   (rule 2).
 //! - Leadership is a deadline: the time the last successful renewal was
-//!   sent plus the renew deadline.
+//!   sent plus the renew deadline (rule 5).
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! A new holder demotes every other active pod of its group, then promotes
 //! itself; the promotion carries the pod's resourceVersion, so a holder that
 //! was frozen between its deadline check and the write cannot label itself
-//! active after someone demoted it.
+//! active after someone demoted it (`docs/design.md`, rule 3).
 
 use std::time::Duration;
 
