@@ -61,9 +61,20 @@ async fn main() -> anyhow::Result<()> {
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(settings.listen_addr).await?;
     eprintln!("demo app listening on {}", settings.listen_addr);
+    // As a well-behaved app: on SIGTERM (kubelet) or Ctrl-C, stop accepting,
+    // finish the requests in flight, exit. As PID 1 of its container the
+    // default action of SIGTERM does not apply: without a handler, every
+    // pod deletion would wait out its grace period.
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            eprintln!("demo app stopping: finishing requests in flight");
         })
         .await?;
     Ok(())
