@@ -18,24 +18,25 @@ unit:
 
 # Test binaries are built outside the cluster's network namespace (which
 # reaches no registry), then run inside it.
-e2e: build cluster-binaries
+e2e: build image cluster-binaries
 	$(CARGO) test -p baton-e2e --test '*' --locked --no-run
 	$(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked --offline -- --test-threads=$${E2E_THREADS:-3}
 
 ## Benchmarks (never part of `make test`): baton vs the polling baseline on a
 ## fresh cluster of their own; report in target/bench/. Counts: BENCH_ARGS.
 bench: build cluster-binaries
-	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench \
+	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench BATON_KWOK_NODES=3 BATON_REAL_NODES=0 \
 	  $(CLUSTER)/with-cluster.sh $(BIN_DIR)/baton-bench --out target/bench $(BENCH_ARGS)
 
-## Build (once per version, cached in ~/.cache/baton) the upstream components,
-## and helm and promtool, which check the manifests (tests/tests/manifests.rs).
+## Build (once per version, cached in ~/.cache/baton) the upstream components
+## (control plane, kubelet, kube-proxy, containerd, pause), and helm and promtool, which check the manifests (tests/tests/manifests.rs).
 cluster-binaries:
 	$(CLUSTER)/build.sh >/dev/null
+	$(CLUSTER)/build-node.sh >/dev/null
 	$(CLUSTER)/build-helm.sh >/dev/null
 	$(CLUSTER)/build-promtool.sh >/dev/null
 
-cluster-up: build cluster-binaries
+cluster-up: build image cluster-binaries
 	$(CLUSTER)/up.sh
 	@echo "export KUBECONFIG=$(KUBECONFIG)"
 
@@ -44,7 +45,7 @@ cluster-down:
 
 ## A shell inside the local cluster's network namespace, with KUBECONFIG set.
 shell:
-	ip netns exec $${BATON_NETNS:-baton} env PATH="$$(cat target/cluster/bin-dir):$$PATH" bash
+	ip netns exec $${BATON_NETNS:-baton} env PATH="$$(cat target/cluster/bin-dir):$$(cat target/cluster/node-bin-dir 2>/dev/null):$$PATH" bash
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -58,21 +59,22 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE_REPO ?= ghcr.io/baton-dev
 MUSL := x86_64-unknown-linux-musl
 
-## Container images (sidecar/Dockerfile, webhook/Dockerfile; the demo app
-## from the sidecar's with build args), with podman or a running docker.
+IMAGE_TARGET := x86_64-unknown-linux-gnu
+IMAGE_BINS := baton-sidecar baton-webhook baton-demo-app
+
+## Container images, the ones the local cluster's node runs: static release
+## binaries (glibc with +crt-static: no musl toolchain needed) copied to
+## target/image/bin, each wrapped by its Dockerfile (sidecar/Dockerfile,
+## webhook/Dockerfile; the demo app with the sidecar's and build args) with
+## podman, or IMAGE_ENGINE=docker; saved as target/image/<name>.tar.
 image:
-	@engine=""; for e in podman docker; do \
-	  command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1 && { engine=$$e; break; }; done; \
-	if [ -z "$$engine" ]; then \
-	  echo "make image: no container engine here (podman, or docker with a running daemon); no image built."; \
-	  echo "            'make release' builds the static binaries without one."; exit 0; fi; \
-	set -e; for spec in baton-sidecar:baton-sidecar:sidecar baton-webhook:baton-webhook:webhook baton-e2e:baton-demo-app:sidecar; do \
-	  pkg=$${spec%%:*}; rest=$${spec#*:}; bin=$${rest%%:*}; file=$${rest#*:}/Dockerfile; \
-	  desc=""; [ $$bin = baton-demo-app ] && desc="--build-arg DESCRIPTION=baton's demo app: hello world with a switchable /healthz"; \
-	  $$engine build -f $$file --build-arg PACKAGE=$$pkg --build-arg BIN=$$bin --build-arg VERSION=$(VERSION) \
-	    $${desc:+"$$desc"} $$( [ $$engine = podman ] && echo --ignorefile $$file.dockerignore ) \
-	    -t $(IMAGE_REPO)/$$bin:$(VERSION) .; done; \
-	$$engine images --filter reference='$(IMAGE_REPO)/baton-*:$(VERSION)'
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(IMAGE_TARGET) \
+	  -p baton-sidecar -p baton-webhook -p baton-e2e $(foreach b,$(IMAGE_BINS),--bin $(b))
+	@mkdir -p target/image/bin
+	@for b in $(IMAGE_BINS); do \
+	  cmp -s target/$(IMAGE_TARGET)/release/$$b target/image/bin/$$b || \
+	    cp -p target/$(IMAGE_TARGET)/release/$$b target/image/bin/$$b; done
+	@$(CLUSTER)/build-images.sh $(IMAGE_REPO) $(VERSION)
 
 ## Static release binaries of the sidecar and the webhook (musl when its
 ## target is installed: rustup target add x86_64-unknown-linux-musl).

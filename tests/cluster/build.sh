@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 cache_root=${BATON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/baton}
 bin="$cache_root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"
-wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages-2.yaml)
+wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwok-stages-2.yaml)
 
 missing=()
 for b in "${wanted[@]}"; do [ -e "$bin/$b" ] || missing+=("$b"); done

@@ -1,40 +1,96 @@
 #!/usr/bin/env bash
-# Stop everything up.sh (and the pod runner) started, and leave no process
-# behind: each component runs in its own session, so killing its process
-# group also ends whatever it spawned (the runner's pod processes).
+# Stop everything up.sh (and the pod runner) started, and leave nothing
+# behind: no process, mount, cgroup, network namespace, interface or
+# firewall rule (they all live in the namespace, which goes last). Then
+# check the host against what up.sh recorded (hostcheck.sh); exit 1 if
+# anything is left, saying what.
 set -uo pipefail
 # A second Ctrl-C must not leave half a cluster behind: finish the cleanup.
 trap '' INT TERM HUP
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
-
-signal_all() {
-  for f in "$dir"/pids/*.pid; do
-    [ -f "$f" ] || continue
-    kill "-$1" -- "-$(cat "$f")" 2>/dev/null
-  done
-}
-alive() {
-  for f in "$dir"/pids/*.pid; do
-    [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null && return 0
-  done
-  return 1
-}
-
-# The runner first, so that sidecars hand over while the API server is up.
-if [ -f "$dir/pids/runner.pid" ]; then
-  kill -TERM -- "-$(cat "$dir/pids/runner.pid")" 2>/dev/null
-  for _ in $(seq 50); do kill -0 -- "-$(cat "$dir/pids/runner.pid")" 2>/dev/null || break; sleep 0.1; done
-fi
-# The control plane keeps no state worth a graceful stop (up.sh wipes etcd);
-# kube-apiserver's own graceful shutdown takes over 10 s.
-signal_all TERM
-for _ in $(seq 20); do alive || break; sleep 0.1; done
-signal_all KILL
-for _ in $(seq 50); do alive || break; sleep 0.1; done
-rm -f "$dir"/pids/*.pid
 # shellcheck source=netns.sh
 . "$here/netns.sh"
+log() { echo "[cluster $(date +%T)] $*" >&2; }
+
+pid_of() { [ -f "$dir/pids/$1.pid" ] && cat "$dir/pids/$1.pid"; }
+stop_group() { # stop_group NAME TIMEOUT_TENTHS: TERM its process group, then KILL
+  local pid; pid=$(pid_of "$1") || return 0
+  kill -TERM -- "-$pid" 2>/dev/null
+  for _ in $(seq "$2"); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null
+  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$dir/pids/$1.pid"
+}
+in_ns() { ip netns exec "$netns" "$@"; }
+kubectl_() { in_ns "$(cat "$dir/bin-dir")/kubectl" --kubeconfig "$dir/kubeconfig" --request-timeout 5s "$@"; }
+
+# The runner first, so that sidecars hand over while the API server is up.
+stop_group runner 50
+
+# The node: no controller may re-create pods, then every pod goes while
+# kubelet and containerd still run, so that containers stop as kubelet stops
+# them (sidecars hand over, volumes are unmounted).
+if [ -n "$(pid_of node)" ] && [ -f "$dir/bin-dir" ]; then
+  stop_group kube-controller-manager 20
+  stop_group kube-scheduler 20
+  kubectl_ delete pods --all-namespaces --all --grace-period=1 --wait=false >/dev/null 2>&1
+  ctr_() { in_ns "$(cat "$dir/node-bin-dir")/ctr" --address "$dir/node/containerd.sock" -n k8s.io "$@"; }
+  for _ in $(seq 300); do
+    [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break
+    sleep 0.1
+  done
+  left=$(ctr_ tasks ls -q 2>/dev/null | wc -l)
+  [ "$left" -gt 0 ] && log "$left containers still running after 30 s; killing them"
+fi
+stop_group node 100
+
+# Whatever is still in the node's cgroups (containers, shims) is killed, and
+# the cgroups removed deepest first, with the parents up.sh had to create.
+if [ -f "$dir/node/cgroups-created" ]; then
+  for _ in 1 2 3; do
+    found=0
+    for h in /sys/fs/cgroup/*/; do
+      d="$h${node_cgroup#/}"
+      [ -d "$d" ] || continue
+      while read -r p; do
+        [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; found=1; }
+      done < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
+    done
+    [ $found -eq 0 ] && break
+    sleep 0.5
+  done
+  for h in /sys/fs/cgroup/*/; do
+    d="$h${node_cgroup#/}"
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  sort -r "$dir/node/cgroups-created" | while read -r d; do
+    [ -d "$d" ] && rmdir "$d" 2>/dev/null
+  done
+  rm -f "$dir/node/cgroups-created"
+fi
+
+# The control plane keeps no state worth a graceful stop (up.sh wipes etcd);
+# kube-apiserver's own graceful shutdown takes over 10 s.
+for f in "$dir"/pids/*.pid; do
+  [ -f "$f" ] || continue
+  kill -TERM -- "-$(cat "$f")" 2>/dev/null
+done
+for name in kube-apiserver kube-controller-manager kube-scheduler kwok etcd; do
+  stop_group "$name" 20
+done
+for f in "$dir"/pids/*.pid; do
+  [ -f "$f" ] || continue
+  kill -KILL -- "-$(cat "$f")" 2>/dev/null
+  rm -f "$f"
+done
 ip netns del "$netns" 2>/dev/null
-echo "[cluster] stopped"
+
+status=0
+if [ -f "$dir/host-before" ]; then
+  "$here/hostcheck.sh" compare "$dir/host-before" || status=1
+  [ $status -eq 0 ] && rm -f "$dir/host-before"
+fi
+log "stopped"
+exit $status

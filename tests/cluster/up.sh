@@ -1,76 +1,117 @@
 #!/usr/bin/env bash
-# Start a local Kubernetes control plane from upstream binaries, on loopback:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK
-# (fake nodes whose pods become Running and Ready with 127.x IPs).
+# Start a local Kubernetes cluster from upstream binaries: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, and
+#  - a real node (BATON_REAL_NODES=1, the default): containerd, runc, a CNI
+#    bridge, kubelet and kube-proxy (node.sh), running the images that
+#    `make image` built (target/image/*.tar);
+#  - and/or KWOK fake nodes (BATON_KWOK_NODES, default 0) with the pod runner
+#    standing in for their kubelet, where hundreds of pods are needed.
 #
-# Every process runs inside the network namespace of netns.sh, where KWOK's
-# pod IPs are bindable addresses of its loopback.
-# Everything lives in $BATON_CLUSTER_DIR (default target/cluster): PKI,
-# data, logs, pid files and the kubeconfig. Nothing touches ~/.kube.
-# `down.sh` stops it all; `up.sh` first stops a previous run of the same dir.
+# Every process runs inside the network namespace of netns.sh; the node also
+# in a private mount namespace, with its processes and cgroups under the
+# cgroup this script runs in. Everything lives in $BATON_CLUSTER_DIR (default
+# target/cluster): PKI, data, logs, pid files and the kubeconfig. Nothing
+# touches ~/.kube. `down.sh` stops it all and checks that nothing is left;
+# `up.sh` first stops a previous run of the same dir.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
-nodes=${BATON_KWOK_NODES:-3}
+nodes=${BATON_KWOK_NODES:-0}
+real_nodes=${BATON_REAL_NODES:-1}
+image_dir=${BATON_IMAGE_DIR:-$repo/target/image}
 etcd_port=${BATON_ETCD_PORT:-23790}
 api_port=${BATON_APISERVER_PORT:-16443}
 # shellcheck source=netns.sh
 . "$here/netns.sh"
+# shellcheck source=versions.env
+. "$here/versions.env"
 
 log() { echo "[cluster $(date +%T)] $*" >&2; }
 started=$(date +%s)
 
 bin=$("$here/build.sh")
-"$here/down.sh" >/dev/null 2>&1 || true
-rm -rf "$dir/etcd" "$dir/pods"
+node_bin=""
+[ "$real_nodes" -gt 0 ] && node_bin=$("$here/build-node.sh")
+"$here/preflight.sh" "$real_nodes"
+if ls "$dir"/pids/*.pid >/dev/null 2>&1 || ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF "$netns"; then
+  log "a cluster from an earlier run is still up ($dir, network namespace $netns): stopping it"
+fi
+"$here/down.sh" >&2 || { log "could not clean up after the earlier cluster; see above, then run tests/cluster/down.sh"; exit 1; }
+rm -rf "$dir/etcd" "$dir/pods" "$dir/node"
 mkdir -p "$dir"/{pki,logs,pids,etcd}
+# What the host looks like before: down.sh checks that it is the same after.
+"$here/hostcheck.sh" record "$dir/host-before"
 ensure_netns
+[ "$nodes" -gt 0 ] && ip -n "$netns" route replace local "$pod_cidr" dev lo
+if [ "$real_nodes" -gt 0 ]; then
+  # The node's address: a veth pair with both ends in the namespace (this
+  # kernel has no dummy links); Kubernetes wants a non-loopback node IP.
+  # ClusterIPs route through it, so that clients in the namespace reach
+  # Services through kube-proxy's rules.
+  ip -n "$netns" link add "$node_link" type veth peer name "$node_link-peer"
+  ip -n "$netns" addr add "$node_ip/32" dev "$node_link"
+  ip -n "$netns" link set "$node_link" up
+  ip -n "$netns" link set "$node_link-peer" up
+  ip -n "$netns" route replace "$service_cidr" dev "$node_link" src "$node_ip"
+fi
 cd "$dir"
 
-# --- PKI: one CA signs the serving cert and the admin client cert.
+# --- PKI: one CA signs the serving cert and every client cert.
 pki=$dir/pki
-if [ ! -f "$pki/admin.crt" ]; then
+if [ ! -f "$pki/kube-proxy.crt" ] || ! grep -q "IP:$node_ip," "$pki/apiserver.ext" 2>/dev/null; then
   log "generating CA, serving and client certificates"
+  rm -f "$pki"/*
   (
     cd "$pki"
     openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
       -subj "/CN=baton-local-ca" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr \
       -subj "/CN=kube-apiserver" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' >apiserver.ext
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' \
+      "$node_ip" "$api_service_ip" >apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
       -out apiserver.crt -days 3650 -extfile apiserver.ext 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr \
-      -subj "/O=system:masters/CN=baton-admin" 2>/dev/null
-    # Extensions make it an X.509 v3 certificate: rustls rejects v1.
-    printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' >admin.ext
-    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-      -out admin.crt -days 3650 -extfile admin.ext 2>/dev/null
+    # Client certificates: the admin, the API server towards kubelets, the
+    # node and kube-proxy. Extensions make them X.509 v3: rustls rejects v1.
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' >client.ext
+    for who in admin:/O=system:masters/CN=baton-admin \
+      apiserver-kubelet-client:/O=system:masters/CN=kube-apiserver-kubelet-client \
+      node:/O=system:nodes/CN=system:node:$node_name \
+      kube-proxy:/CN=system:kube-proxy; do
+      openssl req -newkey rsa:2048 -nodes -keyout "${who%%:*}.key" -out "${who%%:*}.csr" \
+        -subj "${who#*:}" 2>/dev/null
+      openssl x509 -req -in "${who%%:*}.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -out "${who%%:*}.crt" -days 3650 -extfile client.ext 2>/dev/null
+    done
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
 fi
 
-kubeconfig=$dir/kubeconfig
-cat >"$kubeconfig" <<EOF
+# write_kubeconfig FILE SERVER_HOST CERT_NAME
+write_kubeconfig() {
+  cat >"$1" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: baton-local
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$2:$api_port
     certificate-authority: $pki/ca.crt
 users:
-- name: baton-admin
+- name: $3
   user:
-    client-certificate: $pki/admin.crt
-    client-key: $pki/admin.key
+    client-certificate: $pki/$3.crt
+    client-key: $pki/$3.key
 contexts:
 - name: baton-local
-  context: {cluster: baton-local, user: baton-admin, namespace: default}
+  context: {cluster: baton-local, user: $3, namespace: default}
 current-context: baton-local
 EOF
+}
+kubeconfig=$dir/kubeconfig
+write_kubeconfig "$kubeconfig" 127.0.0.1 admin
 
 # start NAME ARGS...: own session (so down.sh can kill the whole group),
 # output to logs/NAME.log, pid to pids/NAME.pid.
@@ -86,7 +127,7 @@ wait_for() { # wait_for WHAT TIMEOUT_S CMD...
   until in_netns "$@" >/dev/null 2>&1; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
       log "timed out after ${timeout}s waiting for $what; last log lines:"
-      tail -n 30 "$dir/logs/"*.log >&2
+      tail -n 30 "$dir/logs/"*.log "$dir/node/logs/"*.log >&2 2>/dev/null
       exit 1
     fi
     sleep 0.2
@@ -103,20 +144,29 @@ start etcd "$bin/etcd" --name baton --data-dir "$dir/etcd" \
   --unsafe-no-fsync --quota-backend-bytes 4294967296 --log-level warn
 wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
+# With a real node, the API server advertises the node's address: the
+# 'kubernetes' Service's endpoint, which pods reach through kube-proxy.
+# Without one nothing dials that Service, and loopback is no valid endpoint.
+if [ "$real_nodes" -gt 0 ]; then
+  api_net=(--bind-address 0.0.0.0 --advertise-address "$node_ip")
+else
+  api_net=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
+fi
 log "starting kube-apiserver on https://127.0.0.1:$api_port"
-# endpoint-reconciler none: the 'kubernetes' Service would need a
-# non-loopback endpoint, and nothing here dials it.
 start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-  --endpoint-reconciler-type none \
+  "${api_net[@]}" --secure-port "$api_port" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" \
+  --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+  --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types InternalIP,Hostname \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" \
   --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/16 \
-  --authorization-mode RBAC \
+  --service-cluster-ip-range "$service_cidr" \
+  --authorization-mode Node,RBAC \
+  --enable-admission-plugins NodeRestriction \
   --allow-privileged=true \
   --profiling=false
 wait_for kube-apiserver 90 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" \
@@ -135,16 +185,33 @@ start kube-scheduler "$bin/kube-scheduler" \
   --kubeconfig "$kubeconfig" --leader-elect=false \
   --bind-address 127.0.0.1 --secure-port 0
 
-log "starting kwok (pod IPs from $pod_cidr)"
-start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$bin/kwok-stages-2.yaml" \
-  --manage-all-nodes=false \
-  --manage-nodes-with-label-selector type=kwok \
-  --cidr "${pod_cidr%.0/*}.1/${pod_cidr#*/}" --node-ip 10.243.0.1 \
-  --server-address 127.0.0.1:0
-
 kubectl_() { in_netns "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
-for i in $(seq 0 $((nodes - 1))); do
-  cat <<EOF
+
+if [ "$real_nodes" -gt 0 ]; then
+  . "$here/node-config.sh"
+  write_node_config
+  log "starting the node $node_name ($node_ip; pods from $node_pod_cidr; cgroup $node_cgroup)"
+  # One process tree in one private mount namespace (node.sh says why).
+  setsid nsenter --net="/run/netns/$netns" -- unshare --mount --propagation slave -- \
+    env NODE_DIR="$dir/node" NODE_NAME="$node_name" NODE_IP="$node_ip" NODE_CGROUP="$node_cgroup" \
+    K8S_BIN="$bin" NODE_BIN="$node_bin" "$here/node.sh" >"$dir/logs/node.log" 2>&1 </dev/null &
+  echo $! >"$dir/pids/node.pid"
+  wait_for "node $node_name to be Ready" 90 bash -c \
+    "'$bin/kubectl' --kubeconfig '$kubeconfig' get node '$node_name' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+  # The node lifecycle controller, which would lift the not-ready taint, is
+  # off: it also evicts pods of nodes it stops hearing from.
+  kubectl_ taint nodes "$node_name" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+fi
+
+if [ "$nodes" -gt 0 ]; then
+  log "starting kwok (pod IPs from $pod_cidr)"
+  start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$bin/kwok-stages-2.yaml" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-label-selector type=kwok \
+    --cidr "${pod_cidr%.0/*}.1/${pod_cidr#*/}" --node-ip 10.243.0.1 \
+    --server-address 127.0.0.1:0
+  for i in $(seq 0 $((nodes - 1))); do
+    cat <<EOF
 apiVersion: v1
 kind: Node
 metadata:
@@ -156,22 +223,24 @@ status:
   capacity: {cpu: "32", memory: 256Gi, pods: "500"}
 ---
 EOF
-done | kubectl_ apply -f - >/dev/null
-wait_for "$nodes Ready nodes" 60 bash -c \
-  "[ \"\$('$bin/kubectl' --kubeconfig '$kubeconfig' get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True)\" -eq $nodes ]"
-# The API server taints new nodes not-ready; the node lifecycle controller,
-# which would lift it, is off (KWOK nodes send no kubelet heartbeats).
-kubectl_ taint nodes -l type=kwok node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+  done | kubectl_ apply -f - >/dev/null
+  wait_for "$nodes Ready nodes" 60 bash -c \
+    "[ \"\$('$bin/kubectl' --kubeconfig '$kubeconfig' get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True)\" -eq $nodes ]"
+  # The API server taints new nodes not-ready; the node lifecycle controller,
+  # which would lift it, is off (KWOK nodes send no kubelet heartbeats).
+  kubectl_ taint nodes -l type=kwok node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+fi
 wait_for "the default service account" 60 "$bin/kubectl" --kubeconfig "$kubeconfig" -n default get serviceaccount default
 
 echo "$bin" >"$dir/bin-dir"
+[ -n "$node_bin" ] && echo "$node_bin" >"$dir/node-bin-dir"
 
 # The pod runner: runs our images' containers of KWOK pods as local processes.
-if [ -n "${BATON_BIN_DIR:-}" ]; then
+if [ "$nodes" -gt 0 ] && [ -n "${BATON_BIN_DIR:-}" ]; then
   [ -x "$BATON_BIN_DIR/baton-runner" ] || { log "no $BATON_BIN_DIR/baton-runner: run make build"; exit 1; }
   log "starting the pod runner (binaries from $BATON_BIN_DIR)"
   KUBECONFIG=$kubeconfig RUST_LOG=${RUST_LOG:-info} start runner "$BATON_BIN_DIR/baton-runner" \
     --bin-dir "$BATON_BIN_DIR" --state-dir "$dir/pods" --ca-file "$pki/ca.crt"
 fi
-log "control plane ready in $(( $(date +%s) - started ))s, in network namespace $netns"
+log "cluster ready in $(( $(date +%s) - started ))s, in network namespace $netns"
 log "kubectl: tests/cluster/kubectl ...   a shell inside: make shell"

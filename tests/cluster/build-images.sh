@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The images of `make image`, from the static release binaries in
+# target/image/bin (the Makefile builds them): each Dockerfile is the one
+# recipe, built with podman (state kept in target/podman, podman.sh) or, with
+# IMAGE_ENGINE=docker, a running docker. Each image is also saved as a
+# docker-archive, target/image/<name>.tar, which the local cluster's node
+# imports (no registry is reachable here). Prints the archives.
+#   build-images.sh IMAGE_REPO VERSION
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+image_repo=${1:?image repo}; version=${2:?version}
+out=$repo/target/image
+engine=${IMAGE_ENGINE:-podman}
+case "$engine" in
+  podman) run() { "$here/podman.sh" "$@"; } ;;
+  docker) run() { docker "$@"; } ;;
+  *) echo "build-images.sh: IMAGE_ENGINE is podman or docker, not $engine" >&2; exit 1 ;;
+esac
+
+# name:dockerfile[:description]
+for spec in "baton-sidecar:sidecar/Dockerfile" "baton-webhook:webhook/Dockerfile" \
+  "baton-demo-app:sidecar/Dockerfile:baton's demo app: hello world with a switchable /healthz"; do
+  IFS=: read -r name file desc <<<"$spec"
+  tag="$image_repo/$name:$version"
+  tar="$out/$name.tar"
+  [ -x "$out/bin/$name" ] || { echo "build-images.sh: no $out/bin/$name (make image builds it)" >&2; exit 1; }
+  # Up to date when the archive is newer than the binary and the recipe.
+  if [ "$tar" -nt "$out/bin/$name" ] && [ "$tar" -nt "$repo/$file" ]; then echo "$tar"; continue; fi
+  args=(build -q -f "$repo/$file" --build-arg "BIN=$name" --build-arg "VERSION=$version" -t "$tag")
+  [ -n "$desc" ] && args+=(--build-arg "DESCRIPTION=$desc")
+  [ "$engine" = podman ] && args+=(--pull=never)
+  run "${args[@]}" "$out/bin" >/dev/null
+  rm -f "$tar.tmp"
+  if [ "$engine" = podman ]; then
+    run save -q --format docker-archive -o "$tar.tmp" "$tag"
+  else
+    run save -o "$tar.tmp" "$tag"
+  fi
+  mv "$tar.tmp" "$tar"
+  echo "$tar"
+done
