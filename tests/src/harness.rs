@@ -1,6 +1,8 @@
-//! What the end-to-end tests share: a connection to the local control plane
+//! What the end-to-end tests share: a connection to the local cluster
 //! (`make cluster-up`, or `make test` which starts one), a namespace per
-//! test, waits on watches with timeouts, and access to the runner's pods.
+//! test, waits on watches with timeouts, and access to the containers that
+//! the real node runs (their host pids through containerd, their logs and
+//! emptyDir volumes through kubelet's folders).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -42,6 +44,8 @@ pub struct Cluster {
     pub config: kube::Config,
     pub dir: PathBuf,
     pub kubectl: PathBuf,
+    /// containerd's own client, `ctr`, when the cluster has a real node.
+    pub ctr: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -62,12 +66,36 @@ impl Cluster {
             .await
             .expect("a usable kubeconfig");
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let ctr = std::fs::read_to_string(dir.join("node-bin-dir"))
+            .ok()
+            .map(|d| PathBuf::from(d.trim()).join("ctr"));
         Cluster {
             client: Client::try_from(config.clone()).expect("a client"),
             config,
             kubectl: PathBuf::from(bin_dir.trim()).join("kubectl"),
             dir,
+            ctr,
         }
+    }
+
+    /// The real node's folder (tests/cluster/node-config.sh).
+    pub fn node_dir(&self) -> PathBuf {
+        self.dir.join("node")
+    }
+
+    /// `ctr -n k8s.io ARGS` against the real node's containerd.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let ctr = self
+            .ctr
+            .as_ref()
+            .expect("this cluster has no real node (BATON_REAL_NODES=0)");
+        Command::new(ctr)
+            .arg("--address")
+            .arg(self.node_dir().join("containerd.sock"))
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("running ctr")
     }
 
     /// Runs kubectl against the cluster.
@@ -207,39 +235,69 @@ impl TestNamespace {
         let _ = api.delete(&self.name, &DeleteParams::background()).await;
     }
 
-    /// The directory where the runner keeps a pod's files.
+    /// The directory where the pod runner keeps a KWOK pod's files (the
+    /// scale bench; tests run on the real node).
     pub fn pod_dir(&self, pod: &str) -> PathBuf {
         self.cluster.dir.join("pods").join(&self.name).join(pod)
     }
 
-    /// The pid of a container's process, once the runner started it.
+    /// The host pid of a container's process on the real node, once kubelet
+    /// reports it running (after a restart, the new process's).
     pub async fn pid(&self, pod: &str, container: &str, timeout: Duration) -> u32 {
-        let path = self.pod_dir(pod).join(format!("{container}.pid"));
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(pid) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                return pid;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the runner started no {container} process for pod {pod} within {timeout:?} (no {})",
-                path.display()
-            );
-            // A local file the runner writes: nothing to watch through the API.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("container {container} of pod {pod} running");
+        let p = wait_for_object::<Pod, _>(self.api(), pod, timeout, &what, |p| {
+            running_container_id(p, container).is_some()
+        })
+        .await;
+        let id = running_container_id(&p, container).expect("the container the wait ended on");
+        let out = self.cluster.ctr(&["tasks", "ls"]);
+        let tasks = String::from_utf8_lossy(&out.stdout);
+        // TASK  PID  STATUS
+        tasks
+            .lines()
+            .find_map(|l| {
+                let mut cols = l.split_whitespace();
+                (cols.next() == Some(id.as_str())).then(|| cols.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("containerd has no task {id} ({what}): {tasks}"))
     }
 
-    /// The last lines a container's process wrote, for failure messages.
+    /// The last lines a container wrote, for failure messages.
     pub fn log_tail(&self, pod: &str, container: &str) -> String {
-        let text = std::fs::read_to_string(self.pod_dir(pod).join(format!("{container}.log")))
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        let out = self.kubectl(&["logs", "--tail=20", pod, "-c", container], None);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
+
+    /// Where kubelet keeps an emptyDir volume of a pod, seen from the host.
+    pub async fn empty_dir(&self, pod: &str, volume: &str) -> PathBuf {
+        let p = self.api::<Pod>().get(pod).await.expect("getting the pod");
+        let uid = p.metadata.uid.expect("a pod has a uid");
+        self.cluster
+            .node_dir()
+            .join("kubelet/pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~empty-dir")
+            .join(volume)
+    }
+}
+
+/// The containerd id of a container (init, sidecar or app) kubelet reports running.
+pub fn running_container_id(pod: &Pod, container: &str) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == container)
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .and_then(|c| c.container_id.as_deref())
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .map(str::to_owned)
 }
 
 /// Watches the objects matching `labels` until `done` holds for them, or

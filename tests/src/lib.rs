@@ -2,7 +2,9 @@
 //! the helpers the tests in `tests/tests/` use against the local control plane.
 
 pub mod harness;
+pub mod install;
 pub mod podenv;
+pub mod prometheus;
 pub mod runner;
 pub mod webhook;
 pub mod workload;

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{Cluster, TestNamespace, http, repo_root};
 
-/// Image the webhook injects: the runner starts `baton-sidecar` images as the local binary.
-pub const SIDECAR_IMAGE: &str = "ghcr.io/baton-dev/baton-sidecar:dev";
+/// Image the webhook injects: the one `make image` built and the node imported.
+pub use crate::workload::SIDECAR_IMAGE;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the webhook's serving certificate comes from.
@@ -192,7 +192,7 @@ impl LocalWebhook {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "webhook-probe", "annotations": {
                 "baton.dev/inject": "true", "baton.dev/lease-name": "webhook-probe"}},
-            "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:dev"}]}
+            "spec": {"containers": [{"name": "app", "image": crate::workload::DEMO_APP_IMAGE}]}
         }))
         .expect("a pod");
         let api: Api<Pod> = ns.api();

@@ -1,6 +1,21 @@
 //! Workloads the tests create: the demo app in a StatefulSet, with the
 //! sidecar written into the spec by hand as the webhook injects it, and the
-//! user's Service that selects the app plus `role: active`.
+//! user's Service that selects the app plus `role: active`. The images are
+//! the ones `make image` built and the local node imported.
+
+/// Our images as `make image` tags them (with the workspace version).
+pub const SIDECAR_IMAGE: &str = concat!(
+    "ghcr.io/baton-dev/baton-sidecar:",
+    env!("CARGO_PKG_VERSION")
+);
+pub const DEMO_APP_IMAGE: &str = concat!(
+    "ghcr.io/baton-dev/baton-demo-app:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// The sidecar's emptyDir, mounted at [`RUN_DIR`] (for its role file).
+pub const RUN_VOLUME: &str = "baton-run";
+pub const RUN_DIR: &str = "/run/baton";
 
 /// A demo-app StatefulSet named `name` with `replicas` pods and, when
 /// `sidecar` is set, the baton sidecar as a native sidecar with `env` extra.
@@ -13,8 +28,9 @@ pub fn statefulset(name: &str, replicas: u32, sidecar: bool, env: &[(&str, &str)
         format!(
             r#"      initContainers:
       - name: baton-sidecar
-        image: ghcr.io/baton-dev/baton-sidecar:dev
+        image: {SIDECAR_IMAGE}
         restartPolicy: Always
+        volumeMounts: [{{name: {RUN_VOLUME}, mountPath: {RUN_DIR}}}]
         ports: [{{name: baton-status, containerPort: 9095}}]
         env:
         - name: BATON_POD_NAME
@@ -29,6 +45,11 @@ pub fn statefulset(name: &str, replicas: u32, sidecar: bool, env: &[(&str, &str)
         - {{name: BATON_STATUS_ADDR, value: "0.0.0.0:9095"}}
 {extra}"#
         )
+    } else {
+        String::new()
+    };
+    let volumes = if sidecar {
+        format!("      volumes: [{{name: {RUN_VOLUME}, emptyDir: {{}}}}]\n")
     } else {
         String::new()
     };
@@ -51,13 +72,13 @@ spec:
       terminationGracePeriodSeconds: 5
 {sidecar_spec}      containers:
       - name: app
-        image: ghcr.io/baton-dev/baton-demo-app:dev
+        image: {DEMO_APP_IMAGE}
         ports: [{{name: http, containerPort: 8080}}]
         env:
         - name: POD_NAME
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
         - {{name: LISTEN_ADDR, value: "0.0.0.0:8080"}}
-"#
+{volumes}"#
     )
 }
 

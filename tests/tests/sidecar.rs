@@ -1,6 +1,7 @@
-//! The sidecar against the real control plane: sidecar and demo-app
-//! processes run by the runner for KWOK pods. In every test a watch over the
-//! group's pods checks that two pods never carry `role=active` at once.
+//! The sidecar against the real control plane and the real node: sidecar
+//! and demo-app containers that kubelet runs from our images. In every test
+//! a watch over the group's pods checks that two pods never carry
+//! `role=active` at once.
 
 use std::time::Duration;
 
@@ -36,12 +37,9 @@ impl Group {
         let name = "web".to_string();
         let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
         let history = LeaseHistory::start(ns.api(), &name).await;
-        // The role file goes where the runner keeps each pod's files.
-        let role_file = format!(
-            "{}/pods/{}/$(BATON_POD_NAME)/role.json",
-            cluster.dir.display(),
-            ns.name
-        );
+        // The role file goes to the sidecar's emptyDir, which the test
+        // reads through kubelet's folder.
+        let role_file = format!("{}/role.json", workload::RUN_DIR);
         ns.apply(&workload::statefulset(
             &name,
             replicas,
@@ -220,7 +218,11 @@ async fn first_election_makes_one_of_two_active_and_the_other_passive() {
         .and_then(|s| s.lease_transitions)
         .expect("transitions");
     for (pod, role) in [(&holder, "active"), (&passive, "passive")] {
-        let path = group.ns.pod_dir(pod).join("role.json");
+        let path = group
+            .ns
+            .empty_dir(pod, workload::RUN_VOLUME)
+            .await
+            .join("role.json");
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let record: serde_json::Value = serde_json::from_str(&text).expect("role file is JSON");
@@ -311,20 +313,57 @@ async fn deleting_the_active_pod_hands_over() {
     );
 }
 
+/// kubelet restarts a killed native sidecar in place. The restarted sidecar
+/// has the pod's name, so it is the Lease's holder again: it rejoins and
+/// renews, without a switch (the app never failed) and without two active
+/// pods. (A holder that stops without releasing and does not come back is
+/// the frozen holder below.)
 #[tokio::test]
-async fn sigkilled_holder_is_replaced_after_the_lease_expires() {
+async fn sigkilled_sidecar_is_restarted_by_kubelet_and_rejoins_without_two_active() {
     let (group, old) = Group::deploy("sidecar-sigkill", 2).await;
     let pid = group.sidecar_pid(&old).await;
     signal(pid, "KILL").await;
-    // The killed sidecar cannot release or relabel: the new holder takes the
-    // lease once it has seen it unchanged for its duration, and demotes it.
-    let new = group.wait_for_new_holder(Some(&old)).await;
+    let restarted = wait_for_object::<Pod, _>(
+        group.pods(),
+        &old,
+        T,
+        "kubelet to restart the killed sidecar",
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.init_container_statuses.as_ref())
+                .and_then(|c| c.iter().find(|c| c.name == "baton-sidecar"))
+                .is_some_and(|c| {
+                    c.restart_count >= 1 && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                })
+        },
+    )
+    .await;
+    assert_eq!(restarted.name_any(), old);
+    let new_pid = group.sidecar_pid(&old).await;
+    assert_ne!(new_pid, pid, "a new sidecar process");
+    // The restarted sidecar reports itself active once it has renewed.
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        if let Ok(r) = http()
+            .get(format!(
+                "http://{}:9095/status",
+                pod_ip(&group.ns, &old).await
+            ))
+            .send()
+            .await
+        {
+            last = r.json().await.unwrap_or_default();
+            if last["role"] == "active" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["role"], "active", "the restarted holder: {last}");
+    group.wait_active(&old).await;
     let holders = group.finish().await;
-    assert_eq!(
-        holders,
-        [Some(old), Some(new)],
-        "taken over without a release"
-    );
+    assert_eq!(holders, [Some(old)], "no switch: {holders:?}");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
-//! The harness is real: pods of a StatefulSet become Ready on KWOK nodes,
-//! EndpointSlices follow the role label, the API server enforces
-//! resourceVersion preconditions, and the runner runs our images as local
-//! processes bound to the pod IPs.
+//! The harness is real: pods of a StatefulSet become Ready on the real node
+//! (kubelet, containerd, CNI), EndpointSlices follow the role label,
+//! kube-proxy routes a Service's ClusterIP to its endpoint, and the API
+//! server enforces resourceVersion preconditions.
 
 use std::time::Duration;
 
@@ -9,7 +9,10 @@ use baton_e2e::{
     harness::{Cluster, http, labelled, pod_ip, wait_endpoints, wait_until},
     workload,
 };
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Pod, Service},
+};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -33,25 +36,21 @@ async fn endpoints_follow_the_role_label_across_pods() {
         ns.api(),
         "app=web",
         T,
-        "2 Ready pods on KWOK nodes",
+        "2 Ready pods on the real node",
         |pods| pods.len() == 2 && pods.iter().all(is_ready),
     )
     .await;
     for p in &pods {
         let spec = p.spec.as_ref().expect("spec");
-        assert!(
-            spec.node_name
-                .as_deref()
-                .is_some_and(|n| n.starts_with("kwok-node-"))
-        );
+        assert_eq!(spec.node_name.as_deref(), Some("baton-node-0"));
         let ip = p
             .status
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .expect("pod IP");
         assert!(
-            ip.starts_with("10.244."),
-            "pod IPs come from KWOK's CIDR: {ip}"
+            ip.starts_with("10.245.0."),
+            "pod IPs come from the node's CNI range: {ip}"
         );
     }
     wait_endpoints(&ns, "web-active", &[], T).await;
@@ -70,8 +69,30 @@ async fn endpoints_follow_the_role_label_across_pods() {
         .await
         .expect("label web-1");
     wait_endpoints(&ns, "web-active", &["web-1"], T).await;
-    let pods = wait_until::<Pod, _>(ns.api(), "app=web", T, "labels", |_| true).await;
-    assert_eq!(labelled(&pods, "role", "active"), ["web-1"]);
+    let pods = ns
+        .api::<Pod>()
+        .list(&Default::default())
+        .await
+        .expect("pods");
+    assert_eq!(labelled(&pods.items, "role", "active"), ["web-1"]);
+    // kube-proxy routes the ClusterIP to that one pod.
+    let svc: Service = ns.api().get("web-active").await.expect("the Service");
+    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    let mut last = String::new();
+    for _ in 0..100 {
+        match http().get(format!("http://{ip}/")).send().await {
+            Ok(r) => {
+                last = r.text().await.unwrap_or_default();
+                if last == "hello from web-1\n" {
+                    break;
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        // kube-proxy applies the endpoint once per sync (at most 1 s apart).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, "hello from web-1\n", "through the ClusterIP {ip}");
     ns.delete().await;
 }
 
@@ -110,9 +131,9 @@ async fn a_lease_replace_with_a_stale_resource_version_conflicts() {
 }
 
 #[tokio::test]
-async fn the_runner_starts_the_demo_app_on_the_pod_ip() {
+async fn the_node_runs_the_demo_app_image_on_the_pod_ip() {
     let cluster = Cluster::connect().await;
-    let ns = cluster.namespace("smoke-runner").await;
+    let ns = cluster.namespace("smoke-node").await;
     ns.apply(&workload::statefulset("hello", 1, false, &[]));
     wait_until::<Pod, _>(ns.api(), "app=hello", T, "a Ready pod", |pods| {
         pods.len() == 1 && pods.iter().all(is_ready)
@@ -123,6 +144,7 @@ async fn the_runner_starts_the_demo_app_on_the_pod_ip() {
     let ip = pod_ip(&ns, "hello-0").await;
     let url = format!("http://{ip}:8080/");
     // The process binds once started; retry connection refusals briefly.
+    // Ready (the pod has no probe) means started, not yet bound.
     let mut body = String::new();
     for _ in 0..100 {
         if let Ok(r) = http().get(&url).send().await {

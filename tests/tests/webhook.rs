@@ -227,7 +227,7 @@ async fn deployment_opted_in_by_its_own_annotation_gets_injected_pods() {
     // Only the Deployment carries the annotation; its pods are created by a
     // ReplicaSet, which the webhook follows to the Deployment.
     ns.apply(
-        r#"apiVersion: apps/v1
+        &r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: api
@@ -243,13 +243,14 @@ spec:
       terminationGracePeriodSeconds: 5
       containers:
       - name: app
-        image: ghcr.io/baton-dev/baton-demo-app:dev
+        image: DEMO_APP_IMAGE
         ports: [{name: http, containerPort: 8080}]
         env:
         - name: POD_NAME
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
         - {name: LISTEN_ADDR, value: "0.0.0.0:8080"}
-"#,
+"#
+        .replace("DEMO_APP_IMAGE", workload::DEMO_APP_IMAGE),
     );
     let pods = wait_until::<Pod, _>(ns.api(), "app=api", T, "two injected pods", |pods| {
         pods.len() == 2 && pods.iter().all(|p| sidecars(p) == 1)
@@ -660,7 +661,7 @@ async fn admission_latency_is_measured() {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": format!("lat-{i}"), "annotations": {
                 "baton.dev/inject": "true", "baton.dev/lease-name": "lat"}},
-            "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:dev"}]}
+            "spec": {"containers": [{"name": "app", "image": workload::DEMO_APP_IMAGE}]}
         }))
         .expect("a pod");
         let created = api.create(&dry, &pod).await.expect("created");
@@ -673,7 +674,7 @@ async fn admission_latency_is_measured() {
     for i in 0..PODS {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": format!("out-{i}"), "annotations": {"baton.dev/inject": "false"}},
-            "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:dev"}]}
+            "spec": {"containers": [{"name": "app", "image": workload::DEMO_APP_IMAGE}]}
         }))
         .expect("a pod");
         let created = api.create(&dry, &pod).await.expect("created");

@@ -1,0 +1,62 @@
+//! Prometheus text, read the way the tests need: which metric names a
+//! process exposes, and which ones a dashboard or an alert rule names.
+
+use std::collections::BTreeSet;
+
+/// Metric names a Prometheus text exposition declares (`# TYPE name kind`),
+/// with the sample suffixes each kind adds.
+pub fn exposed(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .flat_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next().unwrap_or_default().to_owned();
+            let suffixes: &[&str] = match parts.next() {
+                Some("counter") => &["_total"],
+                Some("histogram") => &["", "_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            suffixes
+                .iter()
+                .map(|s| format!("{name}{s}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every `baton_*` name in a text (a dashboard, alert rules).
+pub fn referenced(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("baton_") {
+        let start = i + at;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        if boundary {
+            names.insert(text[start..end].to_owned());
+        }
+        i = end;
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referenced_finds_whole_metric_names_only() {
+        let names =
+            referenced(r#"sum(rate(baton_probes_total[5m])) / x_baton_no + baton_role_active"#);
+        assert_eq!(
+            names,
+            ["baton_probes_total", "baton_role_active"]
+                .map(String::from)
+                .into()
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! baton installed the way the README tells users to, on the real node:
+//! `kubectl apply -k manifests/webhook` (the webhook as a Deployment, with
+//! self-managed certificates, called by the API server through its
+//! ClusterIP), then the helloworld example with `kubectl apply -k`. The
+//! injected sidecars elect one active pod; a client of the Service's
+//! ClusterIP reaches that pod; the dashboards and alert rules name metrics
+//! that the running sidecar and webhook expose. Alone in its test binary:
+//! the installed webhook serves the whole cluster while it runs.
+
+use std::time::Duration;
+
+use baton_e2e::{
+    harness::{
+        Cluster, NeverTwoActive, http, labelled, pod_ip, repo_root, wait_endpoints,
+        wait_for_object, wait_until,
+    },
+    install::{InstalledWebhook, injected},
+    prometheus::{exposed, referenced},
+};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Pod, Service},
+};
+use kube::ResourceExt;
+
+const T: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("manifests-helloworld").await;
+    let webhook = InstalledWebhook::install(&ns).await;
+    let guard = NeverTwoActive::start(ns.api(), "app=helloworld", "role", "active").await;
+
+    let example = repo_root().join("manifests/examples/helloworld");
+    ns.kubectl_ok(
+        &["apply", "-k", example.to_str().expect("utf-8 path")],
+        None,
+    );
+    let pods = wait_until::<Pod, _>(
+        ns.api(),
+        "app=helloworld",
+        T,
+        "two helloworld pods with the sidecar",
+        |pods| pods.len() == 2 && pods.iter().all(injected),
+    )
+    .await;
+    for p in &pods {
+        assert_eq!(
+            p.labels().get("baton.dev/group").map(String::as_str),
+            Some("helloworld"),
+            "the webhook put {} in the StatefulSet's group",
+            p.name_any()
+        );
+    }
+
+    let lease = wait_for_object::<Lease, _>(ns.api(), "helloworld", T, "a holder", |l| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            .is_some_and(|h| !h.is_empty())
+    })
+    .await;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a holder");
+    let pods = wait_until::<Pod, _>(
+        ns.api(),
+        "app=helloworld",
+        T,
+        "the holder active and the other pod passive",
+        |pods| {
+            labelled(pods, "role", "active") == [holder.clone()]
+                && labelled(pods, "role", "passive").len() == 1
+        },
+    )
+    .await;
+    assert!(pods.iter().any(|p| p.name_any() == holder));
+    wait_endpoints(&ns, "helloworld", &[&holder], T).await;
+    wait_endpoints(
+        &ns,
+        "helloworld-headless",
+        &["helloworld-0", "helloworld-1"],
+        T,
+    )
+    .await;
+
+    // What a client of the Service gets through its ClusterIP (kube-proxy
+    // applies a new endpoint at its next sync, at most a second later).
+    let svc: Service = ns.api().get("helloworld").await.expect("the Service");
+    let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    let mut body = String::new();
+    for _ in 0..100 {
+        match http().get(format!("http://{cluster_ip}/")).send().await {
+            Ok(r) => body = r.text().await.unwrap_or_default(),
+            Err(e) => body = e.to_string(),
+        }
+        if body == format!("hello from {holder}\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        body,
+        format!("hello from {holder}\n"),
+        "through {cluster_ip}"
+    );
+    let ip = pod_ip(&ns, &holder).await;
+
+    // The dashboard and the alert rules name metrics the processes expose.
+    let sidecar_metrics = http()
+        .get(format!("http://{ip}:9095/metrics"))
+        .send()
+        .await
+        .expect("the sidecar's /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let mut names = exposed(&sidecar_metrics);
+    for pod in webhook.pods().await {
+        let ip = pod
+            .status
+            .and_then(|s| s.pod_ip)
+            .expect("the webhook pod's IP");
+        let text = http()
+            .get(format!("http://{ip}:8080/metrics"))
+            .send()
+            .await
+            .expect("the webhook's /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        names.extend(exposed(&text));
+    }
+    // Families without samples yet (no API error so far) are not exposed:
+    // take those from the sidecar's code, with one sample each.
+    let code = baton_sidecar::metrics::Metrics::new();
+    code.api_error("renew");
+    code.set_role(true, true);
+    code.observe_probe("success", Duration::from_millis(1));
+    code.observe_handover(Duration::from_millis(1));
+    names.extend(exposed(&code.encode()));
+    let observability = repo_root().join("manifests/observability");
+    for file in ["grafana-dashboard.json", "prometheus-rules.yaml"] {
+        let text = std::fs::read_to_string(observability.join(file)).expect(file);
+        let wanted = referenced(&text);
+        assert!(wanted.len() >= 5, "{file} uses baton's metrics: {wanted:?}");
+        let missing: Vec<&String> = wanted.difference(&names).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} names metrics nobody exposes: {missing:?}; exposed: {names:?}"
+        );
+    }
+
+    assert_eq!(guard.assert_held(), 1);
+    ns.delete().await;
+    webhook.uninstall();
+}
