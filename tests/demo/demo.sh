@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # `make demo`: baton on a laptop, in one command.
 #
-# Starts a fresh local control plane (tests/cluster/up.sh: etcd,
-# kube-apiserver, controller-manager, scheduler, KWOK nodes and the pod
-# runner, inside the network namespace $BATON_NETNS), runs the baton webhook
-# as a local process, installs manifests/examples/helloworld with kubectl,
-# then tells the story with real commands and their real output: one pod
-# serves, its app fails, the Service's single endpoint moves; the serving
-# pod is deleted, it moves again. Everything is stopped at the end.
+# Starts a fresh local cluster (tests/cluster/up.sh: etcd, kube-apiserver,
+# controller-manager, scheduler and one real node -- containerd, kubelet,
+# kube-proxy -- inside the network namespace $BATON_NETNS), installs baton
+# as the README says (kubectl apply -k manifests/webhook, images built by
+# `make image`), installs manifests/examples/helloworld with kubectl, then
+# tells the story with real commands and their real output, calling the
+# Service through its ClusterIP: one pod serves, its app fails, the Service
+# moves to the standby; the serving pod is deleted, it moves again.
+# Everything is stopped at the end, and checked to be gone.
 #
 # Commands are printed as you would type them against a real cluster
 # (`kubectl ...`, `curl ...`); they run through tests/cluster/kubectl and
@@ -18,12 +20,7 @@ repo=$(cd "$here/../.." && pwd)
 cluster=$repo/tests/cluster
 export BATON_CLUSTER_DIR=${BATON_CLUSTER_DIR:-$repo/target/cluster}
 export BATON_NETNS=${BATON_NETNS:-baton}
-export BATON_BIN_DIR=${BATON_BIN_DIR:-$repo/target/debug}
 ns=${BATON_DEMO_NAMESPACE:-helloworld}
-webhook_port=${BATON_DEMO_WEBHOOK_PORT:-8443}
-# The webhook's plain-HTTP port (/healthz, /metrics); 8080 is the apps' port.
-webhook_http_port=${BATON_DEMO_WEBHOOK_HTTP_PORT:-8081}
-demo_dir=$BATON_CLUSTER_DIR/demo
 started=$(date +%s.%N)
 cd "$repo"
 
@@ -56,13 +53,37 @@ kq() { "$cluster/kubectl" "$@"; }
 # curl inside the cluster's network namespace, where pod IPs are reachable.
 c() { show "curl $(quoted "$@")"; ip netns exec "$BATON_NETNS" curl -sS --max-time 5 "$@"; }
 
+# switch_to POD CMD...: runs CMD, then times how long until the Service's
+# EndpointSlice lists POD and until a client of the ClusterIP is answered
+# by POD (a request every 20 ms, each on a new connection).
+switch_to() {
+  local want=$1; shift
+  # Watch first (kubectl wait lists, then watches: no change is missed).
+  local marks; marks=$(mktemp)
+  { kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$want" endpointslice \
+      -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null && now >"$marks"; } &
+  local waiter=$! t0 t1 t2 failed=0 body
+  t0=$(now)
+  "$@"
+  t2=""
+  for _ in $(seq 1000); do
+    body=$(ip netns exec "$BATON_NETNS" curl -sS --max-time 1 "http://$service_ip/" 2>/dev/null) || failed=$((failed + 1))
+    if [ "$body" = "hello from $want" ]; then t2=$(now); break; fi
+    sleep 0.02
+  done
+  wait "$waiter" || { echo "the EndpointSlice never listed $want" >&2; exit 1; }
+  t1=$(cat "$marks"); rm -f "$marks"
+  printf '%sThe Service switched to %s: its EndpointSlice in %ss; the first answer through the ClusterIP after %ss (%d requests failed meanwhile).%s\n' \
+    "$bold" "$want" "$(elapsed "$t0" "$t1")" "$(elapsed "$t0" "${t2:-$t1}")" "$failed" "$reset"
+}
+
 cleanup() {
   local rc=$?
   step "Clean up"
   show "tests/cluster/down.sh"
   "$cluster/down.sh" 2>&1 | sed 's/^/  /' || true
   if [ "$rc" -ne 0 ]; then
-    say "The demo failed (exit $rc). Logs: $BATON_CLUSTER_DIR/logs/ (control plane, webhook) and $BATON_CLUSTER_DIR/pods/<namespace>/<pod>/<container>.log."
+    say "The demo failed (exit $rc). Logs: $BATON_CLUSTER_DIR/logs/ (control plane), $BATON_CLUSTER_DIR/node/logs/ (containerd, kubelet, kube-proxy) and $BATON_CLUSTER_DIR/node/pod-logs/ (containers)."
   fi
   printf '\n%sDone in %ss.%s\n' "$bold" "$(elapsed "$started" "$(now)")" "$reset"
   exit "$rc"
@@ -71,68 +92,36 @@ cleanup() {
 printf '%sbaton demo: one Service, two pods, exactly one of them serving.%s\n' "$bold" "$reset"
 say "A sidecar in each pod probes its app and competes for a Lease; the holder labels its pod role=active, and the Service selects role=active. Watch the Service's single endpoint move when the active app fails and when its pod is deleted."
 
-step "Build baton and the local control plane"
-show "cargo build --workspace --bins"
-(cd "$repo" && cargo build --workspace --bins --locked 2>&1 | grep -E '^(error|warning: unused)|Finished|Compiling baton' | sed 's/^ */  /') || {
-  echo "cargo build failed" >&2; exit 1; }
-note "The control plane is upstream Kubernetes $(. "$cluster/versions.env"; echo "$K8S_VERSION"), built from the Go module proxy once (cached in ~/.cache/baton; the first time takes several minutes)."
-show "tests/cluster/build.sh"
-"$cluster/build.sh" 2>&1 >/dev/null | sed 's/^/  /'
+step "Build baton's images and the local cluster"
+show "make image"
+(cd "$repo" && make --no-print-directory image 2>&1 | grep -E '^(error|warning: unused)|Finished|Compiling baton|\.tar$' | sed 's/^ */  /') || {
+  echo "make image failed" >&2; exit 1; }
+note "The cluster is upstream Kubernetes $(. "$cluster/versions.env"; echo "$K8S_VERSION") and containerd $(. "$cluster/versions.env"; echo "$CONTAINERD_VERSION"), built from the Go module proxy once (cached in ~/.cache/baton; the first time takes several minutes)."
+show "tests/cluster/build.sh && tests/cluster/build-node.sh"
+{ "$cluster/build.sh" && "$cluster/build-node.sh"; } 2>&1 >/dev/null | sed 's/^/  /'
 
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 step "Start a local cluster"
-say "etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK (3 fake nodes; pods become Running with IPs) run as local processes. The pod runner starts the processes of our images' containers, as a kubelet would."
+say "etcd, kube-apiserver, kube-controller-manager and kube-scheduler, and one real node: containerd with runc and a CNI bridge, kubelet, and kube-proxy in nftables mode. The node runs the images 'make image' just built (no registry is needed)."
 show "tests/cluster/up.sh"
 "$cluster/up.sh" 2>&1 | sed 's/^/  /'
-k get nodes
+k get nodes -o wide
 
-step "Run the baton webhook"
-say "In a real cluster the webhook is a Deployment (manifests/webhook or the Helm chart manifests/helm/baton). Here it runs as a local process with a self-signed certificate; its CA goes into the caBundle of a MutatingWebhookConfiguration that sends it the pods of namespace $ns."
-mkdir -p "$demo_dir"
-rm -f "$demo_dir/ca.pem"
-show "baton-webhook --listen-addr 127.0.0.1:$webhook_port --http-addr 127.0.0.1:$webhook_http_port --tls-san 127.0.0.1 --ca-out-file ca.pem &"
-KUBECONFIG=$BATON_CLUSTER_DIR/kubeconfig setsid ip netns exec "$BATON_NETNS" "$BATON_BIN_DIR/baton-webhook" \
-  --listen-addr "127.0.0.1:$webhook_port" --http-addr "127.0.0.1:$webhook_http_port" \
-  --tls-san 127.0.0.1 --ca-out-file "$demo_dir/ca.pem" \
-  >"$BATON_CLUSTER_DIR/logs/webhook.log" 2>&1 </dev/null &
-# down.sh stops every process with a pid file here.
-echo $! >"$BATON_CLUSTER_DIR/pids/webhook.pid"
-for _ in $(seq 100); do
-  ip netns exec "$BATON_NETNS" curl -fsS "http://127.0.0.1:$webhook_http_port/healthz" >/dev/null 2>&1 && break
-  kill -0 "$(cat "$BATON_CLUSTER_DIR/pids/webhook.pid")" 2>/dev/null || { cat "$BATON_CLUSTER_DIR/logs/webhook.log" >&2; exit 1; }
-  sleep 0.1
-done
+step "Install baton as the README says"
+say "The webhook runs as a Deployment in baton-system; it makes its own CA and serving certificate and publishes the CA in its webhook configurations."
+k apply -k manifests/webhook
+k -n baton-system rollout status deployment/baton-webhook --timeout=120s
 k create namespace "$ns"
-cat >"$demo_dir/webhook.yaml" <<EOF
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: baton-demo
-webhooks:
-- name: inject.baton.dev
-  admissionReviewVersions: [v1]
-  sideEffects: NoneOnDryRun
-  failurePolicy: Fail
-  timeoutSeconds: 5
-  clientConfig:
-    url: https://127.0.0.1:$webhook_port/mutate
-    caBundle: $(base64 -w0 <"$demo_dir/ca.pem")
-  rules:
-  - {operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}
-  namespaceSelector:
-    matchLabels: {kubernetes.io/metadata.name: $ns}
-EOF
-k apply -f "${demo_dir#"$repo"/}/webhook.yaml"
 # The API server loads webhook configurations asynchronously: wait until a
 # dry-run pod comes back with the sidecar before creating the real ones.
 probe_pod='{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe","annotations":{"baton.dev/inject":"true","baton.dev/lease-name":"probe"}},"spec":{"containers":[{"name":"app","image":"ghcr.io/baton-dev/baton-demo-app:0.1.0"}]}}'
-for i in $(seq 100); do
+for i in $(seq 300); do
   if kq -n "$ns" create --dry-run=server -o jsonpath='{.spec.initContainers[*].name}' -f - <<<"$probe_pod" 2>/dev/null | grep -q baton-sidecar; then
     break
   fi
-  [ "$i" -lt 100 ] || { echo "the API server never called the webhook" >&2; exit 1; }
+  [ "$i" -lt 300 ] || { echo "the API server never called the webhook" >&2; exit 1; }
   sleep 0.1
 done
 
@@ -142,7 +131,7 @@ k -n "$ns" apply -k manifests/examples/helloworld
 k -n "$ns" wait --for=create pod/helloworld-0 pod/helloworld-1 --timeout=60s >/dev/null
 say "The webhook injected the sidecar (a native sidecar: an init container that keeps running):"
 k -n "$ns" get pod helloworld-0 -o jsonpath='{range .spec.initContainers[*]}{.name}{"\t"}{.image}{"\n"}{end}{range .spec.containers[*]}{.name}{"\t"}{.image}{"\n"}{end}'
-k -n "$ns" wait --for=condition=Ready pod -l app=helloworld --timeout=60s
+k -n "$ns" wait --for=condition=Ready pod -l app=helloworld --timeout=120s
 
 step "Who serves? The Lease, the pods' role labels, the Service"
 kq -n "$ns" wait --for=create lease/helloworld --timeout=60s >/dev/null
@@ -157,21 +146,19 @@ say "One endpoint: $active, the Lease holder. The other pod runs, warm, as passi
 other=$( [ "$active" = helloworld-0 ] && echo helloworld-1 || echo helloworld-0 )
 active_ip=$(kq -n "$ns" get pod "$active" -o jsonpath='{.status.podIP}')
 other_ip=$(kq -n "$ns" get pod "$other" -o jsonpath='{.status.podIP}')
-note "(No kube-proxy here: we call the pods at their IPs; a real cluster routes the Service's ClusterIP to its one endpoint.)"
-c "http://$active_ip:8080/"
+service_ip=$(kq -n "$ns" get service helloworld -o jsonpath='{.spec.clusterIP}')
+say "A client calls the Service's ClusterIP; kube-proxy sends it to the one endpoint:"
+# kube-proxy applies a new endpoint at its next sync (at most a second).
+for _ in $(seq 50); do
+  ip netns exec "$BATON_NETNS" curl -sS --max-time 1 "http://$service_ip/" 2>/dev/null | grep -q "$active" && break
+  sleep 0.1
+done
+c "http://$service_ip/"
 c "http://$active_ip:9095/status"; echo
 
 step "The active app's health check starts failing"
-say "The demo app's /healthz returns 500 from now on. The sidecar sees two failed probes (one every 500ms), labels its pod passive and releases the Lease; the other sidecar, watching the Lease, takes it and labels its own pod active. We time it until the Service's EndpointSlice lists the other pod."
-# Watch first (kubectl wait lists, then watches from that version: no change is missed).
-kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$other" endpointslice \
-  -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null &
-waiter=$!
-t0=$(now)
-c -X POST "http://$active_ip:8080/control?health=fail"
-wait "$waiter"
-t1=$(now)
-printf '%sThe Service switched from %s to %s in %ss.%s\n' "$bold" "$active" "$other" "$(elapsed "$t0" "$t1")" "$reset"
+say "The demo app's /healthz returns 500 from now on. The sidecar sees two failed probes (one every 500ms), labels its pod passive and releases the Lease; the other sidecar, watching the Lease, takes it and labels its own pod active. We time it twice: until the Service's EndpointSlice lists the other pod, and until a client of the ClusterIP is answered by it."
+switch_to "$other" c -X POST "http://$active_ip:8080/control?health=fail"
 c "http://$active_ip:8080/healthz" || true
 k -n "$ns" get lease helloworld -o custom-columns=HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions
 k -n "$ns" get pods -L role
@@ -194,15 +181,8 @@ active_ip=$other_ip
 
 step "Delete the active pod"
 say "On SIGTERM (or once its pod has a deletionTimestamp) the holder labels itself passive and releases the Lease at once, so the standby takes over without waiting for the Lease to expire. The StatefulSet then re-creates the deleted pod, which joins as passive."
-kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$other" endpointslice \
-  -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null &
-waiter=$!
 old_uid=$(kq -n "$ns" get pod "$active" -o jsonpath='{.metadata.uid}')
-t0=$(now)
-k -n "$ns" delete pod "$active" --wait=false
-wait "$waiter"
-t1=$(now)
-printf '%sThe Service switched from %s to %s in %ss.%s\n' "$bold" "$active" "$other" "$(elapsed "$t0" "$t1")" "$reset"
+switch_to "$other" k -n "$ns" delete pod "$active" --wait=false
 k -n "$ns" get lease helloworld -o custom-columns=HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions
 k -n "$ns" describe service helloworld
 say "The StatefulSet re-creates $active (a new pod with the same name):"
@@ -219,5 +199,5 @@ say "$active is back, passive; $other keeps serving."
 
 step "What you saw"
 say "- The Service 'helloworld' always had exactly one endpoint: the pod holding the Lease."
-say "- A failing health check moved it to the standby within about a second; so did deleting the pod."
+say "- A failing health check moved it to the standby within about a second (kube-proxy then applies the change at its next sync, at most a second later); so did deleting the pod."
 say "- Install on a real cluster: docs/install.md. Timings and failure modes: docs/operations.md."
