@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    backoff::ErrorChain,
     metrics::Metrics,
     settings::{ProbeKind, ProbeScheme, Settings},
 };
@@ -131,7 +132,10 @@ impl Prober {
                         Outcome::Success
                     }
                     Ok(r) => Outcome::Failure(format!("GET {} answered {}", self.url, r.status())),
-                    Err(e) => Outcome::Failure(format!("GET {}: {e}", self.url)),
+                    // With its sources: reqwest's own text is only "error
+                    // sending request"; the cause (connection refused, ...)
+                    // is what an operator needs in /status and Events.
+                    Err(e) => Outcome::Failure(format!("GET {}: {}", self.url, ErrorChain(&e))),
                 },
             }
         };
@@ -280,5 +284,17 @@ mod tests {
         assert_eq!(prober.probe_once().await, Outcome::Success);
         drop(listener);
         assert!(matches!(prober.probe_once().await, Outcome::Failure(_)));
+    }
+
+    #[tokio::test]
+    async fn http_probe_failure_names_the_cause() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let prober = Prober::new(&settings_for(port, "http")).expect("client");
+        match prober.probe_once().await {
+            Outcome::Failure(why) => assert!(why.contains("onnection refused"), "{why}"),
+            other => panic!("nothing listens, got {other:?}"),
+        }
     }
 }
