@@ -527,13 +527,16 @@ pub fn http() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// A pod's IP as the API server reports it.
+/// A pod's IP as the API server reports it, once kubelet has given it one.
 pub async fn pod_ip(ns: &TestNamespace, pod: &str) -> String {
-    let api: Api<Pod> = ns.api();
-    let p = api.get(pod).await.expect("getting the pod");
+    let what = format!("pod {pod} to have an IP");
+    let p = wait_for_object::<Pod, _>(ns.api(), pod, Duration::from_secs(60), &what, |p| {
+        p.status.as_ref().is_some_and(|s| s.pod_ip.is_some())
+    })
+    .await;
     p.status
         .and_then(|s| s.pod_ip)
-        .unwrap_or_else(|| panic!("pod {pod} has no IP"))
+        .expect("the IP the wait ended on")
 }
 
 /// Records every holder a Lease has had, from before a test acts.
