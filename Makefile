@@ -20,7 +20,7 @@ unit:
 # reaches no registry), then run inside it.
 e2e: build image cluster-binaries
 	$(CARGO) test -p baton-e2e --test '*' --locked --no-run
-	$(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked --offline -- --test-threads=$${E2E_THREADS:-3}
+	$(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked --offline --no-fail-fast -- --test-threads=$${E2E_THREADS:-3}
 
 ## Benchmarks (never part of `make test`): baton vs the polling baseline on a
 ## fresh cluster of their own; report in target/bench/. Counts: BENCH_ARGS.
