@@ -13,6 +13,9 @@ pub mod settings;
 pub mod status;
 pub mod telemetry;
 
+#[cfg(test)]
+mod testing;
+
 use std::future::Future;
 
 use futures::StreamExt;

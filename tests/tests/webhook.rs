@@ -471,10 +471,8 @@ async fn server_side_dry_run_creates_nothing_and_records_no_event() {
     );
 
     // Then the same pod for real, under another name: its Event is the
-    // barrier, and the only Event on the owner. (The webhook records its
-    // Events in admission order, and kube's recorder folds repeats on one
-    // owner into the first Event's series: an Event of the dry run would
-    // show up as that first Event, naming "solo".)
+    // barrier, and the only Event on the owner. (Each admission is its own
+    // Event: an Event of the dry run would show up beside it, naming "solo".)
     ns.kubectl_ok(
         &["apply", "-f", "-"],
         Some(&pod.replace("\"solo\"", "\"solo-real\"")),

@@ -1,7 +1,7 @@
 //! Events on the owner workload: "Injected" and "InjectionSkipped", so that
 //! `kubectl describe statefulset web` tells whether its pods got the sidecar.
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use baton_sidecar::events::{Occurrence, Recorder, Reporter};
 
 use crate::owner::Owner;
 
@@ -40,7 +40,10 @@ pub trait EventSink: Send + Sync {
     fn record(&self, regarding: &Owner, event: AdmissionEvent);
 }
 
-/// Publishes through kube's [`Recorder`] (RBAC: create, patch on events.k8s.io events).
+/// Records through the sidecar's [`Recorder`]: each admission its own Event,
+/// with its pod's name in the note and a `lastTimestamp` (kube's recorder
+/// folded every `Injected` on an owner into the first one, naming the first
+/// pod; see `baton_sidecar::events`). RBAC: `create` on core `events`.
 #[derive(Clone)]
 pub struct KubeEvents {
     recorder: Recorder,
@@ -50,7 +53,7 @@ impl KubeEvents {
     pub fn new(client: kube::Client, instance: Option<String>) -> Self {
         let reporter = Reporter {
             controller: REPORTER.to_owned(),
-            instance,
+            instance: instance.unwrap_or_else(|| REPORTER.to_owned()),
         };
         Self {
             recorder: Recorder::new(client, reporter),
@@ -60,21 +63,20 @@ impl KubeEvents {
 
 impl EventSink for KubeEvents {
     fn record(&self, regarding: &Owner, event: AdmissionEvent) {
-        let recorder = self.recorder.clone();
         let reference = regarding.object_ref();
-        tokio::spawn(async move {
-            let ev = Event {
-                type_: if event.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
+        // Stamped at admission; sent without making the admission wait.
+        let ev = self.recorder.event(
+            &reference,
+            &Occurrence {
+                warning: event.warning,
                 reason: event.reason.to_owned(),
-                note: Some(event.note),
                 action: "Inject".to_owned(),
-                secondary: None,
-            };
-            if let Err(error) = recorder.publish(&ev, &reference).await {
+                note: event.note,
+            },
+        );
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = recorder.send(&ev).await {
                 tracing::warn!(
                     %error,
                     kind = reference.kind.as_deref().unwrap_or_default(),
@@ -83,5 +85,61 @@ impl EventSink for KubeEvents {
                 );
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::{ScriptedApi, created, owner};
+
+    #[tokio::test]
+    async fn each_injection_is_its_own_event_naming_its_pod() {
+        let api = ScriptedApi::new(created);
+        let events = KubeEvents::new(api.client(), Some("baton-webhook-7d9f-x2".into()));
+        let web = owner("StatefulSet", "web");
+        for (n, pod) in ["web-0", "web-1"].into_iter().enumerate() {
+            events.record(
+                &web,
+                AdmissionEvent::injected(pod, "web", "baton-sidecar:1"),
+            );
+            // One after the other, as pods are admitted: kube's recorder
+            // then patched the second into the first Event's series.
+            api.wait_for(n + 1, Duration::from_secs(5)).await;
+        }
+        let sent = api.requests();
+        let seen: Vec<_> = sent
+            .iter()
+            .map(|r| {
+                (
+                    r.method.as_str(),
+                    r.path.as_str(),
+                    r.body["message"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "POST",
+                    "/api/v1/namespaces/default/events",
+                    Some("injected baton-sidecar (baton-sidecar:1) into pod web-0, lease web")
+                ),
+                (
+                    "POST",
+                    "/api/v1/namespaces/default/events",
+                    Some("injected baton-sidecar (baton-sidecar:1) into pod web-1, lease web")
+                ),
+            ]
+        );
+        for r in &sent {
+            assert!(r.body["lastTimestamp"].is_string(), "{}", r.body);
+            assert_eq!(r.body["involvedObject"]["kind"], "StatefulSet");
+            assert_eq!(r.body["reportingComponent"], REPORTER);
+            assert_eq!(r.body["reportingInstance"], "baton-webhook-7d9f-x2");
+        }
     }
 }

@@ -131,3 +131,85 @@ pub struct NoEvents;
 impl crate::events::EventSink for NoEvents {
     fn record(&self, _: &Owner, _: crate::events::AdmissionEvent) {}
 }
+
+/// A request as [`ScriptedApi`] saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// The JSON body; `Null` when there is none.
+    pub body: serde_json::Value,
+}
+
+type Answer = dyn Fn(&Request) -> (u16, serde_json::Value) + Send + Sync;
+
+/// A scripted API server: kube's `Client` over a function that answers
+/// each request, keeping every request it was sent. (The sidecar's unit
+/// tests have the same one; a crate of shared code is another change.)
+#[derive(Clone)]
+pub struct ScriptedApi {
+    answer: std::sync::Arc<Answer>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+}
+
+impl ScriptedApi {
+    pub fn new(
+        answer: impl Fn(&Request) -> (u16, serde_json::Value) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            answer: std::sync::Arc::new(answer),
+            seen: std::sync::Arc::default(),
+        }
+    }
+
+    /// A client of this server (default namespace `default`).
+    pub fn client(&self) -> kube::Client {
+        use axum::{body::Body, http};
+        let api = self.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(Body::new(body), usize::MAX)
+                    .await
+                    .unwrap_or_default();
+                let request = Request {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_owned(),
+                    body: serde_json::from_slice(&bytes).unwrap_or_default(),
+                };
+                let (status, answer) = (api.answer)(&request);
+                api.seen.lock().expect("not poisoned").push(request);
+                let response = http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(answer.to_string()))
+                    .expect("a valid response");
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits until `n` requests have come (work spawned in the background).
+    pub async fn wait_for(&self, n: usize, timeout: std::time::Duration) {
+        let arrived = async {
+            while self.seen.lock().expect("not poisoned").len() < n {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(timeout, arrived)
+            .await
+            .unwrap_or_else(|_| panic!("{n} requests within {timeout:?}: {:?}", self.requests()));
+    }
+}
+
+/// As the API server answers a create: 201 and the object.
+pub fn created(request: &Request) -> (u16, serde_json::Value) {
+    (201, request.body.clone())
+}

@@ -1,0 +1,80 @@
+//! A scripted API server for unit tests: kube's `Client` over a function
+//! that answers each request, keeping every request it was sent. A 403 or
+//! a hanging call is then a few lines of test, not an end-to-end scenario.
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    body::Body,
+    http::{Request as HttpRequest, Response, StatusCode},
+};
+use kube::Client;
+use serde_json::Value;
+
+/// A request as the scripted API server saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// The JSON body; `Null` when there is none.
+    pub body: Value,
+}
+
+type Answer = dyn Fn(&Request) -> (u16, Value) + Send + Sync;
+
+#[derive(Clone)]
+pub struct ScriptedApi {
+    answer: Arc<Answer>,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl ScriptedApi {
+    /// An API server that answers every request with `answer`'s status and JSON.
+    pub fn new(answer: impl Fn(&Request) -> (u16, Value) + Send + Sync + 'static) -> Self {
+        Self {
+            answer: Arc::new(answer),
+            seen: Arc::default(),
+        }
+    }
+
+    /// A client of this server (default namespace `default`).
+    pub fn client(&self) -> Client {
+        let api = self.clone();
+        let service = tower::service_fn(move |req: HttpRequest<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(Body::new(body), usize::MAX)
+                    .await
+                    .unwrap_or_default();
+                let request = Request {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_owned(),
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                };
+                let (status, answer) = (api.answer)(&request);
+                api.seen.lock().expect("not poisoned").push(request);
+                let response = Response::builder()
+                    .status(StatusCode::from_u16(status).expect("a valid status code"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(answer.to_string()))
+                    .expect("a valid response");
+                Ok::<_, Infallible>(response)
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+}
+
+/// As the API server answers a create: 201 and the object.
+pub fn created(request: &Request) -> (u16, Value) {
+    (201, request.body.clone())
+}
