@@ -49,7 +49,8 @@ pub struct Candidate {
     /// Our Pod as last seen; None before the first list or once deleted.
     pod: Option<Pod>,
     pod_deleted: bool,
-    terminating: bool,
+    /// Why the pod stopped being eligible for good, if it did (rule 6).
+    gave_up: Option<GiveUp>,
     shutting_down: bool,
     handover_started: Option<Instant>,
     api: ApiState,
@@ -100,7 +101,7 @@ impl Candidate {
             last_renew_sent: None,
             pod: None,
             pod_deleted: false,
-            terminating: false,
+            gave_up: None,
             shutting_down: false,
             handover_started: None,
             api: ApiState::default(),
@@ -136,8 +137,12 @@ impl Candidate {
         self.leading_until().is_some_and(|until| now < until)
     }
 
+    fn terminating(&self) -> bool {
+        self.gave_up.is_some()
+    }
+
     fn eligible(&self) -> bool {
-        self.health.borrow().healthy && !self.terminating
+        self.health.borrow().healthy && !self.terminating()
     }
 
     fn label_role(&self) -> Option<Role> {
@@ -197,13 +202,13 @@ impl Candidate {
                 _ = &mut shutdown, if !self.shutting_down => {
                     info!("shutdown requested; handing over");
                     self.shutting_down = true;
-                    self.start_giving_up();
+                    self.start_giving_up(GiveUp::Shutdown);
                     shutdown_deadline = Some(Instant::now() + self.settings.api_timeout * 3);
                 }
                 changed = health.changed() => {
                     if changed.is_err() {
                         warn!("probe stopped; handing over");
-                        self.start_giving_up();
+                        self.start_giving_up(GiveUp::ProbeStopped);
                     }
                 }
                 Some(event) = lease_events.next() => self.on_lease_event(event),
@@ -222,8 +227,9 @@ impl Candidate {
     }
 
     /// Shutdown or pod deletion: no longer eligible, hand over (`docs/design.md`, rule 6).
-    fn start_giving_up(&mut self) {
-        self.terminating = true;
+    /// The first cause is kept: a pod deletion is followed by kubelet's SIGTERM.
+    fn start_giving_up(&mut self, why: GiveUp) {
+        self.gave_up.get_or_insert(why);
         self.stop_leading();
     }
 
@@ -413,17 +419,14 @@ impl Candidate {
             Step::Release => {
                 self.last_renew_sent = None;
                 info!(lease = %self.leases.name(), "released the lease");
-                if let (Some(pod), true) = (&self.pod, self.shutting_down || self.terminating) {
-                    let why = if self.shutting_down {
-                        "shutting down"
-                    } else {
-                        "app unhealthy or pod terminating"
-                    };
+                // Only a pod that gave up for good says so; an unhealthy app
+                // has had its `AppUnhealthy` Event.
+                if let (Some(pod), Some(why)) = (&self.pod, self.gave_up) {
                     self.events.publish(
                         pod,
                         false,
                         "HandedOver",
-                        format!("released lease {} ({why})", self.leases.name()),
+                        handed_over_note(self.leases.name(), why),
                     );
                 }
                 if let Some(started) = self.handover_started.take().filter(|_| !self.shutting_down)
@@ -654,9 +657,9 @@ impl Candidate {
             Ok(watcher::Event::Delete(_)) => {
                 self.pod_deleted = true;
                 self.pod = None;
-                if !self.terminating {
+                if !self.terminating() {
                     info!("pod deleted; handing over");
-                    self.start_giving_up();
+                    self.start_giving_up(GiveUp::PodDeleted);
                 }
             }
             Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
@@ -668,9 +671,9 @@ impl Candidate {
     }
 
     fn observe_pod(&mut self, pod: Pod) {
-        if pod.metadata.deletion_timestamp.is_some() && !self.terminating {
+        if pod.metadata.deletion_timestamp.is_some() && !self.terminating() {
             info!("pod terminating; handing over");
-            self.start_giving_up();
+            self.start_giving_up(GiveUp::PodTerminating);
         }
         self.pod = Some(pod);
     }
@@ -689,7 +692,7 @@ impl Candidate {
             lease_transitions: self.transitions(),
             api_reachable: self.api.reachable(),
             last_change: self.status.borrow().last_change.clone(),
-            terminating: self.terminating,
+            terminating: self.terminating(),
         };
         self.status.send_if_modified(|s| {
             let mut next = next;
@@ -701,6 +704,29 @@ impl Candidate {
             changed
         });
     }
+}
+
+/// Why a pod stopped being eligible for good (`docs/design.md`, rule 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GiveUp {
+    /// SIGTERM or SIGINT (the `shutdown` future of `run`).
+    Shutdown,
+    /// A `deletionTimestamp` on our Pod.
+    PodTerminating,
+    PodDeleted,
+    /// The probe task ended: health can no longer be known.
+    ProbeStopped,
+}
+
+/// The note of the `HandedOver` Event: the lease, and what made us give it up.
+fn handed_over_note(lease: &str, why: GiveUp) -> String {
+    let why = match why {
+        GiveUp::Shutdown => "sidecar shutting down",
+        GiveUp::PodTerminating => "pod terminating",
+        GiveUp::PodDeleted => "pod deleted",
+        GiveUp::ProbeStopped => "app probe stopped",
+    };
+    format!("released lease {lease} ({why})")
 }
 
 fn step_name(step: Step) -> &'static str {
@@ -759,6 +785,23 @@ mod tests {
             "the watch showed a newer pod"
         );
         assert!(!is_stale(None, Some("41")));
+    }
+
+    #[test]
+    fn handed_over_says_what_made_the_pod_give_up() {
+        // Never "app unhealthy": an unhealthy app releases without this Event.
+        let cases = [
+            (GiveUp::PodTerminating, "pod terminating"),
+            (GiveUp::PodDeleted, "pod deleted"),
+            (GiveUp::ProbeStopped, "app probe stopped"),
+            (GiveUp::Shutdown, "sidecar shutting down"),
+        ];
+        for (why, said) in cases {
+            assert_eq!(
+                handed_over_note("web", why),
+                format!("released lease web ({said})")
+            );
+        }
     }
 
     #[test]
