@@ -74,6 +74,7 @@ fn assert_injected_as_shipped(pod: &Pod, lease: &str) {
     assert_eq!(c.image.as_deref(), Some(SIDECAR_IMAGE));
     let sc = c.security_context.as_ref().expect("a security context");
     assert_eq!(sc.run_as_non_root, Some(true), "{name}: non-root");
+    assert_eq!(sc.run_as_group, Some(65532), "{name}: group 65532, not 0");
     assert_eq!(
         sc.read_only_root_filesystem,
         Some(true),

@@ -30,7 +30,9 @@ pub const TOKEN_VOLUME: &str = "baton-api-token";
 /// Where clients (kube's in-cluster config among them) look for API credentials.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/// The user and group of the sidecar's image (`USER 65532:65532`).
 const NONROOT_UID: i64 = 65532;
+const NONROOT_GID: i64 = 65532;
 const TOKEN_EXPIRATION_SECONDS: i64 = 3607;
 
 /// What the webhook was started with; annotations may override `native` and `resources`.
@@ -332,6 +334,9 @@ fn container(plan: &Plan, image: &str) -> Container {
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(NONROOT_UID),
+            // Set with the user: on an image without /etc/passwd the
+            // runtime would otherwise run the sidecar with group 0.
+            run_as_group: Some(NONROOT_GID),
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
@@ -545,6 +550,7 @@ mod tests {
         let sc = c.security_context.as_ref().expect("security context");
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.run_as_user, Some(65532));
+        assert_eq!(sc.run_as_group, Some(65532), "not root's group 0");
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(
