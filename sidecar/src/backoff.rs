@@ -45,6 +45,28 @@ impl ApiState {
     }
 }
 
+/// Consecutive failures of one action, so that they are logged when they
+/// start and when they end rather than on every retry. (`ApiState` cannot
+/// tell: a holder whose renewals already failed has it failing, and every
+/// later failure of another call is then silent.)
+#[derive(Debug, Default)]
+pub struct Streak {
+    failures: u32,
+}
+
+impl Streak {
+    /// Records a failure; true for the first of a streak: log it.
+    pub fn failed(&mut self) -> bool {
+        self.failures += 1;
+        self.failures == 1
+    }
+
+    /// Records a success; the failures it ends, if any: log that.
+    pub fn succeeded(&mut self) -> Option<u32> {
+        Some(std::mem::take(&mut self.failures)).filter(|n| *n > 0)
+    }
+}
+
 /// Displays an error with its sources: `a: b: c`.
 pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
@@ -73,6 +95,18 @@ mod tests {
         assert_eq!(delay(base, cap, 30, 0.5), Duration::from_secs(4));
         assert_eq!(delay(base, cap, 1, 0.0), Duration::from_millis(800));
         assert_eq!(delay(base, cap, 1, 1.0), Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn a_streak_is_reported_when_it_starts_and_when_it_ends_only() {
+        let mut s = Streak::default();
+        assert_eq!(s.succeeded(), None, "no streak to end");
+        assert!(s.failed(), "the first failure starts a streak");
+        assert!(!s.failed(), "a retry failing again is no news");
+        assert!(!s.failed());
+        assert_eq!(s.succeeded(), Some(3), "the success ends it");
+        assert_eq!(s.succeeded(), None);
+        assert!(s.failed(), "a new streak");
     }
 
     #[test]

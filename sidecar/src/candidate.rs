@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
-    backoff::{self, ApiState},
+    backoff::{self, ApiState, Streak},
     election::{self, LeaseClient, LeaseView, Observed, Situation, Step, WriteError},
     events::Events,
     labels::{LabelError, Labeller},
@@ -56,6 +56,8 @@ pub struct Candidate {
     api: ApiState,
     /// Consecutive labels refused at admission (see `settle`).
     refused: u32,
+    /// Failed attempts to label ourselves passive, logged per streak.
+    passive_label_failures: Streak,
     /// The resourceVersion of our Pod that a promotion conflicted with (409):
     /// the Pod has changed since, so promote again only once the watch shows
     /// a newer one (acting again at once would send the same stale version).
@@ -106,6 +108,7 @@ impl Candidate {
             handover_started: None,
             api: ApiState::default(),
             refused: 0,
+            passive_label_failures: Streak::default(),
             conflicted_pod_version: None,
             retry_at: None,
             role: None,
@@ -176,9 +179,12 @@ impl Candidate {
         loop {
             let now = Instant::now();
             self.note_health();
+            // Before acting too: at the deadline the action is the passive
+            // label, which may take an API timeout, and what we show must
+            // not wait for it (`docs/design.md`, rule 5).
+            self.show_role(now).await;
             let acted = self.act(now).await;
-            self.sync_role_file(Instant::now()).await;
-            self.publish_status();
+            self.show_role(Instant::now()).await;
             if self.shutting_down && self.handover_done() {
                 if let Some(started) = self.handover_started {
                     self.metrics.observe_handover(started.elapsed());
@@ -310,6 +316,7 @@ impl Candidate {
         // docs/design.md rules 4 and 7: whoever is not holder is labelled passive, first.
         if !leading && have_pod && label != Some(Role::Passive) {
             let result = self.set_own_role(Role::Passive, now).await;
+            self.note_passive_label(&result);
             return self.settle("label passive", result.map(|_| ()));
         }
 
@@ -333,6 +340,27 @@ impl Candidate {
             self.on_role(role).await;
         }
         false
+    }
+
+    /// Logs when our passive label starts failing and when it lands: while it
+    /// fails, the Service may still select this pod (until a new holder
+    /// demotes it), though everything we show already says passive. Once
+    /// per streak: `settle`'s log is once per API outage, and a holder whose
+    /// renewals failed first would never say that its relabel fails too.
+    fn note_passive_label(&mut self, result: &Result<(), ActionError>) {
+        match result {
+            Err(error) if self.passive_label_failures.failed() => warn!(
+                %error,
+                "cannot label this pod passive; /status, metrics and the role file say passive, \
+                 the label stays until the API server takes it (retrying; logged again when it does)"
+            ),
+            Err(_) => {}
+            Ok(()) => {
+                if let Some(failures) = self.passive_label_failures.succeeded() {
+                    info!(failed_attempts = failures, "labelled passive at last");
+                }
+            }
+        }
     }
 
     /// Records an action's outcome: back-off on failure, re-read on conflict.
@@ -504,7 +532,6 @@ impl Candidate {
         let was = self.role;
         let changed = was != Some(role);
         self.role = Some(role);
-        self.metrics.set_role(role == Role::Active, changed);
         if !changed {
             return;
         }
@@ -545,20 +572,27 @@ impl Candidate {
         }
     }
 
-    /// Keeps the role file in step with what we know. It says active only
-    /// while we are labelled active *and* within our leadership deadline
-    /// (`docs/design.md`, rule 5): a holder that lost the API server turns
-    /// passive here at its deadline even when it cannot relabel itself.
+    /// What we show outside, `/status`, metrics and the role file, in step
+    /// with what we know at `now`.
+    async fn show_role(&mut self, now: Instant) {
+        self.sync_role_file(now).await;
+        self.publish_status(now);
+    }
+
+    /// The role to show at `now` (`docs/design.md`, rule 5): a holder that
+    /// lost the API server, or its permission to write, turns passive at its
+    /// deadline even when it cannot relabel itself.
+    fn outward_role(&self, now: Instant) -> Option<Role> {
+        election::outward_role(self.role, self.leading_until(), now)
+    }
+
+    /// Keeps the role file in step with the outward role.
     async fn sync_role_file(&mut self, now: Instant) {
         let Some(path) = self.settings.role_file.clone() else {
             return;
         };
-        let Some(labelled) = self.role else {
+        let Some(role) = self.outward_role(now) else {
             return;
-        };
-        let role = match labelled {
-            Role::Active if self.leading(now) => Role::Active,
-            _ => Role::Passive,
         };
         let record = RoleRecord {
             role,
@@ -678,14 +712,17 @@ impl Candidate {
         self.pod = Some(pod);
     }
 
-    fn publish_status(&self) {
+    /// Publishes `/status` and the role metrics as of `now`.
+    fn publish_status(&self, now: Instant) {
         let health = self.health.borrow().clone();
+        let role = self.outward_role(now);
         let next = Status {
             pod: self.settings.pod_name.clone(),
             namespace: self.settings.pod_namespace.clone(),
             pod_ip: self.settings.pod_ip.clone(),
             lease: self.leases.name().to_owned(),
-            role: self.role,
+            role,
+            label_role: self.label_role(),
             holder: self.holder().map(str::to_owned),
             app_healthy: health.healthy,
             app_last_failure: health.last_failure,
@@ -694,15 +731,20 @@ impl Candidate {
             last_change: self.status.borrow().last_change.clone(),
             terminating: self.terminating(),
         };
+        let mut role_changed = false;
         self.status.send_if_modified(|s| {
             let mut next = next;
             if s.role != next.role {
                 next.last_change = Some(Timestamp::now().to_string());
+                role_changed = true;
             }
             let changed = *s != next;
             *s = next;
             changed
         });
+        if let (true, Some(role)) = (role_changed, role) {
+            self.metrics.set_role(role == Role::Active, true);
+        }
     }
 }
 
@@ -768,7 +810,144 @@ fn is_stale(pod: Option<&Pod>, conflicted_version: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::Parser;
+    use kube::Api;
+
     use super::*;
+    use crate::{
+        labels::RoleLabels,
+        probe::Outcome,
+        testing::{self, ScriptedApi},
+    };
+
+    /// web-0 as the holder of lease `web`, labelled active, its last renewal
+    /// sent at `sent`, talking to `api`.
+    fn holder(api: &ScriptedApi, sent: Instant) -> (Candidate, watch::Receiver<Status>) {
+        let settings = Settings::try_parse_from([
+            "baton-sidecar",
+            "--pod-name=web-0",
+            "--pod-namespace=default",
+            "--lease-name=web",
+        ])
+        .expect("valid settings");
+        let client = api.client();
+        let labels = RoleLabels {
+            key: settings.role_label.clone(),
+            active: settings.active_value.clone(),
+            passive: settings.passive_value.clone(),
+            group_key: settings.group_label.clone(),
+            group: settings.lease_name.clone(),
+        };
+        let healthy = Health::default().fold(&Outcome::Success, 1, 1);
+        let (_, health) = watch::channel(healthy);
+        let (status, shown) = watch::channel(Status::default());
+        let mut c = Candidate::new(
+            settings,
+            LeaseClient::new(Api::default_namespaced(client.clone()), "web"),
+            Labeller::new(Api::default_namespaced(client.clone()), labels),
+            Events::new(client, "web-0"),
+            Metrics::new(),
+            health,
+            status,
+        );
+        let mut lease = Lease::default();
+        lease.metadata.name = Some("web".into());
+        lease.metadata.resource_version = Some("7".into());
+        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("web-0".into()),
+            lease_duration_seconds: Some(6),
+            lease_transitions: Some(1),
+            ..Default::default()
+        });
+        c.observe_lease(Some(&lease), sent);
+        c.last_renew_sent = Some(sent);
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web-0".into());
+        pod.metadata.resource_version = Some("12".into());
+        pod.metadata.labels = Some(BTreeMap::from([
+            ("role".to_owned(), "active".to_owned()),
+            ("baton.dev/group".to_owned(), "web".to_owned()),
+        ]));
+        c.observe_pod(pod);
+        c.role = Some(Role::Active);
+        (c, shown)
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_lost_its_rbac_shows_passive_at_its_deadline_and_says_why_once() {
+        testing::capture_logs();
+        let api = ScriptedApi::new(testing::forbidden);
+        // Due to renew (2 s since the last renewal), 2 s left before the deadline.
+        let (mut c, shown) = holder(&api, Instant::now() - Duration::from_secs(2));
+        let renew_deadline = c.settings.renew_deadline;
+        c.publish_status(Instant::now());
+        assert_eq!(shown.borrow().role, Some(Role::Active));
+        assert!(c.metrics.encode().contains("baton_role_active 1"));
+
+        // The renewal is refused: logged as the API server failing, which
+        // it now is for every call until one succeeds.
+        c.act(Instant::now()).await;
+        assert!(
+            testing::logged()
+                .iter()
+                .any(|l| l.contains("Kubernetes API call failed")),
+            "{:#?}",
+            testing::logged()
+        );
+        c.publish_status(Instant::now());
+        assert_eq!(
+            shown.borrow().role,
+            Some(Role::Active),
+            "within the deadline"
+        );
+
+        // The deadline passes: the label cannot be changed, every outward sign turns passive.
+        c.last_renew_sent = Some(Instant::now() - renew_deadline);
+        c.publish_status(Instant::now());
+        let status = shown.borrow().clone();
+        assert_eq!(status.role, Some(Role::Passive), "{status:?}");
+        assert_eq!(status.label_role, Some(Role::Active), "{status:?}");
+        assert!(status.last_change.is_some());
+        let metrics = c.metrics.encode();
+        assert!(metrics.contains("baton_role_active 0"), "{metrics}");
+        assert!(
+            metrics.contains("baton_role_changes_total{role=\"passive\"} 1"),
+            "{metrics}"
+        );
+
+        // Its attempts to label itself passive fail: said once, with the error.
+        for _ in 0..3 {
+            c.retry_at = None;
+            c.act(Instant::now()).await;
+        }
+        let calls: Vec<_> = api
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "PUT /apis/coordination.k8s.io/v1/namespaces/default/leases/web",
+                "PATCH /api/v1/namespaces/default/pods/web-0",
+                "PATCH /api/v1/namespaces/default/pods/web-0",
+                "PATCH /api/v1/namespaces/default/pods/web-0",
+            ]
+        );
+        let logs = testing::logged();
+        let said: Vec<_> = logs
+            .iter()
+            .filter(|l| l.contains("cannot label this pod passive"))
+            .collect();
+        assert_eq!(said.len(), 1, "{logs:#?}");
+        assert!(
+            said[0].starts_with("WARN") && said[0].contains("forbidden"),
+            "{said:?}"
+        );
+        assert_eq!(shown.borrow().role, Some(Role::Passive));
+    }
 
     #[test]
     fn a_conflicted_promotion_waits_for_a_newer_pod_version() {

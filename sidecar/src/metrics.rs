@@ -55,7 +55,7 @@ impl Metrics {
         };
         registry.register(
             "role_active",
-            "1 when this pod carries the active role label, else 0",
+            "1 while this pod is active: labelled active and within its leadership deadline, else 0",
             m.role_active.clone(),
         );
         registry.register(

@@ -29,8 +29,14 @@ pub struct Status {
     pub namespace: String,
     pub pod_ip: Option<String>,
     pub lease: String,
-    /// None until the first decision.
+    /// The role to act on: active only while labelled active and within the
+    /// leadership deadline (`election::outward_role`), so a holder past its
+    /// deadline says passive even while its label cannot be changed. None
+    /// until the first decision.
     pub role: Option<Role>,
+    /// The role label on the pod as last seen (None: no or a foreign value).
+    /// It lags `role` while the API server refuses or misses the relabel.
+    pub label_role: Option<Role>,
     pub holder: Option<String>,
     pub app_healthy: bool,
     pub app_last_failure: Option<String>,

@@ -78,3 +78,54 @@ impl ScriptedApi {
 pub fn created(request: &Request) -> (u16, Value) {
     (201, request.body.clone())
 }
+
+/// As the API server answers once RBAC no longer allows the call.
+pub fn forbidden(request: &Request) -> (u16, Value) {
+    let message = format!("{} {} is forbidden", request.method, request.path);
+    (
+        403,
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "message": message, "reason": "Forbidden", "code": 403}),
+    )
+}
+
+thread_local! {
+    /// The log lines of this thread since `capture_logs`.
+    static LOGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps every event as a line: `LEVEL message=... field=...`.
+struct Capture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        LOGS.with(|logs| logs.borrow_mut().push(line.0));
+    }
+}
+
+/// Starts keeping this thread's log lines (a `#[tokio::test]` runs its
+/// tasks on its own thread). The subscriber is process-wide and set once: a
+/// thread-scoped one misses events while tests on other threads register
+/// the same callsites.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture))
+            .expect("no other test sets a global subscriber");
+    });
+    LOGS.with(|logs| logs.borrow_mut().clear());
+}
+
+/// This thread's log lines since `capture_logs`.
+pub fn logged() -> Vec<String> {
+    LOGS.with(|logs| logs.borrow().clone())
+}
