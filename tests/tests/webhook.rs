@@ -11,6 +11,7 @@ use baton_e2e::{
         Cluster, NeverTwoActive, TestNamespace, labelled, repo_root, wait_endpoints,
         wait_for_object, wait_until,
     },
+    runner::signal,
     webhook::{
         CERT_SECRET, LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, base64, der_of,
         histogram_buckets, histogram_delta, openssl_pair, quantile, served_certificate, sidecars,
@@ -140,6 +141,92 @@ async fn wait_event(ns: &TestNamespace, reason: &str, kind: &str, name: &str) ->
     events.into_iter().filter(|e| matching(e)).collect()
 }
 
+/// What runc made of the injected security context: user and group 65532,
+/// no effective capabilities, a read-only root file system.
+fn assert_locked_down(pid: u32, pod: &str) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), ["65532"; 4], "{pod}'s sidecar runs as 65532");
+    assert_eq!(
+        field("Gid:"),
+        ["65532"; 4],
+        "{pod}'s sidecar runs as group 65532"
+    );
+    assert_eq!(
+        field("CapEff:"),
+        ["0000000000000000"],
+        "{pod}: no capabilities"
+    );
+    assert_eq!(
+        field("NoNewPrivs:"),
+        ["1"],
+        "{pod}: no privilege escalation"
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("its mounts");
+    let root = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+        .expect("a root mount");
+    assert!(
+        root[5].split(',').any(|o| o == "ro"),
+        "{pod}'s root file system is read-only: {root:?}"
+    );
+}
+
+/// kubelet evaluates the injected sidecar's readiness probe (`/readyz`) and
+/// the pod's Ready condition follows it: a frozen sidecar takes its pod out
+/// of Ready (and of every Service's ready endpoints) until it resumes.
+#[tokio::test]
+async fn the_injected_sidecars_readiness_drives_the_pods_ready_condition() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-ready").await;
+    let webhook = LocalWebhook::start(&ns).await;
+    ns.apply(&workload::statefulset("web", 1, false, &[]).replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  annotations: {baton.dev/inject: \"true\"}\n",
+        1,
+    ));
+    let is_ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let pod = wait_for_object::<Pod, _>(ns.api(), "web-0", T, "web-0 injected and Ready", |p| {
+        sidecars(p) == 1 && is_ready(p)
+    })
+    .await;
+    assert_eq!(sidecars(&pod), 1);
+    let pid = ns.pid("web-0", "baton-sidecar", T).await;
+    signal(pid, "STOP").await;
+    wait_for_object::<Pod, _>(
+        ns.api(),
+        "web-0",
+        T,
+        "web-0 not Ready while its sidecar is frozen",
+        |p| !is_ready(p),
+    )
+    .await;
+    signal(pid, "CONT").await;
+    let pod = wait_for_object::<Pod, _>(ns.api(), "web-0", T, "web-0 Ready again", is_ready).await;
+    // Readiness only: the liveness probe did not restart the sidecar.
+    let restarts = pod
+        .status
+        .and_then(|s| s.init_container_statuses)
+        .and_then(|c| c.into_iter().find(|c| c.name == "baton-sidecar"))
+        .map(|c| c.restart_count);
+    assert_eq!(restarts, Some(0));
+    drop(webhook);
+    ns.delete().await;
+}
+
 #[tokio::test]
 async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
     let cluster = Cluster::connect().await;
@@ -178,8 +265,9 @@ async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
     .await;
     for pod in &pods {
         assert_injected_as_shipped(pod, "web");
-        // The runner runs the injected image as the local sidecar binary.
-        ns.pid(&pod.name_any(), "baton-sidecar", T).await;
+        // The injected security context, as the runtime applied it.
+        let pid = ns.pid(&pod.name_any(), "baton-sidecar", T).await;
+        assert_locked_down(pid, &pod.name_any());
     }
 
     let lease = wait_for_object::<Lease, _>(ns.api(), "web", T, "a holder of lease web", |l| {
