@@ -153,7 +153,11 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
             break;
         }
     }
-    assert_eq!(first, [old.clone()], "the holder answers through {ip}");
+    assert_eq!(
+        first,
+        std::slice::from_ref(&old),
+        "the holder answers through {ip}"
+    );
     let before = answers(&ip, 50).await;
     assert!(
         before.iter().all(|a| *a == old),
