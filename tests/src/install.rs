@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::PostParams};
-use serde_json::json;
+use kube::Api;
 
 use crate::{
     harness::{Cluster, TestNamespace, repo_root},
-    workload::DEMO_APP_IMAGE,
+    webhook::dry_run_until_injected,
 };
 
 const ROLLOUT: &str = "120s";
@@ -46,31 +45,10 @@ impl InstalledWebhook {
         webhook
     }
 
-    /// The API server picks the configurations and their caBundle up
-    /// asynchronously, with no object to watch: dry-run an opted-in pod
-    /// until it comes back injected.
     async fn wait_until_injecting(&self, ns: &TestNamespace) {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "probe", "annotations": {
-                "baton.dev/inject": "true", "baton.dev/lease-name": "probe"}},
-            "spec": {"containers": [{"name": "app", "image": DEMO_APP_IMAGE}]}
-        }))
-        .expect("a pod");
-        let api: Api<Pod> = ns.api();
-        let params = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let mut last = String::new();
-        for _ in 0..600 {
-            match api.create(&params, &pod).await {
-                Ok(p) if injected(&p) => return,
-                Ok(_) => last = "created without the sidecar".to_owned(),
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(last) = dry_run_until_injected(ns, Duration::from_secs(60)).await {
+            panic!("the API server never called the installed webhook: {last}");
         }
-        panic!("the API server never called the installed webhook: {last}");
     }
 
     /// The webhook's pods, to read their metrics.
@@ -96,17 +74,6 @@ impl InstalledWebhook {
             ],
         );
     }
-}
-
-/// Whether the webhook injected the sidecar into a pod.
-pub fn injected(pod: &Pod) -> bool {
-    pod.spec.as_ref().is_some_and(|s| {
-        s.init_containers
-            .iter()
-            .flatten()
-            .chain(s.containers.iter())
-            .any(|c| c.name == "baton-sidecar")
-    })
 }
 
 fn kubectl_ok(cluster: &Cluster, args: &[&str]) {

@@ -47,6 +47,35 @@ pub enum Tls {
     },
 }
 
+/// The API server picks webhook configurations (and their caBundle) up
+/// asynchronously, with no object to watch: dry-run an opted-in pod in `ns`
+/// until it comes back injected. Err: what the last try got.
+pub async fn dry_run_until_injected(ns: &TestNamespace, timeout: Duration) -> Result<(), String> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "webhook-probe", "annotations": {
+            "baton.dev/inject": "true", "baton.dev/lease-name": "webhook-probe"}},
+        "spec": {"containers": [{"name": "app", "image": crate::workload::DEMO_APP_IMAGE}]}
+    }))
+    .expect("a pod");
+    let api: Api<Pod> = ns.api();
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match api.create(&params, &pod).await {
+            Ok(p) if sidecars(&p) == 1 => return Ok(()),
+            Ok(_) => "created without the sidecar".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The Secret of self-managed certificates.
 pub const CERT_SECRET: &str = "baton-webhook-tls";
 
@@ -186,34 +215,14 @@ impl LocalWebhook {
         );
     }
 
-    /// The API server picks configurations up asynchronously, with no object
-    /// to watch: dry-run an opted-in pod until it comes back injected.
+    /// Waits until the API server calls this webhook for `ns`'s pods.
     pub async fn wait_until_injecting(&self, ns: &TestNamespace) {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "webhook-probe", "annotations": {
-                "baton.dev/inject": "true", "baton.dev/lease-name": "webhook-probe"}},
-            "spec": {"containers": [{"name": "app", "image": crate::workload::DEMO_APP_IMAGE}]}
-        }))
-        .expect("a pod");
-        let api: Api<Pod> = ns.api();
-        let params = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            let last = match api.create(&params, &pod).await {
-                Ok(p) if sidecars(&p) == 1 => return,
-                Ok(_) => "created without the sidecar".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                tokio::time::Instant::now() < deadline,
+        if let Err(last) = dry_run_until_injected(ns, START_TIMEOUT).await {
+            panic!(
                 "the API server never called the webhook at {} within {START_TIMEOUT:?}; last: {last}\n{}",
                 self.https_addr,
                 self.log_tail()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -14,8 +14,9 @@ use baton_e2e::{
         Cluster, NeverTwoActive, http, labelled, pod_ip, repo_root, wait_endpoints,
         wait_for_object, wait_until,
     },
-    install::{InstalledWebhook, injected},
+    install::InstalledWebhook,
     prometheus::{exposed, referenced},
+    webhook::sidecars,
 };
 use k8s_openapi::api::{
     coordination::v1::Lease,
@@ -42,7 +43,7 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
         "app=helloworld",
         T,
         "two helloworld pods with the sidecar",
-        |pods| pods.len() == 2 && pods.iter().all(injected),
+        |pods| pods.len() == 2 && pods.iter().all(|p| sidecars(p) == 1),
     )
     .await;
     for p in &pods {
