@@ -462,10 +462,13 @@ pub fn labelled(pods: &[Pod], key: &str, value: &str) -> Vec<String> {
 
 /// Watches a group's pods from before a test acts until it ends, and
 /// records every moment at which more than one carried the active label.
+/// A guard that stops seeing fails the test: a watch error (events may have
+/// been missed), a watch that ends, or one that never lists the pods.
 pub struct NeverTwoActive {
     task: tokio::task::JoinHandle<()>,
     violations: Arc<Mutex<Vec<Vec<String>>>>,
     most: Arc<Mutex<usize>>,
+    blind: Arc<Mutex<Vec<String>>>,
 }
 
 impl NeverTwoActive {
@@ -473,15 +476,24 @@ impl NeverTwoActive {
     pub async fn start(api: Api<Pod>, labels: &str, key: &str, active: &str) -> NeverTwoActive {
         let violations = Arc::new(Mutex::new(Vec::new()));
         let most = Arc::new(Mutex::new(0));
+        let blind = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (v, m) = (violations.clone(), most.clone());
+        let (v, m, b) = (violations.clone(), most.clone(), blind.clone());
         let (key, active) = (key.to_owned(), active.to_owned());
         let mut stream = watcher(api, watcher::Config::default().labels(labels)).boxed();
         let task = tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let mut state = Listed::default();
             while let Some(event) = stream.next().await {
-                let Ok(event) = event else { continue };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        b.lock()
+                            .expect("not poisoned")
+                            .push(format!("watch error: {e}"));
+                        continue;
+                    }
+                };
                 if !state.apply(event) {
                     continue;
                 }
@@ -496,22 +508,35 @@ impl NeverTwoActive {
                     v.lock().expect("not poisoned").push(active_now);
                 }
             }
+            b.lock()
+                .expect("not poisoned")
+                .push("the watch ended".to_owned());
         });
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        tokio::time::timeout(Duration::from_secs(30), ready_rx)
+            .await
+            .expect("the never-two-active guard listed the pods within 30 s")
+            .expect("the never-two-active guard's watch ended before it listed the pods");
         NeverTwoActive {
             task,
             violations,
             most,
+            blind,
         }
     }
 
-    /// Panics if two pods were ever active at once; returns the most seen.
+    /// Panics if two pods were ever active at once, or if the guard stopped
+    /// seeing at some point; returns the most pods seen active at once.
     pub fn assert_held(self) -> usize {
         self.task.abort();
         let violations = self.violations.lock().expect("not poisoned").clone();
         assert!(
             violations.is_empty(),
             "two pods carried the active label at the same moment: {violations:?}"
+        );
+        let blind = self.blind.lock().expect("not poisoned").clone();
+        assert!(
+            blind.is_empty(),
+            "the never-two-active guard stopped seeing: {blind:?}"
         );
         *self.most.lock().expect("not poisoned")
     }
