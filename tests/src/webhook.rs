@@ -644,85 +644,6 @@ pub fn openssl_pair(dir: &Path, name: &str) -> (Vec<u8>, PathBuf, PathBuf) {
     )
 }
 
-/// Cumulative buckets `(le, count)` of histogram `metric` in a Prometheus
-/// text, summed over the series whose labels include every pair of `labels`.
-pub fn histogram_buckets(text: &str, metric: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
-    let prefix = format!("{metric}_bucket{{");
-    let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some((label_text, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let pairs: Vec<(&str, &str)> = label_text
-            .split("\",")
-            .filter_map(|p| p.split_once("=\""))
-            .map(|(k, v)| (k.trim_start_matches(','), v.trim_end_matches('"')))
-            .collect();
-        if !labels.iter().all(|want| pairs.contains(want)) {
-            continue;
-        }
-        let le = pairs.iter().find(|(k, _)| *k == "le").map(|(_, v)| *v);
-        let (Some(le), Ok(count)) = (le, value.trim().parse::<f64>()) else {
-            continue;
-        };
-        let le = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            le.parse().unwrap_or(f64::INFINITY)
-        };
-        match buckets.iter_mut().find(|(b, _)| *b == le) {
-            Some(bucket) => bucket.1 += count,
-            None => buckets.push((le, count)),
-        }
-    }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    buckets
-}
-
-/// Bucket counts of `after` minus those of `before` (the same buckets).
-pub fn histogram_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    after
-        .iter()
-        .map(|(le, n)| {
-            let old = before
-                .iter()
-                .find(|(b, _)| b == le)
-                .map_or(0.0, |(_, c)| *c);
-            (*le, n - old)
-        })
-        .collect()
-}
-
-/// The `q` quantile of cumulative buckets, interpolated linearly inside a
-/// bucket as Prometheus' `histogram_quantile` does; `None` without samples.
-pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for &(le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let inside = count - below;
-            let fraction = if inside > 0.0 {
-                (rank - below) / inside
-            } else {
-                1.0
-            };
-            return Some(lower + (le - lower) * fraction);
-        }
-        (lower, below) = (le, count);
-    }
-    Some(lower)
-}
-
 /// Standard base64 with padding (the caBundle's encoding).
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -755,28 +676,5 @@ mod tests {
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
         assert_eq!(base64(b""), "");
-    }
-
-    #[test]
-    fn histogram_quantiles_interpolate_inside_buckets_of_matching_series() {
-        let text = r#"# TYPE h histogram
-h_bucket{name="a",rejected="false",le="0.01"} 50
-h_bucket{name="a",rejected="false",le="0.1"} 100
-h_bucket{name="a",rejected="false",le="+Inf"} 100
-h_bucket{name="a",rejected="true",le="0.01"} 0
-h_bucket{name="a",rejected="true",le="0.1"} 0
-h_bucket{name="a",rejected="true",le="+Inf"} 0
-h_bucket{name="b",rejected="false",le="0.01"} 7
-h_bucket{name="b",rejected="false",le="0.1"} 7
-h_bucket{name="b",rejected="false",le="+Inf"} 7
-"#;
-        let a = histogram_buckets(text, "h", &[("name", "a")]);
-        assert_eq!(a, [(0.01, 50.0), (0.1, 100.0), (f64::INFINITY, 100.0)]);
-        let p50 = quantile(&a, 0.5).expect("samples");
-        assert!((p50 - 0.01).abs() < 1e-9, "{p50}");
-        let p99 = quantile(&a, 0.99).expect("samples");
-        assert!((p99 - (0.01 + 0.09 * 0.98)).abs() < 1e-9, "{p99}");
-        let before = histogram_buckets(text, "h", &[("name", "b")]);
-        assert_eq!(quantile(&histogram_delta(&before, &before), 0.5), None);
     }
 }

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 
 use baton_e2e::{
     harness::{
-        Cluster, NeverTwoActive, TestNamespace, labelled, repo_root, wait_endpoints,
-        wait_for_object, wait_until,
+        Cluster, NeverTwoActive, TestNamespace, labelled, wait_endpoints, wait_for_object,
+        wait_until,
     },
     runner::signal,
     webhook::{
         CERT_SECRET, LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, base64, der_of,
-        histogram_buckets, histogram_delta, openssl_pair, quantile, served_certificate, sidecars,
-        webhook_name,
+        openssl_pair, served_certificate, sidecars,
     },
     workload,
 };
@@ -714,114 +713,6 @@ async fn self_managed_certificates_are_shared_published_and_renewed_without_a_ga
         }
     }
     webhook.wait_until_injecting(&ns).await;
-    drop(webhook);
-    ns.delete().await;
-}
-
-/// Not a pass/fail check: how long admission takes, for docs/webhook.md.
-/// `cargo test -p baton-e2e --test webhook admission_latency -- --nocapture`.
-#[tokio::test]
-async fn admission_latency_is_measured() {
-    const PODS: usize = 100;
-    const DIRECT: Duration = Duration::from_secs(5);
-    const HISTOGRAM: &str = "apiserver_admission_webhook_admission_duration_seconds";
-    let cluster = Cluster::connect().await;
-    let ns = cluster.namespace("webhook-latency").await;
-    let webhook = LocalWebhook::start(&ns).await;
-    let name = webhook_name(&ns.name, "inject.baton.dev");
-    let raw_metrics = || {
-        let out = cluster.kubectl(&["get", "--raw", "/metrics"], None);
-        assert!(out.status.success(), "kubectl get --raw /metrics");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let before = histogram_buckets(&raw_metrics(), HISTOGRAM, &[("name", &name)]);
-
-    // Opted-in pods, created one after the other through server-side dry run:
-    // admission runs in full, nothing is stored or run.
-    let api: Api<Pod> = ns.api();
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let started = Instant::now();
-    for i in 0..PODS {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("lat-{i}"), "annotations": {
-                "baton.dev/inject": "true", "baton.dev/lease-name": "lat"}},
-            "spec": {"containers": [{"name": "app", "image": workload::DEMO_APP_IMAGE}]}
-        }))
-        .expect("a pod");
-        let created = api.create(&dry, &pod).await.expect("created");
-        assert_eq!(sidecars(&created), 1);
-    }
-    let client_ms = started.elapsed().as_secs_f64() * 1000.0 / PODS as f64;
-    // The same creations without a call: pods that opt out are excluded by
-    // the shipped matchConditions.
-    let started = Instant::now();
-    for i in 0..PODS {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("out-{i}"), "annotations": {"baton.dev/inject": "false"}},
-            "spec": {"containers": [{"name": "app", "image": workload::DEMO_APP_IMAGE}]}
-        }))
-        .expect("a pod");
-        let created = api.create(&dry, &pod).await.expect("created");
-        assert_eq!(sidecars(&created), 0);
-    }
-    let uncalled_ms = started.elapsed().as_secs_f64() * 1000.0 / PODS as f64;
-    let after = histogram_buckets(&raw_metrics(), HISTOGRAM, &[("name", &name)]);
-    let delta = histogram_delta(&before, &after);
-    let count = delta.last().map_or(0.0, |b| b.1);
-    assert_eq!(
-        count, PODS as f64,
-        "the API server called the webhook for the opted-in pods only: {delta:?}"
-    );
-    let ms = |q| quantile(&delta, q).map_or(f64::NAN, |s| s * 1000.0);
-
-    // Straight to /mutate: a bare opted-in pod (no owner lookup), 4 connections.
-    let body =
-        std::fs::read(repo_root().join("tests/fixtures/webhook/pod-bare.json")).expect("fixture");
-    let ca = reqwest::Certificate::from_pem(&webhook.ca_pem).expect("the CA");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(ca)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("a client");
-    let url = format!("https://{}/mutate", webhook.https_addr);
-    let started = Instant::now();
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, url, body) = (client.clone(), url.clone(), body.clone());
-            tokio::spawn(async move {
-                let mut ok = 0u64;
-                while started.elapsed() < DIRECT {
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .expect("the webhook answers");
-                    assert!(r.status().is_success(), "{}", r.status());
-                    let text = r.text().await.expect("body");
-                    assert!(text.contains("\"patchType\":\"JSONPatch\""), "{text}");
-                    ok += 1;
-                }
-                ok
-            })
-        })
-        .collect();
-    let mut requests = 0;
-    for w in workers {
-        requests += w.await.expect("worker");
-    }
-    let rps = requests as f64 / started.elapsed().as_secs_f64();
-    eprintln!(
-        "admission latency ({PODS} dry-run pod creations): API server webhook histogram p50 {:.1} ms, p99 {:.1} ms ({count} calls); client-side create {client_ms:.1} ms/pod ({uncalled_ms:.1} ms/pod when matchConditions skip the call); direct /mutate {rps:.0} requests/s over 4 connections ({requests} in {DIRECT:?})",
-        ms(0.5),
-        ms(0.99),
-    );
-    assert!(requests > 0);
     drop(webhook);
     ns.delete().await;
 }
