@@ -86,6 +86,12 @@ for f in "$dir"/pids/*.pid; do
   rm -f "$f"
 done
 ip netns del "$netns" 2>/dev/null
+# `ip netns add` made /run/netns a mount point of its own the first time; if
+# it was not one before up.sh and no namespace is left, undo that too.
+if [ -f "$dir/host-before" ] && ! grep -qx /run/netns "$dir/host-before" \
+  && [ -z "$(ip netns list 2>/dev/null)" ]; then
+  while grep -q " /run/netns " /proc/self/mountinfo; do umount /run/netns 2>/dev/null || break; done
+fi
 
 status=0
 if [ -f "$dir/host-before" ]; then

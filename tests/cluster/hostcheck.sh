@@ -18,7 +18,11 @@ snapshot() {
   echo "## our network namespace"; ip netns list 2>/dev/null | awk '{print $1}' | grep -xF "$netns"
   echo "## host interfaces"; ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sort
   echo "## host firewall rules"; { nft list ruleset 2>/dev/null || true; } | md5sum | cut -d' ' -f1
-  echo "## mounts"; awk '{print $5}' /proc/self/mountinfo | grep -v '^/run/netns/' | sort
+  # Where a mount of the node's could leak to if its namespace did not hold
+  # it: the project, and the paths node.sh mounts over.
+  echo "## mounts"
+  awk '{print $5}' /proc/self/mountinfo | grep -E "^($repo|/run|/var/log|/var/lib|/proc/sys)(/|$)" \
+    | grep -v '^/run/netns/' | sort
   grep -F " /run/netns/$netns " /proc/self/mountinfo | awk '{print $5}'
   echo "## sysctls"
   for k in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops \

@@ -1,7 +1,8 @@
 //! What only a real node shows: each pod has its own network namespace (the
-//! sidecar's probe of 127.0.0.1 reaches its own app, never a neighbour's),
-//! and a client of the Service's ClusterIP, routed by kube-proxy, is answered
-//! by the active pod alone, before and after a failover.
+//! sidecar's probe of 127.0.0.1 reaches its own app, never a neighbour's);
+//! a client of the Service's ClusterIP, routed by kube-proxy, is answered by
+//! the active pod alone, before and after a failover; kubelet stops the
+//! native sidecar only after the app.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -200,5 +201,89 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
     });
     eprintln!("answers during the switch: {tally:?}");
     assert_eq!(guard.assert_held(), 1);
+    ns.delete().await;
+}
+
+/// kubelet stops a native sidecar only after the app: while the app, told
+/// to stop, still finishes a request in flight (it stops accepting at once),
+/// the sidecar keeps serving; it never stops while the app still accepts.
+#[tokio::test]
+async fn the_native_sidecar_outlives_the_app_when_its_pod_is_deleted() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("node-order").await;
+    ns.apply(&workload::statefulset("web", 1, true, &[]));
+    holder(&ns, "web", None).await;
+    let ip = pod_ip(&ns, "web-0").await;
+    assert_eq!(status(&ns, "web-0").await["app_healthy"], true);
+
+    // A request that hangs keeps the app running after SIGTERM, until kubelet
+    // kills it at the end of the grace period (5 s in the workload).
+    let r = http()
+        .post(format!("http://{ip}:8080/control?health=hang"))
+        .send()
+        .await
+        .expect("the demo app answers");
+    assert!(r.status().is_success());
+    let patient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("a client");
+    let in_flight = tokio::spawn({
+        let url = format!("http://{ip}:8080/healthz");
+        async move { patient.get(url).send().await.map(|r| r.status()) }
+    });
+    // The hanging request has reached the app once its probe times out too.
+    let mut hung = false;
+    for _ in 0..100 {
+        if status(&ns, "web-0").await["app_last_failure"] == "timed out" {
+            hung = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hung, "the app hangs on /healthz");
+
+    let pods: Api<Pod> = ns.api();
+    pods.delete("web-0", &Default::default())
+        .await
+        .expect("deleting the pod");
+    // (app accepts, sidecar answers), one sample every 50 ms until both stop.
+    let quick = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("a client");
+    let up = |url: String| {
+        let quick = quick.clone();
+        async move { quick.get(url).send().await.is_ok() }
+    };
+    let mut samples = Vec::new();
+    for _ in 0..400 {
+        let app = up(format!("http://{ip}:8080/")).await;
+        let sidecar = up(format!("http://{ip}:9095/healthz")).await;
+        samples.push((app, sidecar));
+        if !app && !sidecar {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        samples.last(),
+        Some(&(false, false)),
+        "both stopped in 20 s"
+    );
+    assert!(
+        !samples.iter().any(|&(app, sidecar)| app && !sidecar),
+        "the sidecar stopped while the app still accepted: {samples:?}"
+    );
+    let app_gone_sidecar_up = samples.iter().filter(|&&s| s == (false, true)).count();
+    assert!(
+        app_gone_sidecar_up >= 10,
+        "the sidecar served on after the app stopped accepting: {app_gone_sidecar_up} samples of {samples:?}"
+    );
+    // kubelet's SIGKILL at the grace period ended the request in flight.
+    let ended = in_flight.await.expect("the request task");
+    assert!(ended.is_err(), "the hanging request was cut: {ended:?}");
     ns.delete().await;
 }
