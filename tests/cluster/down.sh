@@ -47,29 +47,27 @@ fi
 stop_group node 100
 
 # Whatever is still in the node's cgroups (containers, shims) is killed, and
-# the cgroups removed deepest first, with the parents up.sh had to create.
-if [ -f "$dir/node/cgroups-created" ]; then
-  for _ in 1 2 3; do
-    found=0
-    for h in /sys/fs/cgroup/*/; do
-      d="$h${node_cgroup#/}"
-      [ -d "$d" ] || continue
-      while read -r p; do
-        [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; found=1; }
-      done < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
-    done
-    [ $found -eq 0 ] && break
-    sleep 0.5
-  done
+# the cgroups removed deepest first, with the parents between them and our
+# own cgroup when empty (another local cluster may still use a parent).
+for _ in 1 2 3; do
+  found=0
   for h in /sys/fs/cgroup/*/; do
-    d="$h${node_cgroup#/}"
-    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+    d="${h%/}$node_cgroup"
+    [ -d "$d" ] || continue
+    while read -r p; do
+      [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; found=1; }
+    done < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
   done
-  sort -r "$dir/node/cgroups-created" | while read -r d; do
-    [ -d "$d" ] && rmdir "$d" 2>/dev/null
-  done
-  rm -f "$dir/node/cgroups-created"
-fi
+  [ $found -eq 0 ] && break
+  sleep 0.5
+done
+for h in /sys/fs/cgroup/*/; do
+  d="${h%/}$node_cgroup"
+  [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+done
+node_cgroup_dirs | while read -r d; do
+  [ -d "$d" ] && rmdir "$d" 2>/dev/null
+done
 
 # The control plane keeps no state worth a graceful stop (up.sh wipes etcd);
 # kube-apiserver's own graceful shutdown takes over 10 s.
@@ -86,11 +84,14 @@ for f in "$dir"/pids/*.pid; do
   rm -f "$f"
 done
 ip netns del "$netns" 2>/dev/null
-# `ip netns add` made /run/netns a mount point of its own the first time; if
-# it was not one before up.sh and no namespace is left, undo that too.
-if [ -f "$dir/host-before" ] && ! grep -qx /run/netns "$dir/host-before" \
-  && [ -z "$(ip netns list 2>/dev/null)" ]; then
-  while grep -q " /run/netns " /proc/self/mountinfo; do umount /run/netns 2>/dev/null || break; done
+# What `ip netns add` made of /run/netns for a local cluster goes with the
+# last namespace (netns.sh).
+if [ -z "$(ip netns list 2>/dev/null)" ]; then
+  if [ -f "$netns_markers/mount" ]; then
+    while grep -q " /run/netns " /proc/self/mountinfo; do umount /run/netns 2>/dev/null || break; done
+    rm -f "$netns_markers/mount"
+  fi
+  [ -f "$netns_markers/dir" ] && rmdir /run/netns 2>/dev/null && rm -f "$netns_markers/dir"
 fi
 
 status=0

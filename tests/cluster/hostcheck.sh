@@ -15,6 +15,8 @@ dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
 snapshot() {
   # Other clusters (the bench's, another checkout's) may come and go
   # meanwhile: namespaces and their mounts are compared for ours only.
+  # /run/netns is iproute2's, shared by every local cluster: down.sh removes
+  # what a cluster made of it when the last namespace goes (netns.sh).
   echo "## our network namespace"; ip netns list 2>/dev/null | awk '{print $1}' | grep -xF "$netns"
   echo "## host interfaces"; ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sort
   echo "## host firewall rules"; { nft list ruleset 2>/dev/null || true; } | md5sum | cut -d' ' -f1
@@ -22,7 +24,7 @@ snapshot() {
   # it: the project, and the paths node.sh mounts over.
   echo "## mounts"
   awk '{print $5}' /proc/self/mountinfo | grep -E "^($repo|/run|/var/log|/var/lib|/proc/sys)(/|$)" \
-    | grep -v '^/run/netns/' | sort
+    | grep -v '^/run/netns\(/\|$\)' | sort
   grep -F " /run/netns/$netns " /proc/self/mountinfo | awk '{print $5}'
   echo "## sysctls"
   for k in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops \
@@ -30,14 +32,14 @@ snapshot() {
     net/bridge/bridge-nf-call-iptables net/netfilter/nf_conntrack_max; do
     [ -r "/proc/sys/$k" ] && echo "$k=$(cat "/proc/sys/$k")"
   done
-  echo "## the node's cgroup and its parents, in each hierarchy"
-  local h path part
-  for h in /sys/fs/cgroup/*/; do
-    path=${h%/}
-    for part in $(echo "${node_cgroup#/}" | tr '/' ' '); do
-      path=$path/$part
-      [ -d "$path" ] && echo "$path"
-    done
+  # The node's cgroup, and the parents created for it that no other local
+  # cluster uses (no child cgroup): what down.sh must have removed.
+  echo "## the node's cgroups and their unused parents"
+  local d
+  node_cgroup_dirs | while read -r d; do
+    [ -d "$d" ] || continue
+    [ "$d" = "${d%"$node_cgroup"}$node_cgroup" ] && { echo "$d"; continue; }
+    [ -z "$(find "$d" -mindepth 1 -maxdepth 1 -type d 2>/dev/null)" ] && echo "$d"
   done
   echo "## processes of ours"
   # Every process the cluster starts names its folder on its command line

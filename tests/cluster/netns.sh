@@ -17,7 +17,46 @@ api_service_ip=${service_cidr%.0/*}.1
 # controller's path, the one that the machine limits), named for the netns.
 node_cgroup="$(sed -n 's/^[0-9]*:memory:\(.*\)$/\1/p' /proc/self/cgroup | sed 's#/$##')/baton-node-$netns"
 
+# cgroup_own HIERARCHY_DIR: this shell's own cgroup in that hierarchy (a
+# directory name under /sys/fs/cgroup: cpu, memory, systemd, unified, ...).
+cgroup_own() {
+  local name=$1 line ctl path
+  while IFS= read -r line; do
+    ctl=${line#*:}; path=${ctl#*:}; ctl=${ctl%%:*}
+    if { [ "$name" = unified ] && [ -z "$ctl" ]; } || [ "$ctl" = "name=$name" ] \
+      || [[ ",$ctl," == *",$name,"* ]]; then
+      echo "${path%/}"; return
+    fi
+  done </proc/self/cgroup
+}
+
+# node_cgroup_dirs: the node's cgroup in every hierarchy, then the parents
+# between it and this shell's own cgroup there (deepest first): the dirs
+# node-config.sh may create and down.sh removes. Parents can be shared with
+# another local cluster (the bench's): only an empty one is ever removed.
+node_cgroup_dirs() {
+  local h name own path
+  for h in /sys/fs/cgroup/*/; do
+    h=${h%/}; name=$(basename "$h")
+    own=$(cgroup_own "$name")
+    path=$node_cgroup
+    while [ -n "$path" ] && [ "$path" != "$own" ] && [ "$path" != / ]; do
+      echo "$h$path"
+      path=${path%/*}
+    done
+  done
+}
+
+# `ip netns add` makes /run/netns (a directory, then a mount point of its
+# own) the first time. Markers in the build cache say what a local cluster
+# made, so that down.sh undoes it when the last namespace goes (other local
+# clusters, the bench's, may share it meanwhile).
+netns_markers=${BATON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/baton}/run-netns
+
 ensure_netns() {
+  mkdir -p "$netns_markers"
+  [ -d /run/netns ] || : >"$netns_markers/dir"
+  grep -q " /run/netns " /proc/self/mountinfo || : >"$netns_markers/mount"
   # `ip netns list` prints "name (id: N)"; match the whole name only.
   if ! ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF "$netns"; then
     ip netns add "$netns" || {

@@ -134,30 +134,23 @@ healthzBindAddress: 127.0.0.1:10256
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 EOF
 
-  # The node's cgroup in every v1 hierarchy, and the parents it needs;
-  # down.sh removes what is recorded here, deepest first.
-  : >"$node/cgroups-created"
-  local h path part
+  # The node's cgroup in every v1 hierarchy, with the parents it needs
+  # (runc makes the same path in the cgroup2 mount itself). Another local
+  # cluster may remove an empty shared parent meanwhile: try again.
+  local h path dir
   for h in /sys/fs/cgroup/*/; do
     [ "$(basename "$h")" = unified ] && continue
+    dir=${h%/}$node_cgroup
+    for _ in 1 2 3 4 5; do mkdir -p "$dir" 2>/dev/null && break; sleep 0.1; done
+    [ -d "$dir" ] || { log "cannot create the node's cgroup $dir"; return 1; }
+    # A new cpuset has no CPUs nor memory nodes until given its parent's.
     path=${h%/}
     for part in $(echo "${node_cgroup#/}" | tr '/' ' '); do
       path=$path/$part
-      if [ ! -d "$path" ]; then
-        mkdir "$path"
-        echo "$path" >>"$node/cgroups-created"
-        # A new cpuset has no CPUs nor memory nodes until given its parent's.
-        if [ -f "$path/cpuset.cpus" ]; then
-          cat "$(dirname "$path")/cpuset.cpus" >"$path/cpuset.cpus"
-          cat "$(dirname "$path")/cpuset.mems" >"$path/cpuset.mems"
-        fi
+      if [ -f "$path/cpuset.cpus" ] && [ -z "$(cat "$path/cpuset.cpus")" ]; then
+        cat "$(dirname "$path")/cpuset.cpus" >"$path/cpuset.cpus"
+        cat "$(dirname "$path")/cpuset.mems" >"$path/cpuset.mems"
       fi
     done
-  done
-  # runc creates the same path in the cgroup2 hierarchy too.
-  path=/sys/fs/cgroup/unified
-  for part in $(echo "${node_cgroup#/}" | tr '/' ' '); do
-    path=$path/$part
-    [ -d "$path" ] || echo "$path" >>"$node/cgroups-created"
   done
 }
