@@ -260,7 +260,8 @@ mod tests {
         let ca_pem = std::fs::read(&ca_out).expect("CA written");
         let _ = std::fs::remove_file(&ca_out);
         let mut roots = rustls::RootCertStore::empty();
-        for der in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        for der in CertificateDer::pem_slice_iter(&ca_pem) {
             roots.add(der.expect("pem")).expect("adds");
         }
         let client = rustls::ClientConfig::builder_with_provider(tls::provider())

@@ -13,7 +13,10 @@ use std::{
 use rustls::{
     ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    pki_types::{
+        CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+        pem::{self, PemObject as _},
+    },
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
@@ -28,6 +31,12 @@ pub enum TlsError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path} is not valid PEM: {source}", path = path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
     },
     #[error("{path} holds no PEM certificate", path = path.display())]
     NoCertificate { path: PathBuf },
@@ -274,23 +283,30 @@ fn load_pair(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let read_err = |path: &Path| {
+    let pem_err = |path: &Path| {
         let path = path.to_owned();
-        move |source| TlsError::Read { path, source }
+        move |source| match source {
+            pem::Error::Io(source) => TlsError::Read { path, source },
+            source => TlsError::Pem { path, source },
+        }
     };
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut open(cert_path)?)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_reader_iter(open(cert_path)?)
         .collect::<Result<_, _>>()
-        .map_err(read_err(cert_path))?;
+        .map_err(pem_err(cert_path))?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
             path: cert_path.to_owned(),
         });
     }
-    let key = rustls_pemfile::private_key(&mut open(key_path)?)
-        .map_err(read_err(key_path))?
-        .ok_or_else(|| TlsError::NoKey {
-            path: key_path.to_owned(),
-        })?;
+    let key = match PrivateKeyDer::from_pem_reader(open(key_path)?) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => {
+            return Err(TlsError::NoKey {
+                path: key_path.to_owned(),
+            });
+        }
+        Err(e) => return Err(pem_err(key_path)(e)),
+    };
     CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Pair {
         cert: cert_path.to_owned(),
         key: key_path.to_owned(),
@@ -433,7 +449,7 @@ mod tests {
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         from_self_signed(&names, Some(&ca_out)).expect("builds");
         let ca_pem = std::fs::read(&ca_out).expect("CA written");
-        let ca: Vec<_> = rustls_pemfile::certs(&mut ca_pem.as_slice())
+        let ca: Vec<_> = CertificateDer::pem_slice_iter(&ca_pem)
             .collect::<Result<_, _>>()
             .expect("CA is PEM");
         assert_eq!(ca.len(), 1);
@@ -441,7 +457,7 @@ mod tests {
         use rustls::client::danger::ServerCertVerifier as _;
         let signed = self_signed(&names).expect("generates");
         let mut roots = rustls::RootCertStore::empty();
-        for der in rustls_pemfile::certs(&mut signed.ca_pem.as_bytes()) {
+        for der in CertificateDer::pem_slice_iter(signed.ca_pem.as_bytes()) {
             roots.add(der.expect("pem")).expect("adds");
         }
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
