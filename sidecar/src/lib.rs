@@ -13,8 +13,8 @@ pub mod settings;
 pub mod status;
 pub mod telemetry;
 
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::future::Future;
 

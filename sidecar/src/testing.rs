@@ -1,6 +1,7 @@
 //! A scripted API server for unit tests: kube's `Client` over a function
 //! that answers each request, keeping every request it was sent. A 403 or
 //! a hanging call is then a few lines of test, not an end-to-end scenario.
+//! The webhook's unit tests use it too (feature `testing`).
 
 use std::{
     convert::Infallible,
@@ -71,6 +72,18 @@ impl ScriptedApi {
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<Request> {
         self.seen.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits until `n` requests have come (work spawned in the background).
+    pub async fn wait_for(&self, n: usize, timeout: std::time::Duration) {
+        let arrived = async {
+            while self.seen.lock().expect("not poisoned").len() < n {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(timeout, arrived)
+            .await
+            .unwrap_or_else(|_| panic!("{n} requests within {timeout:?}: {:?}", self.requests()));
     }
 }
 
