@@ -428,6 +428,27 @@ impl<K: Resource + Clone> Listed<K> {
     }
 }
 
+/// Waits until Lease `lease` names a holder other than `not`; returns it.
+pub async fn wait_for_holder(ns: &TestNamespace, lease: &str, not: Option<&str>) -> String {
+    let what = format!("a holder of lease {lease} other than {not:?}");
+    let l = wait_for_object::<k8s_openapi::api::coordination::v1::Lease, _>(
+        ns.api(),
+        lease,
+        Duration::from_secs(60),
+        &what,
+        |l| {
+            l.spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                .is_some_and(|h| !h.is_empty() && Some(h) != not)
+        },
+    )
+    .await;
+    l.spec
+        .and_then(|s| s.holder_identity)
+        .expect("the holder the wait ended on")
+}
+
 /// Names of the pods a Service's EndpointSlices list as ready.
 pub fn ready_endpoints(slices: &[EndpointSlice]) -> BTreeSet<String> {
     slices

@@ -12,16 +12,13 @@ use std::time::Duration;
 use baton_e2e::{
     harness::{
         Cluster, NeverTwoActive, http, labelled, pod_ip, repo_root, wait_endpoints,
-        wait_for_object, wait_until,
+        wait_for_holder, wait_until,
     },
     install::InstalledWebhook,
     prometheus::{exposed, referenced},
     webhook::sidecars,
 };
-use k8s_openapi::api::{
-    coordination::v1::Lease,
-    core::v1::{Pod, Service},
-};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
 
 const T: Duration = Duration::from_secs(120);
@@ -55,17 +52,7 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
         );
     }
 
-    let lease = wait_for_object::<Lease, _>(ns.api(), "helloworld", T, "a holder", |l| {
-        l.spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref())
-            .is_some_and(|h| !h.is_empty())
-    })
-    .await;
-    let holder = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("a holder");
+    let holder = wait_for_holder(&ns, "helloworld", None).await;
     let pods = wait_until::<Pod, _>(
         ns.api(),
         "app=helloworld",

@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use baton_e2e::{
-    harness::{Cluster, NeverTwoActive, TestNamespace, http, pod_ip, wait_for_object, wait_until},
+    harness::{Cluster, NeverTwoActive, TestNamespace, http, pod_ip, wait_for_holder, wait_until},
     workload,
 };
 use k8s_openapi::api::{
@@ -30,17 +30,6 @@ async fn status(ns: &TestNamespace, pod: &str) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{pod}'s sidecar never answered /status");
-}
-
-async fn holder(ns: &TestNamespace, lease: &str, not: Option<&str>) -> String {
-    let l = wait_for_object::<Lease, _>(ns.api(), lease, T, "a holder", |l| {
-        l.spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref())
-            .is_some_and(|h| !h.is_empty() && Some(h) != not)
-    })
-    .await;
-    l.spec.and_then(|s| s.holder_identity).expect("a holder")
 }
 
 /// A pod whose app does not listen on the probed port is unhealthy, even
@@ -130,7 +119,7 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
     let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
     ns.apply(&workload::statefulset("web", 2, true, &[]));
     ns.apply(&workload::active_service("web"));
-    let old = holder(&ns, "web", None).await;
+    let old = wait_for_holder(&ns, "web", None).await;
     let other = if old == "web-0" { "web-1" } else { "web-0" };
     // Both apps healthy: the standby is warm.
     for pod in ["web-0", "web-1"] {
@@ -173,7 +162,7 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
         .await
         .expect("the demo app answers");
     assert!(r.status().is_success());
-    let new = holder(&ns, "web", Some(&old)).await;
+    let new = wait_for_holder(&ns, "web", Some(&old)).await;
     assert_eq!(new, other);
     // Until the new pod answers (at most a few kube-proxy syncs), then 50 more.
     let mut during = Vec::new();
@@ -212,7 +201,7 @@ async fn the_native_sidecar_outlives_the_app_when_its_pod_is_deleted() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("node-order").await;
     ns.apply(&workload::statefulset("web", 1, true, &[]));
-    holder(&ns, "web", None).await;
+    wait_for_holder(&ns, "web", None).await;
     let ip = pod_ip(&ns, "web-0").await;
     assert_eq!(status(&ns, "web-0").await["app_healthy"], true);
 

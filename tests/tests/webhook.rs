@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use baton_e2e::{
     harness::{
-        Cluster, NeverTwoActive, TestNamespace, labelled, wait_endpoints, wait_for_object,
-        wait_until,
+        Cluster, NeverTwoActive, TestNamespace, labelled, wait_endpoints, wait_for_holder,
+        wait_for_object, wait_until,
     },
     runner::signal,
     webhook::{
@@ -20,7 +20,6 @@ use baton_e2e::{
 };
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    coordination::v1::Lease,
     core::v1::{Container, Pod, Secret},
     events::v1::Event,
 };
@@ -269,17 +268,7 @@ async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
         assert_locked_down(pid, &pod.name_any());
     }
 
-    let lease = wait_for_object::<Lease, _>(ns.api(), "web", T, "a holder of lease web", |l| {
-        l.spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref())
-            .is_some_and(|h| !h.is_empty())
-    })
-    .await;
-    let holder = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("a holder");
+    let holder = wait_for_holder(&ns, "web", None).await;
     wait_until::<Pod, _>(
         ns.api(),
         "app=web",
@@ -353,17 +342,7 @@ spec:
         );
     }
     wait_event(&ns, "Injected", "Deployment", "api").await;
-    let lease = wait_for_object::<Lease, _>(ns.api(), "api", T, "a holder of lease api", |l| {
-        l.spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref())
-            .is_some_and(|h| !h.is_empty())
-    })
-    .await;
-    let holder = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("a holder");
+    let holder = wait_for_holder(&ns, "api", None).await;
     assert!(pods.iter().any(|p| p.name_any() == holder), "{holder}");
     drop(webhook);
     ns.delete().await;
