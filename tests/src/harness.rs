@@ -563,6 +563,16 @@ impl NeverTwoActive {
     }
 }
 
+/// Sends a signal to a host pid (a container's process on the real node, a
+/// runner's process) with kill(1): the workspace forbids unsafe code.
+pub async fn signal(pid: u32, sig: &str) {
+    let _ = tokio::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .await;
+}
+
 /// An HTTP client for pod IPs (loopback: never a proxy).
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

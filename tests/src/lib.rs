@@ -1,5 +1,6 @@
-//! The end-to-end harness: the pod runner, the env a pod's process gets, and
-//! the helpers the tests in `tests/tests/` use against the local control plane.
+//! The end-to-end harness: the helpers the tests in `tests/tests/` use
+//! against the local cluster and its real node, the installed webhook, and
+//! (for the bench's KWOK nodes) the pod runner and the env its processes get.
 
 pub mod harness;
 pub mod install;

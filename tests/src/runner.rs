@@ -29,7 +29,7 @@ use tokio::{process::Command, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::podenv;
+use crate::{harness::signal, podenv};
 
 /// Images of ours, by repository name; each is a binary of the workspace.
 pub const OUR_IMAGES: [&str; 2] = ["baton-sidecar", "baton-demo-app"];
@@ -403,15 +403,6 @@ impl Supervised {
             }
         }
     }
-}
-
-/// Sends a signal with kill(1): the workspace forbids unsafe code.
-pub async fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .await;
 }
 
 #[cfg(test)]

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use baton_e2e::{
     harness::{
-        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip,
+        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip, signal,
         wait_endpoints, wait_for_object, wait_until,
     },
-    runner::signal,
     workload,
 };
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};

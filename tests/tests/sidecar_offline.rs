@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use baton_e2e::{harness::repo_root, runner::signal};
+use baton_e2e::harness::{repo_root, signal};
 
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use baton_e2e::{
     harness::{
-        Cluster, NeverTwoActive, TestNamespace, labelled, wait_endpoints, wait_for_holder,
+        Cluster, NeverTwoActive, TestNamespace, labelled, signal, wait_endpoints, wait_for_holder,
         wait_for_object, wait_until,
     },
-    runner::signal,
     webhook::{
         CERT_SECRET, LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, base64, der_of,
         openssl_pair, served_certificate, sidecars,

@@ -7,8 +7,7 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
 use baton_e2e::{
-    harness::{Cluster, TestNamespace, http, repo_root},
-    runner::signal,
+    harness::{Cluster, TestNamespace, http, repo_root, signal},
     workload,
 };
 use k8s_openapi::api::core::v1::Pod;
