@@ -300,32 +300,14 @@ mod tests {
             // the second into the first Event's series, with the first note.
             events.flush(Duration::from_secs(5)).await;
         }
-        let sent = api.requests();
-        let seen: Vec<_> = sent
-            .iter()
-            .map(|r| {
-                (
-                    r.method.as_str(),
-                    r.path.as_str(),
-                    r.body["message"].as_str(),
-                )
-            })
-            .collect();
         assert_eq!(
-            seen,
+            api.sent("message"),
             [
-                (
-                    "POST",
-                    "/api/v1/namespaces/shop/events",
-                    Some("holds lease web (transition 0); labelled role=active")
-                ),
-                (
-                    "POST",
-                    "/api/v1/namespaces/shop/events",
-                    Some("holds lease web (transition 2); labelled role=active")
-                ),
+                "POST /api/v1/namespaces/shop/events: holds lease web (transition 0); labelled role=active",
+                "POST /api/v1/namespaces/shop/events: holds lease web (transition 2); labelled role=active",
             ]
         );
+        let sent = api.requests();
         for r in &sent {
             assert!(r.body["lastTimestamp"].is_string(), "{}", r.body);
             assert_eq!(r.body["count"], 1);

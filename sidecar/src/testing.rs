@@ -74,6 +74,22 @@ impl ScriptedApi {
         self.seen.lock().expect("not poisoned").clone()
     }
 
+    /// `METHOD path: <the body's field>` for every request so far: what a
+    /// test compares, e.g. the `message` of each Event sent.
+    pub fn sent(&self, field: &str) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .map(|r| {
+                format!(
+                    "{} {}: {}",
+                    r.method,
+                    r.path,
+                    r.body[field].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
     /// Waits until `n` requests have come (work spawned in the background).
     pub async fn wait_for(&self, n: usize, timeout: std::time::Duration) {
         let arrived = async {

@@ -109,32 +109,14 @@ mod tests {
             // then patched the second into the first Event's series.
             api.wait_for(n + 1, Duration::from_secs(5)).await;
         }
-        let sent = api.requests();
-        let seen: Vec<_> = sent
-            .iter()
-            .map(|r| {
-                (
-                    r.method.as_str(),
-                    r.path.as_str(),
-                    r.body["message"].as_str(),
-                )
-            })
-            .collect();
         assert_eq!(
-            seen,
+            api.sent("message"),
             [
-                (
-                    "POST",
-                    "/api/v1/namespaces/default/events",
-                    Some("injected baton-sidecar (baton-sidecar:1) into pod web-0, lease web")
-                ),
-                (
-                    "POST",
-                    "/api/v1/namespaces/default/events",
-                    Some("injected baton-sidecar (baton-sidecar:1) into pod web-1, lease web")
-                ),
+                "POST /api/v1/namespaces/default/events: injected baton-sidecar (baton-sidecar:1) into pod web-0, lease web",
+                "POST /api/v1/namespaces/default/events: injected baton-sidecar (baton-sidecar:1) into pod web-1, lease web",
             ]
         );
+        let sent = api.requests();
         for r in &sent {
             assert!(r.body["lastTimestamp"].is_string(), "{}", r.body);
             assert_eq!(r.body["involvedObject"]["kind"], "StatefulSet");
