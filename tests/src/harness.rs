@@ -449,6 +449,29 @@ pub async fn wait_for_holder(ns: &TestNamespace, lease: &str, not: Option<&str>)
         .expect("the holder the wait ended on")
 }
 
+/// Waits until `holder` alone among the pods of `labels` carries
+/// `role=active` and the `others` other pods carry `role=passive`.
+pub async fn wait_roles(ns: &TestNamespace, labels: &str, holder: &str, others: usize) -> Vec<Pod> {
+    let what = format!("{holder} alone active and {others} other pods passive");
+    wait_until::<Pod, _>(ns.api(), labels, Duration::from_secs(60), &what, |pods| {
+        labelled(pods, "role", "active") == [holder]
+            && labelled(pods, "role", "passive").len() == others
+    })
+    .await
+}
+
+/// Tells the demo app in `pod` to answer `/healthz` with `health`: `ok`,
+/// `fail` (500) or `hang`.
+pub async fn set_app_health(ns: &TestNamespace, pod: &str, health: &str) {
+    let ip = pod_ip(ns, pod).await;
+    let r = http()
+        .post(format!("http://{ip}:8080/control?health={health}"))
+        .send()
+        .await
+        .expect("the demo app answers");
+    assert!(r.status().is_success(), "{pod}'s demo app: {}", r.status());
+}
+
 /// Names of the pods a Service's EndpointSlices list as ready.
 pub fn ready_endpoints(slices: &[EndpointSlice]) -> BTreeSet<String> {
     slices

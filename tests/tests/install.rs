@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use baton_e2e::{
     harness::{
-        Cluster, NeverTwoActive, http, labelled, pod_ip, repo_root, wait_endpoints,
-        wait_for_holder, wait_until,
+        Cluster, NeverTwoActive, http, pod_ip, repo_root, wait_endpoints, wait_for_holder,
+        wait_roles, wait_until,
     },
     install::InstalledWebhook,
     prometheus::{exposed, referenced},
@@ -22,6 +22,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
 
 const T: Duration = Duration::from_secs(120);
+
+/// The Prometheus text a process serves at `url`.
+async fn metrics(url: &str) -> String {
+    let response = http().get(url).send().await;
+    let response = response.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response.text().await.expect("metrics text")
+}
 
 #[tokio::test]
 async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod() {
@@ -53,17 +60,7 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
     }
 
     let holder = wait_for_holder(&ns, "helloworld", None).await;
-    let pods = wait_until::<Pod, _>(
-        ns.api(),
-        "app=helloworld",
-        T,
-        "the holder active and the other pod passive",
-        |pods| {
-            labelled(pods, "role", "active") == [holder.clone()]
-                && labelled(pods, "role", "passive").len() == 1
-        },
-    )
-    .await;
+    let pods = wait_roles(&ns, "app=helloworld", &holder, 1).await;
     assert!(pods.iter().any(|p| p.name_any() == holder));
     wait_endpoints(&ns, "helloworld", &[&holder], T).await;
     wait_endpoints(
@@ -97,29 +94,15 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
     let ip = pod_ip(&ns, &holder).await;
 
     // The dashboard and the alert rules name metrics the processes expose.
-    let sidecar_metrics = http()
-        .get(format!("http://{ip}:9095/metrics"))
-        .send()
-        .await
-        .expect("the sidecar's /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let mut names = exposed(&sidecar_metrics);
+    let mut names = exposed(&metrics(&format!("http://{ip}:9095/metrics")).await);
     for pod in webhook.pods().await {
         let ip = pod
             .status
             .and_then(|s| s.pod_ip)
             .expect("the webhook pod's IP");
-        let text = http()
-            .get(format!("http://{ip}:8080/metrics"))
-            .send()
-            .await
-            .expect("the webhook's /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        names.extend(exposed(&text));
+        names.extend(exposed(
+            &metrics(&format!("http://{ip}:8080/metrics")).await,
+        ));
     }
     // Families without samples yet (no API error so far) are not exposed:
     // take those from the sidecar's code, with one sample each.

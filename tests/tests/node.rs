@@ -7,7 +7,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use baton_e2e::{
-    harness::{Cluster, NeverTwoActive, TestNamespace, http, pod_ip, wait_for_holder, wait_until},
+    harness::{
+        Cluster, NeverTwoActive, TestNamespace, http, pod_ip, set_app_health, wait_for_holder,
+        wait_until,
+    },
     workload,
 };
 use k8s_openapi::api::{
@@ -155,13 +158,7 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
     );
 
     // The holder's app fails; the standby takes over.
-    let old_ip = pod_ip(&ns, &old).await;
-    let r = http()
-        .post(format!("http://{old_ip}:8080/control?health=fail"))
-        .send()
-        .await
-        .expect("the demo app answers");
-    assert!(r.status().is_success());
+    set_app_health(&ns, &old, "fail").await;
     let new = wait_for_holder(&ns, "web", Some(&old)).await;
     assert_eq!(new, other);
     // Until the new pod answers (at most a few kube-proxy syncs), then 50 more.
@@ -207,12 +204,7 @@ async fn the_native_sidecar_outlives_the_app_when_its_pod_is_deleted() {
 
     // A request that hangs keeps the app running after SIGTERM, until kubelet
     // kills it at the end of the grace period (5 s in the workload).
-    let r = http()
-        .post(format!("http://{ip}:8080/control?health=hang"))
-        .send()
-        .await
-        .expect("the demo app answers");
-    assert!(r.status().is_success());
+    set_app_health(&ns, "web-0", "hang").await;
     let patient = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))

@@ -151,13 +151,7 @@ impl Group {
     }
 
     async fn set_app_health(&self, pod: &str, health: &str) {
-        let ip = pod_ip(&self.ns, pod).await;
-        let r = http()
-            .post(format!("http://{ip}:8080/control?health={health}"))
-            .send()
-            .await
-            .expect("the demo app answers");
-        assert!(r.status().is_success());
+        baton_e2e::harness::set_app_health(&self.ns, pod, health).await;
     }
 
     async fn sidecar_pid(&self, pod: &str) -> u32 {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use baton_e2e::{
     harness::{
-        Cluster, NeverTwoActive, TestNamespace, labelled, signal, wait_endpoints, wait_for_holder,
-        wait_for_object, wait_until,
+        Cluster, NeverTwoActive, TestNamespace, signal, wait_endpoints, wait_for_holder,
+        wait_for_object, wait_roles, wait_until,
     },
     webhook::{
         CERT_SECRET, LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, base64, der_of,
@@ -268,17 +268,7 @@ async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
     }
 
     let holder = wait_for_holder(&ns, "web", None).await;
-    wait_until::<Pod, _>(
-        ns.api(),
-        "app=web",
-        T,
-        "the holder alone active, the other passive",
-        |pods| {
-            labelled(pods, "role", "active") == [holder.clone()]
-                && labelled(pods, "role", "passive").len() == 1
-        },
-    )
-    .await;
+    wait_roles(&ns, "app=web", &holder, 1).await;
     wait_endpoints(&ns, "web-active", &[&holder], T).await;
 
     // The webhook, running with the shipped ClusterRole, recorded why.
