@@ -2,8 +2,8 @@
 # Build what a real node needs beside kubelet and kube-proxy (build.sh):
 # containerd, its runc shim and ctr from the Go module proxy, and the pause
 # binary from kubernetes' own build/pause/linux/pause.c (gcc -static) and its
-# image (podman, pause.Dockerfile), once
-# per version, into  $BATON_CACHE/containerd-<CONTAINERD_VERSION>/bin
+# image (podman, pause.Dockerfile), once per version, into
+#   $BATON_CACHE/containerd-<CONTAINERD_VERSION>-k8s-<K8S_VERSION>/bin
 # Prints that bin directory on stdout; progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
