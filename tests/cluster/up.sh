@@ -204,6 +204,11 @@ if [ "$real_nodes" -gt 0 ]; then
   # The node lifecycle controller, which would lift the not-ready taint, is
   # off: it also evicts pods of nodes it stops hearing from.
   kubectl_ taint nodes "$node_name" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+  # Beside KWOK nodes (make bench), the real node takes only the pods that
+  # ask for it (tests/src/workload.rs ON_REAL_NODE); the rest go to KWOK.
+  if [ "$nodes" -gt 0 ]; then
+    kubectl_ taint nodes "$node_name" baton.dev/real-node=true:NoSchedule >/dev/null
+  fi
 fi
 
 if [ "$nodes" -gt 0 ]; then

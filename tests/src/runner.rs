@@ -59,12 +59,21 @@ pub struct RunnerSettings {
 
 /// Whether a pod's processes should be running now.
 pub fn should_run(pod: &Pod) -> bool {
+    // Pods of the real node beside the KWOK nodes are kubelet's.
+    let on_kwok_node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| n.starts_with(KWOK_NODE_PREFIX));
     let running = pod.status.as_ref().is_some_and(|s| {
         s.phase.as_deref() == Some("Running")
             && s.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
     });
-    running && pod.metadata.deletion_timestamp.is_none()
+    on_kwok_node && running && pod.metadata.deletion_timestamp.is_none()
 }
+
+/// up.sh names its KWOK nodes `kwok-node-<i>`.
+const KWOK_NODE_PREFIX: &str = "kwok-node-";
 
 /// The containers to run: native sidecars (init containers that restart
 /// always) first, then the regular containers; only images of ours.
@@ -443,8 +452,12 @@ mod tests {
     }
 
     #[test]
-    fn only_running_pods_with_an_ip_that_are_not_deleted_run() {
+    fn only_running_pods_of_kwok_nodes_with_an_ip_that_are_not_deleted_run() {
         let mut pod = Pod {
+            spec: Some(PodSpec {
+                node_name: Some("kwok-node-1".into()),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some("Running".into()),
                 pod_ip: Some("127.64.0.2".into()),
@@ -461,6 +474,14 @@ mod tests {
         pod.metadata.deletion_timestamp = None;
         if let Some(s) = pod.status.as_mut() {
             s.phase = Some("Pending".into());
+        }
+        assert!(!should_run(&pod));
+        if let Some(s) = pod.status.as_mut() {
+            s.phase = Some("Running".into());
+        }
+        // The real node's pods are kubelet's.
+        if let Some(s) = pod.spec.as_mut() {
+            s.node_name = Some("baton-node-0".into());
         }
         assert!(!should_run(&pod));
     }

@@ -20,6 +20,27 @@ pub const RUN_DIR: &str = "/run/baton";
 /// A demo-app StatefulSet named `name` with `replicas` pods and, when
 /// `sidecar` is set, the baton sidecar as a native sidecar with `env` extra.
 pub fn statefulset(name: &str, replicas: u32, sidecar: bool, env: &[(&str, &str)]) -> String {
+    statefulset_placed(name, replicas, sidecar, env, "")
+}
+
+/// Pod-spec lines that place a pod on the real node `baton-node-0`, also
+/// when it carries the taint `baton.dev/real-node` that up.sh sets when
+/// KWOK nodes run beside it (`make bench`): then only pods that ask for the
+/// real node land there.
+pub const ON_REAL_NODE: &str = concat!(
+    "      nodeSelector: {kubernetes.io/hostname: baton-node-0}\n",
+    "      tolerations: [{key: baton.dev/real-node, operator: Exists, effect: NoSchedule}]\n",
+);
+
+/// [`statefulset`] with `pod_spec` (YAML lines at the pod spec's indent)
+/// added to the pod template's spec, e.g. [`ON_REAL_NODE`].
+pub fn statefulset_placed(
+    name: &str,
+    replicas: u32,
+    sidecar: bool,
+    env: &[(&str, &str)],
+    pod_spec: &str,
+) -> String {
     let extra: String = env
         .iter()
         .map(|(k, v)| format!("        - {{name: {k}, value: \"{v}\"}}\n"))
@@ -70,7 +91,7 @@ spec:
       labels: {{app: {name}, baton.dev/group: {name}, role: passive}}
     spec:
       terminationGracePeriodSeconds: 5
-{sidecar_spec}      containers:
+{pod_spec}{sidecar_spec}      containers:
       - name: app
         image: {DEMO_APP_IMAGE}
         ports: [{{name: http, containerPort: 8080}}]
