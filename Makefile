@@ -22,10 +22,12 @@ e2e: build image cluster-binaries
 	$(CARGO) test -p baton-e2e --test '*' --locked --no-run
 	$(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked --offline --no-fail-fast -- --test-threads=$${E2E_THREADS:-3}
 
-## Benchmarks (never part of `make test`): baton vs the polling baseline on a
-## fresh cluster of their own; report in target/bench/. Counts: BENCH_ARGS.
-bench: build cluster-binaries
-	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench BATON_KWOK_NODES=3 BATON_REAL_NODES=0 \
+## Benchmarks (never part of `make test`) on a fresh cluster of their own:
+## clients through the ClusterIP on the real node; baton vs the polling
+## baseline, the webhook and the scale measure on KWOK nodes beside it;
+## report in target/bench/. Counts: BENCH_ARGS.
+bench: build image cluster-binaries
+	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench BATON_KWOK_NODES=3 BATON_REAL_NODES=1 \
 	  $(CLUSTER)/with-cluster.sh $(BIN_DIR)/baton-bench --out target/bench $(BENCH_ARGS)
 
 ## Build (once per version, cached in ~/.cache/baton) the upstream components

@@ -3,6 +3,7 @@
 //! writes target/bench/{report.md, *.svg, *.csv}. `make bench` runs it
 //! inside the network namespace of a fresh cluster of its own.
 
+mod clusterip;
 mod load;
 mod measure;
 mod recorder;
@@ -68,7 +69,20 @@ struct Args {
     /// Failovers per scale step (in distinct groups).
     #[arg(long, default_value_t = 10)]
     scale_failovers: usize,
-    /// Parts to skip: baton, fast, slow, webhook, scale.
+    /// Unplanned failovers through the ClusterIP on the real node.
+    #[arg(long, default_value_t = 10)]
+    clusterip_failovers: usize,
+    /// Planned handovers (active pod deleted) through the ClusterIP.
+    #[arg(long, default_value_t = 10)]
+    clusterip_planned: usize,
+    /// The holder's sidecar SIGKILLed, through the ClusterIP (the second
+    /// and later meet kubelet's restart back-off).
+    #[arg(long, default_value_t = 1)]
+    clusterip_kills: usize,
+    /// Requests per second of each ClusterIP client.
+    #[arg(long, default_value_t = 200)]
+    clusterip_rate: u32,
+    /// Parts to skip: clusterip, baton, fast, slow, webhook, scale.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Where the workspace binaries are (the webhook's).
@@ -101,6 +115,23 @@ async fn main() -> anyhow::Result<()> {
     let background = load::window(&cluster, args.window, &[])
         .await
         .context("background window")?;
+
+    let clusterip = if skip("clusterip") {
+        None
+    } else {
+        say("clusterip: a group on the real node, clients through the ClusterIP");
+        Some(
+            clusterip::run(
+                &cluster,
+                args.clusterip_rate,
+                args.clusterip_failovers,
+                args.clusterip_planned,
+                args.clusterip_kills,
+                say,
+            )
+            .await,
+        )
+    };
 
     let mut systems: Vec<(System, SystemResult)> = Vec::new();
     let plan = [
@@ -202,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
         background: &background,
         systems: &systems,
         webhook: webhook.as_ref(),
+        clusterip: clusterip.as_ref(),
         scales: &scales,
         minutes: (now() - started) / 60.0,
     };
@@ -307,6 +339,7 @@ struct Report<'a> {
     background: &'a Window,
     systems: &'a [(System, SystemResult)],
     webhook: Option<&'a Result<webhook::WebhookResult, String>>,
+    clusterip: Option<&'a clusterip::ClusterIpResult>,
     scales: &'a [scale::ScaleResult],
     minutes: f64,
 }
@@ -527,8 +560,16 @@ impl Report<'_> {
         for (k, v) in self.machine() {
             let _ = writeln!(md, "| {k} | {v} |");
         }
+        if let Some(c) = self.clusterip {
+            let _ = writeln!(md, "\n## Through the ClusterIP, on the real node\n");
+            md.push_str(&c.markdown());
+        }
         let a = self.args;
         let _ = writeln!(md, "\n## baton vs the baseline controller\n");
+        let _ = writeln!(
+            md,
+            "This section, the webhook's and the scale measure run on KWOK nodes: the pod runner starts the debug binaries as local processes; there is no kubelet and no kube-proxy, and the times are the EndpointSlice's, not a client's.\n"
+        );
         let _ = writeln!(
             md,
             "Runs: unplanned failover {} (baton) / {} (baseline {} s) / {} (baseline {} s); planned handover {} (baton, the baselines half or at least 2); SIGKILL {}; steady-state windows of {:.0} s.\n",
