@@ -26,20 +26,22 @@ impl InstalledWebhook {
     /// pod of `ns`.
     pub async fn install(ns: &TestNamespace) -> InstalledWebhook {
         let cluster = ns.cluster.clone();
-        let dir = repo_root().join("manifests/webhook");
-        let dir = dir.to_str().expect("utf-8 path");
-        kubectl_ok(&cluster, &["apply", "-k", dir]);
-        kubectl_ok(
-            &cluster,
-            &[
-                "-n",
-                "baton-system",
-                "rollout",
-                "status",
-                "deployment/baton-webhook",
-                &format!("--timeout={ROLLOUT}"),
-            ],
-        );
+        apply_and_roll_out(&cluster);
+        let webhook = InstalledWebhook { cluster };
+        webhook.wait_until_injecting(ns).await;
+        webhook
+    }
+
+    /// The webhook as one install serves every test of a test binary: the
+    /// first caller applies `manifests/webhook` (once, as a user would), each
+    /// waits until the API server calls it for pods of its own `ns`. It stays
+    /// installed (tests/tests/install.rs, another binary, uninstalls it).
+    pub async fn shared(ns: &TestNamespace) -> InstalledWebhook {
+        static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        let cluster = ns.cluster.clone();
+        APPLIED
+            .get_or_init(|| async { apply_and_roll_out(&cluster) })
+            .await;
         let webhook = InstalledWebhook { cluster };
         webhook.wait_until_injecting(ns).await;
         webhook
@@ -60,6 +62,22 @@ impl InstalledWebhook {
             .items
     }
 
+    /// The Prometheus text of every webhook pod, one after the other: an
+    /// admission may have gone to either replica.
+    pub async fn metrics(&self) -> String {
+        let mut text = String::new();
+        for pod in self.pods().await {
+            let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
+                continue;
+            };
+            let url = format!("http://{ip}:8080/metrics");
+            if let Ok(r) = crate::harness::http().get(&url).send().await {
+                text.push_str(&r.text().await.unwrap_or_default());
+            }
+        }
+        text
+    }
+
     /// `kubectl delete -k manifests/webhook`, and waits until it is gone.
     pub fn uninstall(self) {
         let dir = repo_root().join("manifests/webhook");
@@ -74,6 +92,23 @@ impl InstalledWebhook {
             ],
         );
     }
+}
+
+/// `kubectl apply -k manifests/webhook`, then its Deployment rolled out.
+fn apply_and_roll_out(cluster: &Cluster) {
+    let dir = repo_root().join("manifests/webhook");
+    kubectl_ok(cluster, &["apply", "-k", dir.to_str().expect("utf-8 path")]);
+    kubectl_ok(
+        cluster,
+        &[
+            "-n",
+            "baton-system",
+            "rollout",
+            "status",
+            "deployment/baton-webhook",
+            &format!("--timeout={ROLLOUT}"),
+        ],
+    );
 }
 
 fn kubectl_ok(cluster: &Cluster, args: &[&str]) {

@@ -1,8 +1,10 @@
-//! The webhook end to end: the real API server calls a `baton-webhook`
-//! process at `https://127.0.0.1:<port>` inside the cluster's network
-//! namespace, through the webhook configurations that ship in
-//! `manifests/webhook` (registered per test for its namespace only). The
-//! runner starts the injected sidecars as processes, and they elect.
+//! The webhook end to end, installed as users install it: `kubectl apply -k
+//! manifests/webhook` once for this test binary (the Deployment on the real
+//! node, self-managed certificates, the API server calling it through its
+//! Service); the real node runs the injected sidecars, and they elect.
+//! The two certificate tests run a `baton-webhook` process of their own
+//! beside the API server instead: they rotate files on disk and run short
+//! validity periods, which the shipped install does not.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use baton_e2e::{
         Cluster, NeverTwoActive, TestNamespace, signal, wait_endpoints, wait_for_holder,
         wait_for_object, wait_roles, wait_until,
     },
+    install::InstalledWebhook,
     webhook::{
         CERT_SECRET, LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, base64, der_of,
         openssl_pair, served_certificate, sidecars,
@@ -184,7 +187,7 @@ fn assert_locked_down(pid: u32, pod: &str) {
 async fn the_injected_sidecars_readiness_drives_the_pods_ready_condition() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-ready").await;
-    let webhook = LocalWebhook::start(&ns).await;
+    InstalledWebhook::shared(&ns).await;
     ns.apply(&workload::statefulset("web", 1, false, &[]).replacen(
         "metadata:\n  name: web\n",
         "metadata:\n  name: web\n  annotations: {baton.dev/inject: \"true\"}\n",
@@ -220,7 +223,6 @@ async fn the_injected_sidecars_readiness_drives_the_pods_ready_condition() {
         .and_then(|c| c.into_iter().find(|c| c.name == "baton-sidecar"))
         .map(|c| c.restart_count);
     assert_eq!(restarts, Some(0));
-    drop(webhook);
     ns.delete().await;
 }
 
@@ -228,7 +230,7 @@ async fn the_injected_sidecars_readiness_drives_the_pods_ready_condition() {
 async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-sts").await;
-    let webhook = LocalWebhook::start(&ns).await;
+    let webhook = InstalledWebhook::shared(&ns).await;
     let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
 
     // A StatefulSet that has not opted in: its pods come without the sidecar.
@@ -281,7 +283,6 @@ async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
         "the webhook counted its injections"
     );
     assert_eq!(guard.assert_held(), 1, "one active pod at a time");
-    drop(webhook);
     ns.delete().await;
 }
 
@@ -289,7 +290,7 @@ async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
 async fn deployment_opted_in_by_its_own_annotation_gets_injected_pods() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-deploy").await;
-    let webhook = LocalWebhook::start(&ns).await;
+    InstalledWebhook::shared(&ns).await;
     // Only the Deployment carries the annotation; its pods are created by a
     // ReplicaSet, which the webhook follows to the Deployment.
     ns.apply(
@@ -333,7 +334,6 @@ spec:
     wait_event(&ns, "Injected", "Deployment", "api").await;
     let holder = wait_for_holder(&ns, "api", None).await;
     assert!(pods.iter().any(|p| p.name_any() == holder), "{holder}");
-    drop(webhook);
     ns.delete().await;
 }
 
@@ -341,7 +341,7 @@ spec:
 async fn recreated_pod_is_not_injected_twice() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-recreate").await;
-    let webhook = LocalWebhook::start(&ns).await;
+    InstalledWebhook::shared(&ns).await;
     ns.apply(&workload::statefulset("web", 1, false, &[]));
     ns.kubectl_ok(
         &["annotate", "statefulset", "web", "baton.dev/inject=true"],
@@ -392,7 +392,6 @@ async fn recreated_pod_is_not_injected_twice() {
         second.spec.as_ref().map(|s| s.volumes.clone()),
         "no second token volume"
     );
-    drop(webhook);
     ns.delete().await;
 }
 
@@ -400,7 +399,7 @@ async fn recreated_pod_is_not_injected_twice() {
 async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-invalid").await;
-    let webhook = LocalWebhook::start(&ns).await;
+    InstalledWebhook::shared(&ns).await;
     let valid = workload::statefulset("web", 0, false, &[]);
     let invalid = valid.replacen(
         "metadata:\n  name: web\n",
@@ -440,7 +439,6 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
         stderr.contains("baton.dev/lease-duration") && stderr.contains("soon"),
         "{stderr}"
     );
-    drop(webhook);
     ns.delete().await;
 }
 
@@ -448,7 +446,7 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
 async fn server_side_dry_run_creates_nothing_and_records_no_event() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-dryrun").await;
-    let webhook = LocalWebhook::start(&ns).await;
+    InstalledWebhook::shared(&ns).await;
     // An opted-in owner with no pods of its own: Events go on the owner.
     ns.apply(&workload::statefulset("web", 0, false, &[]).replacen(
         "metadata:\n  name: web\n",
@@ -545,7 +543,6 @@ async fn server_side_dry_run_creates_nothing_and_records_no_event() {
         "the Event is the real creation's alone, not the dry run's: {:?}",
         injected[0]
     );
-    drop(webhook);
     ns.delete().await;
 }
 
