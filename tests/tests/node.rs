@@ -1,8 +1,8 @@
 //! What only a real node shows: each pod has its own network namespace (the
 //! sidecar's probe of 127.0.0.1 reaches its own app, never a neighbour's);
 //! a client of the Service's ClusterIP, routed by kube-proxy, is answered by
-//! the active pod alone, before and after a failover; kubelet stops the
-//! native sidecar only after the app.
+//! the active pod alone, before and after a failover; kubelet starts the
+//! native sidecar before the app and stops it only after the app.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -190,17 +190,41 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
     ns.delete().await;
 }
 
-/// kubelet stops a native sidecar only after the app: while the app, told
-/// to stop, still finishes a request in flight (it stops accepting at once),
-/// the sidecar keeps serving; it never stops while the app still accepts.
+/// When a container wrote its first log line, as the runtime stamped it.
+fn first_line_at(ns: &TestNamespace, pod: &str, container: &str) -> k8s_openapi::jiff::Timestamp {
+    let logs = ns.kubectl_ok(&["logs", pod, "-c", container, "--timestamps"], None);
+    let first = logs
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("{container} logged nothing"));
+    let stamp = first.split_whitespace().next().unwrap_or_default();
+    stamp
+        .parse()
+        .unwrap_or_else(|e| panic!("{container}'s log stamp {stamp:?}: {e}"))
+}
+
+/// kubelet starts the native sidecar before the app, and stops it only
+/// after the app: while the app, told to stop, still finishes a request in
+/// flight (it stops accepting at once), the sidecar keeps serving; it never
+/// stops while the app still accepts.
 #[tokio::test]
-async fn the_native_sidecar_outlives_the_app_when_its_pod_is_deleted() {
+async fn the_native_sidecar_starts_before_the_app_and_outlives_it_on_deletion() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("node-order").await;
     ns.apply(&workload::statefulset("web", 1, true, &[]));
     wait_for_holder(&ns, "web", None).await;
     let ip = pod_ip(&ns, "web-0").await;
     assert_eq!(status(&ns, "web-0").await["app_healthy"], true);
+
+    // Start: kubelet launches the app only once the sidecar runs, so the
+    // sidecar's first line comes first (a sidecar among the regular
+    // containers would start beside the app, after it in the list).
+    let sidecar_at = first_line_at(&ns, "web-0", "baton-sidecar");
+    let app_at = first_line_at(&ns, "web-0", "app");
+    assert!(
+        sidecar_at < app_at,
+        "the sidecar's first line ({sidecar_at}) precedes the app's ({app_at})"
+    );
 
     // A request that hangs keeps the app running after SIGTERM, until kubelet
     // kills it at the end of the grace period (5 s in the workload).
