@@ -33,6 +33,11 @@ use crate::{
 /// First wait after a label refused at admission: about one informer hop.
 const REFUSED_RETRY_BASE: Duration = Duration::from_millis(20);
 
+/// Longest one API call may take once shutdown is asked for: a healthy API
+/// server answers in milliseconds, and a hung one must not keep kubelet
+/// waiting (`docs/design.md`, rule 6). The first failure ends the handover.
+const SHUTDOWN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Everything the loop knows and the handles it acts through.
 pub struct Candidate {
     pub settings: Settings,
@@ -52,6 +57,8 @@ pub struct Candidate {
     /// Why the pod stopped being eligible for good, if it did (rule 6).
     gave_up: Option<GiveUp>,
     shutting_down: bool,
+    /// When a shutdown stops trying to hand over and exits.
+    shutdown_deadline: Option<Instant>,
     handover_started: Option<Instant>,
     api: ApiState,
     /// Consecutive labels refused at admission (see `settle`).
@@ -105,6 +112,7 @@ impl Candidate {
             pod_deleted: false,
             gave_up: None,
             shutting_down: false,
+            shutdown_deadline: None,
             handover_started: None,
             api: ApiState::default(),
             refused: 0,
@@ -157,11 +165,16 @@ impl Candidate {
     /// Time left for an API call: the configured timeout, shortened to the
     /// time we have left as holder.
     fn call_timeout(&self, now: Instant) -> Duration {
-        let t = self.settings.api_timeout;
-        match self.leading_until() {
-            Some(until) if until > now => t.min(until - now),
-            _ => t,
+        let mut t = self.settings.api_timeout;
+        if let Some(until) = self.leading_until().filter(|u| *u > now) {
+            t = t.min(until - now);
         }
+        if let Some(deadline) = self.shutdown_deadline {
+            t = t
+                .min(SHUTDOWN_CALL_TIMEOUT)
+                .min(deadline.saturating_duration_since(now));
+        }
+        t
     }
 
     /// Runs until `shutdown` resolves and the handover is done.
@@ -175,7 +188,6 @@ impl Candidate {
         let mut pod_events = pin!(pod_events);
         let mut shutdown = pin!(shutdown);
         let mut health = self.health.clone();
-        let mut shutdown_deadline: Option<Instant> = None;
         loop {
             let now = Instant::now();
             self.note_health();
@@ -183,7 +195,29 @@ impl Candidate {
             // label, which may take an API timeout, and what we show must
             // not wait for it (`docs/design.md`, rule 5).
             self.show_role(now).await;
-            let acted = self.act(now).await;
+            if self.shutdown_deadline.is_some_and(|d| now >= d) {
+                warn!(
+                    "API server did not answer the handover in time; exiting without it (a standby takes over once the Lease expires)"
+                );
+                return;
+            }
+            // An action waits on the API server, up to a timeout, again and
+            // again while it hangs: SIGTERM cuts it short (rule 6).
+            let acted = if self.shutting_down {
+                self.act(now).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => None,
+                    acted = self.act(now) => Some(acted),
+                }
+                .unwrap_or_else(|| {
+                    // Whatever the cut call did may have landed: read again.
+                    self.lease = LeaseView::Unknown;
+                    self.begin_shutdown();
+                    true
+                })
+            };
             self.show_role(Instant::now()).await;
             if self.shutting_down && self.handover_done() {
                 if let Some(started) = self.handover_started {
@@ -193,24 +227,15 @@ impl Candidate {
                 self.events.flush(self.settings.api_timeout).await;
                 return;
             }
-            if shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
-                warn!("API server did not answer in time; exiting without a clean handover");
-                return;
-            }
             if acted {
                 continue;
             }
-            let wake = [self.next_wake(now), shutdown_deadline]
+            let wake = [self.next_wake(now), self.shutdown_deadline]
                 .into_iter()
                 .flatten()
                 .min();
             tokio::select! {
-                _ = &mut shutdown, if !self.shutting_down => {
-                    info!("shutdown requested; handing over");
-                    self.shutting_down = true;
-                    self.start_giving_up(GiveUp::Shutdown);
-                    shutdown_deadline = Some(Instant::now() + self.settings.api_timeout * 3);
-                }
+                _ = &mut shutdown, if !self.shutting_down => self.begin_shutdown(),
                 changed = health.changed() => {
                     if changed.is_err() {
                         warn!("probe stopped; handing over");
@@ -222,6 +247,21 @@ impl Candidate {
                 _ = sleep_until(wake) => {}
             }
         }
+    }
+
+    /// SIGTERM: hand over within a bounded time. With the API server
+    /// already failing there is nothing to try: exit at once, the Lease
+    /// expires as after a crash.
+    fn begin_shutdown(&mut self) {
+        info!("shutdown requested; handing over");
+        self.shutting_down = true;
+        self.start_giving_up(GiveUp::Shutdown);
+        let now = Instant::now();
+        self.shutdown_deadline = Some(if self.api.reachable() {
+            now + self.settings.api_timeout * 3
+        } else {
+            now
+        });
     }
 
     /// Done handing over: not the holder (as last seen), not labelled active.
@@ -397,28 +437,41 @@ impl Candidate {
             Err(ActionError::Lease(e)) if e.needs_read() => {
                 debug!(operation, error = %e, "re-reading the lease");
                 self.lease = LeaseView::Unknown;
+                // Unanswered is an API failure too: without a back-off a
+                // hung API server would be asked again at once, forever.
+                if matches!(e, WriteError::Timeout { .. }) {
+                    self.back_off(operation, &e);
+                }
             }
             Err(ActionError::Label(e @ LabelError::Conflict { .. })) => {
                 debug!(operation, error = %e, "pod changed; deciding again");
             }
-            Err(e) => {
-                self.metrics.api_error(operation);
-                let failures = self.api.failed(operation, &e);
-                let cap = if self.leading(Instant::now()) {
-                    self.settings.retry_period
-                } else {
-                    self.settings.retry_period * 4
-                };
-                let wait = backoff::delay(
-                    self.settings.retry_period / 2,
-                    cap,
-                    failures,
-                    fastrand::f64(),
-                );
-                self.retry_at = Some(Instant::now() + wait);
-            }
+            Err(e) => self.back_off(operation, &e),
         }
         true
+    }
+
+    /// A failed API call: counted, logged once per outage, retried after a
+    /// back-off; during a shutdown it ends the handover.
+    fn back_off(&mut self, operation: &'static str, error: &dyn std::error::Error) {
+        self.metrics.api_error(operation);
+        let failures = self.api.failed(operation, error);
+        if self.shutting_down {
+            self.shutdown_deadline = Some(Instant::now());
+            return;
+        }
+        let cap = if self.leading(Instant::now()) {
+            self.settings.retry_period
+        } else {
+            self.settings.retry_period * 4
+        };
+        let wait = backoff::delay(
+            self.settings.retry_period / 2,
+            cap,
+            failures,
+            fastrand::f64(),
+        );
+        self.retry_at = Some(Instant::now() + wait);
     }
 
     async fn lease_step(&mut self, step: Step, now: Instant) -> Result<(), ActionError> {
@@ -825,13 +878,22 @@ mod tests {
     /// web-0 as the holder of lease `web`, labelled active, its last renewal
     /// sent at `sent`, talking to `api`.
     fn holder(api: &ScriptedApi, sent: Instant) -> (Candidate, watch::Receiver<Status>) {
-        let settings = Settings::try_parse_from([
+        holder_with(api, sent, &[])
+    }
+
+    /// [`holder`] with more command-line flags.
+    fn holder_with(
+        api: &ScriptedApi,
+        sent: Instant,
+        flags: &[&str],
+    ) -> (Candidate, watch::Receiver<Status>) {
+        let args = [
             "baton-sidecar",
             "--pod-name=web-0",
             "--pod-namespace=default",
             "--lease-name=web",
-        ])
-        .expect("valid settings");
+        ];
+        let settings = Settings::try_parse_from(args.iter().chain(flags)).expect("valid settings");
         let client = api.client();
         let labels = RoleLabels {
             key: settings.role_label.clone(),
@@ -945,6 +1007,78 @@ mod tests {
         assert!(
             said[0].starts_with("WARN") && said[0].contains("forbidden"),
             "{said:?}"
+        );
+        assert_eq!(shown.borrow().role, Some(Role::Passive));
+    }
+
+    /// An API server that accepts connections and never answers.
+    fn frozen() -> ScriptedApi {
+        ScriptedApi::new(testing::forbidden).hanging_when(|_| true)
+    }
+
+    /// web-0 as a standby labelled passive that has not read the Lease yet.
+    fn standby(api: &ScriptedApi, flags: &[&str]) -> (Candidate, watch::Receiver<Status>) {
+        let (mut c, shown) = holder_with(api, Instant::now(), flags);
+        c.lease = LeaseView::Unknown;
+        c.lease_object = None;
+        c.last_renew_sent = None;
+        let mut pod = c.pod.clone().expect("the pod");
+        pod.metadata.resource_version = Some("13".into());
+        pod.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("role".into(), "passive".into());
+        c.observe_pod(pod);
+        c.role = Some(Role::Passive);
+        (c, shown)
+    }
+
+    #[tokio::test]
+    async fn a_lease_read_that_times_out_backs_off_like_any_failed_call() {
+        let api = frozen();
+        let (mut c, _shown) = standby(&api, &["--api-timeout=100ms"]);
+        assert!(c.act(Instant::now()).await, "it read");
+        assert_eq!(api.sent("kind").len(), 1);
+        assert!(
+            api.sent("kind")[0].starts_with("GET "),
+            "{:?}",
+            api.sent("kind")
+        );
+        assert!(!c.api.reachable(), "an unanswered read is a failed call");
+        assert!(c.retry_at.is_some(), "backing off before reading again");
+        assert!(!c.act(Instant::now()).await, "not asked again at once");
+        assert_eq!(api.requests().len(), 1);
+    }
+
+    /// Rule 6 during an outage: SIGTERM cuts short a call that hangs (the
+    /// loop used to wait for its timeout, and a standby re-read the Lease at
+    /// once after each), and no handover call follows.
+    #[tokio::test]
+    async fn sigterm_while_the_api_server_hangs_ends_the_loop_at_once() {
+        let api = frozen();
+        // A standby reading the Lease, with a call that would wait an hour.
+        let (c, shown) = standby(&api, &["--api-timeout=1h", "--lease-duration=2h"]);
+        let (sigterm, on_sigterm) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(c.run(
+            futures::stream::pending(),
+            futures::stream::pending(),
+            async move {
+                let _ = on_sigterm.await;
+            },
+        ));
+        api.wait_for(1, Duration::from_secs(30)).await;
+        let before = api.requests().len();
+        sigterm.send(()).expect("the loop listens");
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the loop ended after SIGTERM although the API server hangs")
+            .expect("the loop did not panic");
+        let after_sigterm = api.requests().len() - before;
+        assert_eq!(
+            after_sigterm,
+            0,
+            "no call once the API server is known to hang: {:?}",
+            api.sent("kind")
         );
         assert_eq!(shown.borrow().role, Some(Role::Passive));
     }

@@ -25,10 +25,12 @@ pub struct Request {
 }
 
 type Answer = dyn Fn(&Request) -> (u16, Value) + Send + Sync;
+type Hang = dyn Fn(&Request) -> bool + Send + Sync;
 
 #[derive(Clone)]
 pub struct ScriptedApi {
     answer: Arc<Answer>,
+    hang: Arc<Hang>,
     seen: Arc<Mutex<Vec<Request>>>,
 }
 
@@ -37,8 +39,16 @@ impl ScriptedApi {
     pub fn new(answer: impl Fn(&Request) -> (u16, Value) + Send + Sync + 'static) -> Self {
         Self {
             answer: Arc::new(answer),
+            hang: Arc::new(|_| false),
             seen: Arc::default(),
         }
+    }
+
+    /// Never answers the requests `hang` picks (they are still recorded), as
+    /// a frozen API server that keeps its connections open.
+    pub fn hanging_when(mut self, hang: impl Fn(&Request) -> bool + Send + Sync + 'static) -> Self {
+        self.hang = Arc::new(hang);
+        self
     }
 
     /// A client of this server (default namespace `default`).
@@ -57,7 +67,11 @@ impl ScriptedApi {
                     body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                 };
                 let (status, answer) = (api.answer)(&request);
+                let hang = (api.hang)(&request);
                 api.seen.lock().expect("not poisoned").push(request);
+                if hang {
+                    std::future::pending::<()>().await;
+                }
                 let response = Response::builder()
                     .status(StatusCode::from_u16(status).expect("a valid status code"))
                     .header("content-type", "application/json")

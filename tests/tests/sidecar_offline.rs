@@ -1,7 +1,8 @@
-//! The sidecar when the API server cannot be reached: it keeps retrying with
-//! back-off, says so once (not once per attempt), still serves its status,
-//! and still exits promptly on SIGTERM. Needs no cluster: its kubeconfig
-//! points at a port where nothing listens.
+//! The sidecar when the API server cannot be reached, or accepts connections
+//! and never answers: it keeps retrying with back-off, says so once (not
+//! once per attempt), still serves its status, and still exits promptly on
+//! SIGTERM. Needs no cluster: its kubeconfig points at a port where nothing
+//! listens, or where a listener accepts and stays silent.
 
 use std::{
     io::Read,
@@ -27,16 +28,36 @@ fn api_errors(metrics: &str) -> u64 {
 
 #[tokio::test]
 async fn unreachable_api_server_is_retried_and_logged_once_per_change() {
+    retried_logged_once_and_exits_on_sigterm(free_port()).await;
+}
+
+/// Calls that hang until their timeout, as with a frozen API server: a
+/// standby used to re-read the Lease at once after each, never looking at
+/// SIGTERM.
+#[tokio::test]
+async fn hanging_api_server_is_retried_and_logged_once_and_sigterm_still_answered() {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    // Accepts every connection and keeps it open, saying nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    retried_logged_once_and_exits_on_sigterm(port).await;
+}
+
+async fn retried_logged_once_and_exits_on_sigterm(dead: u16) {
     let sidecar = repo_root().join("target/debug/baton-sidecar");
     assert!(
         sidecar.exists(),
         "build it first: make build ({})",
         sidecar.display()
     );
-    let dir = std::env::temp_dir().join(format!("baton-offline-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("baton-offline-{}-{dead}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let kubeconfig = dir.join("kubeconfig");
-    let dead = free_port();
     std::fs::write(
         &kubeconfig,
         format!(
