@@ -48,6 +48,8 @@ pub struct Candidate {
     pub health: watch::Receiver<Health>,
     pub status: watch::Sender<Status>,
     lease: LeaseView,
+    /// The Lease as last observed, kept while `lease` is `Unknown`.
+    last_observed: Option<Observed>,
     /// The Lease object as last read or written: the base of the next replace.
     lease_object: Option<Lease>,
     last_renew_sent: Option<Instant>,
@@ -106,6 +108,7 @@ impl Candidate {
             health,
             status,
             lease: LeaseView::Unknown,
+            last_observed: None,
             lease_object: None,
             last_renew_sent: None,
             pod: None,
@@ -687,11 +690,14 @@ impl Candidate {
                 self.lease_object = None;
             }
             Some(l) => {
+                // Also across a re-read (`Unknown`): a write that timed out
+                // and did not land must not restart the expiry clock.
                 let previous = match &self.lease {
                     LeaseView::Present(o) => Some(o),
-                    _ => None,
+                    _ => self.last_observed.as_ref(),
                 };
                 let observed = Observed::from_lease(l, previous, self.settings.lease_duration, now);
+                self.last_observed = Some(observed.clone());
                 self.metrics.set_lease_transitions(observed.transitions);
                 self.lease = LeaseView::Present(observed);
                 self.lease_object = Some(l.clone());
@@ -1031,6 +1037,28 @@ mod tests {
         c.observe_pod(pod);
         c.role = Some(Role::Passive);
         (c, shown)
+    }
+
+    #[tokio::test]
+    async fn a_re_read_of_an_unchanged_lease_keeps_its_expiry_clock() {
+        let api = frozen();
+        let (mut c, _shown) = standby(&api, &[]);
+        let mut lease = Lease::default();
+        lease.metadata.resource_version = Some("8".into());
+        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("web-1".into()),
+            lease_duration_seconds: Some(6),
+            ..Default::default()
+        });
+        let first = Instant::now();
+        c.observe_lease(Some(&lease), first);
+        // An acquire timed out: the Lease is re-read, and has not changed.
+        c.lease = LeaseView::Unknown;
+        c.observe_lease(Some(&lease), first + Duration::from_secs(5));
+        let LeaseView::Present(o) = &c.lease else {
+            panic!("read: {:?}", c.lease)
+        };
+        assert_eq!(o.seen_at, first, "expires 6 s after it was first seen");
     }
 
     #[tokio::test]

@@ -37,9 +37,17 @@ pub struct Observed {
     pub seen_at: Instant,
 }
 
+/// The longest lease duration a holder's claim counts for, in multiples of
+/// our own `--lease-duration`: every member of a group has the same settings
+/// (one template), so more is junk or a foreign Lease, and must not block
+/// the group for longer (a `leaseDurationSeconds` of 2^31 would, for decades).
+pub const MAX_CLAIMED_DURATION_FACTOR: u32 = 10;
+
 impl Observed {
     /// Reads a Lease as seen at `now`, keeping `seen_at` when the
     /// `resourceVersion` is the one already known (a re-list, not a write).
+    /// The holder's claimed duration counts up to
+    /// [`MAX_CLAIMED_DURATION_FACTOR`] times `default_duration`.
     pub fn from_lease(
         lease: &Lease,
         previous: Option<&Observed>,
@@ -61,7 +69,8 @@ impl Observed {
                 .and_then(|s| s.lease_duration_seconds)
                 .and_then(|s| u64::try_from(s).ok())
                 .filter(|s| *s > 0)
-                .map_or(default_duration, Duration::from_secs),
+                .map_or(default_duration, Duration::from_secs)
+                .min(default_duration * MAX_CLAIMED_DURATION_FACTOR),
             transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
             seen_at,
         }
@@ -396,6 +405,27 @@ mod tests {
         lease.metadata.resource_version = Some("2".into());
         let renewed = Observed::from_lease(&lease, Some(&first), DURATION, t0 + RENEW);
         assert_eq!(renewed.seen_at, t0 + RENEW);
+    }
+
+    #[test]
+    fn a_junk_lease_duration_counts_for_ten_of_ours_at_most() {
+        let mut lease = Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some("ghost".into()),
+                lease_duration_seconds: Some(i32::MAX),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let o = Observed::from_lease(&lease, None, DURATION, Instant::now());
+        assert_eq!(o.duration, DURATION * 10);
+        lease.spec.as_mut().expect("spec").lease_duration_seconds = Some(8);
+        let o = Observed::from_lease(&lease, None, DURATION, Instant::now());
+        assert_eq!(
+            o.duration,
+            Duration::from_secs(8),
+            "a claim within the bound counts"
+        );
     }
 
     #[test]

@@ -66,6 +66,16 @@ pub enum Denial {
         "container {container:?} uses port {port}, the sidecar's status port; move the app or its port"
     )]
     PortConflict { container: String, port: u16 },
+    /// Every invalid annotation of the pod at once: fixing them one apply
+    /// at a time would be tedious.
+    #[error("{} invalid baton.dev annotations: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<Denial>),
+    /// A container of the user's own carries the sidecar's name: skipping
+    /// it as "already injected" would leave a group that never elects.
+    #[error(
+        "the pod already has a container named {name:?} that baton did not inject (no baton.dev/injected annotation); rename that container, or set baton.dev/inject: \"false\" on the pod"
+    )]
+    ForeignSidecar { name: String },
 }
 
 /// Long values are cut in messages: a denial stays one readable line.
@@ -207,8 +217,9 @@ pub fn plan(
     resources: &Resources,
 ) -> Result<Plan, Denial> {
     let sources = Sources::new(pod, owner);
-
-    let lease = lease_name(&sources)?;
+    // Each annotation is checked alone first, and all of them are reported.
+    let mut problems: Vec<Denial> = Vec::new();
+    let lease = keep(lease_name(&sources), &mut problems);
     let mut base = vec![
         "baton-sidecar".to_owned(),
         "--pod-name=x".to_owned(),
@@ -224,11 +235,14 @@ pub fn plan(
         let value = match sources.get(&format!("{ANNOTATION_PREFIX}{flag}")) {
             Some(found) => {
                 let args = [base.clone(), vec![format!("--{LEASE_NAME_FLAG}=x")]].concat();
-                parse_sidecar(
+                let parsed = parse_sidecar(
                     args.into_iter()
                         .chain([format!("--{flag}={}", found.value)]),
-                )
-                .map_err(|e| found.invalid(clap_reason(&e)))?;
+                );
+                if let Err(e) = parsed {
+                    problems.push(found.invalid(clap_reason(&e)));
+                    continue;
+                }
                 found.value.to_owned()
             }
             None if flag == PROBE_PORT_FLAG => match first_container_port(pod) {
@@ -239,7 +253,46 @@ pub fn plan(
         };
         chosen.push((flag, env, value));
     }
+    let native = match sources.get(NATIVE_SIDECAR) {
+        Some(found) => keep(parse_bool(&found), &mut problems),
+        None => Some(native),
+    };
+    let mut quantity = |key, default| keep(quantity_or(&sources, key, default), &mut problems);
+    let (cpu_request, memory_request, cpu_limit, memory_limit) = (
+        quantity(SIDECAR_CPU_REQUEST, &resources.cpu_request),
+        quantity(SIDECAR_MEMORY_REQUEST, &resources.memory_request),
+        quantity(SIDECAR_CPU_LIMIT, &resources.cpu_limit),
+        quantity(SIDECAR_MEMORY_LIMIT, &resources.memory_limit),
+    );
+    let (
+        Some(lease),
+        Some(native),
+        Some(cpu_request),
+        Some(memory_request),
+        Some(cpu_limit),
+        Some(memory_limit),
+    ) = (
+        lease,
+        native,
+        cpu_request,
+        memory_request,
+        cpu_limit,
+        memory_limit,
+    )
+    else {
+        return Err(Denial::all(problems));
+    };
+    if !problems.is_empty() {
+        return Err(Denial::all(problems));
+    }
+    let resources = Resources {
+        cpu_request,
+        memory_request,
+        cpu_limit,
+        memory_limit,
+    };
 
+    // Then the settings together.
     base.push(format!("--{LEASE_NAME_FLAG}={lease}"));
     let args = base.into_iter().chain(
         chosen
@@ -264,17 +317,6 @@ pub fn plan(
         });
     }
 
-    let native = match sources.get(NATIVE_SIDECAR) {
-        Some(found) => parse_bool(&found)?,
-        None => native,
-    };
-    let resources = Resources {
-        cpu_request: quantity_or(&sources, SIDECAR_CPU_REQUEST, &resources.cpu_request)?,
-        memory_request: quantity_or(&sources, SIDECAR_MEMORY_REQUEST, &resources.memory_request)?,
-        cpu_limit: quantity_or(&sources, SIDECAR_CPU_LIMIT, &resources.cpu_limit)?,
-        memory_limit: quantity_or(&sources, SIDECAR_MEMORY_LIMIT, &resources.memory_limit)?,
-    };
-
     let mut env: Vec<(String, String)> = chosen
         .into_iter()
         .map(|(_, env, value)| (env, value))
@@ -287,6 +329,22 @@ pub fn plan(
         native,
         resources,
     })
+}
+
+/// The value, or `None` with the denial kept in `problems`.
+fn keep<T>(result: Result<T, Denial>, problems: &mut Vec<Denial>) -> Option<T> {
+    result.map_err(|denial| problems.push(denial)).ok()
+}
+
+impl Denial {
+    /// One denial for `problems` (never empty): itself when alone.
+    fn all(mut problems: Vec<Denial>) -> Denial {
+        if problems.len() == 1 {
+            problems.remove(0)
+        } else {
+            Denial::Several(problems)
+        }
+    }
 }
 
 fn pod_containers(pod: &Pod) -> impl Iterator<Item = &k8s_openapi::api::core::v1::Container> {
@@ -527,6 +585,28 @@ mod tests {
         let o = owner("StatefulSet", "web").annotated(INJECT, "TRUE");
         let err = opt_in(&Sources::new(&pod(), Some(&o))).expect_err("TRUE is not a bool");
         assert!(err.to_string().contains("(on StatefulSet web)"), "{err}");
+    }
+
+    #[test]
+    fn every_invalid_annotation_is_named_at_once() {
+        let p = pod()
+            .annotated("baton.dev/probe-period", "fast")
+            .annotated("baton.dev/native-sidecar", "maybe")
+            .annotated("baton.dev/sidecar-memory-limit", "lots");
+        let err = plan_of(&p, Some(&owner("StatefulSet", "web"))).expect_err("three bad");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("3 invalid baton.dev annotations: "),
+            "{msg}"
+        );
+        for named in [
+            "baton.dev/probe-period=\"fast\"",
+            "baton.dev/native-sidecar=\"maybe\"",
+            "baton.dev/sidecar-memory-limit=\"lots\"",
+        ] {
+            assert!(msg.contains(named), "{named} in {msg}");
+        }
+        assert_eq!(msg.lines().count(), 1, "{msg}");
     }
 
     #[test]

@@ -67,7 +67,8 @@ pub enum Skip {
     NotOptedIn,
     /// The pod shares the node's network: its loopback is not its own.
     HostNetwork,
-    /// A container named `baton-sidecar` is already there.
+    /// The sidecar is already there (a container named `baton-sidecar` and
+    /// our `baton.dev/injected` annotation).
     AlreadyInjected,
 }
 
@@ -110,8 +111,10 @@ pub fn decide(pod: &Pod, owner: Option<&Owner>, config: &Config) -> Decision {
         Ok(OptIn::NotAsked) => return Decision::Skip(Skip::NotOptedIn),
         Ok(OptIn::In) => {}
     }
-    if let Some(skip) = precheck(pod) {
-        return Decision::Skip(skip);
+    match precheck(pod) {
+        Err(denial) => return Decision::Deny(denial),
+        Ok(Some(skip)) => return Decision::Skip(skip),
+        Ok(None) => {}
     }
     match annotations::plan(pod, owner, config.native, &config.resources) {
         Err(denial) => Decision::Deny(denial),
@@ -123,16 +126,27 @@ pub fn decide(pod: &Pod, owner: Option<&Owner>, config: &Config) -> Decision {
     }
 }
 
-/// The skips that depend on the pod alone.
-pub fn precheck(pod: &Pod) -> Option<Skip> {
-    let spec = pod.spec.as_ref()?;
+/// The skips that depend on the pod alone; a container of ours without our
+/// annotation is someone else's, and denied.
+pub fn precheck(pod: &Pod) -> Result<Option<Skip>, Denial> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(None);
+    };
     if is_injected(spec) {
-        Some(Skip::AlreadyInjected)
-    } else if spec.host_network == Some(true) {
-        Some(Skip::HostNetwork)
-    } else {
-        None
+        let ours = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(INJECTED));
+        return if ours {
+            Ok(Some(Skip::AlreadyInjected))
+        } else {
+            Err(Denial::ForeignSidecar {
+                name: SIDECAR_NAME.to_owned(),
+            })
+        };
     }
+    Ok((spec.host_network == Some(true)).then_some(Skip::HostNetwork))
 }
 
 fn is_injected(spec: &PodSpec) -> bool {
@@ -451,6 +465,24 @@ mod tests {
         let again = decide(&once.pod, Some(&o), &config());
         assert_eq!(again, Decision::Skip(Skip::AlreadyInjected));
         assert_eq!(Skip::AlreadyInjected.reason(), "already injected");
+    }
+
+    #[test]
+    fn a_container_of_the_users_own_named_like_the_sidecar_is_denied_naming_it() {
+        let mut p = opted_in();
+        p.spec_mut().containers.push(Container {
+            name: SIDECAR_NAME.into(),
+            ..Default::default()
+        });
+        let d = decide(&p, Some(&owner("StatefulSet", "web")), &config());
+        let Decision::Deny(denial) = d else {
+            panic!("denied, not {d:?}")
+        };
+        let msg = denial.to_string();
+        assert!(
+            msg.contains("\"baton-sidecar\"") && msg.contains("baton.dev/injected"),
+            "{msg}"
+        );
     }
 
     #[test]
