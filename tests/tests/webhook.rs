@@ -439,6 +439,41 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
         stderr.contains("baton.dev/lease-duration") && stderr.contains("soon"),
         "{stderr}"
     );
+
+    // Two bad values: both named in one answer.
+    let out = ns.kubectl(
+        &[
+            "annotate",
+            "statefulset",
+            "web",
+            "baton.dev/inject=true",
+            "baton.dev/lease-duration=soon",
+            "baton.dev/native-sidecar=maybe",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kubectl annotate must fail");
+    assert!(
+        stderr.contains("soon") && stderr.contains("baton.dev/native-sidecar=\"maybe\""),
+        "every invalid annotation named: {stderr}"
+    );
+
+    // A container of the user's own named like the sidecar: denied, named.
+    let own = workload::statefulset("own", 0, false, &[])
+        .replacen(
+            "metadata:\n  name: own\n",
+            "metadata:\n  name: own\n  annotations: {baton.dev/inject: \"true\"}\n",
+            1,
+        )
+        .replace("      - name: app\n", "      - name: baton-sidecar\n");
+    let out = ns.kubectl(&["apply", "-f", "-"], Some(&own));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kubectl apply must fail: {own}");
+    assert!(
+        stderr.contains("container named \"baton-sidecar\""),
+        "{stderr}"
+    );
     ns.delete().await;
 }
 
