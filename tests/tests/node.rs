@@ -219,6 +219,8 @@ async fn the_native_sidecar_starts_before_the_app_and_outlives_it_on_deletion() 
     // Start: kubelet launches the app only once the sidecar runs, so the
     // sidecar's first line comes first (a sidecar among the regular
     // containers would start beside the app, after it in the list).
+    // (kubectl logs needs the pod's status to say so, which may lag the app.)
+    ns.pid("web-0", "app", T).await;
     let sidecar_at = first_line_at(&ns, "web-0", "baton-sidecar");
     let app_at = first_line_at(&ns, "web-0", "app");
     assert!(
