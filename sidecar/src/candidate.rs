@@ -63,6 +63,10 @@ pub struct Candidate {
     shutdown_deadline: Option<Instant>,
     handover_started: Option<Instant>,
     api: ApiState,
+    /// The last failed call got no answer (timeout, no connection) and no
+    /// Lease write has landed since: the API server was out of reach,
+    /// rather than refusing. See `act`, rule 7's exception.
+    out_of_reach: bool,
     /// Consecutive labels refused at admission (see `settle`).
     refused: u32,
     /// Failed attempts to label ourselves passive, logged per streak.
@@ -87,6 +91,23 @@ enum ActionError {
     Lease(#[from] WriteError),
     #[error(transparent)]
     Label(#[from] LabelError),
+}
+
+impl ActionError {
+    /// The API server gave no answer (a timeout, no connection), as opposed
+    /// to refusing the call.
+    fn unanswered(&self) -> bool {
+        let no_answer = |e: &kube::Error| !matches!(e, kube::Error::Api(_));
+        match self {
+            ActionError::Lease(WriteError::Timeout { .. })
+            | ActionError::Label(LabelError::Timeout { .. }) => true,
+            ActionError::Lease(WriteError::Api { source, .. })
+            | ActionError::Label(
+                LabelError::Patch { source, .. } | LabelError::List { source, .. },
+            ) => no_answer(source),
+            _ => false,
+        }
+    }
 }
 
 impl Candidate {
@@ -118,6 +139,7 @@ impl Candidate {
             shutdown_deadline: None,
             handover_started: None,
             api: ApiState::default(),
+            out_of_reach: false,
             refused: 0,
             passive_label_failures: Streak::default(),
             conflicted_pod_version: None,
@@ -356,8 +378,12 @@ impl Candidate {
         let label = self.label_role();
         let have_pod = self.pod.is_some();
 
-        // docs/design.md rules 4 and 7: whoever is not holder is labelled passive, first.
-        if !leading && have_pod && label != Some(Role::Passive) {
+        // docs/design.md rules 4 and 7: whoever is not holder is labelled
+        // passive, first; except a holder that missed its deadline only for
+        // want of answers, which reads and renews first when the API server
+        // is back: a renewal that lands (conditional on the version it last
+        // saw) proves nobody took over, so it keeps its label without a flap.
+        if !leading && have_pod && label != Some(Role::Passive) && !self.may_still_hold(label) {
             let result = self.set_own_role(Role::Passive, now).await;
             self.note_passive_label(&result);
             return self.settle("label passive", result.map(|_| ()));
@@ -385,6 +411,20 @@ impl Candidate {
         false
     }
 
+    /// Rule 7's exception (see `act`): eligible, labelled active, cut off
+    /// from the API server, and the Lease named us when last seen (or is
+    /// being re-read).
+    fn may_still_hold(&self, label: Option<Role>) -> bool {
+        self.out_of_reach
+            && self.eligible()
+            && label == Some(Role::Active)
+            && match &self.lease {
+                LeaseView::Unknown => true,
+                LeaseView::Present(o) => o.holder.as_deref() == Some(self.me()),
+                LeaseView::Absent => false,
+            }
+    }
+
     /// Logs when our passive label starts failing and when it lands: while it
     /// fails, the Service may still select this pod (until a new holder
     /// demotes it), though everything we show already says passive. Once
@@ -408,6 +448,12 @@ impl Candidate {
 
     /// Records an action's outcome: back-off on failure, re-read on conflict.
     fn settle(&mut self, operation: &'static str, result: Result<(), ActionError>) -> bool {
+        match &result {
+            Err(e) => self.out_of_reach = e.unanswered(),
+            // A read says nothing of whether we still hold the Lease.
+            Ok(()) if operation != step_name(Step::Read) => self.out_of_reach = false,
+            Ok(()) => {}
+        }
         match result {
             Ok(()) => {
                 self.api.succeeded();
@@ -874,6 +920,8 @@ mod tests {
     use clap::Parser;
     use kube::Api;
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::{
         labels::RoleLabels,
@@ -1059,6 +1107,68 @@ mod tests {
             panic!("read: {:?}", c.lease)
         };
         assert_eq!(o.seen_at, first, "expires 6 s after it was first seen");
+    }
+
+    /// Rule 7's exception: a holder cut off from the API server past its
+    /// deadline, once the server is back, reads and renews before anything
+    /// else, and keeps its active label (it used to label itself passive
+    /// first, then active again: a flap with no active pod in between).
+    #[tokio::test]
+    async fn a_holder_back_from_an_outage_renews_before_relabelling_and_keeps_its_label() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let frozen = Arc::new(AtomicBool::new(true));
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "web", "namespace": "default", "resourceVersion": "7"},
+            "spec": {"holderIdentity": "web-0", "leaseDurationSeconds": 6, "leaseTransitions": 1},
+        });
+        let api = ScriptedApi::new(move |r| match r.method.as_str() {
+            "GET" => (200, lease.clone()),
+            "PUT" => {
+                let mut written = r.body.clone();
+                written["metadata"]["resourceVersion"] = "8".into();
+                (200, written)
+            }
+            _ => testing::forbidden(r),
+        })
+        .hanging_when({
+            let frozen = frozen.clone();
+            move |_| frozen.load(Ordering::SeqCst)
+        });
+        // Due to renew; the renewal hangs.
+        let (mut c, shown) = holder_with(
+            &api,
+            Instant::now() - Duration::from_secs(2),
+            &["--api-timeout=100ms"],
+        );
+        assert!(c.act(Instant::now()).await);
+        assert_eq!(
+            api.sent("kind"),
+            ["PUT /apis/coordination.k8s.io/v1/namespaces/default/leases/web: Lease"]
+        );
+        // The deadline passes while the API server stays out of reach.
+        c.last_renew_sent = Some(Instant::now() - c.settings.renew_deadline);
+        c.publish_status(Instant::now());
+        assert_eq!(
+            shown.borrow().role,
+            Some(Role::Passive),
+            "passive at the deadline"
+        );
+
+        frozen.store(false, Ordering::SeqCst);
+        for _ in 0..3 {
+            c.retry_at = None;
+            c.act(Instant::now()).await;
+        }
+        let calls = api.sent("kind");
+        assert!(
+            !calls.iter().any(|c| c.starts_with("PATCH")),
+            "no relabel: {calls:#?}"
+        );
+        assert!(c.leading(Instant::now()), "renewed: {calls:#?}");
+        assert_eq!(c.label_role(), Some(Role::Active));
+        c.publish_status(Instant::now());
+        assert_eq!(shown.borrow().role, Some(Role::Active));
     }
 
     #[tokio::test]
