@@ -2,7 +2,10 @@
 //! manifests/webhook` runs the webhook as a Deployment on the real node,
 //! with self-managed certificates, behind its Service's ClusterIP.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -18,6 +21,8 @@ const ROLLOUT: &str = "120s";
 /// docs/install.md says.
 pub struct InstalledWebhook {
     cluster: Cluster,
+    /// The kustomization applied: `manifests/webhook`, or a user's overlay of it.
+    dir: PathBuf,
 }
 
 impl InstalledWebhook {
@@ -25,9 +30,18 @@ impl InstalledWebhook {
     /// Deployment is rolled out and the API server calls the webhook for a
     /// pod of `ns`.
     pub async fn install(ns: &TestNamespace) -> InstalledWebhook {
+        InstalledWebhook::install_from(ns, &repo_root().join("manifests/webhook")).await
+    }
+
+    /// `kubectl apply -k dir` (an overlay of `manifests/webhook`, as a user
+    /// customises the install), then as [`InstalledWebhook::install`].
+    pub async fn install_from(ns: &TestNamespace, dir: &Path) -> InstalledWebhook {
         let cluster = ns.cluster.clone();
-        apply_and_roll_out(&cluster);
-        let webhook = InstalledWebhook { cluster };
+        apply_and_roll_out(&cluster, dir);
+        let webhook = InstalledWebhook {
+            cluster,
+            dir: dir.to_owned(),
+        };
         webhook.wait_until_injecting(ns).await;
         webhook
     }
@@ -39,15 +53,17 @@ impl InstalledWebhook {
     pub async fn shared(ns: &TestNamespace) -> InstalledWebhook {
         static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
         let cluster = ns.cluster.clone();
+        let dir = repo_root().join("manifests/webhook");
         APPLIED
-            .get_or_init(|| async { apply_and_roll_out(&cluster) })
+            .get_or_init(|| async { apply_and_roll_out(&cluster, &dir) })
             .await;
-        let webhook = InstalledWebhook { cluster };
+        let webhook = InstalledWebhook { cluster, dir };
         webhook.wait_until_injecting(ns).await;
         webhook
     }
 
-    async fn wait_until_injecting(&self, ns: &TestNamespace) {
+    /// Waits until the API server calls the webhook for pods of `ns`.
+    pub async fn wait_until_injecting(&self, ns: &TestNamespace) {
         if let Err(last) = dry_run_until_injected(ns, Duration::from_secs(60)).await {
             panic!("the API server never called the installed webhook: {last}");
         }
@@ -78,15 +94,15 @@ impl InstalledWebhook {
         text
     }
 
-    /// `kubectl delete -k manifests/webhook`, and waits until it is gone.
+    /// `kubectl delete -k manifests/webhook` (or the overlay installed), and
+    /// waits until it is gone.
     pub fn uninstall(self) {
-        let dir = repo_root().join("manifests/webhook");
         kubectl_ok(
             &self.cluster,
             &[
                 "delete",
                 "-k",
-                dir.to_str().expect("utf-8 path"),
+                self.dir.to_str().expect("utf-8 path"),
                 "--wait=true",
                 "--timeout=120s",
             ],
@@ -94,9 +110,8 @@ impl InstalledWebhook {
     }
 }
 
-/// `kubectl apply -k manifests/webhook`, then its Deployment rolled out.
-fn apply_and_roll_out(cluster: &Cluster) {
-    let dir = repo_root().join("manifests/webhook");
+/// `kubectl apply -k dir`, then the webhook's Deployment rolled out.
+fn apply_and_roll_out(cluster: &Cluster, dir: &Path) {
     kubectl_ok(cluster, &["apply", "-k", dir.to_str().expect("utf-8 path")]);
     kubectl_ok(
         cluster,

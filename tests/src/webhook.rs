@@ -39,12 +39,6 @@ pub enum Tls {
         key: PathBuf,
         ca_pem: Vec<u8>,
     },
-    /// `--cert-secret`: the Secret `baton-webhook-tls` of the test namespace,
-    /// the caBundle published by the webhook itself.
-    SelfManaged {
-        validity: Duration,
-        renew_before: Duration,
-    },
 }
 
 /// The API server picks webhook configurations (and their caBundle) up
@@ -90,14 +84,11 @@ pub struct LocalWebhook {
     /// Name of both webhook configurations: `baton-<namespace>`.
     pub config_name: String,
     pub log: PathBuf,
-    args: Vec<String>,
-    kubeconfig: PathBuf,
     namespace: String,
     cluster: Cluster,
     scratch: PathBuf,
     /// The per-test copies of the shipped roles and their bindings, as (kind, name).
     grants: Vec<(String, String)>,
-    replicas: Vec<Child>,
 }
 
 impl LocalWebhook {
@@ -111,12 +102,8 @@ impl LocalWebhook {
         let scratch = ns.cluster.dir.join("webhook").join(&ns.name);
         std::fs::create_dir_all(&scratch).expect("the webhook's scratch directory");
         let config_name = format!("baton-{}", ns.name);
-        // Exactly the permissions of the install that matches the mode.
-        let install = match tls {
-            Tls::SelfManaged { .. } => "manifests/webhook/self-managed",
-            _ => "manifests/webhook/base",
-        };
-        let grants = grant(ns, install, &config_name);
+        // Exactly the permissions of the install with certificates from files.
+        let grants = grant(ns, "manifests/webhook/base", &config_name);
         let kubeconfig = webhook_kubeconfig(ns, &scratch);
         let log = ns
             .cluster
@@ -140,26 +127,11 @@ impl LocalWebhook {
                 args.push(format!("--tls-cert-file={}", cert.display()));
                 args.push(format!("--tls-key-file={}", key.display()));
             }
-            Tls::SelfManaged {
-                validity,
-                renew_before,
-            } => {
-                args.push("--tls-san=127.0.0.1".to_owned());
-                args.push(format!("--cert-secret={CERT_SECRET}"));
-                args.push(format!("--cert-secret-namespace={}", ns.name));
-                args.push(format!("--webhook-configuration={config_name}"));
-                args.push(format!("--cert-validity={}ms", validity.as_millis()));
-                args.push(format!(
-                    "--cert-renew-before={}ms",
-                    renew_before.as_millis()
-                ));
-            }
         }
         let (child, https_addr, http_addr) = spawn(&kubeconfig, &args, &log).await;
         let ca_pem = match tls {
             Tls::SelfSigned => std::fs::read(&ca_file).expect("the webhook wrote its CA"),
             Tls::Files { ca_pem, .. } => ca_pem,
-            Tls::SelfManaged { .. } => Vec::new(),
         };
         let webhook = LocalWebhook {
             child,
@@ -168,29 +140,15 @@ impl LocalWebhook {
             ca_pem,
             config_name,
             log,
-            args,
-            kubeconfig,
             namespace: ns.name.clone(),
             cluster: ns.cluster.clone(),
             scratch,
             grants,
-            replicas: Vec::new(),
         };
         let ca = (!webhook.ca_pem.is_empty()).then_some(webhook.ca_pem.as_slice());
         webhook.register(ca);
         webhook.wait_until_injecting(ns).await;
         webhook
-    }
-
-    /// Another process with the same flags (not registered): a second
-    /// replica. Returns its HTTPS address.
-    pub async fn start_replica(&mut self) -> SocketAddr {
-        let log = self
-            .log
-            .with_extension(format!("{}.log", self.replicas.len() + 1));
-        let (child, https, _) = spawn(&self.kubeconfig, &self.args, &log).await;
-        self.replicas.push(child);
-        https
     }
 
     /// Creates or updates both configurations for this namespace, trusting
@@ -285,10 +243,8 @@ impl Drop for LocalWebhook {
                 None,
             );
         }
-        for child in self.replicas.iter_mut().chain([&mut self.child]) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
@@ -518,6 +474,13 @@ pub fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
 
 /// The certificate (DER) a TLS server presents, checked against `roots` (PEM).
 pub fn served_certificate(addr: SocketAddr, roots_pem: &[&[u8]]) -> Vec<u8> {
+    served_certificate_as(addr, &addr.ip().to_string(), roots_pem)
+}
+
+/// [`served_certificate`], the certificate checked for `name` (a DNS name
+/// or an IP address) rather than the address dialled: a pod's, say, behind
+/// its Service's name.
+pub fn served_certificate_as(addr: SocketAddr, name: &str, roots_pem: &[&[u8]]) -> Vec<u8> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
     let mut roots = rustls::RootCertStore::empty();
     for pem in roots_pem {
@@ -531,7 +494,7 @@ pub fn served_certificate(addr: SocketAddr, roots_pem: &[&[u8]]) -> Vec<u8> {
         .expect("protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = ServerName::IpAddress(addr.ip().into());
+    let name = ServerName::try_from(name.to_owned()).expect("a server name");
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client");
     let mut tcp = std::net::TcpStream::connect(addr).expect("connecting to the webhook");
     tcp.set_read_timeout(Some(Duration::from_secs(5)))

@@ -4,24 +4,30 @@
 //! ClusterIP), then the helloworld example with `kubectl apply -k`. The
 //! injected sidecars elect one active pod; a client of the Service's
 //! ClusterIP reaches that pod; the dashboards and alert rules name metrics
-//! that the running sidecar and webhook expose. Alone in its test binary:
-//! the installed webhook serves the whole cluster while it runs.
+//! that the running sidecar and webhook expose. Then the self-managed
+//! certificates of an install whose validity an overlay shortened: shared by
+//! the replicas, published as the caBundle, renewed without a gap. Alone in
+//! its test binary, one install at a time: the installed webhook serves the
+//! whole cluster while it runs.
 
 use std::time::Duration;
 
 use baton_e2e::{
     harness::{
         Cluster, NeverTwoActive, http, pod_ip, repo_root, wait_endpoints, wait_for_holder,
-        wait_roles, wait_until,
+        wait_for_object, wait_roles, wait_until,
     },
     install::InstalledWebhook,
     prometheus::{exposed, referenced},
-    webhook::sidecars,
+    webhook::{CERT_SECRET, base64, der_of, served_certificate_as, sidecars},
 };
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::{Api, ResourceExt};
 
 const T: Duration = Duration::from_secs(120);
+
+/// Each test installs and removes the cluster-wide webhook: one at a time.
+static ONE_INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The Prometheus text a process serves at `url`.
 async fn metrics(url: &str) -> String {
@@ -32,6 +38,7 @@ async fn metrics(url: &str) -> String {
 
 #[tokio::test]
 async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod() {
+    let _one = ONE_INSTALL.lock().await;
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("manifests-helloworld").await;
     let webhook = InstalledWebhook::install(&ns).await;
@@ -127,4 +134,121 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
     assert_eq!(guard.assert_held(), 1);
     ns.delete().await;
     webhook.uninstall();
+}
+
+/// The default install's certificate mode, as an operator would shorten its
+/// validity with a kustomize overlay: renewed about 10 s after it is made.
+const SHORT_LIVED: &str = r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../../../manifests/webhook
+patches:
+- patch: |-
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: baton-webhook, namespace: baton-system}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: webhook
+            env:
+            - {name: BATON_WEBHOOK_CERT_VALIDITY, value: 40s}
+            - {name: BATON_WEBHOOK_CERT_RENEW_BEFORE, value: 30s}
+"#;
+
+/// The name the certificate is for: the webhook's Service.
+const SERVICE_NAME: &str = "baton-webhook.baton-system.svc";
+
+#[tokio::test]
+async fn self_managed_certificates_are_shared_published_and_renewed_without_a_gap() {
+    let _one = ONE_INSTALL.lock().await;
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("install-certs").await;
+    let overlay = repo_root().join("target/install-overlays").join(&ns.name);
+    std::fs::create_dir_all(&overlay).expect("the overlay's folder");
+    std::fs::write(overlay.join("kustomization.yaml"), SHORT_LIVED).expect("the overlay");
+    // Returned: the API server called the webhook, so the caBundle is published.
+    let webhook = InstalledWebhook::install_from(&ns, &overlay).await;
+
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), "baton-system");
+    let first = secrets
+        .get(CERT_SECRET)
+        .await
+        .expect("the webhook made the Secret");
+    let data = |s: &Secret, key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .unwrap_or_else(|| panic!("{key} in the Secret"))
+    };
+    let ca = data(&first, "ca.crt");
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        let bundle = cluster.kubectl(
+            &[
+                "get",
+                kind,
+                "baton-webhook",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&bundle.stdout),
+            base64(&ca),
+            "{kind}'s caBundle is the Secret's CA"
+        );
+    }
+
+    // Every replica serves the Secret's certificate, not one of its own.
+    let addrs: Vec<std::net::SocketAddr> = webhook
+        .pods()
+        .await
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 8443))
+        .collect();
+    assert_eq!(addrs.len(), 2, "two replicas: {addrs:?}");
+    let cert = der_of(&data(&first, "tls.crt"));
+    for addr in &addrs {
+        assert_eq!(
+            served_certificate_as(*addr, SERVICE_NAME, &[&ca]),
+            cert,
+            "{addr}"
+        );
+    }
+
+    // Renewal: a new serving certificate in the Secret, signed by the same CA.
+    let renewed = wait_for_object::<Secret, _>(
+        secrets.clone(),
+        CERT_SECRET,
+        T,
+        "a renewed serving certificate",
+        |s| der_of(&data(s, "tls.crt")) != cert,
+    )
+    .await;
+    assert_eq!(data(&renewed, "ca.crt"), ca, "the caBundle did not change");
+    let new_cert = der_of(&data(&renewed, "tls.crt"));
+    // Both replicas pick it up from their watch of the Secret.
+    for addr in &addrs {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while served_certificate_as(*addr, SERVICE_NAME, &[&ca]) != new_cert {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} still serves the old certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // And the API server, trusting the same CA, calls it as before.
+    webhook.wait_until_injecting(&ns).await;
+    webhook.uninstall();
+    let _ = std::fs::remove_dir_all(&overlay);
+    ns.delete().await;
 }
