@@ -118,6 +118,9 @@ evictionHard: {nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFre
 nodeStatusUpdateFrequency: 10s
 serializeImagePulls: false
 localStorageCapacityIsolation: false
+# A renewed Secret reaches mounted volumes at the pod's next periodic sync:
+# 10 s instead of a minute keeps the certificate-rotation test short.
+syncFrequency: 10s
 EOF
 
   cat >"$node/kube-proxy.yaml" <<EOF

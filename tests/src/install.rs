@@ -36,8 +36,24 @@ impl InstalledWebhook {
     /// `kubectl apply -k dir` (an overlay of `manifests/webhook`, as a user
     /// customises the install), then as [`InstalledWebhook::install`].
     pub async fn install_from(ns: &TestNamespace, dir: &Path) -> InstalledWebhook {
+        Self::install_with(ns, dir, |_| {}).await
+    }
+
+    /// [`InstalledWebhook::install_from`], with `prepare` run between the
+    /// apply and the rollout: what the user provides, such as the Secret
+    /// and the caBundle of `manifests/webhook/base`.
+    pub async fn install_with(
+        ns: &TestNamespace,
+        dir: &Path,
+        prepare: impl FnOnce(&Cluster),
+    ) -> InstalledWebhook {
         let cluster = ns.cluster.clone();
-        apply_and_roll_out(&cluster, dir);
+        kubectl_ok(
+            &cluster,
+            &["apply", "-k", dir.to_str().expect("utf-8 path")],
+        );
+        prepare(&cluster);
+        roll_out(&cluster);
         let webhook = InstalledWebhook {
             cluster,
             dir: dir.to_owned(),
@@ -113,6 +129,11 @@ impl InstalledWebhook {
 /// `kubectl apply -k dir`, then the webhook's Deployment rolled out.
 fn apply_and_roll_out(cluster: &Cluster, dir: &Path) {
     kubectl_ok(cluster, &["apply", "-k", dir.to_str().expect("utf-8 path")]);
+    roll_out(cluster);
+}
+
+/// `kubectl rollout status` of the webhook's Deployment.
+fn roll_out(cluster: &Cluster) {
     kubectl_ok(
         cluster,
         &[
@@ -126,7 +147,8 @@ fn apply_and_roll_out(cluster: &Cluster, dir: &Path) {
     );
 }
 
-fn kubectl_ok(cluster: &Cluster, args: &[&str]) {
+/// kubectl against the cluster; panics with its output when it fails.
+pub fn kubectl_ok(cluster: &Cluster, args: &[&str]) {
     let out = cluster.kubectl(args, None);
     assert!(
         out.status.success(),

@@ -17,9 +17,9 @@ use baton_e2e::{
         Cluster, NeverTwoActive, http, pod_ip, repo_root, wait_endpoints, wait_for_holder,
         wait_for_object, wait_roles, wait_until,
     },
-    install::InstalledWebhook,
+    install::{InstalledWebhook, kubectl_ok},
     prometheus::{exposed, referenced},
-    webhook::{CERT_SECRET, base64, der_of, served_certificate_as, sidecars},
+    webhook::{CERT_SECRET, base64, der_of, openssl_pair, served_certificate_as, sidecars},
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::{Api, ResourceExt};
@@ -250,5 +250,122 @@ async fn self_managed_certificates_are_shared_published_and_renewed_without_a_ga
     webhook.wait_until_injecting(&ns).await;
     webhook.uninstall();
     let _ = std::fs::remove_dir_all(&overlay);
+    ns.delete().await;
+}
+
+/// Sets the caBundle of both webhook configurations, as a user of
+/// `manifests/webhook/base` does (`kubectl patch`).
+fn set_ca_bundle(cluster: &Cluster, pem: &[u8]) {
+    let patch = format!(
+        r#"[{{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "{}"}}]"#,
+        base64(pem)
+    );
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        kubectl_ok(
+            cluster,
+            &["patch", kind, "baton-webhook", "--type=json", "-p", &patch],
+        );
+    }
+}
+
+/// `kubectl create secret tls baton-webhook-tls` (or its replacement, as
+/// cert-manager renews it) in baton-system.
+fn put_tls_secret(cluster: &Cluster, cert: &std::path::Path, key: &std::path::Path) {
+    let yaml = cluster.kubectl(
+        &[
+            "-n",
+            "baton-system",
+            "create",
+            "secret",
+            "tls",
+            CERT_SECRET,
+            &format!("--cert={}", cert.display()),
+            &format!("--key={}", key.display()),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ],
+        None,
+    );
+    assert!(
+        yaml.status.success(),
+        "{}",
+        String::from_utf8_lossy(&yaml.stderr)
+    );
+    let out = cluster.kubectl(
+        &["apply", "-f", "-"],
+        Some(&String::from_utf8_lossy(&yaml.stdout)),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Certificates from files: `manifests/webhook/base` with the user's own
+/// Secret. Renewed into another CA (both trusted meanwhile), the running
+/// pods serve it once kubelet updates their volume: no restart.
+#[tokio::test]
+async fn own_certificate_renewed_in_its_secret_is_served_without_a_restart() {
+    let _one = ONE_INSTALL.lock().await;
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("install-files").await;
+    let certs = repo_root().join("target/install-certs").join(&ns.name);
+    let (ca_a, cert_a, key_a) = openssl_pair(&certs, "a");
+    let (ca_b, cert_b, key_b) = openssl_pair(&certs, "b");
+    let base = repo_root().join("manifests/webhook/base");
+    let webhook = InstalledWebhook::install_with(&ns, &base, |cluster| {
+        put_tls_secret(cluster, &cert_a, &key_a);
+        set_ca_bundle(cluster, &ca_a);
+    })
+    .await;
+    let pods = webhook.pods().await;
+    let addrs: Vec<std::net::SocketAddr> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 8443))
+        .collect();
+    assert_eq!(addrs.len(), 2, "two replicas: {addrs:?}");
+    let der_a = der_of(&std::fs::read(&cert_a).expect("cert a"));
+    let der_b = der_of(&std::fs::read(&cert_b).expect("cert b"));
+    for addr in &addrs {
+        assert_eq!(served_certificate_as(*addr, SERVICE_NAME, &[&ca_a]), der_a);
+    }
+
+    // Renewed as cert-manager would: both CAs trusted first, then the Secret.
+    set_ca_bundle(&cluster, &[ca_a.as_slice(), ca_b.as_slice()].concat());
+    put_tls_secret(&cluster, &cert_b, &key_b);
+    for addr in &addrs {
+        // kubelet updates the volume at the pod's next sync (10 s here,
+        // tests/cluster/node-config.sh); the next handshake serves it.
+        let deadline = std::time::Instant::now() + T;
+        while served_certificate_as(*addr, SERVICE_NAME, &[&ca_a, &ca_b]) != der_b {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} still serves the old certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let now = webhook.pods().await;
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum::<i32>())
+    };
+    for (before, after) in pods.iter().zip(&now) {
+        assert_eq!(before.uid(), after.uid(), "the same pods");
+        assert_eq!(restarts(after), 0, "no restart of {}", after.name_any());
+    }
+    // The API server, trusting the new CA alone, calls it as before.
+    set_ca_bundle(&cluster, &ca_b);
+    webhook.wait_until_injecting(&ns).await;
+    webhook.uninstall();
+    let _ = std::fs::remove_dir_all(&certs);
     ns.delete().await;
 }

@@ -2,11 +2,7 @@
 //! manifests/webhook` once for this test binary (the Deployment on the real
 //! node, self-managed certificates, the API server calling it through its
 //! Service); the real node runs the injected sidecars, and they elect.
-//! The certificate-rotation test runs a `baton-webhook` process of its own
-//! beside the API server instead: it rotates files on disk, which in a pod
-//! kubelet does only at its next sync of the Secret's volume (up to a
-//! minute). The self-managed certificates are tested on the install itself
-//! (tests/tests/install.rs).
+//! Certificates are tested on the install itself (tests/tests/install.rs).
 
 use std::time::Duration;
 
@@ -16,10 +12,7 @@ use baton_e2e::{
         wait_for_object, wait_roles, wait_until,
     },
     install::InstalledWebhook,
-    webhook::{
-        LocalWebhook, SIDECAR_IMAGE, Tls, all_containers, der_of, openssl_pair, served_certificate,
-        sidecars,
-    },
+    webhook::{SIDECAR_IMAGE, all_containers, sidecars},
     workload,
 };
 use k8s_openapi::api::{
@@ -580,59 +573,5 @@ async fn server_side_dry_run_creates_nothing_and_records_no_event() {
         "the Event is the real creation's alone, not the dry run's: {:?}",
         injected[0]
     );
-    ns.delete().await;
-}
-
-#[tokio::test]
-async fn certificate_rotated_on_disk_is_served_without_a_restart() {
-    let cluster = Cluster::connect().await;
-    let ns = cluster.namespace("webhook-rotate").await;
-    let dir = cluster.dir.join("webhook-certs").join(&ns.name);
-    let (ca_a, cert_a, key_a) = openssl_pair(&dir, "a");
-    let (ca_b, cert_b, key_b) = openssl_pair(&dir, "b");
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::copy(&cert_a, &cert).expect("cert a");
-    std::fs::copy(&key_a, &key).expect("key a");
-
-    let mut webhook = LocalWebhook::start_with(
-        &ns,
-        Tls::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-            ca_pem: ca_a.clone(),
-        },
-    )
-    .await;
-    let pid = webhook.pid();
-    let der_a = der_of(&std::fs::read(&cert_a).expect("cert a"));
-    let der_b = der_of(&std::fs::read(&cert_b).expect("cert b"));
-    assert_eq!(served_certificate(webhook.https_addr, &[&ca_a]), der_a);
-
-    // Rotate as a tool would: new files renamed over the old ones.
-    for (from, to) in [(&key_b, &key), (&cert_b, &cert)] {
-        let tmp = to.with_extension("new");
-        std::fs::copy(from, &tmp).expect("copy");
-        std::fs::rename(&tmp, to).expect("rename");
-    }
-    assert_eq!(
-        served_certificate(webhook.https_addr, &[&ca_a, &ca_b]),
-        der_b,
-        "the next handshake serves the new certificate"
-    );
-    assert!(webhook.running(), "same process");
-    assert_eq!(webhook.pid(), pid);
-
-    // The API server trusts the new CA once the caBundle says so.
-    webhook.register(Some(&ca_b));
-    webhook.wait_until_injecting(&ns).await;
-    assert!(
-        std::fs::read_to_string(&webhook.log)
-            .unwrap_or_default()
-            .contains("serving certificate reloaded"),
-        "{}",
-        webhook.log_tail()
-    );
-    drop(webhook);
-    let _ = std::fs::remove_dir_all(&dir);
     ns.delete().await;
 }
