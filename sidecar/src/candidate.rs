@@ -22,7 +22,7 @@ use crate::{
     backoff::{self, ApiState, Streak},
     election::{self, LeaseClient, LeaseView, Observed, Situation, Step, WriteError},
     events::Events,
-    labels::{LabelError, Labeller},
+    labels::{LabelError, Labeller, Membership},
     metrics::Metrics,
     probe::Health,
     rolefile::{self, RoleRecord},
@@ -80,6 +80,13 @@ pub struct Candidate {
     was_healthy: bool,
     /// Lease events seen since the watch (re)listed.
     lease_listed: bool,
+    /// The Lease's holder (not us) as a pod, checked once per holder.
+    holder_pod: Option<(String, Membership)>,
+    /// The holder as last seen and the resourceVersion it was first seen
+    /// with: a later version under the same holder means it renews.
+    holder_since: Option<(String, String)>,
+    /// Why no pod of the group can hold the Lease, while that is so.
+    stranger: Option<String>,
     /// What the role file says: (role, holder, transitions).
     role_file_written: Option<(Role, Option<String>, i32)>,
 }
@@ -148,6 +155,9 @@ impl Candidate {
             was_healthy: false,
             lease_listed: false,
             role_file_written: None,
+            holder_pod: None,
+            holder_since: None,
+            stranger: None,
         }
     }
 
@@ -216,6 +226,7 @@ impl Candidate {
         loop {
             let now = Instant::now();
             self.note_health();
+            self.note_stranger();
             // Before acting too: at the deadline the action is the passive
             // label, which may take an API timeout, and what we show must
             // not wait for it (`docs/design.md`, rule 5).
@@ -340,6 +351,49 @@ impl Candidate {
         self.was_healthy = healthy;
     }
 
+    /// Says once per change when the Lease is held by something that is
+    /// not a pod of the group (a Warning Event, the log, the metric); the
+    /// group has no active pod until it lets go, at most its counted claim.
+    fn note_stranger(&mut self) {
+        let stranger = match (&self.lease, &self.holder_pod, &self.holder_since) {
+            (LeaseView::Present(o), Some((checked, pod)), Some((since, first_version)))
+                if o.holder.as_deref() == Some(checked.as_str()) && since == checked =>
+            {
+                stranger_reason(
+                    *pod,
+                    o.resource_version != *first_version,
+                    o.claimed,
+                    self.settings.lease_duration,
+                )
+                .map(|why| {
+                    format!(
+                        "lease {lease} is held by {checked:?}, {why}: no pod of group {group} can become active until it is released, or expires (its claim counts for at most {bound:?}); if it is stale: kubectl delete lease {lease} -n {ns}",
+                        lease = self.leases.name(),
+                        group = self.labeller.labels().group,
+                        bound = o.duration,
+                        ns = self.settings.pod_namespace,
+                    )
+                })
+            }
+            _ => None,
+        };
+        if stranger == self.stranger {
+            return;
+        }
+        self.metrics.set_lease_held_by_stranger(stranger.is_some());
+        match &stranger {
+            Some(problem) => {
+                warn!(%problem, "the lease is held by a stranger");
+                if let Some(pod) = &self.pod {
+                    self.events
+                        .publish(pod, true, "LeaseHeldByStranger", problem.clone());
+                }
+            }
+            None => info!(lease = %self.leases.name(), "the lease is no longer held by a stranger"),
+        }
+        self.stranger = stranger;
+    }
+
     /// The next instant at which a decision may change without any input.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         let step = self.step(now);
@@ -403,6 +457,18 @@ impl Candidate {
             return self.settle("promote", result);
         }
 
+        // Who holds the Lease, when it is not us: once per holder.
+        if let Some(holder) = self.holder().filter(|h| *h != self.me()).map(str::to_owned)
+            && self.holder_pod.as_ref().is_none_or(|(h, _)| *h != holder)
+        {
+            let result = self
+                .labeller
+                .group_member(&holder, self.call_timeout(now))
+                .await
+                .map(|m| self.holder_pod = Some((holder, m)));
+            return self.settle("check lease holder", result.map_err(ActionError::from));
+        }
+
         // The label already says what we decided (a pod admitted as
         // passive, a restarted holder): that is our role too.
         if let Some(role) = label.filter(|_| self.lease != LeaseView::Unknown) {
@@ -448,10 +514,13 @@ impl Candidate {
 
     /// Records an action's outcome: back-off on failure, re-read on conflict.
     fn settle(&mut self, operation: &'static str, result: Result<(), ActionError>) -> bool {
+        let lease_write = [Step::Create, Step::Acquire, Step::Renew, Step::Release]
+            .into_iter()
+            .any(|s| step_name(s) == operation);
         match &result {
             Err(e) => self.out_of_reach = e.unanswered(),
-            // A read says nothing of whether we still hold the Lease.
-            Ok(()) if operation != step_name(Step::Read) => self.out_of_reach = false,
+            // Reads and other calls say nothing of whether we still hold it.
+            Ok(()) if lease_write => self.out_of_reach = false,
             Ok(()) => {}
         }
         match result {
@@ -744,6 +813,12 @@ impl Candidate {
                 };
                 let observed = Observed::from_lease(l, previous, self.settings.lease_duration, now);
                 self.last_observed = Some(observed.clone());
+                let holder = observed.holder.clone().unwrap_or_default();
+                if self.holder_since.as_ref().is_none_or(|(h, _)| *h != holder) {
+                    self.holder_since = Some((holder, observed.resource_version.clone()));
+                    // A new holder is checked afresh (a pod may come back).
+                    self.holder_pod = None;
+                }
                 self.metrics.set_lease_transitions(observed.transitions);
                 self.lease = LeaseView::Present(observed);
                 self.lease_object = Some(l.clone());
@@ -829,6 +904,7 @@ impl Candidate {
             role,
             label_role: self.label_role(),
             holder: self.holder().map(str::to_owned),
+            lease_problem: self.stranger.clone(),
             app_healthy: health.healthy,
             app_last_failure: health.last_failure,
             lease_transitions: self.transitions(),
@@ -863,6 +939,26 @@ enum GiveUp {
     PodDeleted,
     /// The probe task ended: health can no longer be known.
     ProbeStopped,
+}
+
+/// Why the Lease's holder is not a pod of the group, if it is not. A pod of
+/// the group that no longer exists (killed with its node, say) is not a
+/// stranger: it does not renew, and claims what every member claims.
+fn stranger_reason(
+    holder: Membership,
+    renewed: bool,
+    claimed: Duration,
+    own: Duration,
+) -> Option<String> {
+    match holder {
+        Membership::Member => None,
+        Membership::OtherPod => Some("a pod that is not of this group".into()),
+        Membership::NoSuchPod if renewed => Some("which is no pod, and renews the lease".into()),
+        Membership::NoSuchPod if claimed > own => {
+            Some(format!("which is no pod, and claims it for {claimed:?}"))
+        }
+        Membership::NoSuchPod => None,
+    }
 }
 
 /// The note of the `HandedOver` Event: the lease, and what made us give it up.
@@ -1169,6 +1265,89 @@ mod tests {
         assert_eq!(c.label_role(), Some(Role::Active));
         c.publish_status(Instant::now());
         assert_eq!(shown.borrow().role, Some(Role::Active));
+    }
+
+    #[test]
+    fn a_stranger_is_another_groups_pod_or_no_pod_that_renews_or_claims_more() {
+        let own = Duration::from_secs(6);
+        let r =
+            |m, renewed, claimed| stranger_reason(m, renewed, Duration::from_secs(claimed), own);
+        assert_eq!(r(Membership::Member, true, 3600), None);
+        assert!(r(Membership::OtherPod, false, 6).is_some());
+        assert!(r(Membership::NoSuchPod, true, 6).is_some(), "renews");
+        assert!(
+            r(Membership::NoSuchPod, false, 3600).is_some(),
+            "claims more"
+        );
+        assert_eq!(
+            r(Membership::NoSuchPod, false, 6),
+            None,
+            "a member lost with its node"
+        );
+    }
+
+    /// The `ghost` holder of issue 11: no such pod, a one-hour claim. Said
+    /// once (Warning Event, log, metric, `/status`), cleared when it goes.
+    #[tokio::test]
+    async fn a_lease_held_by_a_stranger_is_said_once_everywhere_until_it_goes() {
+        let api = ScriptedApi::new(|r| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/api/v1/namespaces/default/pods/ghost") => (
+                404,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "NotFound", "code": 404}),
+            ),
+            ("POST", _) => testing::created(r),
+            _ => testing::forbidden(r),
+        });
+        let (mut c, shown) = standby(&api, &[]);
+        let mut lease = Lease::default();
+        lease.metadata.resource_version = Some("20".into());
+        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("ghost".into()),
+            lease_duration_seconds: Some(3600),
+            ..Default::default()
+        });
+        c.observe_lease(Some(&lease), Instant::now());
+        assert!(c.act(Instant::now()).await, "it looked the holder up");
+        for _ in 0..3 {
+            c.note_stranger();
+        }
+        c.publish_status(Instant::now());
+        let problem = shown
+            .borrow()
+            .lease_problem
+            .clone()
+            .expect("a lease problem");
+        assert!(
+            problem.contains("\"ghost\"") && problem.contains("kubectl delete lease web"),
+            "{problem}"
+        );
+        assert!(
+            c.metrics
+                .encode()
+                .contains("baton_lease_held_by_stranger 1")
+        );
+        api.wait_for(2, Duration::from_secs(5)).await;
+        let events: Vec<_> = api
+            .sent("reason")
+            .into_iter()
+            .filter(|l| l.starts_with("POST"))
+            .collect();
+        assert_eq!(events.len(), 1, "once: {events:?}");
+        assert!(events[0].ends_with("LeaseHeldByStranger"), "{events:?}");
+
+        // Released: nothing to say any more.
+        lease.metadata.resource_version = Some("21".into());
+        lease.spec.as_mut().expect("spec").holder_identity = None;
+        c.observe_lease(Some(&lease), Instant::now());
+        c.note_stranger();
+        c.publish_status(Instant::now());
+        assert_eq!(shown.borrow().lease_problem, None);
+        assert!(
+            c.metrics
+                .encode()
+                .contains("baton_lease_held_by_stranger 0")
+        );
     }
 
     #[tokio::test]

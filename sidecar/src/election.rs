@@ -30,8 +30,11 @@ pub struct Observed {
     /// `holderIdentity`; None when released.
     pub holder: Option<String>,
     pub resource_version: String,
-    /// The holder's own claim (`leaseDurationSeconds`).
+    /// The holder's own claim (`leaseDurationSeconds`), as counted: at most
+    /// [`MAX_CLAIMED_DURATION_FACTOR`] times ours.
     pub duration: Duration,
+    /// The claim as written.
+    pub claimed: Duration,
     pub transitions: i32,
     /// Local monotonic time when this `resource_version` was first seen.
     pub seen_at: Instant,
@@ -60,17 +63,18 @@ impl Observed {
             Some(p) if p.resource_version == resource_version => p.seen_at,
             _ => now,
         };
+        let claimed = spec
+            .and_then(|s| s.lease_duration_seconds)
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|s| *s > 0)
+            .map_or(default_duration, Duration::from_secs);
         Observed {
             holder: spec
                 .and_then(|s| s.holder_identity.clone())
                 .filter(|h| !h.is_empty()),
             resource_version,
-            duration: spec
-                .and_then(|s| s.lease_duration_seconds)
-                .and_then(|s| u64::try_from(s).ok())
-                .filter(|s| *s > 0)
-                .map_or(default_duration, Duration::from_secs)
-                .min(default_duration * MAX_CLAIMED_DURATION_FACTOR),
+            duration: claimed.min(default_duration * MAX_CLAIMED_DURATION_FACTOR),
+            claimed,
             transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
             seen_at,
         }
@@ -332,6 +336,7 @@ mod tests {
             holder: holder.map(Into::into),
             resource_version: "7".into(),
             duration: DURATION,
+            claimed: DURATION,
             transitions: 3,
             seen_at,
         })

@@ -91,6 +91,15 @@ pub enum LabelError {
     Timeout { pod: String, after: Duration },
 }
 
+/// What the Lease's holder is, as a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Member,
+    /// A pod, not of this group.
+    OtherPod,
+    NoSuchPod,
+}
+
 /// Patches role labels, each call bounded by a timeout.
 #[derive(Clone)]
 pub struct Labeller {
@@ -105,6 +114,37 @@ impl Labeller {
 
     pub fn labels(&self) -> &RoleLabels {
         &self.labels
+    }
+
+    /// Whether pod `name` exists and belongs to our group (its group label).
+    pub async fn group_member(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Membership, LabelError> {
+        match tokio::time::timeout(timeout, self.api.get_opt(name)).await {
+            Ok(Ok(None)) => Ok(Membership::NoSuchPod),
+            Ok(Ok(Some(pod))) => {
+                let group = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(&self.labels.group_key));
+                Ok(if group == Some(&self.labels.group) {
+                    Membership::Member
+                } else {
+                    Membership::OtherPod
+                })
+            }
+            Ok(Err(source)) => Err(LabelError::List {
+                group: self.labels.group.clone(),
+                source,
+            }),
+            Err(_) => Err(LabelError::Timeout {
+                pod: name.to_owned(),
+                after: timeout,
+            }),
+        }
     }
 
     /// Sets a pod's role label; with `resource_version`, only if the pod

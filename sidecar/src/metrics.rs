@@ -20,6 +20,7 @@ pub struct Metrics {
     role_active: Gauge,
     app_healthy: Gauge,
     lease_transitions: Gauge,
+    lease_held_by_stranger: Gauge,
     role_changes: Family<Labels, Counter>,
     probes: Family<Labels, Counter>,
     probe_duration: Histogram,
@@ -42,6 +43,7 @@ impl Metrics {
             role_active: Gauge::default(),
             app_healthy: Gauge::default(),
             lease_transitions: Gauge::default(),
+            lease_held_by_stranger: Gauge::default(),
             role_changes: Family::default(),
             probes: Family::default(),
             probe_duration: Histogram::new([
@@ -67,6 +69,11 @@ impl Metrics {
             "lease_transitions",
             "leaseTransitions of the group's Lease as last seen (a fencing token)",
             m.lease_transitions.clone(),
+        );
+        registry.register(
+            "lease_held_by_stranger",
+            "1 while the group's Lease is held by something that is not a pod of the group, else 0",
+            m.lease_held_by_stranger.clone(),
         );
         registry.register(
             "role_changes",
@@ -117,6 +124,10 @@ impl Metrics {
 
     pub fn set_lease_transitions(&self, transitions: i32) {
         self.lease_transitions.set(i64::from(transitions));
+    }
+
+    pub fn set_lease_held_by_stranger(&self, stranger: bool) {
+        self.lease_held_by_stranger.set(i64::from(stranger));
     }
 
     pub fn api_error(&self, operation: &'static str) {

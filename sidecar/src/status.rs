@@ -38,6 +38,9 @@ pub struct Status {
     /// It lags `role` while the API server refuses or misses the relabel.
     pub label_role: Option<Role>,
     pub holder: Option<String>,
+    /// Why no pod of the group can hold the Lease now, if that is so: it is
+    /// held by something that is not a pod of the group.
+    pub lease_problem: Option<String>,
     pub app_healthy: bool,
     pub app_last_failure: Option<String>,
     pub lease_transitions: i32,

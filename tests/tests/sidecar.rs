@@ -616,3 +616,86 @@ spec:
     );
     group.finish().await;
 }
+
+/// Issue 11's `ghost`: the group's Lease held by no pod, claimed for an
+/// hour. Every sidecar says so (a `LeaseHeldByStranger` Warning Event,
+/// `/status`'s `lease_problem`), and the claim counts for 10 lease
+/// durations at most: then the group elects.
+#[tokio::test]
+async fn a_lease_held_by_a_stranger_is_reported_and_counts_for_ten_lease_durations_at_most() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("sidecar-stranger").await;
+    let leases: Api<Lease> = ns.api();
+    let ghost: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 3600}
+    }))
+    .expect("a lease");
+    leases
+        .create(&Default::default(), &ghost)
+        .await
+        .expect("the ghost's lease");
+    let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+    // Short timings: the bound is 10 × 2 s.
+    ns.apply(&workload::statefulset(
+        "web",
+        2,
+        true,
+        &[
+            ("BATON_LEASE_DURATION", "2s"),
+            ("BATON_RENEW_DEADLINE", "1s"),
+            ("BATON_RENEW_PERIOD", "400ms"),
+            ("BATON_RETRY_PERIOD", "200ms"),
+            ("BATON_API_TIMEOUT", "500ms"),
+        ],
+    ));
+    let reported = |e: &Event| {
+        e.reason.as_deref() == Some("LeaseHeldByStranger")
+            && e.type_.as_deref() == Some("Warning")
+            && e.note.as_deref().is_some_and(|n| n.contains("\"ghost\""))
+    };
+    wait_until::<Event, _>(ns.api(), "", T, "a LeaseHeldByStranger Event", |events| {
+        events.iter().any(reported)
+    })
+    .await;
+    let ip = pod_ip(&ns, "web-0").await;
+    let status: serde_json::Value = http()
+        .get(format!("http://{ip}:9095/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    // (The claim lasts 20 s; the Event came within a few.)
+    assert_eq!(status["holder"], "ghost", "{status}");
+    assert!(
+        status["lease_problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("\"ghost\"")),
+        "{status}"
+    );
+    // 20 s after it was first seen, the claim is spent: a pod of the group
+    // takes the Lease.
+    let holder = wait_for_object::<Lease, _>(leases, "web", T, "a holder of the group", |l| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            .is_some_and(|h| h.starts_with("web-"))
+    })
+    .await;
+    let holder = holder
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("the holder");
+    wait_until::<Pod, _>(
+        ns.api(),
+        "app=web",
+        T,
+        "the holder labelled active",
+        |pods| labelled(pods, "role", "active") == [holder.clone()],
+    )
+    .await;
+    assert_eq!(guard.assert_held(), 1, "one active pod at a time");
+    ns.delete().await;
+}
