@@ -87,6 +87,8 @@ pub struct Candidate {
     holder_since: Option<(String, String)>,
     /// Why no pod of the group can hold the Lease, while that is so.
     stranger: Option<String>,
+    /// Whether `stranger`'s Warning Event went out.
+    stranger_event_sent: bool,
     /// What the role file says: (role, holder, transitions).
     role_file_written: Option<(Role, Option<String>, i32)>,
 }
@@ -158,6 +160,7 @@ impl Candidate {
             holder_pod: None,
             holder_since: None,
             stranger: None,
+            stranger_event_sent: false,
         }
     }
 
@@ -377,21 +380,26 @@ impl Candidate {
             }
             _ => None,
         };
-        if stranger == self.stranger {
-            return;
-        }
-        self.metrics.set_lease_held_by_stranger(stranger.is_some());
-        match &stranger {
-            Some(problem) => {
-                warn!(%problem, "the lease is held by a stranger");
-                if let Some(pod) = &self.pod {
-                    self.events
-                        .publish(pod, true, "LeaseHeldByStranger", problem.clone());
+        if stranger != self.stranger {
+            self.metrics.set_lease_held_by_stranger(stranger.is_some());
+            match &stranger {
+                Some(problem) => warn!(%problem, "the lease is held by a stranger"),
+                None => {
+                    info!(lease = %self.leases.name(), "the lease is no longer held by a stranger")
                 }
             }
-            None => info!(lease = %self.leases.name(), "the lease is no longer held by a stranger"),
+            self.stranger = stranger;
+            self.stranger_event_sent = false;
         }
-        self.stranger = stranger;
+        // The Event regards our Pod, which a starting sidecar may not have
+        // seen yet: sent once it has.
+        if let (Some(problem), Some(pod), false) =
+            (&self.stranger, &self.pod, self.stranger_event_sent)
+        {
+            self.events
+                .publish(pod, true, "LeaseHeldByStranger", problem.clone());
+            self.stranger_event_sent = true;
+        }
     }
 
     /// The next instant at which a decision may change without any input.
@@ -1300,6 +1308,8 @@ mod tests {
             _ => testing::forbidden(r),
         });
         let (mut c, shown) = standby(&api, &[]);
+        // A starting sidecar may see the Lease before its own Pod.
+        let own_pod = c.pod.take();
         let mut lease = Lease::default();
         lease.metadata.resource_version = Some("20".into());
         lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
@@ -1309,6 +1319,8 @@ mod tests {
         });
         c.observe_lease(Some(&lease), Instant::now());
         assert!(c.act(Instant::now()).await, "it looked the holder up");
+        c.note_stranger();
+        c.pod = own_pod;
         for _ in 0..3 {
             c.note_stranger();
         }
