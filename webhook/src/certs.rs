@@ -14,11 +14,12 @@
 
 use std::{
     collections::BTreeMap,
+    pin::pin,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use futures::StreamExt as _;
+use futures::{Stream, StreamExt as _};
 use k8s_openapi::{
     ByteString,
     api::{
@@ -62,6 +63,10 @@ const BACKDATE: Duration = Duration::from_secs(60);
 const MAX_RECHECK: Duration = Duration::from_secs(3600);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// API calls one maintenance pass makes at most (the Secret read and
+/// written, each configuration read and written): a pass gets this many
+/// `--api-timeout`s.
+const PASS_CALLS: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -91,6 +96,8 @@ pub enum CertError {
     NoConfiguration { kind: &'static str, name: String },
     #[error("another replica changed {what} first")]
     Conflict { what: String },
+    #[error("no answer from the API server within {after:?}")]
+    Timeout { after: Duration },
     #[error(
         "certificate lifetimes would renew forever: need --cert-renew-before < --cert-validity and --cert-validity + --cert-renew-before < --ca-validity"
     )]
@@ -428,6 +435,8 @@ pub struct SelfManaged {
     policy: Policy,
     serving: Arc<Swappable>,
     served_pem: Mutex<String>,
+    /// Bound of one maintenance pass.
+    pass_timeout: Duration,
 }
 
 impl SelfManaged {
@@ -437,16 +446,16 @@ impl SelfManaged {
         let namespace = settings.cert_secret_namespace.clone();
         let policy = Policy::from_settings(settings);
         policy.check()?;
+        let pass_timeout = settings.api_timeout * PASS_CALLS;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
         let mut tries = 0;
         let bundle = loop {
-            match ensure(
-                &Api::namespaced(client.clone(), &namespace),
-                &namespace,
-                &secret,
-                &policy,
-            )
-            .await
-            {
+            let first = ensure(&secrets, &namespace, &secret, &policy);
+            match tokio::time::timeout(pass_timeout, first)
+                .await
+                .unwrap_or(Err(CertError::Timeout {
+                    after: pass_timeout,
+                })) {
                 Ok((bundle, _)) => break bundle,
                 // Two replicas starting at once: the loser reads the winner's.
                 Err(CertError::Conflict { .. }) if tries < 3 => tries += 1,
@@ -455,7 +464,7 @@ impl SelfManaged {
         };
         let serving = Arc::new(Swappable(Mutex::new(Arc::new(certified_key(&bundle)?))));
         Ok(Self {
-            secrets: Api::namespaced(client.clone(), &namespace),
+            secrets,
             mutating: Api::all(client.clone()),
             validating: Api::all(client),
             namespace,
@@ -464,6 +473,7 @@ impl SelfManaged {
             policy,
             serving,
             served_pem: Mutex::new(bundle.cert_pem),
+            pass_timeout,
         })
     }
 
@@ -475,11 +485,22 @@ impl SelfManaged {
     /// Watches the Secret and renews on time until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.secret));
-        let mut changes = watcher(self.secrets.clone(), config)
+        let changes = watcher(self.secrets.clone(), config)
             .default_backoff()
-            .applied_objects()
-            .boxed();
-        let mut wait = Duration::ZERO;
+            .applied_objects();
+        self.run_with(changes, stop).await;
+    }
+
+    /// [`SelfManaged::run`] over any stream of the Secret's changes.
+    async fn run_with(
+        self,
+        changes: impl Stream<Item = Result<Secret, watcher::Error>>,
+        stop: CancellationToken,
+    ) {
+        let mut changes = pin!(changes);
+        // When the next pass is due. Only passes move it: watch events and
+        // errors, however frequent, never push a renewal back.
+        let mut due = tokio::time::Instant::now();
         let mut retry = RETRY_FIRST;
         loop {
             tokio::select! {
@@ -493,31 +514,35 @@ impl SelfManaged {
                     }
                     Some(Ok(_)) => {}
                 },
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep_until(due) => {}
             }
-            match self.reconcile().await {
+            let pass = tokio::time::timeout(self.pass_timeout, self.reconcile())
+                .await
+                .unwrap_or(Err(CertError::Timeout {
+                    after: self.pass_timeout,
+                }));
+            let wait = match pass {
                 Ok(next) => {
                     retry = RETRY_FIRST;
                     let until = next.duration_since(SystemTime::now()).unwrap_or_default();
                     // Replicas look at slightly different times: one renews,
                     // the others see its write through their watch.
-                    wait = if until.is_zero() {
+                    if until.is_zero() {
                         until
                     } else {
                         (until + jitter(self.policy.renew_before / 10)).min(MAX_RECHECK)
-                    };
-                }
-                Err(error) => {
-                    // A conflict is another replica's write: read it at once.
-                    if matches!(error, CertError::Conflict { .. }) {
-                        wait = Duration::ZERO;
-                    } else {
-                        tracing::warn!(%error, retry_in = ?retry, "certificate maintenance failed");
-                        wait = retry;
-                        retry = (retry * 2).min(RETRY_MAX);
                     }
                 }
-            }
+                // A conflict is another replica's write: read it at once.
+                Err(CertError::Conflict { .. }) => Duration::ZERO,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?retry, "certificate maintenance failed");
+                    let wait = retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    wait
+                }
+            };
+            due = tokio::time::Instant::now() + wait;
         }
     }
 
@@ -705,6 +730,9 @@ mod tests {
         pki_types::{ServerName, UnixTime},
     };
 
+    use base64::Engine as _;
+    use baton_sidecar::testing::ScriptedApi;
+
     use super::*;
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -744,6 +772,135 @@ mod tests {
                 )
                 .is_ok()
         })
+    }
+
+    /// A replica whose Secret (served by `api`) holds `bundle`, renewed
+    /// with `policy`, each pass bounded by `pass_timeout`.
+    fn replica(
+        api: &ScriptedApi,
+        bundle: &Bundle,
+        policy: Policy,
+        pass_timeout: Duration,
+    ) -> SelfManaged {
+        let client = api.client();
+        SelfManaged {
+            secrets: Api::namespaced(client.clone(), "baton-system"),
+            mutating: Api::all(client.clone()),
+            validating: Api::all(client),
+            namespace: "baton-system".into(),
+            secret: "tls".into(),
+            configuration: "baton-webhook".into(),
+            policy,
+            serving: Arc::new(Swappable(Mutex::new(Arc::new(
+                certified_key(bundle).expect("a key"),
+            )))),
+            served_pem: Mutex::new(bundle.cert_pem.clone()),
+            pass_timeout,
+        }
+    }
+
+    /// The API server of a steady replica: its Secret, and both
+    /// configurations already trusting its CA.
+    fn steady_api(bundle: &Bundle) -> ScriptedApi {
+        let mut secret = into_secret(bundle, Secret::default());
+        secret.metadata.name = Some("tls".into());
+        secret.metadata.resource_version = Some("1".into());
+        let mut secret = serde_json::to_value(&secret).expect("json");
+        secret["apiVersion"] = "v1".into();
+        secret["kind"] = "Secret".into();
+        let ca = base64::engine::general_purpose::STANDARD.encode(&bundle.trusted_pem);
+        ScriptedApi::new(move |r| {
+            let config = |kind: &str| {
+                serde_json::json!({
+                    "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+                    "metadata": {"name": "baton-webhook", "resourceVersion": "1"},
+                    "webhooks": [{"name": "w.baton.dev", "clientConfig": {"caBundle": ca},
+                                  "sideEffects": "None", "admissionReviewVersions": ["v1"]}]
+                })
+            };
+            if r.path.ends_with("/secrets/tls") {
+                (200, secret.clone())
+            } else if r.path.contains("mutatingwebhookconfigurations") {
+                (200, config("MutatingWebhookConfiguration"))
+            } else if r.path.contains("validatingwebhookconfigurations") {
+                (200, config("ValidatingWebhookConfiguration"))
+            } else {
+                (
+                    404,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "code": 404}),
+                )
+            }
+        })
+    }
+
+    fn secret_reads(api: &ScriptedApi) -> usize {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/secrets/tls"))
+            .count()
+    }
+
+    /// Watch errors every 50 ms, as from an API server that keeps dropping
+    /// the watch.
+    fn failing_watch() -> impl Stream<Item = Result<Secret, watcher::Error>> {
+        futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some((Err(watcher::Error::NoResourceVersion), ()))
+        })
+    }
+
+    /// Each watch error used to restart the wait for the next pass, so
+    /// errors more frequent than the wait put renewal off for ever.
+    #[tokio::test]
+    async fn watch_errors_never_put_the_next_pass_off() {
+        // Renewal due 1 s after the certificate is made.
+        let short = Policy {
+            validity: Duration::from_secs(4),
+            renew_before: Duration::from_secs(3),
+            ..policy()
+        };
+        let now = SystemTime::now();
+        let bundle = issue(&Step::Create, None, &short, now).expect("issues");
+        let api = steady_api(&bundle);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(
+            replica(&api, &bundle, short, Duration::from_secs(5))
+                .run_with(failing_watch(), stop.clone()),
+        );
+        // The first pass at once, the next about 1 s later (plus jitter).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while secret_reads(&api) < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop heeds stop")
+            .expect("the loop did not panic");
+        assert!(secret_reads(&api) >= 2, "{:?}", api.sent("kind"));
+    }
+
+    /// A pass that hangs is cut at its bound and tried again.
+    #[tokio::test]
+    async fn a_hanging_pass_is_cut_and_retried() {
+        let bundle = created();
+        let api = steady_api(&bundle).hanging_when(|_| true);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(
+            replica(&api, &bundle, policy(), Duration::from_millis(100))
+                .run_with(futures::stream::pending(), stop.clone()),
+        );
+        // The first pass hangs; the retry comes RETRY_FIRST after its bound.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while secret_reads(&api) < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop heeds stop")
+            .expect("the loop did not panic");
+        assert!(secret_reads(&api) >= 2, "{:?}", api.sent("kind"));
     }
 
     fn created() -> Bundle {
