@@ -451,8 +451,14 @@ impl Candidate {
             return self.settle("label passive", result.map(|_| ()));
         }
 
-        // Then the Lease. A release comes after the passive label above; if
-        // our pod was never seen, the next holder demotes it (docs/design.md, rule 3).
+        // Then the Lease, only once our Pod has been seen: a holder that
+        // cannot label itself would leave the Service without an endpoint
+        // while it renews. (A restarted holder waits for its Pod too, rather
+        // than release; a deleted Pod still releases.)
+        if !have_pod && !self.pod_deleted {
+            return false;
+        }
+        // A release comes after the passive label above (docs/design.md, rule 3).
         let step = self.step(now);
         if !matches!(step, Step::WaitUntil(_)) {
             let result = self.lease_step(step, now).await;
@@ -1308,8 +1314,6 @@ mod tests {
             _ => testing::forbidden(r),
         });
         let (mut c, shown) = standby(&api, &[]);
-        // A starting sidecar may see the Lease before its own Pod.
-        let own_pod = c.pod.take();
         let mut lease = Lease::default();
         lease.metadata.resource_version = Some("20".into());
         lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
@@ -1319,6 +1323,8 @@ mod tests {
         });
         c.observe_lease(Some(&lease), Instant::now());
         assert!(c.act(Instant::now()).await, "it looked the holder up");
+        // The Event regards our Pod: none goes out while it is unseen.
+        let own_pod = c.pod.take();
         c.note_stranger();
         c.pod = own_pod;
         for _ in 0..3 {
@@ -1360,6 +1366,25 @@ mod tests {
                 .encode()
                 .contains("baton_lease_held_by_stranger 0")
         );
+    }
+
+    /// A sidecar that has not seen its own Pod (its watch slow, or not
+    /// allowed) neither creates, acquires nor renews the Lease: it could not
+    /// label itself active, and the group would have no endpoint.
+    #[tokio::test]
+    async fn no_lease_action_before_the_own_pod_is_seen() {
+        let api = ScriptedApi::new(testing::created);
+        let (mut c, _shown) = standby(&api, &[]);
+        c.pod = None;
+        c.lease = LeaseView::Absent;
+        assert!(!c.act(Instant::now()).await, "waits");
+        let (mut h, _shown) = holder(&api, Instant::now() - Duration::from_secs(2));
+        h.pod = None;
+        assert!(
+            !h.act(Instant::now()).await,
+            "a holder due to renew waits too"
+        );
+        assert_eq!(api.requests().len(), 0, "{:?}", api.sent("kind"));
     }
 
     #[tokio::test]
