@@ -451,15 +451,16 @@ impl Candidate {
             return self.settle("label passive", result.map(|_| ()));
         }
 
-        // Then the Lease, only once our Pod has been seen: a holder that
-        // cannot label itself would leave the Service without an endpoint
-        // while it renews. (A restarted holder waits for its Pod too, rather
-        // than release; a deleted Pod still releases.)
-        if !have_pod && !self.pod_deleted {
+        // Then the Lease. Writes only once our Pod has been seen: a holder
+        // that cannot label itself would leave the Service without an
+        // endpoint while it renews. (A restarted holder waits for its Pod
+        // too, rather than release; a deleted Pod still releases; reads go
+        // on, so that an unreachable API server is noticed and said.)
+        let step = self.step(now);
+        if !have_pod && !self.pod_deleted && !matches!(step, Step::Read | Step::WaitUntil(_)) {
             return false;
         }
         // A release comes after the passive label above (docs/design.md, rule 3).
-        let step = self.step(now);
         if !matches!(step, Step::WaitUntil(_)) {
             let result = self.lease_step(step, now).await;
             return self.settle(step_name(step), result);
@@ -1372,19 +1373,24 @@ mod tests {
     /// allowed) neither creates, acquires nor renews the Lease: it could not
     /// label itself active, and the group would have no endpoint.
     #[tokio::test]
-    async fn no_lease_action_before_the_own_pod_is_seen() {
+    async fn no_lease_write_before_the_own_pod_is_seen() {
         let api = ScriptedApi::new(testing::created);
         let (mut c, _shown) = standby(&api, &[]);
         c.pod = None;
         c.lease = LeaseView::Absent;
         assert!(!c.act(Instant::now()).await, "waits");
+        // Reading is harmless, and says whether the API server answers.
+        c.lease = LeaseView::Unknown;
+        assert!(c.act(Instant::now()).await, "reads");
+        let reads = api.requests().len();
+        assert_eq!(reads, 1, "{:?}", api.sent("kind"));
         let (mut h, _shown) = holder(&api, Instant::now() - Duration::from_secs(2));
         h.pod = None;
         assert!(
             !h.act(Instant::now()).await,
             "a holder due to renew waits too"
         );
-        assert_eq!(api.requests().len(), 0, "{:?}", api.sent("kind"));
+        assert_eq!(api.requests().len(), reads, "{:?}", api.sent("kind"));
     }
 
     #[tokio::test]
