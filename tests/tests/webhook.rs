@@ -118,6 +118,14 @@ fn assert_injected_as_shipped(pod: &Pod, lease: &str) {
     assert_eq!(status["native"], true);
 }
 
+/// Runs kubectl in `ns`, which must fail; its stderr.
+fn refused(ns: &TestNamespace, args: &[&str], stdin: Option<&str>) -> String {
+    let out = ns.kubectl(args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "kubectl {args:?} must fail");
+    stderr
+}
+
 fn note(e: &Event) -> &str {
     e.note.as_deref().unwrap_or_default()
 }
@@ -402,10 +410,7 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
         1,
     );
     assert_ne!(invalid, valid);
-    let out = ns.kubectl(&["apply", "-f", "-"], Some(&invalid));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(!out.status.success(), "kubectl apply must fail");
+    let stderr = refused(&ns, &["apply", "-f", "-"], Some(&invalid));
     assert!(
         stderr.contains("baton.dev/probe-period") && stderr.contains("fast"),
         "the message names the annotation and the value: {stderr}"
@@ -418,37 +423,23 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
 
     // The same check on an update: annotating an existing StatefulSet.
     ns.apply(&valid);
-    let out = ns.kubectl(
-        &[
-            "annotate",
-            "statefulset",
-            "web",
-            "baton.dev/inject=true",
-            "baton.dev/lease-duration=soon",
-        ],
+    let annotate = ["annotate", "statefulset", "web", "baton.dev/inject=true"];
+    let stderr = refused(
+        &ns,
+        &[&annotate[..], &["baton.dev/lease-duration=soon"]].concat(),
         None,
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "kubectl annotate must fail");
     assert!(
         stderr.contains("baton.dev/lease-duration") && stderr.contains("soon"),
         "{stderr}"
     );
 
     // Two bad values: both named in one answer.
-    let out = ns.kubectl(
-        &[
-            "annotate",
-            "statefulset",
-            "web",
-            "baton.dev/inject=true",
-            "baton.dev/lease-duration=soon",
-            "baton.dev/native-sidecar=maybe",
-        ],
-        None,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "kubectl annotate must fail");
+    let two_bad = [
+        "baton.dev/lease-duration=soon",
+        "baton.dev/native-sidecar=maybe",
+    ];
+    let stderr = refused(&ns, &[&annotate[..], &two_bad[..]].concat(), None);
     assert!(
         stderr.contains("soon") && stderr.contains("baton.dev/native-sidecar=\"maybe\""),
         "every invalid annotation named: {stderr}"
@@ -462,9 +453,7 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
             1,
         )
         .replace("      - name: app\n", "      - name: baton-sidecar\n");
-    let out = ns.kubectl(&["apply", "-f", "-"], Some(&own));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "kubectl apply must fail: {own}");
+    let stderr = refused(&ns, &["apply", "-f", "-"], Some(&own));
     assert!(
         stderr.contains("container named \"baton-sidecar\""),
         "{stderr}"

@@ -840,6 +840,25 @@ mod tests {
             .count()
     }
 
+    /// Waits (10 s at most) for a second pass, which reads the Secret
+    /// again, then stops the loop.
+    async fn assert_second_pass(
+        api: &ScriptedApi,
+        run: tokio::task::JoinHandle<()>,
+        stop: CancellationToken,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while secret_reads(api) < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop heeds stop")
+            .expect("the loop did not panic");
+        assert!(secret_reads(api) >= 2, "{:?}", api.sent("kind"));
+    }
+
     /// Watch errors every 50 ms, as from an API server that keeps dropping
     /// the watch.
     fn failing_watch() -> impl Stream<Item = Result<Secret, watcher::Error>> {
@@ -868,16 +887,7 @@ mod tests {
                 .run_with(failing_watch(), stop.clone()),
         );
         // The first pass at once, the next about 1 s later (plus jitter).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while secret_reads(&api) < 2 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .expect("the loop heeds stop")
-            .expect("the loop did not panic");
-        assert!(secret_reads(&api) >= 2, "{:?}", api.sent("kind"));
+        assert_second_pass(&api, run, stop).await;
     }
 
     /// A pass that hangs is cut at its bound and tried again.
@@ -891,16 +901,7 @@ mod tests {
                 .run_with(futures::stream::pending(), stop.clone()),
         );
         // The first pass hangs; the retry comes RETRY_FIRST after its bound.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while secret_reads(&api) < 2 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .expect("the loop heeds stop")
-            .expect("the loop did not panic");
-        assert!(secret_reads(&api) >= 2, "{:?}", api.sent("kind"));
+        assert_second_pass(&api, run, stop).await;
     }
 
     fn created() -> Bundle {
