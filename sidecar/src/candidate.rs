@@ -1176,6 +1176,18 @@ mod tests {
         assert_eq!(shown.borrow().role, Some(Role::Passive));
     }
 
+    /// Lease `web` as read: `holder`'s, at `version`, claimed for `seconds`.
+    fn held_by(holder: &str, version: &str, seconds: i32) -> Lease {
+        let mut lease = Lease::default();
+        lease.metadata.resource_version = Some(version.into());
+        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(seconds),
+            ..Default::default()
+        });
+        lease
+    }
+
     /// An API server that accepts connections and never answers.
     fn frozen() -> ScriptedApi {
         ScriptedApi::new(testing::forbidden).hanging_when(|_| true)
@@ -1202,13 +1214,7 @@ mod tests {
     async fn a_re_read_of_an_unchanged_lease_keeps_its_expiry_clock() {
         let api = frozen();
         let (mut c, _shown) = standby(&api, &[]);
-        let mut lease = Lease::default();
-        lease.metadata.resource_version = Some("8".into());
-        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-            holder_identity: Some("web-1".into()),
-            lease_duration_seconds: Some(6),
-            ..Default::default()
-        });
+        let lease = held_by("web-1", "8", 6);
         let first = Instant::now();
         c.observe_lease(Some(&lease), first);
         // An acquire timed out: the Lease is re-read, and has not changed.
@@ -1315,13 +1321,7 @@ mod tests {
             _ => testing::forbidden(r),
         });
         let (mut c, shown) = standby(&api, &[]);
-        let mut lease = Lease::default();
-        lease.metadata.resource_version = Some("20".into());
-        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-            holder_identity: Some("ghost".into()),
-            lease_duration_seconds: Some(3600),
-            ..Default::default()
-        });
+        let mut lease = held_by("ghost", "20", 3600);
         c.observe_lease(Some(&lease), Instant::now());
         assert!(c.act(Instant::now()).await, "it looked the holder up");
         // The Event regards our Pod: none goes out while it is unseen.

@@ -160,6 +160,37 @@ patches:
 /// The name the certificate is for: the webhook's Service.
 const SERVICE_NAME: &str = "baton-webhook.baton-system.svc";
 
+/// The HTTPS addresses of the webhook's two running replicas.
+fn replica_addrs(pods: &[Pod]) -> Vec<std::net::SocketAddr> {
+    let addrs: Vec<std::net::SocketAddr> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 8443))
+        .collect();
+    assert_eq!(addrs.len(), 2, "two replicas: {addrs:?}");
+    addrs
+}
+
+/// Waits until every address serves `want` (DER), checked against `roots`.
+async fn wait_served(
+    addrs: &[std::net::SocketAddr],
+    roots: &[&[u8]],
+    want: &[u8],
+    within: Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    for addr in addrs {
+        while served_certificate_as(*addr, SERVICE_NAME, roots) != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} still serves the old certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn self_managed_certificates_are_shared_published_and_renewed_without_a_gap() {
     let _one = ONE_INSTALL.lock().await;
@@ -206,15 +237,7 @@ async fn self_managed_certificates_are_shared_published_and_renewed_without_a_ga
     }
 
     // Every replica serves the Secret's certificate, not one of its own.
-    let addrs: Vec<std::net::SocketAddr> = webhook
-        .pods()
-        .await
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
-        .map(|ip| std::net::SocketAddr::new(ip, 8443))
-        .collect();
-    assert_eq!(addrs.len(), 2, "two replicas: {addrs:?}");
+    let addrs = replica_addrs(&webhook.pods().await);
     let cert = der_of(&data(&first, "tls.crt"));
     for addr in &addrs {
         assert_eq!(
@@ -236,16 +259,7 @@ async fn self_managed_certificates_are_shared_published_and_renewed_without_a_ga
     assert_eq!(data(&renewed, "ca.crt"), ca, "the caBundle did not change");
     let new_cert = der_of(&data(&renewed, "tls.crt"));
     // Both replicas pick it up from their watch of the Secret.
-    for addr in &addrs {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while served_certificate_as(*addr, SERVICE_NAME, &[&ca]) != new_cert {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{addr} still serves the old certificate"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_served(&addrs, &[&ca], &new_cert, Duration::from_secs(10)).await;
     // And the API server, trusting the same CA, calls it as before.
     webhook.wait_until_injecting(&ns).await;
     webhook.uninstall();
@@ -324,12 +338,7 @@ async fn own_certificate_renewed_in_its_secret_is_served_without_a_restart() {
     })
     .await;
     let pods = webhook.pods().await;
-    let addrs: Vec<std::net::SocketAddr> = pods
-        .iter()
-        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
-        .map(|ip| std::net::SocketAddr::new(ip, 8443))
-        .collect();
-    assert_eq!(addrs.len(), 2, "two replicas: {addrs:?}");
+    let addrs = replica_addrs(&pods);
     let der_a = der_of(&std::fs::read(&cert_a).expect("cert a"));
     let der_b = der_of(&std::fs::read(&cert_b).expect("cert b"));
     for addr in &addrs {
@@ -339,18 +348,9 @@ async fn own_certificate_renewed_in_its_secret_is_served_without_a_restart() {
     // Renewed as cert-manager would: both CAs trusted first, then the Secret.
     set_ca_bundle(&cluster, &[ca_a.as_slice(), ca_b.as_slice()].concat());
     put_tls_secret(&cluster, &cert_b, &key_b);
-    for addr in &addrs {
-        // kubelet updates the volume at the pod's next sync (10 s here,
-        // tests/cluster/node-config.sh); the next handshake serves it.
-        let deadline = std::time::Instant::now() + T;
-        while served_certificate_as(*addr, SERVICE_NAME, &[&ca_a, &ca_b]) != der_b {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{addr} still serves the old certificate"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+    // kubelet updates the volume at the pod's next sync (10 s here,
+    // tests/cluster/node-config.sh); the next handshake serves it.
+    wait_served(&addrs, &[&ca_a, &ca_b], &der_b, T).await;
     let now = webhook.pods().await;
     let restarts = |p: &Pod| {
         p.status
