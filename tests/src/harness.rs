@@ -460,6 +460,20 @@ pub async fn wait_roles(ns: &TestNamespace, labels: &str, holder: &str, others: 
     .await
 }
 
+/// The `/status` of `pod`'s sidecar, once it answers.
+pub async fn sidecar_status(ns: &TestNamespace, pod: &str) -> serde_json::Value {
+    let ip = pod_ip(ns, pod).await;
+    for _ in 0..100 {
+        if let Ok(r) = http().get(format!("http://{ip}:9095/status")).send().await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{pod}'s sidecar never answered /status");
+}
+
 /// Tells the demo app in `pod` to answer `/healthz` with `health`: `ok`,
 /// `fail` (500) or `hang`.
 pub async fn set_app_health(ns: &TestNamespace, pod: &str, health: &str) {

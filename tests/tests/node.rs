@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use baton_e2e::{
     harness::{
-        Cluster, NeverTwoActive, TestNamespace, http, pod_ip, set_app_health, wait_for_holder,
-        wait_until,
+        Cluster, NeverTwoActive, TestNamespace, http, pod_ip, set_app_health, sidecar_status,
+        wait_for_holder, wait_until,
     },
     workload,
 };
@@ -20,20 +20,6 @@ use k8s_openapi::api::{
 use kube::Api;
 
 const T: Duration = Duration::from_secs(60);
-
-/// The sidecar's `/status`, once it answers.
-async fn status(ns: &TestNamespace, pod: &str) -> serde_json::Value {
-    let ip = pod_ip(ns, pod).await;
-    for _ in 0..100 {
-        if let Ok(r) = http().get(format!("http://{ip}:9095/status")).send().await
-            && let Ok(v) = r.json::<serde_json::Value>().await
-        {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{pod}'s sidecar never answered /status");
-}
 
 /// A pod whose app does not listen on the probed port is unhealthy, even
 /// though another pod's app listens on that port: 127.0.0.1 is the pod's
@@ -73,7 +59,7 @@ async fn the_probe_reaches_the_pods_own_app_only() {
     // The sidecar has probed (and failed) several times by now.
     let mut last = serde_json::Value::Null;
     for _ in 0..100 {
-        last = status(&ns, "web-0").await;
+        last = sidecar_status(&ns, "web-0").await;
         if !last["app_last_failure"].is_null() {
             break;
         }
@@ -128,7 +114,7 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
     for pod in ["web-0", "web-1"] {
         let mut healthy = false;
         for _ in 0..100 {
-            if status(&ns, pod).await["app_healthy"] == true {
+            if sidecar_status(&ns, pod).await["app_healthy"] == true {
                 healthy = true;
                 break;
             }
@@ -214,7 +200,7 @@ async fn the_native_sidecar_starts_before_the_app_and_outlives_it_on_deletion() 
     ns.apply(&workload::statefulset("web", 1, true, &[]));
     wait_for_holder(&ns, "web", None).await;
     let ip = pod_ip(&ns, "web-0").await;
-    assert_eq!(status(&ns, "web-0").await["app_healthy"], true);
+    assert_eq!(sidecar_status(&ns, "web-0").await["app_healthy"], true);
 
     // Start: kubelet launches the app only once the sidecar runs, so the
     // sidecar's first line comes first (a sidecar among the regular
@@ -243,7 +229,7 @@ async fn the_native_sidecar_starts_before_the_app_and_outlives_it_on_deletion() 
     // The hanging request has reached the app once its probe times out too.
     let mut hung = false;
     for _ in 0..100 {
-        if status(&ns, "web-0").await["app_last_failure"] == "timed out" {
+        if sidecar_status(&ns, "web-0").await["app_last_failure"] == "timed out" {
             hung = true;
             break;
         }

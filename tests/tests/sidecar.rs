@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use baton_e2e::{
     harness::{
-        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip, signal,
-        wait_endpoints, wait_for_object, wait_until,
+        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip,
+        sidecar_status, signal, wait_endpoints, wait_for_object, wait_until,
     },
     workload,
 };
@@ -658,15 +658,7 @@ async fn a_lease_held_by_a_stranger_is_reported_and_counts_for_ten_lease_duratio
         events.iter().any(reported)
     })
     .await;
-    let ip = pod_ip(&ns, "web-0").await;
-    let status: serde_json::Value = http()
-        .get(format!("http://{ip}:9095/status"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let status = sidecar_status(&ns, "web-0").await;
     // (The claim lasts 20 s; the Event came within a few.)
     assert_eq!(status["holder"], "ghost", "{status}");
     assert!(
