@@ -527,6 +527,12 @@ pub struct NeverTwoActive {
     violations: Arc<Mutex<Vec<Vec<String>>>>,
     most: Arc<Mutex<usize>>,
     blind: Arc<Mutex<Vec<String>>>,
+    /// The pods active in the guard's latest complete view.
+    active_seen: tokio::sync::watch::Receiver<Vec<String>>,
+    api: Api<Pod>,
+    labels: String,
+    key: String,
+    active: String,
 }
 
 impl NeverTwoActive {
@@ -537,9 +543,12 @@ impl NeverTwoActive {
         let blind = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (v, m, b) = (violations.clone(), most.clone(), blind.clone());
+        let (active_tx, active_seen) = tokio::sync::watch::channel(Vec::new());
         let (key, active) = (key.to_owned(), active.to_owned());
-        let mut stream = watcher(api, watcher::Config::default().labels(labels)).boxed();
+        let mut stream = watcher(api.clone(), watcher::Config::default().labels(labels)).boxed();
+        let (watched_key, watched_active) = (key.clone(), active.clone());
         let task = tokio::spawn(async move {
+            let (key, active) = (watched_key, watched_active);
             let mut ready_tx = Some(ready_tx);
             let mut state = Listed::default();
             while let Some(event) = stream.next().await {
@@ -563,8 +572,10 @@ impl NeverTwoActive {
                 let mut most = m.lock().expect("not poisoned");
                 *most = (*most).max(active_now.len());
                 if active_now.len() > 1 {
-                    v.lock().expect("not poisoned").push(active_now);
+                    v.lock().expect("not poisoned").push(active_now.clone());
                 }
+                drop(most);
+                active_tx.send_replace(active_now);
             }
             b.lock()
                 .expect("not poisoned")
@@ -579,12 +590,37 @@ impl NeverTwoActive {
             violations,
             most,
             blind,
+            active_seen,
+            api,
+            labels: labels.to_owned(),
+            key,
+            active,
         }
     }
 
     /// Panics if two pods were ever active at once, or if the guard stopped
     /// seeing at some point; returns the most pods seen active at once.
-    pub fn assert_held(self) -> usize {
+    /// First waits until the guard's watch has caught up with what the API
+    /// server lists now: the test's own watch may have seen the last change
+    /// before the guard's did.
+    pub async fn assert_held(mut self) -> usize {
+        let pods = self
+            .api
+            .list(&kube::api::ListParams::default().labels(&self.labels))
+            .await
+            .expect("the group's pods listed");
+        let now = labelled(&pods.items, &self.key, &self.active);
+        let caught_up = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.active_seen.wait_for(|seen| *seen == now),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        assert!(
+            caught_up,
+            "the never-two-active guard did not see {now:?} active within 30 s: {:?}",
+            *self.active_seen.borrow()
+        );
         self.task.abort();
         let violations = self.violations.lock().expect("not poisoned").clone();
         assert!(

@@ -131,7 +131,7 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
         );
     }
 
-    assert_eq!(guard.assert_held(), 1);
+    assert_eq!(guard.assert_held().await, 1);
     ns.delete().await;
     webhook.uninstall();
 }

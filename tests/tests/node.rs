@@ -172,7 +172,7 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
         m
     });
     eprintln!("answers during the switch: {tally:?}");
-    assert_eq!(guard.assert_held(), 1);
+    assert_eq!(guard.assert_held().await, 1);
     ns.delete().await;
 }
 

@@ -161,7 +161,7 @@ impl Group {
     /// Checks the never-two-active guard and deletes the namespace.
     async fn finish(self) -> Vec<Option<String>> {
         let holders = self.history.holders();
-        let most = self.guard.assert_held();
+        let most = self.guard.assert_held().await;
         assert_eq!(most, 1, "some pod was active at some point");
         self.ns.delete().await;
         holders
@@ -688,6 +688,6 @@ async fn a_lease_held_by_a_stranger_is_reported_and_counts_for_ten_lease_duratio
         |pods| labelled(pods, "role", "active") == [holder.clone()],
     )
     .await;
-    assert_eq!(guard.assert_held(), 1, "one active pod at a time");
+    assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
     ns.delete().await;
 }

@@ -285,7 +285,7 @@ async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
             .contains("baton_webhook_admissions_total{operation=\"mutate\",result=\"injected\"}"),
         "the webhook counted its injections"
     );
-    assert_eq!(guard.assert_held(), 1, "one active pod at a time");
+    assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
     ns.delete().await;
 }
 
