@@ -20,14 +20,13 @@ dir=${BATON_CLUSTER_DIR:-$repo/target/cluster}
 nodes=${BATON_KWOK_NODES:-0}
 real_nodes=${BATON_REAL_NODES:-1}
 image_dir=${BATON_IMAGE_DIR:-$repo/target/image}
-etcd_port=${BATON_ETCD_PORT:-23790}
-api_port=${BATON_APISERVER_PORT:-16443}
 # shellcheck source=netns.sh
 . "$here/netns.sh"
+# shellcheck source=control-plane.sh
+. "$here/control-plane.sh"
 # shellcheck source=versions.env
 . "$here/versions.env"
 
-log() { echo "[cluster $(date +%T)] $*" >&2; }
 started=$(date +%s)
 
 bin=$("$here/build.sh")
@@ -116,27 +115,6 @@ EOF
 kubeconfig=$dir/kubeconfig
 write_kubeconfig "$kubeconfig" 127.0.0.1 admin
 
-# start NAME ARGS...: own session (so down.sh can kill the whole group),
-# output to logs/NAME.log, pid to pids/NAME.pid.
-start() {
-  local name=$1; shift
-  setsid ip netns exec "$netns" "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
-  echo $! >"$dir/pids/$name.pid"
-}
-
-wait_for() { # wait_for WHAT TIMEOUT_S CMD...
-  local what=$1 timeout=$2; shift 2
-  local deadline=$(( $(date +%s) + timeout ))
-  until in_netns "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      log "timed out after ${timeout}s waiting for $what; last log lines:"
-      tail -n 30 "$dir/logs/"*.log "$dir/node/logs/"*.log >&2 2>/dev/null
-      exit 1
-    fi
-    sleep 0.2
-  done
-}
-
 log "starting etcd on 127.0.0.1:$etcd_port"
 start etcd "$bin/etcd" --name baton --data-dir "$dir/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" \
@@ -145,7 +123,7 @@ start etcd "$bin/etcd" --name baton --data-dir "$dir/etcd" \
   --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
   --initial-cluster "baton=http://127.0.0.1:$((etcd_port + 1))" \
   --unsafe-no-fsync --quota-backend-bytes 4294967296 --log-level warn
-wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+wait_healthy etcd 30
 
 # With a real node, the API server advertises the node's address: the
 # 'kubernetes' Service's endpoint, which pods reach through kube-proxy.
@@ -172,8 +150,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --enable-admission-plugins NodeRestriction \
   --allow-privileged=true \
   --profiling=false
-wait_for kube-apiserver 90 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" \
-  --key "$pki/admin.key" "https://127.0.0.1:$api_port/readyz"
+wait_healthy kube-apiserver 90
 
 log "starting kube-controller-manager and kube-scheduler"
 start kube-controller-manager "$bin/kube-controller-manager" \
