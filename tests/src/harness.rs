@@ -722,3 +722,38 @@ impl Drop for LeaseHistory {
         self.task.abort();
     }
 }
+
+/// The chaos tests' additions (tests/tests/chaos.rs).
+pub mod outage;
+
+/// Waits (bounded) until `pod`'s sidecar reports its app healthy.
+pub async fn wait_app_healthy(ns: &TestNamespace, pod: &str) {
+    let ip = pod_ip(ns, pod).await;
+    // The sidecar may not be listening yet: poll_status keeps asking.
+    let last = poll_status(&ip, Duration::from_secs(20), |s| s["app_healthy"] == true).await;
+    assert!(
+        last["app_healthy"] == true,
+        "{pod}'s app never turned healthy: {last}"
+    );
+}
+
+/// Asks the sidecar at `ip` for its `/status` until `done` holds for it or
+/// `timeout` has passed; returns the last status it answered (Null if none).
+pub async fn poll_status(
+    ip: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = serde_json::Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http().get(format!("http://{ip}:9095/status")).send().await {
+            last = r.json().await.unwrap_or_default();
+            if done(&last) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use baton_e2e::{
     harness::{
-        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip,
+        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip, poll_status,
         sidecar_status, signal, wait_endpoints, wait_for_object, wait_until,
     },
     workload,
@@ -77,20 +77,7 @@ impl Group {
 
     /// Waits (bounded) until the pod's sidecar reports its app healthy.
     async fn wait_app_healthy(&self, pod: &str) {
-        let ip = pod_ip(&self.ns, pod).await;
-        let mut last = String::new();
-        for _ in 0..100 {
-            // The sidecar may not be listening yet: keep asking.
-            if let Ok(r) = http().get(format!("http://{ip}:9095/status")).send().await {
-                last = r.text().await.unwrap_or_default();
-                let status: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
-                if status["app_healthy"] == true {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{pod}'s app never turned healthy: {last}");
+        baton_e2e::harness::wait_app_healthy(&self.ns, pod).await;
     }
 
     fn pods(&self) -> Api<Pod> {
@@ -336,23 +323,8 @@ async fn sigkilled_sidecar_is_restarted_by_kubelet_and_rejoins_without_two_activ
     let new_pid = group.sidecar_pid(&old).await;
     assert_ne!(new_pid, pid, "a new sidecar process");
     // The restarted sidecar reports itself active once it has renewed.
-    let mut last = serde_json::Value::Null;
-    for _ in 0..100 {
-        if let Ok(r) = http()
-            .get(format!(
-                "http://{}:9095/status",
-                pod_ip(&group.ns, &old).await
-            ))
-            .send()
-            .await
-        {
-            last = r.json().await.unwrap_or_default();
-            if last["role"] == "active" {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ip = pod_ip(&group.ns, &old).await;
+    let last = poll_status(&ip, Duration::from_secs(10), |s| s["role"] == "active").await;
     assert_eq!(last["role"], "active", "the restarted holder: {last}");
     group.wait_active(&old).await;
     let holders = group.finish().await;
