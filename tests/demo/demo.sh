@@ -114,6 +114,8 @@ say "The webhook runs as a Deployment in baton-system; it makes its own CA and s
 k apply -k manifests/webhook
 k -n baton-system rollout status deployment/baton-webhook --timeout=120s
 k create namespace "$ns"
+say "Injection is enabled per namespace: baton being down never blocks pods of namespaces without this label."
+k label namespace "$ns" baton.dev/injection=enabled
 # The API server loads webhook configurations asynchronously: wait until a
 # dry-run pod comes back with the sidecar before creating the real ones.
 probe_pod='{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe","annotations":{"baton.dev/inject":"true","baton.dev/lease-name":"probe"}},"spec":{"containers":[{"name":"app","image":"ghcr.io/baton-dev/baton-demo-app:0.1.0"}]}}'

@@ -78,8 +78,11 @@ impl InstalledWebhook {
         webhook
     }
 
-    /// Waits until the API server calls the webhook for pods of `ns`.
+    /// Enables injection in `ns` as the README says (`kubectl label
+    /// namespace NS baton.dev/injection=enabled`), then waits until the API
+    /// server calls the webhook for its pods.
     pub async fn wait_until_injecting(&self, ns: &TestNamespace) {
+        enable_injection(ns);
         if let Err(last) = dry_run_until_injected(ns, Duration::from_secs(60)).await {
             panic!("the API server never called the installed webhook: {last}");
         }
@@ -124,6 +127,21 @@ impl InstalledWebhook {
             ],
         );
     }
+}
+
+/// `kubectl label namespace NS baton.dev/injection=enabled`: the webhook
+/// sees only the pods of namespaces so labelled.
+pub fn enable_injection(ns: &TestNamespace) {
+    kubectl_ok(
+        &ns.cluster,
+        &[
+            "label",
+            "namespace",
+            &ns.name,
+            "baton.dev/injection=enabled",
+            "--overwrite",
+        ],
+    );
 }
 
 /// `kubectl apply -k dir`, then the webhook's Deployment rolled out.

@@ -20,8 +20,12 @@ use baton_e2e::{
     install::{InstalledWebhook, kubectl_ok},
     prometheus::{exposed, referenced},
     webhook::{CERT_SECRET, base64, der_of, openssl_pair, served_certificate_as, sidecars},
+    workload,
 };
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::{
+    core::v1::{Pod, Secret, Service},
+    events::v1::Event,
+};
 use kube::{Api, ResourceExt};
 
 const T: Duration = Duration::from_secs(120);
@@ -267,17 +271,22 @@ async fn self_managed_certificates_are_shared_published_and_renewed_without_a_ga
     ns.delete().await;
 }
 
-/// Sets the caBundle of both webhook configurations, as a user of
-/// `manifests/webhook/base` does (`kubectl patch`).
+/// Sets the caBundle of every webhook of both configurations, as a user
+/// of `manifests/webhook/base` does (`kubectl patch`).
 fn set_ca_bundle(cluster: &Cluster, pem: &[u8]) {
-    let patch = format!(
-        r#"[{{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "{}"}}]"#,
-        base64(pem)
-    );
-    for kind in [
-        "mutatingwebhookconfiguration",
-        "validatingwebhookconfiguration",
+    for (kind, webhooks) in [
+        ("mutatingwebhookconfiguration", 1),
+        ("validatingwebhookconfiguration", 2),
     ] {
+        let ops: Vec<String> = (0..webhooks)
+            .map(|i| {
+                format!(
+                    r#"{{"op": "add", "path": "/webhooks/{i}/clientConfig/caBundle", "value": "{}"}}"#,
+                    base64(pem)
+                )
+            })
+            .collect();
+        let patch = format!("[{}]", ops.join(", "));
         kubectl_ok(
             cluster,
             &["patch", kind, "baton-webhook", "--type=json", "-p", &patch],
@@ -285,8 +294,6 @@ fn set_ca_bundle(cluster: &Cluster, pem: &[u8]) {
     }
 }
 
-/// `kubectl create secret tls baton-webhook-tls` (or its replacement, as
-/// cert-manager renews it) in baton-system.
 fn put_tls_secret(cluster: &Cluster, cert: &std::path::Path, key: &std::path::Path) {
     let yaml = cluster.kubectl(
         &[
@@ -368,4 +375,106 @@ async fn own_certificate_renewed_in_its_secret_is_served_without_a_restart() {
     webhook.uninstall();
     let _ = std::fs::remove_dir_all(&certs);
     ns.delete().await;
+}
+
+/// Issue 11's webhook downtime, with no webhook replica running: pods of a
+/// namespace that did not enable injection are created as usual, as is a
+/// pod that opts out in an enabled one; an opted-in pod is refused with a
+/// message naming the webhook, and its StatefulSet says why in a
+/// `FailedCreate` Event. Once a replica is back, the controller creates
+/// the pod, with its sidecar.
+#[tokio::test]
+async fn while_the_webhook_is_down_only_opted_in_pods_wait_for_it() {
+    let _one = ONE_INSTALL.lock().await;
+    let cluster = Cluster::connect().await;
+    let enabled = cluster.namespace("webhook-down-enabled").await;
+    let plain = cluster.namespace("webhook-down-plain").await;
+    let webhook = InstalledWebhook::install(&enabled).await;
+    let scale = |replicas: &str| {
+        kubectl_ok(
+            &cluster,
+            &[
+                "-n",
+                "baton-system",
+                "scale",
+                "deployment/baton-webhook",
+                &format!("--replicas={replicas}"),
+            ],
+        )
+    };
+    scale("0");
+    let system: Api<Pod> = Api::namespaced(cluster.client.clone(), "baton-system");
+    wait_until::<Pod, _>(
+        system,
+        "app.kubernetes.io/name=baton-webhook",
+        T,
+        "no webhook replica",
+        |pods| pods.is_empty(),
+    )
+    .await;
+
+    let opted_in = |name: &str| {
+        workload::statefulset(name, 1, false, &[]).replacen(
+            &format!("metadata:\n  name: {name}\n"),
+            &format!("metadata:\n  name: {name}\n  annotations: {{baton.dev/inject: \"true\"}}\n"),
+            1,
+        )
+    };
+    // Not enabled: nothing is sent to the webhook, opted in or not.
+    plain.apply(&workload::statefulset("plain", 1, false, &[]));
+    plain.apply(&opted_in("elsewhere"));
+    wait_until::<Pod, _>(plain.api(), "", T, "both pods created", |pods| {
+        pods.len() == 2 && pods.iter().all(|p| sidecars(p) == 0)
+    })
+    .await;
+    // Enabled: a pod that opts out is never sent either.
+    let opted_out = r#"{"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "batch", "annotations": {"baton.dev/inject": "false"}},
+        "spec": {"containers": [{"name": "app", "image": "ghcr.io/baton-dev/baton-demo-app:0.1.0"}]}}"#;
+    enabled.kubectl_ok(&["create", "-f", "-"], Some(opted_out));
+    // An opted-in pod is refused, naming the webhook that could not answer.
+    let bare = opted_out.replace("\"batch\"", "\"single\"").replace(
+        "\"false\"",
+        "\"true\", \"baton.dev/lease-name\": \"single\"",
+    );
+    let out = enabled.kubectl(&["create", "-f", "-"], Some(&bare));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("failed calling webhook \"inject.baton.dev\""),
+        "{out:?}"
+    );
+    enabled.apply(&opted_in("web"));
+    let failed = |e: &Event| {
+        e.reason.as_deref() == Some("FailedCreate")
+            && e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("inject.baton.dev"))
+    };
+    wait_until::<Event, _>(
+        enabled.api(),
+        "",
+        T,
+        "the StatefulSet's FailedCreate Event",
+        |events| events.iter().any(failed),
+    )
+    .await;
+    let pods: Api<Pod> = enabled.api();
+    assert!(
+        pods.get_opt("web-0").await.expect("get").is_none(),
+        "never created without its sidecar"
+    );
+
+    scale("2");
+    let pods = wait_until::<Pod, _>(
+        enabled.api(),
+        "app=web",
+        T,
+        "web-0 created with its sidecar once the webhook is back",
+        |pods| pods.len() == 1,
+    )
+    .await;
+    assert_eq!(sidecars(&pods[0]), 1);
+    plain.delete().await;
+    enabled.delete().await;
+    webhook.uninstall();
 }

@@ -219,7 +219,10 @@ async fn helm_chart_renders_every_certificate_mode_into_objects_the_server_accep
         .lines()
         .filter_map(|l| l.trim().strip_prefix("caBundle: "))
         .collect();
-    assert_eq!(bundles, [ca_in_secret; 2], "both webhooks trust the CA");
+    assert_eq!(
+        bundles, [ca_in_secret; 3],
+        "all three webhooks trust the CA"
+    );
 
     let existing = helm_template(
         &ns.name,
@@ -435,8 +438,22 @@ async fn helm_chart_webhooks_match_the_kustomize_install() {
         kustomized.iter().map(|(k, _)| k).collect::<Vec<_>>(),
         charted.iter().map(|(k, _)| k).collect::<Vec<_>>()
     );
+    let each = |configs: &[(String, serde_json::Value)]| -> Vec<(String, serde_json::Value)> {
+        configs
+            .iter()
+            .flat_map(|(kind, c)| {
+                let hooks = c["webhooks"].as_array().cloned().unwrap_or_default();
+                hooks.into_iter().map(move |h| (kind.clone(), h))
+            })
+            .collect()
+    };
+    let (charted, kustomized) = (each(&charted), each(&kustomized));
+    assert_eq!(
+        charted.len(),
+        kustomized.len(),
+        "as many webhooks in the chart as in manifests/webhook"
+    );
     for ((kind, ours), (_, theirs)) in charted.iter().zip(&kustomized) {
-        let (ours, theirs) = (&ours["webhooks"][0], &theirs["webhooks"][0]);
         for field in [
             "name",
             "rules",

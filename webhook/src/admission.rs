@@ -1,6 +1,9 @@
 //! The HTTPS endpoints the API server calls: `POST /mutate` (Pod CREATE:
 //! inject the sidecar) and `POST /validate` (StatefulSet and Deployment
 //! CREATE/UPDATE: refuse invalid `baton.dev/*` annotations at once).
+//! `POST /validate/namespace-not-enabled` validates the same, for workloads
+//! in namespaces without the injection label, and warns that their pods will
+//! not be injected there.
 
 use std::{sync::Arc, time::Instant};
 
@@ -43,11 +46,20 @@ pub struct Admission {
     pub metrics: Metrics,
 }
 
-/// `POST /mutate` and `POST /validate`.
+/// The namespace label that opts a namespace in: only its pods are sent to
+/// `/mutate` (the webhook configurations' `namespaceSelector`).
+pub const NAMESPACE_LABEL: &str = "baton.dev/injection";
+pub const NAMESPACE_LABEL_ENABLED: &str = "enabled";
+
+/// `POST /mutate`, `POST /validate` and `POST /validate/namespace-not-enabled`.
 pub fn router(state: Arc<Admission>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
+        .route(
+            "/validate/namespace-not-enabled",
+            post(validate_namespace_not_enabled),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
 }
@@ -257,8 +269,27 @@ async fn mutate(State(state): State<Arc<Admission>>, body: Bytes) -> Response {
 }
 
 async fn validate(State(state): State<Arc<Admission>>, body: Bytes) -> Response {
+    validate_in(&state, &body, NamespaceInjection::Enabled)
+}
+
+async fn validate_namespace_not_enabled(
+    State(state): State<Arc<Admission>>,
+    body: Bytes,
+) -> Response {
+    validate_in(&state, &body, NamespaceInjection::NotEnabled)
+}
+
+/// Whether the workload's namespace carries the injection label: each
+/// validating webhook's `namespaceSelector` tells, so no lookup is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NamespaceInjection {
+    Enabled,
+    NotEnabled,
+}
+
+fn validate_in(state: &Admission, body: &[u8], namespace: NamespaceInjection) -> Response {
     let started = Instant::now();
-    let answer = match state.validate(&body) {
+    let answer = match state.validate(body, namespace) {
         Ok(answer) | Err(answer) => answer,
     };
     state.metrics.observe(
@@ -375,7 +406,7 @@ impl Admission {
         }
     }
 
-    fn validate(&self, body: &[u8]) -> Result<Answer, Answer> {
+    fn validate(&self, body: &[u8], injection: NamespaceInjection) -> Result<Answer, Answer> {
         let req = parse_review(body)?;
         let response = AdmissionResponse::from(&req);
         let kind: &'static str = match (req.kind.group.as_str(), req.kind.kind.as_str()) {
@@ -415,6 +446,16 @@ impl Admission {
                 Box::new(response.deny(denial.to_string())),
                 Outcome::Denied,
             )),
+            Decision::Inject(_) if injection == NamespaceInjection::NotEnabled => {
+                let mut response = response;
+                response.warnings = Some(vec![format!(
+                    "baton.dev/inject is set but namespace {namespace} is not enabled for baton: \
+                     pods of {kind} {} will not be injected; enable it with \
+                     `kubectl label namespace {namespace} {NAMESPACE_LABEL}={NAMESPACE_LABEL_ENABLED}`",
+                    owner.name,
+                )]);
+                Ok(Answer::Review(Box::new(response), Outcome::Allowed))
+            }
             Decision::Skip(skip) if skip.opted_in() => {
                 let mut response = response;
                 response.warnings = Some(vec![format!(
@@ -839,6 +880,30 @@ mod tests {
         let r = review(&h, "/validate", fixture("statefulset-valid.json")).await;
         assert_eq!(r["allowed"], true, "{r}");
         assert!(r.get("warnings").is_none(), "{r}");
+    }
+
+    #[tokio::test]
+    async fn opted_in_statefulset_in_a_namespace_not_enabled_is_allowed_with_a_warning_naming_the_label()
+     {
+        let h = harness();
+        let path = "/validate/namespace-not-enabled";
+        let r = review(&h, path, fixture("statefulset-valid.json")).await;
+        assert_eq!(r["allowed"], true, "{r}");
+        let warning = r["warnings"][0].as_str().expect("a warning");
+        assert!(
+            warning.contains("will not be injected")
+                && warning.contains("baton.dev/injection=enabled"),
+            "{warning}"
+        );
+        // Not opted in: nothing to warn about.
+        let mut body = fixture_json("statefulset-valid.json");
+        body["request"]["object"]["metadata"]["annotations"] = json!({});
+        let r = review(&h, path, body.to_string().into_bytes()).await;
+        assert_eq!(r["allowed"], true, "{r}");
+        assert!(r.get("warnings").is_none(), "{r}");
+        // Invalid annotations are refused there too.
+        let r = review(&h, path, fixture("statefulset-invalid.json")).await;
+        assert_eq!(r["allowed"], false, "{r}");
     }
 
     #[tokio::test]

@@ -48,13 +48,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- list (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) | toJson -}}
 {{- end -}}
 
-{{/* Namespaces the webhooks never see: the listed ones and the release's own. */}}
+{{/* Namespaces whose pods and workloads the webhooks see: those labelled
+baton.dev/injection=enabled, never the listed ones nor the release's own. */}}
 {{- define "baton.namespaceSelector" -}}
 {{- $excluded := concat .Values.excludedNamespaces (list .Release.Namespace) | uniq -}}
 {{- $sel := deepCopy .Values.namespaceSelector -}}
+{{- $labels := merge (dict "baton.dev/injection" "enabled") (get $sel "matchLabels" | default dict) -}}
+{{- $_ := set $sel "matchLabels" $labels -}}
 {{- $exprs := concat (get $sel "matchExpressions" | default list) (list (dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded)) -}}
 {{- $_ := set $sel "matchExpressions" $exprs -}}
 {{- toYaml $sel -}}
+{{- end -}}
+
+{{/* The other namespaces (but the excluded ones): workloads there that opt
+in are warned that their pods will not be injected. */}}
+{{- define "baton.namespaceNotEnabledSelector" -}}
+{{- $excluded := concat .Values.excludedNamespaces (list .Release.Namespace) | uniq -}}
+{{- $exprs := list (dict "key" "baton.dev/injection" "operator" "NotIn" "values" (list "enabled")) (dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded) -}}
+{{- toYaml (dict "matchExpressions" $exprs) -}}
 {{- end -}}
 
 {{- define "baton.checkValues" -}}
