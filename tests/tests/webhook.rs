@@ -12,6 +12,7 @@ use baton_e2e::{
         wait_for_object, wait_roles, wait_until,
     },
     install::InstalledWebhook,
+    prometheus::sample_sum,
     webhook::{SIDECAR_IMAGE, all_containers, sidecars},
     workload,
 };
@@ -119,6 +120,16 @@ fn assert_injected_as_shipped(pod: &Pod, lease: &str) {
 }
 
 /// Runs kubectl in `ns`, which must fail; its stderr.
+/// A StatefulSet of the demo app that opts in as users do: by its own
+/// `baton.dev/inject` annotation.
+fn opted_in_statefulset(name: &str, replicas: u32) -> String {
+    workload::statefulset(name, replicas, false, &[]).replacen(
+        &format!("metadata:\n  name: {name}\n"),
+        &format!("metadata:\n  name: {name}\n  annotations: {{baton.dev/inject: \"true\"}}\n"),
+        1,
+    )
+}
+
 fn refused(ns: &TestNamespace, args: &[&str], stdin: Option<&str>) -> String {
     let out = ns.kubectl(args, stdin);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -191,11 +202,7 @@ async fn the_injected_sidecars_readiness_drives_the_pods_ready_condition() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-ready").await;
     InstalledWebhook::shared(&ns).await;
-    ns.apply(&workload::statefulset("web", 1, false, &[]).replacen(
-        "metadata:\n  name: web\n",
-        "metadata:\n  name: web\n  annotations: {baton.dev/inject: \"true\"}\n",
-        1,
-    ));
+    ns.apply(&opted_in_statefulset("web", 1));
     let is_ready = |p: &Pod| {
         p.status
             .as_ref()
@@ -284,6 +291,17 @@ async fn annotated_statefulset_gets_sidecars_that_elect_one_active_pod() {
             .await
             .contains("baton_webhook_admissions_total{operation=\"mutate\",result=\"injected\"}"),
         "the webhook counted its injections"
+    );
+    // The StatefulSet was annotated before its pods were re-created: the
+    // webhook's cache (list and watch, as the shipped ClusterRole allows)
+    // answered at least one of the owner lookups.
+    let metrics = webhook.metrics().await;
+    assert!(
+        sample_sum(
+            &metrics,
+            "baton_webhook_owner_lookups_total{source=\"cache\"}"
+        ) >= 1.0,
+        "{metrics}"
     );
     assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
     ns.delete().await;
@@ -461,17 +479,59 @@ async fn invalid_annotation_makes_kubectl_apply_fail_naming_annotation_and_value
     ns.delete().await;
 }
 
+/// Only namespaces labelled `baton.dev/injection=enabled` send pods to the
+/// webhook. A workload opted in elsewhere is told so at `kubectl apply`
+/// (a warning naming the label), and its pods are created without the
+/// sidecar, never blocked.
+#[tokio::test]
+async fn opted_in_workload_in_a_namespace_not_enabled_is_warned_and_its_pods_are_not_sent() {
+    let cluster = Cluster::connect().await;
+    let enabled = cluster.namespace("webhook-enabled").await;
+    InstalledWebhook::shared(&enabled).await;
+    let plain = cluster.namespace("webhook-not-enabled").await;
+    let annotated = opted_in_statefulset("web", 1);
+    // The API server loads webhook configurations asynchronously: ask with
+    // server-side dry runs until the validating webhook answers.
+    let warned = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (stderr.contains("Warning:")
+            && stderr.contains("namespace webhook-not-enabled")
+            && stderr.contains("is not enabled")
+            && stderr.contains("baton.dev/injection=enabled"))
+        .then_some(stderr)
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let out = plain.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&annotated));
+        assert!(out.status.success(), "{out:?}");
+        if warned(&out).is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning from the webhook: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = plain.kubectl(&["apply", "-f", "-"], Some(&annotated));
+    assert!(out.status.success(), "{out:?}");
+    assert!(warned(&out).is_some(), "{out:?}");
+    let pods = wait_until::<Pod, _>(plain.api(), "app=web", T, "the pod, created", |pods| {
+        pods.len() == 1
+    })
+    .await;
+    assert_eq!(sidecars(&pods[0]), 0, "never sent to the webhook");
+    plain.delete().await;
+    enabled.delete().await;
+}
+
 #[tokio::test]
 async fn server_side_dry_run_creates_nothing_and_records_no_event() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-dryrun").await;
     InstalledWebhook::shared(&ns).await;
     // An opted-in owner with no pods of its own: Events go on the owner.
-    ns.apply(&workload::statefulset("web", 0, false, &[]).replacen(
-        "metadata:\n  name: web\n",
-        "metadata:\n  name: web\n  annotations: {baton.dev/inject: \"true\"}\n",
-        1,
-    ));
+    ns.apply(&opted_in_statefulset("web", 0));
     let sts: Api<StatefulSet> = ns.api();
     let uid = sts
         .get("web")

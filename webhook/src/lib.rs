@@ -43,13 +43,22 @@ pub async fn run(
     // kube's client builds its TLS config from the process default provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await.map_err(Error::Client)?;
-    let owners = Arc::new(owner::KubeOwners::new(client.clone(), settings.api_timeout));
+    let metrics = metrics::Metrics::new();
+    let (caches, keep_cached) = owner::OwnerCaches::start(client.clone());
+    // Runs as long as the process; it holds no resource a shutdown must release.
+    tokio::spawn(keep_cached);
+    let owners = Arc::new(owner::KubeOwners::cached(
+        client.clone(),
+        settings.api_timeout,
+        caches,
+        metrics.clone(),
+    ));
     let events = Arc::new(events::KubeEvents::new(
         client.clone(),
         settings.pod_name.clone(),
     ));
     let Some(_) = &settings.cert_secret else {
-        Webhook::bind(&settings, owners, events)
+        Webhook::bind(&settings, owners, events, metrics)
             .await?
             .serve(shutdown)
             .await?;
@@ -57,7 +66,7 @@ pub async fn run(
     };
     let certs = certs::SelfManaged::start(client, &settings).await?;
     let tls = tls::from_resolver(certs.resolver())?;
-    let webhook = Webhook::bind_with(&settings, tls, owners, events).await?;
+    let webhook = Webhook::bind_with(&settings, tls, owners, events, metrics).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let maintenance = tokio::spawn(certs.run(stop.clone()));
     let result = webhook.serve(shutdown).await;

@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::owner::LookupSource;
+
 /// Which endpoint answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -81,12 +83,28 @@ struct OperationLabels {
     operation: Operation,
 }
 
+impl EncodeLabelValue for LookupSource {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            LookupSource::Cache => "cache",
+            LookupSource::Api => "api",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: LookupSource,
+}
+
 /// Shared by the admission handlers and the /metrics endpoint.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     admissions: Family<AdmissionLabels, Counter>,
     duration: Family<OperationLabels, Histogram>,
+    owner_lookups: Family<SourceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,10 +130,17 @@ impl Metrics {
             "Time to answer one admission request, owner lookup included",
             duration.clone(),
         );
+        let owner_lookups = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "owner_lookups",
+            "Reads of a pod's owner workload (or of a ReplicaSet's Deployment), by where they were answered: the webhook's cache or the API server",
+            owner_lookups.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admissions,
             duration,
+            owner_lookups,
         }
     }
 
@@ -127,6 +152,13 @@ impl Metrics {
         self.duration
             .get_or_create(&OperationLabels { operation })
             .observe(seconds);
+    }
+
+    /// Counts one read of an owner's metadata.
+    pub fn owner_lookup(&self, source: LookupSource) {
+        self.owner_lookups
+            .get_or_create(&SourceLabels { source })
+            .inc();
     }
 
     /// The Prometheus text exposition of every family.
@@ -147,6 +179,9 @@ mod tests {
         m.observe(Operation::Mutate, Outcome::Injected, 0.002);
         m.observe(Operation::Mutate, Outcome::Injected, 0.003);
         m.observe(Operation::Validate, Outcome::Denied, 0.001);
+        m.owner_lookup(LookupSource::Cache);
+        m.owner_lookup(LookupSource::Cache);
+        m.owner_lookup(LookupSource::Api);
         let text = m.encode().expect("encodes");
         assert!(
             text.contains(
@@ -162,6 +197,14 @@ mod tests {
         );
         assert!(
             text.contains("baton_webhook_admission_duration_seconds_count{operation=\"mutate\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_webhook_owner_lookups_total{source=\"cache\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_webhook_owner_lookups_total{source=\"api\"} 1"),
             "{text}"
         );
     }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use futures::future::BoxFuture;
+use futures::{StreamExt as _, future::BoxFuture};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
@@ -11,7 +11,13 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
-use kube::{Api, Client, core::PartialObjectMeta};
+use kube::{
+    Api, Client,
+    core::PartialObjectMeta,
+    runtime::{WatchStreamExt as _, reflector, reflector::ObjectRef, watcher},
+};
+
+use crate::metrics::Metrics;
 
 /// The owner workload of a pod, as far as injection cares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -111,25 +117,222 @@ pub fn follow(controller: &OwnerReference) -> Follow {
     }
 }
 
-/// Looks owners up on the API server (RBAC: get on statefulsets, replicasets, deployments).
+/// Where an owner's metadata came from (counted in
+/// `baton_webhook_owner_lookups_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LookupSource {
+    /// The webhook's metadata cache: no API call.
+    Cache,
+    /// A GET: not cached yet (an owner created a moment ago), or cached
+    /// with another uid (deleted and created again under the same name).
+    Api,
+}
+
+/// Whether a read may be answered by the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    CacheFirst,
+    Api,
+}
+
+/// The metadata of one kind of owner, cached from a metadata watch over the
+/// whole cluster, stripped to what injection reads.
+type MetaStore<K> = reflector::Store<PartialObjectMeta<K>>;
+
+/// The three caches, one per kind the webhook follows.
+#[derive(Clone)]
+pub struct OwnerCaches {
+    statefulsets: MetaStore<StatefulSet>,
+    replicasets: MetaStore<ReplicaSet>,
+    deployments: MetaStore<Deployment>,
+}
+
+/// A kind whose metadata is cached.
+trait Cached: Sized + kube::Resource<DynamicType = ()> + 'static {
+    fn store(caches: &OwnerCaches) -> &MetaStore<Self>;
+}
+
+impl Cached for StatefulSet {
+    fn store(caches: &OwnerCaches) -> &MetaStore<Self> {
+        &caches.statefulsets
+    }
+}
+
+impl Cached for ReplicaSet {
+    fn store(caches: &OwnerCaches) -> &MetaStore<Self> {
+        &caches.replicasets
+    }
+}
+
+impl Cached for Deployment {
+    fn store(caches: &OwnerCaches) -> &MetaStore<Self> {
+        &caches.deployments
+    }
+}
+
+/// Keeps what injection reads of an owner: name, namespace, uid, the
+/// controller reference and the `baton.dev/*` annotations. The rest (most
+/// of all `kubectl.kubernetes.io/last-applied-configuration` and
+/// managedFields) would only cost memory.
+pub fn strip<K>(meta: &mut PartialObjectMeta<K>) {
+    let m = &mut meta.metadata;
+    m.managed_fields = None;
+    m.labels = None;
+    if let Some(annotations) = m.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with("baton.dev/"));
+    }
+}
+
+/// The cached entry for `name`, if it is the object `uid` names (when known).
+fn cached<K: Cached>(
+    caches: &OwnerCaches,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Option<PartialObjectMeta<K>>
+where
+    PartialObjectMeta<K>: Clone,
+{
+    let found = K::store(caches).get(&ObjectRef::new(name).within(namespace))?;
+    let same = match uid {
+        Some(uid) => found.metadata.uid.as_deref() == Some(uid),
+        None => true,
+    };
+    same.then(|| (*found).clone())
+}
+
+impl OwnerCaches {
+    /// Starts the three metadata watches; each is retried with kube's
+    /// default back-off, and its failures are logged once per change. The
+    /// returned future runs them (until dropped).
+    pub fn start(client: Client) -> (Self, impl std::future::Future<Output = ()> + Send) {
+        let (statefulsets, sts_writer) = reflector::store();
+        let (replicasets, rs_writer) = reflector::store();
+        let (deployments, deploy_writer) = reflector::store();
+        let run = futures::future::join3(
+            keep_cached::<StatefulSet>(client.clone(), sts_writer),
+            keep_cached::<ReplicaSet>(client.clone(), rs_writer),
+            keep_cached::<Deployment>(client, deploy_writer),
+        );
+        let caches = Self {
+            statefulsets,
+            replicasets,
+            deployments,
+        };
+        (caches, async move {
+            run.await;
+        })
+    }
+}
+
+/// Feeds one kind's cache from a metadata watch, forever.
+async fn keep_cached<K>(client: Client, writer: reflector::store::Writer<PartialObjectMeta<K>>)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::kind(&()).into_owned();
+    // An Api of PartialObjectMeta lists and watches metadata only.
+    let api: Api<PartialObjectMeta<K>> = Api::all(client);
+    let mut events = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .modify(strip::<K>)
+            .default_backoff()
+            .reflect(writer)
+    );
+    let mut failing = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%kind, %error, "owner cache: watch failed; retrying with back-off, owners are read from the API server meanwhile");
+            }
+            Err(_) => {}
+            Ok(watcher::Event::InitDone) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(%kind, "owner cache: watch back");
+                } else {
+                    tracing::info!(%kind, "owner cache: listed");
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Looks owners up in the cache, and on the API server on a miss (RBAC:
+/// get, list and watch on statefulsets, replicasets, deployments).
 #[derive(Clone)]
 pub struct KubeOwners {
     client: Client,
     timeout: Duration,
+    caches: Option<OwnerCaches>,
+    counted: Option<Metrics>,
 }
 
 impl KubeOwners {
+    /// Every lookup a GET.
     pub fn new(client: Client, timeout: Duration) -> Self {
-        Self { client, timeout }
+        Self {
+            client,
+            timeout,
+            caches: None,
+            counted: None,
+        }
     }
 
-    async fn meta<K>(&self, namespace: &str, name: &str) -> Result<PartialObjectMeta<K>, OwnerError>
+    /// Cache first, a GET on a miss; each lookup counted in `metrics`.
+    pub fn cached(
+        client: Client,
+        timeout: Duration,
+        caches: OwnerCaches,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            client,
+            timeout,
+            caches: Some(caches),
+            counted: Some(metrics),
+        }
+    }
+
+    async fn meta<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        read: Read,
+    ) -> Result<PartialObjectMeta<K>, OwnerError>
     where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        K: Cached
+            + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
+        let hit = match read {
+            Read::CacheFirst => self
+                .caches
+                .as_ref()
+                .and_then(|caches| cached::<K>(caches, namespace, name, Some(uid))),
+            Read::Api => None,
+        };
+        let source = if hit.is_some() {
+            LookupSource::Cache
+        } else {
+            LookupSource::Api
+        };
+        if let Some(metrics) = &self.counted {
+            metrics.owner_lookup(source);
+        }
+        if let Some(meta) = hit {
+            return Ok(meta);
+        }
         let kind = K::kind(&()).into_owned();
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         match tokio::time::timeout(self.timeout, api.get_metadata(name)).await {
@@ -149,16 +352,42 @@ impl KubeOwners {
         }
     }
 
+    /// The owner, from the cache where it has it. A cached owner that does
+    /// not opt in is read again from the API server: the cache may not have
+    /// seen a `kubectl annotate` made a moment before the pods were
+    /// re-created, and a pod created without its sidecar would fail
+    /// silently. (A cached opt-in is trusted: a stale one costs a sidecar
+    /// the user has just turned off, on pods re-created within the moment.)
     async fn lookup(
         &self,
         namespace: &str,
         controller: &OwnerReference,
     ) -> Result<Option<Owner>, OwnerError> {
+        let owner = self
+            .resolve(namespace, controller, Read::CacheFirst)
+            .await?;
+        match owner {
+            Some(o)
+                if self.caches.is_some()
+                    && !o.annotations.contains_key(crate::annotations::INJECT) =>
+            {
+                self.resolve(namespace, controller, Read::Api).await
+            }
+            other => Ok(other),
+        }
+    }
+
+    async fn resolve(
+        &self,
+        namespace: &str,
+        controller: &OwnerReference,
+        read: Read,
+    ) -> Result<Option<Owner>, OwnerError> {
         match follow(controller) {
             Follow::Ignore => Ok(None),
             Follow::StatefulSet => {
                 let sts = self
-                    .meta::<StatefulSet>(namespace, &controller.name)
+                    .meta::<StatefulSet>(namespace, &controller.name, &controller.uid, read)
                     .await?;
                 Ok(Some(Owner::from_meta(
                     "StatefulSet",
@@ -168,12 +397,16 @@ impl KubeOwners {
                 )))
             }
             Follow::ReplicaSet => {
-                let rs = self.meta::<ReplicaSet>(namespace, &controller.name).await?;
+                let rs = self
+                    .meta::<ReplicaSet>(namespace, &controller.name, &controller.uid, read)
+                    .await?;
                 match controller_of(&rs.metadata)
                     .filter(|r| r.kind == "Deployment" && r.api_version.starts_with("apps/"))
                 {
                     Some(deployment) => {
-                        let deploy = self.meta::<Deployment>(namespace, &deployment.name).await?;
+                        let deploy = self
+                            .meta::<Deployment>(namespace, &deployment.name, &deployment.uid, read)
+                            .await?;
                         Ok(Some(Owner::from_meta(
                             "Deployment",
                             "apps/v1",
@@ -253,6 +486,174 @@ mod tests {
             Some("ReplicaSet")
         );
         assert_eq!(controller_of(&ObjectMeta::default()), None);
+    }
+
+    fn cached_meta<K>(name: &str, uid: &str, annotations: &[(&str, &str)]) -> PartialObjectMeta<K>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        use kube::core::PartialObjectMetaExt as _;
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            uid: Some(uid.into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+        .into_response_partial::<K>()
+    }
+
+    /// Caches holding `web` (uid `sts-1`, opted in) and nothing else.
+    fn caches_with_web() -> OwnerCaches {
+        let (statefulsets, mut sts) = reflector::store();
+        let (replicasets, mut rs) = reflector::store();
+        let (deployments, mut deploy) = reflector::store();
+        sts.apply_watcher_event(&watcher::Event::InitDone);
+        sts.apply_watcher_event(&watcher::Event::Apply(cached_meta::<StatefulSet>(
+            "web",
+            "sts-1",
+            &[("baton.dev/inject", "true")],
+        )));
+        sts.apply_watcher_event(&watcher::Event::Apply(cached_meta::<StatefulSet>(
+            "db",
+            "sts-db",
+            &[],
+        )));
+        rs.apply_watcher_event(&watcher::Event::InitDone);
+        deploy.apply_watcher_event(&watcher::Event::InitDone);
+        OwnerCaches {
+            statefulsets,
+            replicasets,
+            deployments,
+        }
+    }
+
+    fn controlled_by(kind: &str, name: &str, uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }
+    }
+
+    /// A cached owner that opts in costs no API call; one cached under
+    /// another uid (the StatefulSet deleted and created again), not cached
+    /// yet, or cached without an opt-in is read from the API server. Each
+    /// read is counted by where it was answered.
+    #[tokio::test]
+    async fn owners_are_read_from_the_cache_and_from_the_api_server_on_a_miss() {
+        use baton_sidecar::testing::ScriptedApi;
+        let api = ScriptedApi::new(|req| {
+            let name = req.path.rsplit('/').next().unwrap_or_default().to_owned();
+            let deployment = "{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\",\"name\":\"api\",\"uid\":\"d-1\",\"controller\":true}";
+            let owners: serde_json::Value = if name == "api-7d9" {
+                serde_json::from_str(&format!("[{deployment}]")).expect("json")
+            } else {
+                serde_json::json!([])
+            };
+            (
+                200,
+                serde_json::json!({
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadata",
+                    "metadata": {
+                        "name": name, "namespace": "shop", "uid": format!("{name}-from-api"),
+                        "annotations": {"baton.dev/inject": "true", "note": "fresh"},
+                        "ownerReferences": owners,
+                    }
+                }),
+            )
+        });
+        let metrics = Metrics::new();
+        let owners = KubeOwners::cached(
+            api.client(),
+            Duration::from_secs(5),
+            caches_with_web(),
+            metrics.clone(),
+        );
+
+        let web = owners
+            .lookup("shop", &controlled_by("StatefulSet", "web", "sts-1"))
+            .await
+            .expect("found")
+            .expect("followed");
+        assert_eq!(web.uid.as_deref(), Some("sts-1"), "from the cache");
+        assert!(api.requests().is_empty(), "{:?}", api.requests());
+
+        let recreated = owners
+            .lookup("shop", &controlled_by("StatefulSet", "web", "sts-2"))
+            .await
+            .expect("found")
+            .expect("followed");
+        assert_eq!(recreated.uid.as_deref(), Some("web-from-api"));
+        let deployment = owners
+            .lookup("shop", &controlled_by("ReplicaSet", "api-7d9", "rs-1"))
+            .await
+            .expect("found")
+            .expect("followed");
+        assert_eq!(
+            (deployment.kind.as_str(), deployment.name.as_str()),
+            ("Deployment", "api")
+        );
+        // Cached without an opt-in: maybe annotated a moment ago, so the
+        // API server is asked (and here says it is).
+        let db = owners
+            .lookup("shop", &controlled_by("StatefulSet", "db", "sts-db"))
+            .await
+            .expect("found")
+            .expect("followed");
+        assert_eq!(
+            db.annotations.get("baton.dev/inject").map(String::as_str),
+            Some("true")
+        );
+        let paths: Vec<String> = api.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "/apis/apps/v1/namespaces/shop/statefulsets/web",
+                "/apis/apps/v1/namespaces/shop/replicasets/api-7d9",
+                "/apis/apps/v1/namespaces/shop/deployments/api",
+                "/apis/apps/v1/namespaces/shop/statefulsets/db",
+            ]
+        );
+        let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains("baton_webhook_owner_lookups_total{source=\"cache\"} 2")
+                && text.contains("baton_webhook_owner_lookups_total{source=\"api\"} 4"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_cache_keeps_only_what_injection_reads() {
+        let mut meta = cached_meta::<StatefulSet>(
+            "web",
+            "sts-1",
+            &[
+                ("baton.dev/inject", "true"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+            ],
+        );
+        meta.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+        meta.metadata.managed_fields = Some(vec![Default::default()]);
+        meta.metadata.owner_references = Some(vec![controlled_by("Deployment", "d", "u")]);
+        strip(&mut meta);
+        let m = &meta.metadata;
+        assert_eq!(
+            m.annotations.as_ref().map(|a| a.keys().collect::<Vec<_>>()),
+            Some(vec![&"baton.dev/inject".to_owned()])
+        );
+        assert_eq!((&m.labels, &m.managed_fields), (&None, &None));
+        assert_eq!(m.owner_references.as_ref().map(Vec::len), Some(1));
+        assert_eq!(m.uid.as_deref(), Some("sts-1"));
     }
 
     #[test]

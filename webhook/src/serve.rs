@@ -60,20 +60,23 @@ impl Webhook {
         settings: &Settings,
         owners: Arc<dyn OwnerLookup>,
         events: Arc<dyn EventSink>,
+        metrics: Metrics,
     ) -> Result<Self, ServeError> {
         let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
             (Some(cert), Some(key)) => tls::from_files(cert, key)?,
             _ => tls::from_self_signed(&settings.tls_san, settings.ca_out_file.as_deref())?,
         };
-        Self::bind_with(settings, tls, owners, events).await
+        Self::bind_with(settings, tls, owners, events, metrics).await
     }
 
-    /// Binds both addresses, serving HTTPS with `tls` (e.g. self-managed certificates).
+    /// Binds both addresses, serving HTTPS with `tls` (e.g. self-managed
+    /// certificates) and `metrics` on /metrics.
     pub async fn bind_with(
         settings: &Settings,
         tls: Arc<ServerConfig>,
         owners: Arc<dyn OwnerLookup>,
         events: Arc<dyn EventSink>,
+        metrics: Metrics,
     ) -> Result<Self, ServeError> {
         let bind = |addr: SocketAddr| async move {
             let listener = TcpListener::bind(addr)
@@ -86,7 +89,6 @@ impl Webhook {
         };
         let (https, https_addr) = bind(settings.listen_addr).await?;
         let (http, http_addr) = bind(settings.http_addr).await?;
-        let metrics = Metrics::new();
         let admission = Arc::new(Admission {
             config: Config::from(settings),
             owners,
@@ -247,6 +249,7 @@ mod tests {
             &settings,
             Arc::new(StaticOwners(Some(web))),
             Arc::new(NoEvents),
+            Metrics::new(),
         )
         .await
         .expect("binds");

@@ -644,6 +644,11 @@ impl Report<'_> {
                     );
                     let _ = writeln!(
                         md,
+                        "| owner lookups during those creates: from the webhook's cache / from the API server | {:.0} / {:.0} |",
+                        w.owner_lookups_cache, w.owner_lookups_api
+                    );
+                    let _ = writeln!(
+                        md,
                         "| pod create (dry run) through the webhook, client side, ms | {} |",
                         w.create_with.cell(1)
                     );

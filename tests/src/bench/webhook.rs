@@ -13,7 +13,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use baton_e2e::harness::{Cluster, TestNamespace, http};
+use baton_e2e::{
+    harness::{Cluster, TestNamespace, http},
+    prometheus::sample_sum,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -46,6 +49,10 @@ pub struct WebhookResult {
     pub direct_errors: u64,
     pub direct_latency: Summary,
     pub webhook_rss_kib: u64,
+    /// Owner lookups during the creates, answered by the webhook's cache
+    /// and by the API server (`baton_webhook_owner_lookups_total`).
+    pub owner_lookups_cache: f64,
+    pub owner_lookups_api: f64,
 }
 
 pub async fn run(
@@ -142,9 +149,23 @@ async fn measure(
             && s.labels.get("type").map(String::as_str) == Some("admit")
     };
     let metric = "apiserver_admission_webhook_admission_duration_seconds";
+    let lookups = |text: &str, source: &str| {
+        sample_sum(
+            text,
+            &format!("baton_webhook_owner_lookups_total{{source=\"{source}\"}}"),
+        )
+    };
+    let webhook_metrics = || async {
+        let r = http().get(format!("http://{plain}/metrics")).send().await?;
+        anyhow::Ok(r.text().await?)
+    };
     let before = histogram(&raw_metrics(cluster)?, metric, name_is_ours);
+    let lookups_before = webhook_metrics().await?;
     let (lat_with, rejections) = create_many(&with, pods, Some(&uid)).await;
     let after = histogram(&raw_metrics(cluster)?, metric, name_is_ours);
+    let lookups_after = webhook_metrics().await?;
+    let owner_lookups_cache = lookups(&lookups_after, "cache") - lookups(&lookups_before, "cache");
+    let owner_lookups_api = lookups(&lookups_after, "api") - lookups(&lookups_before, "api");
     let delta = histogram_delta(&before, &after);
     let (lat_without, _) = create_many(&without, pods.min(300), None).await;
     let rejected = rejections.len();
@@ -172,6 +193,8 @@ async fn measure(
         direct_errors: errors,
         direct_latency: summary(&direct),
         webhook_rss_kib,
+        owner_lookups_cache,
+        owner_lookups_api,
     })
 }
 
