@@ -3,7 +3,7 @@
 # (etcd or kube-apiserver) as the chaos tests do: SIGTERM, wait until it has
 # exited, start it again with the command line up.sh recorded (same pid and
 # log files, the log appended to), and wait until it is healthy again.
-# A process still running BATON_STOP_GRACE seconds (default 15) after the
+# A process still running BATON_STOP_GRACE seconds (default 5) after the
 # SIGTERM is killed: kube-apiserver's graceful shutdown waits 60 s for the
 # HTTP server to drain while clients hold watches open.
 set -euo pipefail
@@ -31,7 +31,7 @@ alive() {
 
 log "restarting $name (pid $pid)"
 kill -TERM -- "-$pid" 2>/dev/null || true
-grace=${BATON_STOP_GRACE:-15}
+grace=${BATON_STOP_GRACE:-5}
 deadline=$(( $(date +%s) + grace ))
 while alive; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
