@@ -13,6 +13,48 @@ pub fn delay(base: Duration, cap: Duration, failures: u32, jitter: f64) -> Durat
     raw.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
 }
 
+/// The back-off of the Lease and Pod watches. kube's default grows to 30 s
+/// and forgets past errors only after 120 s without one, so after an API
+/// server restart (watch errors, then `410 Gone`) a standby could miss a
+/// release for tens of seconds and fall back to waiting out the Lease. This
+/// one follows the sidecar's own retry period, as its calls do: from half
+/// of it, doubling, at most four times it, and from the start again after
+/// any event.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    retry_period: Duration,
+    failures: u32,
+}
+
+impl WatchBackoff {
+    pub fn new(retry_period: Duration) -> Self {
+        Self {
+            retry_period,
+            failures: 0,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.failures = self.failures.saturating_add(1);
+        Some(delay(
+            self.retry_period / 2,
+            self.retry_period * 4,
+            self.failures,
+            fastrand::f64(),
+        ))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// Tracks whether the API server answers, logging only the transitions.
 #[derive(Debug, Default)]
 pub struct ApiState {
@@ -119,5 +161,22 @@ mod tests {
         s.succeeded();
         assert!(s.reachable());
         assert_eq!(s.failures(), 0);
+    }
+
+    #[test]
+    fn watches_retry_within_four_retry_periods_and_start_over_after_an_event() {
+        use kube::runtime::utils::Backoff as _;
+        let retry = Duration::from_secs(1);
+        let mut b = WatchBackoff::new(retry);
+        let first = b.next().expect("a delay");
+        assert!(first <= retry.mul_f64(0.6), "{first:?}");
+        let later: Vec<Duration> = (0..20).map(|_| b.next().expect("a delay")).collect();
+        assert!(
+            later.iter().all(|d| *d <= retry.mul_f64(4.0 * 1.2)),
+            "{later:?}"
+        );
+        assert!(later.iter().any(|d| *d >= retry * 3), "{later:?}");
+        b.reset();
+        assert!(b.next().expect("a delay") <= retry.mul_f64(0.6));
     }
 }

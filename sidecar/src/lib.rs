@@ -93,13 +93,13 @@ pub async fn run(
         leases.clone(),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.lease_name)),
     )
-    .default_backoff()
+    .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
     let pod_events = watcher(
         pods.clone(),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.pod_name)),
     )
-    .default_backoff()
+    .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
 
     let labeller = labels::Labeller::new(
