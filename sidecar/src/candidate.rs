@@ -58,6 +58,14 @@ pub struct Candidate {
     pod_deleted: bool,
     /// Why the pod stopped being eligible for good, if it did (rule 6).
     gave_up: Option<GiveUp>,
+    /// A deleted holder's drain (rule 8): when it began, and when another
+    /// pod was first seen holding the Lease since.
+    drain_began: Option<Instant>,
+    taken_over_at: Option<Instant>,
+    /// Other pods of the group not being deleted, counted once when the
+    /// drain begins: with none, nobody can take over and there is nothing
+    /// to drain for.
+    standbys: Option<usize>,
     shutting_down: bool,
     /// When a shutdown stops trying to hand over and exits.
     shutdown_deadline: Option<Instant>,
@@ -103,10 +111,14 @@ enum ActionError {
 }
 
 impl ActionError {
-    /// The API server gave no answer (a timeout, no connection), as opposed
-    /// to refusing the call.
+    /// The API server gave no answer (a timeout, no connection) or could
+    /// not serve it (5xx, 429: frozen, restarting, overloaded, its etcd
+    /// away), as opposed to refusing the call (403, 404, 409, 422).
     fn unanswered(&self) -> bool {
-        let no_answer = |e: &kube::Error| !matches!(e, kube::Error::Api(_));
+        let no_answer = |e: &kube::Error| match e {
+            kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+            _ => true,
+        };
         match self {
             ActionError::Lease(WriteError::Timeout { .. })
             | ActionError::Label(LabelError::Timeout { .. }) => true,
@@ -144,6 +156,9 @@ impl Candidate {
             pod: None,
             pod_deleted: false,
             gave_up: None,
+            drain_began: None,
+            taken_over_at: None,
+            standbys: None,
             shutting_down: false,
             shutdown_deadline: None,
             handover_started: None,
@@ -192,6 +207,25 @@ impl Candidate {
 
     fn eligible(&self) -> bool {
         self.health.borrow().healthy && !self.terminating()
+    }
+
+    /// Rule 8: our pod is being deleted while labelled active. It keeps
+    /// the label (a terminating pod is never a Ready endpoint; kube-proxy
+    /// routes to it only while the Service has no Ready one) until another
+    /// pod has held the Lease for `handover_drain`, or at most a lease
+    /// duration plus that when nobody takes over.
+    fn draining(&self, now: Instant) -> bool {
+        !self.shutting_down
+            && self.standbys != Some(0)
+            && self.label_role() == Some(Role::Active)
+            && self.drain_ends().is_some_and(|end| now < end)
+    }
+
+    fn drain_ends(&self) -> Option<Instant> {
+        let began = self.drain_began?;
+        let drain = self.settings.handover_drain;
+        let bound = began + self.settings.lease_duration + drain;
+        Some(self.taken_over_at.map_or(bound, |t| (t + drain).min(bound)))
     }
 
     fn label_role(&self) -> Option<Role> {
@@ -409,7 +443,8 @@ impl Candidate {
             Step::WaitUntil(t) => t,
             _ => Some(now),
         };
-        [step_wake, self.leading_until(), self.retry_at]
+        let drain_end = self.draining(now).then(|| self.drain_ends()).flatten();
+        [step_wake, self.leading_until(), self.retry_at, drain_end]
             .into_iter()
             .flatten()
             .filter(|t| *t > now)
@@ -444,8 +479,15 @@ impl Candidate {
         // passive, first; except a holder that missed its deadline only for
         // want of answers, which reads and renews first when the API server
         // is back: a renewal that lands (conditional on the version it last
-        // saw) proves nobody took over, so it keeps its label without a flap.
-        if !leading && have_pod && label != Some(Role::Passive) && !self.may_still_hold(label) {
+        // saw) proves nobody took over, so it keeps its label without a flap;
+        // and a deleted holder, which releases first and keeps its label
+        // while it drains (rule 8).
+        if !leading
+            && have_pod
+            && label != Some(Role::Passive)
+            && !self.may_still_hold(label)
+            && !self.draining(now)
+        {
             let result = self.set_own_role(Role::Passive, now).await;
             self.note_passive_label(&result);
             return self.settle("label passive", result.map(|_| ()));
@@ -470,6 +512,23 @@ impl Candidate {
         if leading && have_pod && label != Some(Role::Active) && !self.pod_seen_stale() {
             let result = self.promote(now).await;
             return self.settle("promote", result);
+        }
+
+        // Draining: is there anyone to hand over to? (Once, after the release.)
+        if self.drain_began.is_some() && self.standbys.is_none() {
+            let result = self
+                .labeller
+                .count_others(self.me(), self.call_timeout(now))
+                .await
+                .map(|n| {
+                    if n == 0 {
+                        info!(
+                            "no other pod in the group to take over; the app stops without a drain"
+                        );
+                    }
+                    self.standbys = Some(n);
+                });
+            return self.settle("count the group", result.map_err(ActionError::from));
         }
 
         // Who holds the Lease, when it is not us: once per holder.
@@ -835,6 +894,13 @@ impl Candidate {
                     self.holder_pod = None;
                 }
                 self.metrics.set_lease_transitions(observed.transitions);
+                if self.drain_began.is_some()
+                    && self.taken_over_at.is_none()
+                    && observed.holder.as_deref().is_some_and(|h| h != self.me())
+                {
+                    info!(holder = ?observed.holder, drain = ?self.settings.handover_drain, "another pod took the Lease; the app serves on while kube-proxy moves to it");
+                    self.taken_over_at = Some(now);
+                }
                 self.lease = LeaseView::Present(observed);
                 self.lease_object = Some(l.clone());
             }
@@ -903,6 +969,9 @@ impl Candidate {
         if pod.metadata.deletion_timestamp.is_some() && !self.terminating() {
             info!("pod terminating; handing over");
             self.start_giving_up(GiveUp::PodTerminating);
+            if self.labeller.labels().role_of(&pod) == Some(Role::Active) {
+                self.drain_began = Some(Instant::now());
+            }
         }
         self.pod = Some(pod);
     }
@@ -926,6 +995,7 @@ impl Candidate {
             api_reachable: self.api.reachable(),
             last_change: self.status.borrow().last_change.clone(),
             terminating: self.terminating(),
+            draining: self.draining(now),
         };
         let mut role_changed = false;
         self.status.send_if_modified(|s| {
@@ -1174,6 +1244,129 @@ mod tests {
             "{said:?}"
         );
         assert_eq!(shown.borrow().role, Some(Role::Passive));
+    }
+
+    /// An API server for a deleted holder web-0: label patches answered
+    /// with the pod being deleted, the group listed as `group`, web-1 read
+    /// as a pod of the group, Lease writes accepted.
+    fn deletion_api(group: &'static [&'static str]) -> ScriptedApi {
+        ScriptedApi::new(move |req| {
+            let pod = |name: &str| {
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name,
+                    "labels": {"baton.dev/group": "web", "role": "passive"}}})
+            };
+            match (req.method.as_str(), req.path.as_str()) {
+                ("PATCH", _) => {
+                    let mut pod = req.body.clone();
+                    pod["metadata"]["name"] = "web-0".into();
+                    pod["metadata"]["resourceVersion"] = "20".into();
+                    pod["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z".into();
+                    (200, pod)
+                }
+                ("GET", "/api/v1/namespaces/default/pods") => {
+                    let items: Vec<_> = group.iter().map(|n| pod(n)).collect();
+                    (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {}, "items": items}),
+                    )
+                }
+                ("GET", path) => (200, pod(path.rsplit('/').next().unwrap_or_default())),
+                _ => testing::created(req),
+            }
+        })
+    }
+
+    /// web-0, holder and labelled active, sees its pod deleted.
+    fn deleted_holder(api: &ScriptedApi) -> (Candidate, watch::Receiver<Status>) {
+        let (mut c, shown) = holder_with(api, Instant::now(), &["--handover-drain=300ms"]);
+        let mut deleted = c.pod.clone().expect("the pod");
+        deleted.metadata.resource_version = Some("13".into());
+        deleted.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        c.observe_pod(deleted);
+        (c, shown)
+    }
+
+    fn calls(api: &ScriptedApi) -> Vec<String> {
+        api.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    }
+
+    fn patches(api: &ScriptedApi) -> usize {
+        calls(api).iter().filter(|c| c.starts_with("PATCH")).count()
+    }
+
+    /// Rule 8: a deleted holder releases the Lease at once but keeps its
+    /// active label (kube-proxy's fallback while no pod is Ready behind the
+    /// Service) until another pod has held the Lease for the drain; then it
+    /// labels itself passive.
+    #[tokio::test]
+    async fn a_deleted_holder_releases_first_and_keeps_its_label_while_it_drains() {
+        let api = deletion_api(&["web-0", "web-1"]);
+        let drain = Duration::from_millis(300);
+        let (mut c, shown) = deleted_holder(&api);
+
+        assert!(c.act(Instant::now()).await, "the release");
+        assert_eq!(
+            calls(&api),
+            ["PUT /apis/coordination.k8s.io/v1/namespaces/default/leases/web"],
+            "released, not labelled passive first"
+        );
+        assert!(c.act(Instant::now()).await, "the group counted");
+        assert!(
+            !c.act(Instant::now()).await,
+            "nothing more while draining: {:?}",
+            calls(&api)
+        );
+        c.publish_status(Instant::now());
+        let status = shown.borrow().clone();
+        assert!(status.draining && status.terminating, "{status:?}");
+        assert_eq!(
+            status.role,
+            Some(Role::Passive),
+            "no longer acting as holder"
+        );
+        assert_eq!(status.label_role, Some(Role::Active), "{status:?}");
+
+        // web-1 takes the Lease: the drain runs from then.
+        let taken = Instant::now();
+        c.observe_lease(Some(&held_by("web-1", "9", 6)), taken);
+        // (It reads who web-1 is, once: a pod of the group.)
+        for _ in 0..3 {
+            c.act(Instant::now()).await;
+        }
+        assert_eq!(patches(&api), 0, "still labelled active: {:?}", calls(&api));
+        let wake = c
+            .next_wake(Instant::now())
+            .expect("a wake at the drain's end");
+        assert!(wake >= taken + drain, "{wake:?}");
+        tokio::time::sleep_until((taken + drain).into()).await;
+        assert!(c.act(Instant::now()).await, "the passive label");
+        assert_eq!(patches(&api), 1, "{:?}", calls(&api));
+        let label = api
+            .requests()
+            .last()
+            .map(|r| r.body["metadata"]["labels"]["role"].clone());
+        assert_eq!(label, Some("passive".into()));
+        c.publish_status(Instant::now());
+        assert!(!shown.borrow().draining);
+    }
+
+    /// A group of one: nobody can take over, so the app is not held.
+    #[tokio::test]
+    async fn a_deleted_holder_alone_in_its_group_does_not_drain() {
+        let api = deletion_api(&["web-0"]);
+        let (mut c, shown) = deleted_holder(&api);
+        assert!(c.act(Instant::now()).await, "the release");
+        assert!(c.act(Instant::now()).await, "the group counted");
+        assert!(c.act(Instant::now()).await, "the passive label at once");
+        assert_eq!(patches(&api), 1, "{:?}", calls(&api));
+        c.publish_status(Instant::now());
+        assert!(!shown.borrow().draining);
     }
 
     /// Lease `web` as read: `holder`'s, at `version`, claimed for `seconds`.

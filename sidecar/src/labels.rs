@@ -183,31 +183,53 @@ impl Labeller {
         }
     }
 
+    /// The metadata of the pods that `selector` selects.
+    async fn list(
+        &self,
+        selector: &str,
+        timeout: Duration,
+    ) -> Result<Vec<kube::core::PartialObjectMeta<Pod>>, LabelError> {
+        let lp = ListParams::default().labels(selector);
+        match tokio::time::timeout(timeout, self.api.list_metadata(&lp)).await {
+            Ok(Ok(list)) => Ok(list.items),
+            Ok(Err(source)) => Err(LabelError::List {
+                group: self.labels.group.clone(),
+                source,
+            }),
+            Err(_) => Err(LabelError::Timeout {
+                pod: format!("group {}", self.labels.group),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// How many pods of the group, other than `me`, exist and are not
+    /// being deleted: those that could take the Lease over.
+    pub async fn count_others(&self, me: &str, timeout: Duration) -> Result<usize, LabelError> {
+        let group = format!("{}={}", self.labels.group_key, self.labels.group);
+        let list = self.list(&group, timeout).await?;
+        Ok(list
+            .iter()
+            .filter(|p| p.name_any() != me && p.metadata.deletion_timestamp.is_none())
+            .count())
+    }
+
     /// Labels passive every pod of the group, other than `me`, that is
-    /// labelled active. Returns the names demoted.
+    /// labelled active, except pods being deleted: such a pod is never a
+    /// Ready endpoint, and while it drains (`docs/design.md`, rule 8) it is
+    /// what kube-proxy falls back to until our own label reaches it.
+    /// Returns the names demoted.
     pub async fn demote_others(
         &self,
         me: &str,
         timeout: Duration,
     ) -> Result<Vec<String>, LabelError> {
-        let lp = ListParams::default().labels(&self.labels.active_selector());
-        let list = match tokio::time::timeout(timeout, self.api.list_metadata(&lp)).await {
-            Ok(Ok(list)) => list,
-            Ok(Err(source)) => {
-                return Err(LabelError::List {
-                    group: self.labels.group.clone(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(LabelError::Timeout {
-                    pod: format!("group {}", self.labels.group),
-                    after: timeout,
-                });
-            }
-        };
+        let list = self.list(&self.labels.active_selector(), timeout).await?;
         let mut demoted = Vec::new();
-        for other in list.items.iter().filter(|p| p.name_any() != me) {
+        let others = list
+            .iter()
+            .filter(|p| p.name_any() != me && p.metadata.deletion_timestamp.is_none());
+        for other in others {
             let name = other.name_any();
             self.set(&name, Role::Passive, None, timeout).await?;
             demoted.push(name);
@@ -256,5 +278,43 @@ mod tests {
         pod.metadata.labels = Some([("tier".to_string(), "other".to_string())].into());
         assert_eq!(l.role_of(&pod), None);
         assert_eq!(l.active_selector(), "baton.dev/group=web,tier=primary");
+    }
+
+    /// A new holder demotes the other active pods, but not one being
+    /// deleted: that one drains (docs/design.md, rule 8), and demoting it
+    /// first would leave the Service with no endpoint at all until our own
+    /// label reaches kube-proxy.
+    #[tokio::test]
+    async fn a_new_holder_demotes_active_pods_but_not_a_draining_one() {
+        use crate::testing::ScriptedApi;
+        let api = ScriptedApi::new(|req| {
+            if req.method == "GET" {
+                let item = |name: &str, deleted: bool| {
+                    let mut meta = json!({"name": name, "labels": {"role": "active"}});
+                    if deleted {
+                        meta["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+                    }
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta})
+                };
+                let list = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": {}, "items": [item("web-0", true), item("web-1", false), item("web-2", false)]});
+                (200, list)
+            } else {
+                (200, json!({"metadata": {"name": "patched"}}))
+            }
+        });
+        let labeller = Labeller::new(Api::default_namespaced(api.client()), labels());
+        let demoted = labeller
+            .demote_others("web-2", Duration::from_secs(5))
+            .await
+            .expect("demoted");
+        assert_eq!(demoted, ["web-1"]);
+        let patched: Vec<String> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(patched, ["/api/v1/namespaces/default/pods/web-1"]);
     }
 }

@@ -62,7 +62,10 @@ pub async fn run(
             addr: settings.status_addr,
             source,
         })?;
-    let router = status::router(status_rx, metrics.clone());
+    // The longest a deleted holder can drain, plus the calls around it.
+    let prestop_bound =
+        settings.lease_duration + settings.handover_drain + settings.api_timeout * 2;
+    let router = status::router(status_rx, metrics.clone(), prestop_bound);
     let server_stop = stop.clone();
     let server = tokio::spawn(
         async move {

@@ -118,6 +118,10 @@ pub struct Settings {
     #[arg(long, env = "BATON_ROLE_FILE")]
     pub role_file: Option<PathBuf>,
 
+    /// After its pod is deleted, an active pod's app keeps serving this long after another pod took the Lease, so that kube-proxy (one sync per second by default) routes new connections there before the app stops; the injected preStop hook waits for it.
+    #[arg(long, env = "BATON_HANDOVER_DRAIN", default_value = "2s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub handover_drain: Duration,
+
     /// Log format.
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
