@@ -758,7 +758,9 @@ mod tests {
             assert!(
                 path.starts_with("/metadata/labels/")
                     || path.starts_with("/metadata/annotations/")
-                    || path == "/spec/initContainers",
+                    || path == "/spec/initContainers"
+                    // The app's preStop hook (inject.rs, hold_apps_until_drained).
+                    || (path.starts_with("/spec/containers/") && path.ends_with("/lifecycle")),
                 "unexpected patch path {path} in {paths:?}"
             );
         }

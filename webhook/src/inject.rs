@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
-        DownwardAPIVolumeFile, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-        Pod, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-        SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+        DownwardAPIVolumeFile, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, LifecycleHandler,
+        ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+        SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+        VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -18,6 +19,9 @@ use crate::{
     owner::Owner,
     settings::Settings,
 };
+
+/// The sidecar's endpoint for the app containers' preStop hook.
+pub const PRESTOP_PATH: &str = "/prestop";
 
 /// Name of the injected container; its presence marks a pod as injected.
 pub const SIDECAR_NAME: &str = "baton-sidecar";
@@ -184,10 +188,34 @@ fn mutate(pod: &Pod, plan: &Plan, image: &str) -> Pod {
         spec.init_containers
             .get_or_insert_default()
             .insert(0, sidecar);
+        hold_apps_until_drained(spec, plan.sidecar.status_addr.port());
     } else {
         spec.containers.push(sidecar);
     }
     pod
+}
+
+/// A preStop hook on each app container that has none: kubelet runs it
+/// before it sends the app SIGTERM, and the sidecar answers it once a
+/// deleted active pod has drained (`docs/design.md`, rule 8), so the app
+/// serves until clients are routed to the new active pod. A preStop the
+/// user wrote is left as it is. Only with the native sidecar: a regular
+/// sidecar container gets its SIGTERM as the deletion starts and hands over
+/// at once.
+fn hold_apps_until_drained(spec: &mut PodSpec, status_port: u16) {
+    for app in spec.containers.iter_mut() {
+        let lifecycle = app.lifecycle.get_or_insert_default();
+        if lifecycle.pre_stop.is_none() {
+            lifecycle.pre_stop = Some(LifecycleHandler {
+                http_get: Some(HTTPGetAction {
+                    path: Some(PRESTOP_PATH.to_owned()),
+                    port: IntOrString::Int(i32::from(status_port)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
 }
 
 /// The sidecar's mount of API credentials: the pod's own token mount when an app
@@ -510,6 +538,53 @@ mod tests {
         assert_eq!(inits[0].restart_policy.as_deref(), Some("Always"));
         assert_eq!(inits[1].name, "migrate");
         assert_eq!(spec.containers.len(), 1);
+    }
+
+    #[test]
+    fn app_containers_wait_for_the_drain_in_a_prestop_hook_unless_they_have_their_own() {
+        use k8s_openapi::api::core::v1::Lifecycle;
+        let mut p = opted_in();
+        let spec = p.spec_mut();
+        spec.containers.push(Container {
+            name: "own-hook".into(),
+            lifecycle: Some(Lifecycle {
+                pre_stop: Some(LifecycleHandler {
+                    sleep: Some(k8s_openapi::api::core::v1::SleepAction { seconds: 7 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let out = inject(&p, Some(&owner("StatefulSet", "web"))).pod;
+        let spec = out.spec.as_ref().expect("spec");
+        let hook = |name: &str| {
+            let c = spec.containers.iter().find(|c| c.name == name).expect(name);
+            c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone())
+        };
+        let ours = hook("app")
+            .and_then(|h| h.http_get)
+            .expect("an httpGet preStop");
+        assert_eq!(ours.path.as_deref(), Some("/prestop"));
+        assert_eq!(ours.port, IntOrString::Int(9095));
+        assert_eq!(
+            hook("own-hook").and_then(|h| h.sleep).map(|s| s.seconds),
+            Some(7),
+            "the user's hook is kept"
+        );
+        let sidecar = &spec.init_containers.as_ref().expect("inits")[0];
+        assert!(sidecar.lifecycle.is_none(), "the sidecar itself gets none");
+
+        // A regular sidecar container stops with the app: no hook.
+        let mut cfg = config();
+        cfg.native = false;
+        let Decision::Inject(injection) =
+            decide(&opted_in(), Some(&owner("StatefulSet", "web")), &cfg)
+        else {
+            panic!("expected injection");
+        };
+        let spec = injection.pod.spec.expect("spec");
+        assert!(spec.containers.iter().all(|c| c.lifecycle.is_none()));
     }
 
     #[test]
