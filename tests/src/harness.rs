@@ -518,8 +518,22 @@ pub fn labelled(pods: &[Pod], key: &str, value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Pods labelled `key=value` that are not being deleted: those a Service
+/// selecting the label may list as Ready. A deleted holder keeps its active
+/// label while it drains (`docs/design.md`, rule 8); a terminating pod is
+/// never a Ready endpoint.
+pub fn serving_active(pods: &[Pod], key: &str, value: &str) -> Vec<String> {
+    let live: Vec<Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect();
+    labelled(&live, key, value)
+}
+
 /// Watches a group's pods from before a test acts until it ends, and
-/// records every moment at which more than one carried the active label.
+/// records every moment at which more than one pod not being deleted
+/// carried the active label.
 /// A guard that stops seeing fails the test: a watch error (events may have
 /// been missed), a watch that ends, or one that never lists the pods.
 pub struct NeverTwoActive {
@@ -568,7 +582,7 @@ impl NeverTwoActive {
                     let _ = tx.send(());
                 }
                 let pods = state.items();
-                let active_now = labelled(&pods, &key, &active);
+                let active_now = serving_active(&pods, &key, &active);
                 let mut most = m.lock().expect("not poisoned");
                 *most = (*most).max(active_now.len());
                 if active_now.len() > 1 {
@@ -609,7 +623,7 @@ impl NeverTwoActive {
             .list(&kube::api::ListParams::default().labels(&self.labels))
             .await
             .expect("the group's pods listed");
-        let now = labelled(&pods.items, &self.key, &self.active);
+        let now = serving_active(&pods.items, &self.key, &self.active);
         let caught_up = tokio::time::timeout(
             Duration::from_secs(30),
             self.active_seen.wait_for(|seen| *seen == now),
@@ -631,6 +645,67 @@ impl NeverTwoActive {
         assert!(
             blind.is_empty(),
             "the never-two-active guard stopped seeing: {blind:?}"
+        );
+        *self.most.lock().expect("not poisoned")
+    }
+}
+
+/// Watches a Service's EndpointSlices while a test acts and keeps the most
+/// endpoints they listed as Ready at once: what kube-proxy may balance
+/// across (a terminating pod it uses only while none is Ready).
+pub struct MostReadyEndpoints {
+    task: tokio::task::JoinHandle<()>,
+    most: Arc<Mutex<usize>>,
+    blind: Arc<Mutex<Vec<String>>>,
+}
+
+impl MostReadyEndpoints {
+    /// Starts watching; returns once the watch has listed the slices.
+    pub async fn start(ns: &TestNamespace, service: &str) -> MostReadyEndpoints {
+        let (most, blind) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let (m, b) = (most.clone(), blind.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let config =
+            watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+        let mut stream = watcher(ns.api::<EndpointSlice>(), config).boxed();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut state = Listed::default();
+            while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        b.lock()
+                            .expect("not poisoned")
+                            .push(format!("watch error: {e}"));
+                        continue;
+                    }
+                };
+                if !state.apply(event) {
+                    continue;
+                }
+                let n = ready_endpoints(&state.items()).len();
+                let mut most = m.lock().expect("not poisoned");
+                *most = (*most).max(n);
+                if let Some(tx) = ready_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), ready_rx)
+            .await
+            .expect("the endpoints watch listed within 30 s")
+            .expect("the endpoints watch ended before it listed");
+        MostReadyEndpoints { task, most, blind }
+    }
+
+    /// The most Ready endpoints seen at once; panics if the watch failed.
+    pub fn most(self) -> usize {
+        self.task.abort();
+        let blind = self.blind.lock().expect("not poisoned").clone();
+        assert!(
+            blind.is_empty(),
+            "the endpoints watch stopped seeing: {blind:?}"
         );
         *self.most.lock().expect("not poisoned")
     }

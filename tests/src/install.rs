@@ -48,6 +48,20 @@ impl InstalledWebhook {
         prepare: impl FnOnce(&Cluster),
     ) -> InstalledWebhook {
         let cluster = ns.cluster.clone();
+        // From nothing, as a user's first install: another test binary's
+        // install (webhook.rs's stays in place) would leave its Secret,
+        // whose certificate this install would then adopt.
+        kubectl_ok(
+            &cluster,
+            &[
+                "delete",
+                "-k",
+                dir.to_str().expect("utf-8 path"),
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=120s",
+            ],
+        );
         kubectl_ok(
             &cluster,
             &["apply", "-k", dir.to_str().expect("utf-8 path")],

@@ -2,6 +2,7 @@
 //! against the local cluster and its real node, the installed webhook, and
 //! (for the bench's KWOK nodes) the pod runner and the env its processes get.
 
+pub mod clients;
 pub mod harness;
 pub mod install;
 pub mod podenv;

@@ -44,6 +44,16 @@ pub fn referenced(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// The sum of the samples of one series (`name{labels}` exactly as exposed,
+/// or a bare name) over texts from several processes, such as the webhook's
+/// replicas.
+pub fn sample_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,14 +69,4 @@ mod tests {
                 .into()
         );
     }
-}
-
-/// The sum of the samples of one series (`name{labels}` exactly as exposed,
-/// or a bare name) over texts from several processes, such as the webhook's
-/// replicas.
-pub fn sample_sum(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum()
 }

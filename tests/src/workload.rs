@@ -74,6 +74,13 @@ pub fn statefulset_placed(
     } else {
         String::new()
     };
+    // As the webhook injects it beside a native sidecar: the app waits in
+    // its preStop hook until a deleted holder has drained (design rule 8).
+    let pre_stop = if sidecar {
+        "        lifecycle: {preStop: {httpGet: {path: /prestop, port: 9095}}}\n"
+    } else {
+        ""
+    };
     format!(
         r#"apiVersion: apps/v1
 kind: StatefulSet
@@ -99,7 +106,7 @@ spec:
         - name: POD_NAME
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
         - {{name: LISTEN_ADDR, value: "0.0.0.0:8080"}}
-{volumes}"#
+{pre_stop}{volumes}"#
     )
 }
 

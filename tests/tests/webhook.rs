@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use baton_e2e::{
+    clients::{self, Client, Connections, REQUEST_TIMEOUT},
     harness::{
-        Cluster, NeverTwoActive, TestNamespace, signal, wait_endpoints, wait_for_holder,
-        wait_for_object, wait_roles, wait_until,
+        Cluster, MostReadyEndpoints, NeverTwoActive, TestNamespace, signal, wait_app_healthy,
+        wait_endpoints, wait_for_holder, wait_for_object, wait_roles, wait_until,
     },
     install::InstalledWebhook,
     prometheus::sample_sum,
@@ -18,7 +19,7 @@ use baton_e2e::{
 };
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{Container, Pod},
+    core::v1::{Container, Pod, Service},
     events::v1::Event,
 };
 use kube::{
@@ -622,5 +623,110 @@ async fn server_side_dry_run_creates_nothing_and_records_no_event() {
         "the Event is the real creation's alone, not the dry run's: {:?}",
         injected[0]
     );
+    ns.delete().await;
+}
+
+/// Issue 12: a planned handover loses no request. The active pod of an
+/// injected group of two is deleted while two clients call the Service's
+/// ClusterIP through kube-proxy, 200 requests/s each (one opening a new
+/// connection per request, one keeping its connections alive). The old pod
+/// releases the Lease but keeps its label while its app, held by the
+/// injected preStop hook, serves until the new holder has reached
+/// kube-proxy (docs/design.md, rule 8). A count, not a timing: every
+/// request is answered, and the Service never lists two Ready endpoints.
+#[tokio::test]
+async fn deleting_the_active_pod_loses_no_request_through_the_cluster_ip() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-planned").await;
+    InstalledWebhook::shared(&ns).await;
+    let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+    ns.apply(&opted_in_statefulset("web", 2));
+    ns.apply(&workload::active_service("web"));
+    let old = wait_for_holder(&ns, "web", None).await;
+    let pods = wait_roles(&ns, "app=web", &old, 1).await;
+    assert!(pods.iter().all(|p| sidecars(p) == 1), "injected");
+    for pod in ["web-0", "web-1"] {
+        wait_app_healthy(&ns, pod).await;
+    }
+    wait_endpoints(&ns, "web-active", &[&old], T).await;
+    let endpoints = MostReadyEndpoints::start(&ns, "web-active").await;
+    let svc: Service = ns.api().get("web-active").await.expect("the Service");
+    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    let url = format!("http://{ip}/");
+    let clients: Vec<(Connections, Client)> = Connections::BOTH
+        .iter()
+        .map(|&c| (c, Client::start(c, url.clone(), 200).expect("a client")))
+        .collect();
+    for (_, client) in &clients {
+        client
+            .wait_steady_on(&old, 20)
+            .await
+            .expect("steady on the holder");
+    }
+
+    let t0 = clients::now();
+    let pods: Api<Pod> = ns.api();
+    let old_uid = pods.get(&old).await.expect("the holder").uid();
+    pods.delete(&old, &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let new = wait_for_holder(&ns, "web", Some(&old)).await;
+    // Until the old pod is gone (its app stopped after the drain) and each
+    // client has been answered by the new holder for a while since.
+    wait_until::<Pod, _>(ns.api(), "app=web", T, "the old pod gone", |pods| {
+        pods.iter().all(|p| p.uid() != old_uid)
+    })
+    .await;
+    let gone = clients::now();
+    for (_, client) in &clients {
+        let deadline = tokio::time::Instant::now() + T;
+        while client.first_answer_by(&new, gone + 1.0).is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "{new} answers");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Let the requests in flight end before they are counted.
+    tokio::time::sleep(REQUEST_TIMEOUT).await;
+    let mut report = Vec::new();
+    let mut failed = Vec::new();
+    for (connections, client) in clients {
+        let samples: Vec<_> = client
+            .samples()
+            .into_iter()
+            .filter(|s| s.sent >= t0)
+            .collect();
+        let by_old = samples
+            .iter()
+            .filter(|s| s.answer.as_deref() == Ok(old.as_str()))
+            .count();
+        let by_new = samples
+            .iter()
+            .filter(|s| s.answer.as_deref() == Ok(new.as_str()))
+            .count();
+        failed.extend(
+            samples
+                .iter()
+                .filter_map(|s| s.answer.clone().err())
+                .map(|e| format!("{}: {e}", connections.label())),
+        );
+        report.push(format!(
+            "{}: {} requests, {by_old} by {old}, {by_new} by {new}",
+            connections.label(),
+            samples.len()
+        ));
+        drop(client);
+    }
+    eprintln!("planned handover through {ip}: {report:?}");
+    assert!(
+        failed.is_empty(),
+        "{} failed: {failed:?} ({report:?})",
+        failed.len()
+    );
+    assert_eq!(
+        endpoints.most(),
+        1,
+        "never two Ready endpoints behind the Service"
+    );
+    assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
     ns.delete().await;
 }

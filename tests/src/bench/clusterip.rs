@@ -9,20 +9,16 @@
 //! client lost meanwhile, and the answers the old pod still gave after the
 //! Service stopped listing it.
 
-use std::{
-    fmt::Write as _,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use baton_e2e::{
+    clients::{Client, Connections, REQUEST_TIMEOUT, Sample},
     harness::{Cluster, TestNamespace, http, pod_ip, set_app_health, signal, wait_for_holder},
     workload,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
-use tokio::time::MissedTickBehavior;
 
 use super::{
     recorder::{Change, Recorder, State},
@@ -34,140 +30,9 @@ const SERVICE: &str = "web-active";
 /// How long each client goes on after the EndpointSlice switched, to see
 /// whether it reaches the new pod at all.
 const AFTER_SWITCH: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// A sidecar kill after which the standby took over (kubelet held the
 /// restart back longer than the Lease lasts).
 const KILL_THEN_TAKEOVER: &str = "sidecar-kill, standby took over";
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Connections {
-    /// A new TCP connection per request.
-    New,
-    /// Connections kept alive and reused.
-    KeepAlive,
-}
-
-impl Connections {
-    pub const BOTH: [Connections; 2] = [Connections::New, Connections::KeepAlive];
-    pub fn label(self) -> &'static str {
-        match self {
-            Connections::New => "new connection per request",
-            Connections::KeepAlive => "keep-alive",
-        }
-    }
-}
-
-/// One request: when it was sent and when it ended (s since the epoch),
-/// and the pod that answered or the error.
-#[derive(Clone, Debug)]
-struct Sample {
-    sent: f64,
-    done: f64,
-    answer: Result<String, String>,
-}
-
-/// A client calling `url` `rate` times a second, each request in a task of
-/// its own so that a slow answer does not hold the next one back.
-struct Client {
-    samples: Arc<Mutex<Vec<Sample>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Client {
-    fn start(connections: Connections, url: String, rate: u32) -> anyhow::Result<Client> {
-        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
-        if connections == Connections::New {
-            builder = builder.pool_max_idle_per_host(0);
-        }
-        let http = builder.build()?;
-        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-        let s = samples.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let (http, url, s) = (http.clone(), url.clone(), s.clone());
-                tokio::spawn(async move {
-                    let sent = now();
-                    let answer = match http.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => match r.text().await {
-                            Ok(body) => body
-                                .trim()
-                                .strip_prefix("hello from ")
-                                .map(str::to_string)
-                                .ok_or(format!("unexpected answer {body:?}")),
-                            Err(e) => Err(error_kind(&e)),
-                        },
-                        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-                        Err(e) => Err(error_kind(&e)),
-                    };
-                    let done = now();
-                    s.lock()
-                        .expect("not poisoned")
-                        .push(Sample { sent, done, answer });
-                });
-            }
-        });
-        Ok(Client { samples, task })
-    }
-
-    fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().expect("not poisoned").clone()
-    }
-
-    /// Waits until the last `n` answers all came from `pod`: the client is
-    /// steady on the active pod before a run acts.
-    async fn wait_steady_on(&self, pod: &str, n: usize) -> anyhow::Result<()> {
-        let deadline = now() + 60.0;
-        loop {
-            let mut s = self.samples();
-            s.sort_by(|a, b| a.sent.total_cmp(&b.sent));
-            let last: Vec<_> = s.iter().rev().take(n).collect();
-            if last.len() == n && last.iter().all(|x| x.answer.as_deref() == Ok(pod)) {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                now() < deadline,
-                "the client is not answered by {pod} alone; last: {:?}",
-                last.first().map(|x| &x.answer)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Sent at or after `t0` and answered by `pod`: the first answer's time.
-    fn first_answer_by(&self, pod: &str, t0: f64) -> Option<f64> {
-        self.samples()
-            .iter()
-            .filter(|s| s.sent >= t0 && s.answer.as_deref() == Ok(pod))
-            .map(|s| s.done)
-            .min_by(f64::total_cmp)
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn error_kind(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout".into()
-    } else if e.is_connect() {
-        "connect error".into()
-    } else {
-        // The chain names the cause (reset by peer, closed before answering).
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        msg
-    }
-}
 
 /// What one client saw in one run.
 #[derive(Clone, Debug, Default)]
@@ -199,10 +64,21 @@ pub struct SwitchRun {
     pub clients: Vec<(Connections, ClientFigures)>,
 }
 
+/// One `kubectl rollout restart` of the group, clients calling throughout.
+#[derive(Clone, Debug)]
+pub struct RolloutRun {
+    /// Times the Service's Ready endpoint moved to another pod.
+    pub switches: usize,
+    /// From the restart until the group was steady again, s.
+    pub duration: f64,
+    pub clients: Vec<(Connections, ClientFigures)>,
+}
+
 #[derive(Default)]
 pub struct ClusterIpResult {
     pub rate: u32,
     pub runs: Vec<SwitchRun>,
+    pub rollouts: Vec<RolloutRun>,
     pub errors: Vec<String>,
 }
 
@@ -264,8 +140,43 @@ impl ClusterIpResult {
                 );
             }
         }
+        if !self.rollouts.is_empty() {
+            let switches: Vec<f64> = self.rollouts.iter().map(|r| r.switches as f64).collect();
+            let durations: Vec<f64> = self.rollouts.iter().map(|r| r.duration).collect();
+            let _ = writeln!(
+                md,
+                "\n`kubectl rollout restart statefulset` of the group ({} runs; each replaces both pods, highest ordinal first): the active role switched {} times per rollout (median / max), the rollout took {} s. Requests from the restart until the group was steady again and each client answered by the final active pod:\n\n| client | requests per rollout | failed requests per rollout |\n| --- | --- | --- |",
+                self.rollouts.len(),
+                summary(&switches).cell(0),
+                summary(&durations).cell(1)
+            );
+            for c in Connections::BOTH {
+                let seen: Vec<&ClientFigures> = self
+                    .rollouts
+                    .iter()
+                    .flat_map(|r| r.clients.iter().filter(|(k, _)| *k == c))
+                    .map(|(_, f)| f)
+                    .collect();
+                let cell = |f: &dyn Fn(&ClientFigures) -> f64| {
+                    summary(&seen.iter().map(|x| f(x)).collect::<Vec<_>>()).cell(0)
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} |",
+                    c.label(),
+                    cell(&|x| x.requests as f64),
+                    cell(&|x| x.failed as f64)
+                );
+            }
+        }
         let mut kinds: Vec<(String, usize)> = Vec::new();
-        for (_, f) in self.runs.iter().flat_map(|r| r.clients.iter()) {
+        let rollout_clients = self.rollouts.iter().flat_map(|r| r.clients.iter());
+        for (_, f) in self
+            .runs
+            .iter()
+            .flat_map(|r| r.clients.iter())
+            .chain(rollout_clients)
+        {
             for (k, n) in &f.errors {
                 match kinds.iter_mut().find(|(x, _)| x == k) {
                     Some((_, m)) => *m += n,
@@ -301,6 +212,7 @@ pub async fn run(
     failovers: usize,
     planned: usize,
     kills: usize,
+    rollouts: usize,
     say: impl Fn(&str),
 ) -> ClusterIpResult {
     let mut result = ClusterIpResult {
@@ -358,6 +270,27 @@ pub async fn run(
                 Ok(Err(e)) => result.errors.push(format!("{scenario} {i}: {e:#}")),
                 Err(panic) => result.errors.push(format!("{scenario} {i}: {panic}")),
             }
+        }
+    }
+    for i in 0..rollouts {
+        say(&format!("clusterip: rollout restart {}/{rollouts}", i + 1));
+        let g = group.clone();
+        match tokio::spawn(async move { g.rollout(rate).await }).await {
+            Ok(Ok(run)) => {
+                say(&format!(
+                    "  {} switches in {:.1} s; failed: {}",
+                    run.switches,
+                    run.duration,
+                    run.clients
+                        .iter()
+                        .map(|(c, f)| format!("{} {}", c.label(), f.failed))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                result.rollouts.push(run);
+            }
+            Ok(Err(e)) => result.errors.push(format!("rollout {i}: {e:#}")),
+            Err(panic) => result.errors.push(format!("rollout {i}: {panic}")),
         }
     }
     drop(group);
@@ -524,6 +457,65 @@ impl Group {
     }
 }
 
+impl Group {
+    /// `kubectl rollout restart` of the group while both clients call it:
+    /// over when kubectl says the rollout is done, the group is steady and
+    /// each client has been answered by the final active pod.
+    async fn rollout(&self, rate: u32) -> anyhow::Result<RolloutRun> {
+        let (old, _) = self.stable().await?;
+        let clients = Connections::BOTH
+            .iter()
+            .map(|&c| Client::start(c, self.url.clone(), rate).map(|cl| (c, cl)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (_, c) in &clients {
+            c.wait_steady_on(&old, 20).await?;
+        }
+        let t0 = now();
+        let ns = self.ns.clone();
+        tokio::task::spawn_blocking(move || {
+            ns.kubectl_ok(&["rollout", "restart", "statefulset", GROUP], None);
+            ns.kubectl_ok(
+                &["rollout", "status", "statefulset", GROUP, "--timeout=300s"],
+                None,
+            );
+        })
+        .await?;
+        let (active, _) = self.stable().await?;
+        let done = now();
+        let deadline = done + AFTER_SWITCH.as_secs_f64();
+        while now() < deadline
+            && clients
+                .iter()
+                .any(|(_, c)| c.first_answer_by(&active, done).is_none())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let until = now() + 0.2;
+        tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_millis(300)).await;
+        let figures = clients
+            .iter()
+            .map(|(kind, c)| (*kind, figures(&c.samples(), t0, until, done, &old, &active)))
+            .collect();
+        drop(clients);
+        Ok(RolloutRun {
+            switches: switches(&self.rec.history(GROUP, t0, until)),
+            duration: done - t0,
+            clients: figures,
+        })
+    }
+}
+
+/// How many times the Service's Ready endpoint moved to another pod (a
+/// moment with no endpoint in between does not count as a move).
+fn switches(history: &[Change]) -> usize {
+    let serving: Vec<&Vec<String>> = history
+        .iter()
+        .map(|c| &c.view.endpoints)
+        .filter(|e| !e.is_empty())
+        .collect();
+    serving.windows(2).filter(|w| w[0] != w[1]).count()
+}
+
 /// When the Service came to list `target` alone for good within `history`
 /// (which starts with the view in force at its start); `None` if it never
 /// listed anything else.
@@ -686,6 +678,31 @@ mod tests {
         assert_eq!(switch_time(&back, "a"), Some(3.0));
         // Never left.
         assert_eq!(switch_time(&[at(1.0, &["a"])], "a"), None);
+    }
+
+    #[test]
+    fn a_rollout_counts_each_move_of_the_endpoint_not_the_gaps() {
+        let at = |t: f64, endpoints: &[&str]| Change {
+            t,
+            group: GROUP.into(),
+            view: GroupView {
+                endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+                ..Default::default()
+            },
+        };
+        // web-1 active: replaced first (a move to web-0), then web-0 (a
+        // move back to the new web-1), with a gap in between.
+        let h = [
+            at(0.0, &["web-1"]),
+            at(1.0, &["web-0"]),
+            at(2.0, &["web-0"]),
+            at(3.0, &[]),
+            at(3.5, &["web-1"]),
+        ];
+        assert_eq!(switches(&h), 2);
+        assert_eq!(switches(&h[..1]), 0);
+        let back = [at(0.0, &["web-0"]), at(1.0, &[]), at(2.0, &["web-0"])];
+        assert_eq!(switches(&back), 0, "a gap alone is no move");
     }
 
     #[test]

@@ -75,6 +75,9 @@ struct Args {
     /// Planned handovers (active pod deleted) through the ClusterIP.
     #[arg(long, default_value_t = 10)]
     clusterip_planned: usize,
+    /// `kubectl rollout restart` of the group, through the ClusterIP.
+    #[arg(long, default_value_t = 3)]
+    clusterip_rollouts: usize,
     /// The holder's sidecar SIGKILLed, through the ClusterIP (the second
     /// and later meet kubelet's restart back-off).
     #[arg(long, default_value_t = 1)]
@@ -127,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
                 args.clusterip_failovers,
                 args.clusterip_planned,
                 args.clusterip_kills,
+                args.clusterip_rollouts,
                 say,
             )
             .await,

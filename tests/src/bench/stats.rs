@@ -1,15 +1,8 @@
 //! Small statistics over repeated runs, and the wall clock the bench uses.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// Seconds since the epoch: the one clock shared by the driver, the
-/// sidecars' log lines and the baseline controller's log.
-pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
+/// clients, the sidecars' log lines and the baseline controller's log.
+pub use baton_e2e::clients::now;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {

@@ -1,12 +1,20 @@
 //! The demo app of the tests and the demo: a tiny HTTP server whose
 //! `/healthz` can be switched to fail (500) or hang through `/control`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
     extract::{Query, State},
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
+    response::Response,
     routing::{get, post},
 };
 use clap::Parser;
@@ -51,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         name: settings.pod_name,
         health: RwLock::new(Health::Ok),
     });
+    let stopping = Arc::new(AtomicBool::new(false));
     let router = Router::new()
         .route(
             "/",
@@ -58,15 +67,30 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/healthz", get(healthz))
         .route("/control", post(control))
-        .with_state(app);
-    let listener = tokio::net::TcpListener::bind(settings.listen_addr).await?;
+        .with_state(app)
+        .layer(axum::middleware::map_response_with_state(
+            stopping.clone(),
+            say_goodbye,
+        ));
+    let socket = tokio::net::TcpListener::bind(settings.listen_addr).await?;
+    let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
+    let listener = ClosingListener {
+        addr: socket.local_addr()?,
+        socket: Some(socket),
+        stopped,
+    };
     eprintln!("demo app listening on {}", settings.listen_addr);
-    // As a well-behaved app: on SIGTERM (kubelet) or Ctrl-C, stop accepting,
-    // finish the requests in flight, exit. As PID 1 of its container the
-    // default action of SIGTERM does not apply: without a handler, every
-    // pod deletion would wait out its grace period.
+    // As a well-behaved app: on SIGTERM (kubelet) or Ctrl-C, stop accepting
+    // (new connections are refused at once), finish the requests in flight,
+    // exit. As PID 1 of its container the default action of SIGTERM does
+    // not apply: without a handler, every pod deletion would wait out its
+    // grace period. Before it closes its idle keep-alive connections it
+    // answers on them for a moment with `Connection: close`: a client that
+    // sends a request on an idle connection just as the server closes it
+    // gets an error, and most HTTP clients (reqwest among them) do not
+    // retry it.
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("a SIGTERM handler");
@@ -74,10 +98,81 @@ async fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
+            stopping.store(true, Ordering::Relaxed);
+            let _ = stop_accepting.send(true);
+            eprintln!("demo app stopping: no new connections; asking keep-alive clients to leave");
+            tokio::time::sleep(GOODBYE).await;
             eprintln!("demo app stopping: finishing requests in flight");
         })
         .await?;
     Ok(())
+}
+
+/// The app's listening socket, closed as soon as the app is told to stop:
+/// new connections are refused from then on, while those already open are
+/// served for [`GOODBYE`].
+struct ClosingListener {
+    socket: Option<tokio::net::TcpListener>,
+    addr: SocketAddr,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl axum::serve::Listener for ClosingListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let stop = match &self.socket {
+                None => return std::future::pending().await,
+                Some(socket) => tokio::select! {
+                    accepted = socket.accept() => match accepted {
+                        Ok(connection) => return connection,
+                        Err(e) => {
+                            eprintln!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            false
+                        }
+                    },
+                    () = told_to_stop(&mut self.stopped) => true,
+                },
+            };
+            if stop {
+                // Closed: the kernel refuses new connections from now on.
+                self.socket = None;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// Resolves once `stopped` says true (never if its sender is gone first).
+async fn told_to_stop(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stopped.borrow_and_update() {
+            return;
+        }
+        if stopped.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// How long a stopping app answers with `Connection: close` before it
+/// closes the connections that are still idle.
+const GOODBYE: Duration = Duration::from_secs(1);
+
+/// Once stopping: every answer closes its connection.
+async fn say_goodbye(State(stopping): State<Arc<AtomicBool>>, mut response: Response) -> Response {
+    if stopping.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {

@@ -1,0 +1,152 @@
+//! Clients of a Service's ClusterIP, as the bench and the end-to-end tests
+//! run them: each sends requests to the demo app at a fixed rate, opening a
+//! new connection per request or keeping connections alive, and records
+//! which pod answered each one, or why it failed.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::time::MissedTickBehavior;
+
+/// How long a client waits for one answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Seconds since the epoch, as the samples record it.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Connections {
+    /// A new TCP connection per request.
+    New,
+    /// Connections kept alive and reused.
+    KeepAlive,
+}
+
+impl Connections {
+    pub const BOTH: [Connections; 2] = [Connections::New, Connections::KeepAlive];
+    pub fn label(self) -> &'static str {
+        match self {
+            Connections::New => "new connection per request",
+            Connections::KeepAlive => "keep-alive",
+        }
+    }
+}
+
+/// One request: when it was sent and when it ended (s since the epoch),
+/// and the pod that answered or the error.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub sent: f64,
+    pub done: f64,
+    pub answer: Result<String, String>,
+}
+
+/// A client calling `url` `rate` times a second, each request in a task of
+/// its own so that a slow answer does not hold the next one back.
+pub struct Client {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    pub fn start(connections: Connections, url: String, rate: u32) -> anyhow::Result<Client> {
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if connections == Connections::New {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let http = builder.build()?;
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let s = samples.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let (http, url, s) = (http.clone(), url.clone(), s.clone());
+                tokio::spawn(async move {
+                    let sent = now();
+                    let answer = match http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => match r.text().await {
+                            Ok(body) => body
+                                .trim()
+                                .strip_prefix("hello from ")
+                                .map(str::to_string)
+                                .ok_or(format!("unexpected answer {body:?}")),
+                            Err(e) => Err(error_kind(&e)),
+                        },
+                        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                        Err(e) => Err(error_kind(&e)),
+                    };
+                    let done = now();
+                    s.lock()
+                        .expect("not poisoned")
+                        .push(Sample { sent, done, answer });
+                });
+            }
+        });
+        Ok(Client { samples, task })
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits until the last `n` answers all came from `pod`: the client is
+    /// steady on the active pod before a run acts.
+    pub async fn wait_steady_on(&self, pod: &str, n: usize) -> anyhow::Result<()> {
+        let deadline = now() + 60.0;
+        loop {
+            let mut s = self.samples();
+            s.sort_by(|a, b| a.sent.total_cmp(&b.sent));
+            let last: Vec<_> = s.iter().rev().take(n).collect();
+            if last.len() == n && last.iter().all(|x| x.answer.as_deref() == Ok(pod)) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                now() < deadline,
+                "the client is not answered by {pod} alone; last: {:?}",
+                last.first().map(|x| &x.answer)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sent at or after `t0` and answered by `pod`: the first answer's time.
+    pub fn first_answer_by(&self, pod: &str, t0: f64) -> Option<f64> {
+        self.samples()
+            .iter()
+            .filter(|s| s.sent >= t0 && s.answer.as_deref() == Ok(pod))
+            .map(|s| s.done)
+            .min_by(f64::total_cmp)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn error_kind(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connect error".into()
+    } else {
+        // The chain names the cause (reset by peer, closed before answering).
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        msg
+    }
+}
