@@ -9,8 +9,8 @@ use std::time::Duration;
 use baton_e2e::{
     clients::{self, Client, Connections, REQUEST_TIMEOUT},
     harness::{
-        Cluster, MostReadyEndpoints, NeverTwoActive, TestNamespace, signal, wait_app_healthy,
-        wait_endpoints, wait_for_holder, wait_for_object, wait_roles, wait_until,
+        Cluster, LeaseHistory, MostReadyEndpoints, NeverTwoActive, TestNamespace, signal,
+        wait_app_healthy, wait_endpoints, wait_for_holder, wait_for_object, wait_roles, wait_until,
     },
     install::InstalledWebhook,
     prometheus::sample_sum,
@@ -626,45 +626,124 @@ async fn server_side_dry_run_creates_nothing_and_records_no_event() {
     ns.delete().await;
 }
 
+/// An injected group of `replicas` demo-app pods behind `web-active`, one
+/// active and every app healthy; returns the holder.
+async fn injected_group(ns: &TestNamespace, replicas: u32) -> String {
+    ns.apply(&opted_in_statefulset("web", replicas));
+    ns.apply(&workload::active_service("web"));
+    let holder = wait_for_holder(ns, "web", None).await;
+    let pods = wait_roles(ns, "app=web", &holder, replicas as usize - 1).await;
+    assert!(pods.iter().all(|p| sidecars(p) == 1), "injected");
+    for pod in &pods {
+        wait_app_healthy(ns, &pod.name_any()).await;
+    }
+    wait_endpoints(ns, "web-active", &[&holder], T).await;
+    holder
+}
+
+/// Two clients of `web-active`'s ClusterIP, 200 requests/s each (one
+/// opening a new connection per request, one keeping its connections
+/// alive), and a watch of the most Ready endpoints the Service lists.
+struct ServiceClients {
+    ip: String,
+    clients: Vec<(Connections, Client)>,
+    endpoints: MostReadyEndpoints,
+    since: f64,
+}
+
+impl ServiceClients {
+    /// Starts both, and returns once each is answered by `holder` alone.
+    async fn start(ns: &TestNamespace, holder: &str) -> ServiceClients {
+        let endpoints = MostReadyEndpoints::start(ns, "web-active").await;
+        let svc: Service = ns.api().get("web-active").await.expect("the Service");
+        let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+        let url = format!("http://{ip}/");
+        let clients: Vec<(Connections, Client)> = Connections::BOTH
+            .iter()
+            .map(|&c| (c, Client::start(c, url.clone(), 200).expect("a client")))
+            .collect();
+        for (_, client) in &clients {
+            client
+                .wait_steady_on(holder, 20)
+                .await
+                .expect("steady on the holder");
+        }
+        ServiceClients {
+            ip,
+            clients,
+            endpoints,
+            since: clients::now(),
+        }
+    }
+
+    /// Waits until each client has been answered by `pod` after `after`.
+    async fn wait_answered_by(&self, pod: &str, after: f64) {
+        for (_, client) in &self.clients {
+            let deadline = tokio::time::Instant::now() + T;
+            while client.first_answer_by(pod, after).is_none() {
+                assert!(tokio::time::Instant::now() < deadline, "{pod} answers");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Stops the clients once the requests in flight have ended; fails the
+    /// test if any request sent since the start failed, or if the Service
+    /// ever listed two Ready endpoints. Returns what answered, per client.
+    async fn assert_none_failed(self, what: &str) -> Vec<String> {
+        tokio::time::sleep(REQUEST_TIMEOUT).await;
+        let mut report = Vec::new();
+        let mut failed = Vec::new();
+        for (connections, client) in self.clients {
+            let samples: Vec<_> = client
+                .samples()
+                .into_iter()
+                .filter(|s| s.sent >= self.since)
+                .collect();
+            let mut by_pod = std::collections::BTreeMap::<String, usize>::new();
+            for s in &samples {
+                match &s.answer {
+                    Ok(pod) => *by_pod.entry(pod.clone()).or_default() += 1,
+                    Err(e) => failed.push(format!("{}: {e}", connections.label())),
+                }
+            }
+            report.push(format!(
+                "{}: {} requests, answered by {by_pod:?}",
+                connections.label(),
+                samples.len()
+            ));
+        }
+        eprintln!("{what} through {}: {report:?}", self.ip);
+        assert!(
+            failed.is_empty(),
+            "{what}: {} failed: {failed:?} ({report:?})",
+            failed.len()
+        );
+        assert_eq!(
+            self.endpoints.most(),
+            1,
+            "{what}: never two Ready endpoints behind the Service"
+        );
+        report
+    }
+}
+
 /// Issue 12: a planned handover loses no request. The active pod of an
-/// injected group of two is deleted while two clients call the Service's
-/// ClusterIP through kube-proxy, 200 requests/s each (one opening a new
-/// connection per request, one keeping its connections alive). The old pod
-/// releases the Lease but keeps its label while its app, held by the
-/// injected preStop hook, serves until the new holder has reached
-/// kube-proxy (docs/design.md, rule 8). A count, not a timing: every
-/// request is answered, and the Service never lists two Ready endpoints.
+/// injected group of two is deleted while both clients call the Service's
+/// ClusterIP through kube-proxy. The old pod releases the Lease but keeps
+/// its label while its app, held by the injected preStop hook, serves until
+/// the new holder has reached kube-proxy (docs/design.md, rule 8). A count,
+/// not a timing: every request is answered, and the Service never lists two
+/// Ready endpoints.
 #[tokio::test]
 async fn deleting_the_active_pod_loses_no_request_through_the_cluster_ip() {
     let cluster = Cluster::connect().await;
     let ns = cluster.namespace("webhook-planned").await;
     InstalledWebhook::shared(&ns).await;
     let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
-    ns.apply(&opted_in_statefulset("web", 2));
-    ns.apply(&workload::active_service("web"));
-    let old = wait_for_holder(&ns, "web", None).await;
-    let pods = wait_roles(&ns, "app=web", &old, 1).await;
-    assert!(pods.iter().all(|p| sidecars(p) == 1), "injected");
-    for pod in ["web-0", "web-1"] {
-        wait_app_healthy(&ns, pod).await;
-    }
-    wait_endpoints(&ns, "web-active", &[&old], T).await;
-    let endpoints = MostReadyEndpoints::start(&ns, "web-active").await;
-    let svc: Service = ns.api().get("web-active").await.expect("the Service");
-    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
-    let url = format!("http://{ip}/");
-    let clients: Vec<(Connections, Client)> = Connections::BOTH
-        .iter()
-        .map(|&c| (c, Client::start(c, url.clone(), 200).expect("a client")))
-        .collect();
-    for (_, client) in &clients {
-        client
-            .wait_steady_on(&old, 20)
-            .await
-            .expect("steady on the holder");
-    }
+    let old = injected_group(&ns, 2).await;
+    let clients = ServiceClients::start(&ns, &old).await;
 
-    let t0 = clients::now();
     let pods: Api<Pod> = ns.api();
     let old_uid = pods.get(&old).await.expect("the holder").uid();
     pods.delete(&old, &DeleteParams::default())
@@ -677,55 +756,52 @@ async fn deleting_the_active_pod_loses_no_request_through_the_cluster_ip() {
         pods.iter().all(|p| p.uid() != old_uid)
     })
     .await;
-    let gone = clients::now();
-    for (_, client) in &clients {
-        let deadline = tokio::time::Instant::now() + T;
-        while client.first_answer_by(&new, gone + 1.0).is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "{new} answers");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    clients.wait_answered_by(&new, clients::now() + 1.0).await;
+    clients.assert_none_failed("deleting the active pod").await;
+    assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
+    ns.delete().await;
+}
+
+/// Issue 12 on a group of three: `kubectl rollout restart` replaces every
+/// pod, the active one included, and no request to the Service fails. The
+/// active role moves once or twice (a StatefulSet rolls from the highest
+/// ordinal down); the count is printed.
+#[tokio::test]
+async fn a_rolling_restart_of_three_loses_no_request_through_the_cluster_ip() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-rollout").await;
+    InstalledWebhook::shared(&ns).await;
+    let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+    let holder = injected_group(&ns, 3).await;
+    let history = LeaseHistory::start(ns.api(), "web").await;
+    let clients = ServiceClients::start(&ns, &holder).await;
+
+    // kubectl blocks: off the runtime's thread, which the clients share.
+    let kubectl = ns.cluster.clone();
+    let name = ns.name.clone();
+    tokio::task::spawn_blocking(move || {
+        for args in [
+            &["rollout", "restart", "statefulset", "web"][..],
+            &["rollout", "status", "statefulset", "web", "--timeout=180s"],
+        ] {
+            let out = kubectl.kubectl(&[&["-n", &name][..], args].concat(), None);
+            assert!(out.status.success(), "kubectl {args:?}: {out:?}");
         }
-    }
-    // Let the requests in flight end before they are counted.
-    tokio::time::sleep(REQUEST_TIMEOUT).await;
-    let mut report = Vec::new();
-    let mut failed = Vec::new();
-    for (connections, client) in clients {
-        let samples: Vec<_> = client
-            .samples()
-            .into_iter()
-            .filter(|s| s.sent >= t0)
-            .collect();
-        let by_old = samples
-            .iter()
-            .filter(|s| s.answer.as_deref() == Ok(old.as_str()))
-            .count();
-        let by_new = samples
-            .iter()
-            .filter(|s| s.answer.as_deref() == Ok(new.as_str()))
-            .count();
-        failed.extend(
-            samples
-                .iter()
-                .filter_map(|s| s.answer.clone().err())
-                .map(|e| format!("{}: {e}", connections.label())),
-        );
-        report.push(format!(
-            "{}: {} requests, {by_old} by {old}, {by_new} by {new}",
-            connections.label(),
-            samples.len()
-        ));
-        drop(client);
-    }
-    eprintln!("planned handover through {ip}: {report:?}");
-    assert!(
-        failed.is_empty(),
-        "{} failed: {failed:?} ({report:?})",
-        failed.len()
-    );
-    assert_eq!(
-        endpoints.most(),
-        1,
-        "never two Ready endpoints behind the Service"
+    })
+    .await
+    .expect("the rollout");
+    let last = wait_for_holder(&ns, "web", None).await;
+    wait_roles(&ns, "app=web", &last, 2).await;
+    clients.wait_answered_by(&last, clients::now() + 1.0).await;
+    clients
+        .assert_none_failed("a rolling restart of three")
+        .await;
+    let holders: Vec<String> = history.holders().into_iter().flatten().collect();
+    let mut moves = holders.clone();
+    moves.dedup();
+    eprintln!(
+        "holders during the rollout: {moves:?} ({} switches)",
+        moves.len() - 1
     );
     assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
     ns.delete().await;
