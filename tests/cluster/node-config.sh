@@ -129,7 +129,9 @@ kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $node/kube-proxy.kubeconfig}
 mode: nftables
 clusterCIDR: $node_pod_cidr
-# Default sync periods, as on users' clusters (minSyncPeriod 1s).
+# Default sync periods, as on users' clusters (minSyncPeriod 1s), unless
+# BATON_KUBE_PROXY_MIN_SYNC says otherwise (the bench's tuned-cluster run).
+${BATON_KUBE_PROXY_MIN_SYNC:+nftables: {minSyncPeriod: $BATON_KUBE_PROXY_MIN_SYNC\}}
 oomScoreAdj: 0
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
