@@ -150,3 +150,20 @@ fn error_kind(e: &reqwest::Error) -> String {
         msg
     }
 }
+
+/// One client of each kind calling `url` `rate` times a second, returned
+/// once each has been answered by `pod` alone for its last 20 requests.
+pub async fn both_steady_on(
+    url: &str,
+    rate: u32,
+    pod: &str,
+) -> anyhow::Result<Vec<(Connections, Client)>> {
+    let clients = Connections::BOTH
+        .iter()
+        .map(|&c| Client::start(c, url.to_owned(), rate).map(|cl| (c, cl)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (_, c) in &clients {
+        c.wait_steady_on(pod, 20).await?;
+    }
+    Ok(clients)
+}

@@ -518,6 +518,56 @@ pub fn labelled(pods: &[Pod], key: &str, value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Watches what `config` selects and calls `on_view` with every complete
+/// view: the first list, then the state after each event. A watch error
+/// or the end of the watch goes to `blind` (events may have been missed).
+/// Returns once the first list is in; panics after 30 s, naming `what`.
+async fn watch_views<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &str,
+    blind: Arc<Mutex<Vec<String>>>,
+    mut on_view: impl FnMut(Vec<K>) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut stream = watcher(api, config).boxed();
+    let task = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let mut state = Listed::default();
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    blind
+                        .lock()
+                        .expect("not poisoned")
+                        .push(format!("watch error: {e}"));
+                    continue;
+                }
+            };
+            if !state.apply(event) {
+                continue;
+            }
+            on_view(state.items());
+            if let Some(tx) = ready_tx.take() {
+                let _ = tx.send(());
+            }
+        }
+        blind
+            .lock()
+            .expect("not poisoned")
+            .push("the watch ended".to_owned());
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .unwrap_or_else(|_| panic!("{what} listed within 30 s"))
+        .unwrap_or_else(|_| panic!("{what}'s watch ended before it listed"));
+    task
+}
+
 /// Pods labelled `key=value` that are not being deleted: those a Service
 /// selecting the label may list as Ready. A deleted holder keeps its active
 /// label while it drains (`docs/design.md`, rule 8); a terminating pod is
@@ -555,34 +605,17 @@ impl NeverTwoActive {
         let violations = Arc::new(Mutex::new(Vec::new()));
         let most = Arc::new(Mutex::new(0));
         let blind = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (v, m, b) = (violations.clone(), most.clone(), blind.clone());
+        let (v, m) = (violations.clone(), most.clone());
         let (active_tx, active_seen) = tokio::sync::watch::channel(Vec::new());
         let (key, active) = (key.to_owned(), active.to_owned());
-        let mut stream = watcher(api.clone(), watcher::Config::default().labels(labels)).boxed();
         let (watched_key, watched_active) = (key.clone(), active.clone());
-        let task = tokio::spawn(async move {
-            let (key, active) = (watched_key, watched_active);
-            let mut ready_tx = Some(ready_tx);
-            let mut state = Listed::default();
-            while let Some(event) = stream.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => {
-                        b.lock()
-                            .expect("not poisoned")
-                            .push(format!("watch error: {e}"));
-                        continue;
-                    }
-                };
-                if !state.apply(event) {
-                    continue;
-                }
-                if let Some(tx) = ready_tx.take() {
-                    let _ = tx.send(());
-                }
-                let pods = state.items();
-                let active_now = serving_active(&pods, &key, &active);
+        let task = watch_views(
+            api.clone(),
+            watcher::Config::default().labels(labels),
+            "the never-two-active guard",
+            blind.clone(),
+            move |pods: Vec<Pod>| {
+                let active_now = serving_active(&pods, &watched_key, &watched_active);
                 let mut most = m.lock().expect("not poisoned");
                 *most = (*most).max(active_now.len());
                 if active_now.len() > 1 {
@@ -590,15 +623,9 @@ impl NeverTwoActive {
                 }
                 drop(most);
                 active_tx.send_replace(active_now);
-            }
-            b.lock()
-                .expect("not poisoned")
-                .push("the watch ended".to_owned());
-        });
-        tokio::time::timeout(Duration::from_secs(30), ready_rx)
-            .await
-            .expect("the never-two-active guard listed the pods within 30 s")
-            .expect("the never-two-active guard's watch ended before it listed the pods");
+            },
+        )
+        .await;
         NeverTwoActive {
             task,
             violations,
@@ -663,39 +690,21 @@ impl MostReadyEndpoints {
     /// Starts watching; returns once the watch has listed the slices.
     pub async fn start(ns: &TestNamespace, service: &str) -> MostReadyEndpoints {
         let (most, blind) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let (m, b) = (most.clone(), blind.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let m = most.clone();
         let config =
             watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
-        let mut stream = watcher(ns.api::<EndpointSlice>(), config).boxed();
-        let task = tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            let mut state = Listed::default();
-            while let Some(event) = stream.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => {
-                        b.lock()
-                            .expect("not poisoned")
-                            .push(format!("watch error: {e}"));
-                        continue;
-                    }
-                };
-                if !state.apply(event) {
-                    continue;
-                }
-                let n = ready_endpoints(&state.items()).len();
+        let task = watch_views(
+            ns.api::<EndpointSlice>(),
+            config,
+            "the endpoints watch",
+            blind.clone(),
+            move |slices: Vec<EndpointSlice>| {
+                let n = ready_endpoints(&slices).len();
                 let mut most = m.lock().expect("not poisoned");
                 *most = (*most).max(n);
-                if let Some(tx) = ready_tx.take() {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(30), ready_rx)
-            .await
-            .expect("the endpoints watch listed within 30 s")
-            .expect("the endpoints watch ended before it listed");
+            },
+        )
+        .await;
         MostReadyEndpoints { task, most, blind }
     }
 

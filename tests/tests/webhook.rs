@@ -658,16 +658,9 @@ impl ServiceClients {
         let svc: Service = ns.api().get("web-active").await.expect("the Service");
         let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
         let url = format!("http://{ip}/");
-        let clients: Vec<(Connections, Client)> = Connections::BOTH
-            .iter()
-            .map(|&c| (c, Client::start(c, url.clone(), 200).expect("a client")))
-            .collect();
-        for (_, client) in &clients {
-            client
-                .wait_steady_on(holder, 20)
-                .await
-                .expect("steady on the holder");
-        }
+        let clients = clients::both_steady_on(&url, 200, holder)
+            .await
+            .expect("both clients steady on the holder");
         ServiceClients {
             ip,
             clients,

@@ -576,6 +576,13 @@ mod tests {
         assert!(sidecar.lifecycle.is_none(), "the sidecar itself gets none");
 
         // A regular sidecar container stops with the app: no hook.
+        let spec = inject_regular().pod.spec.expect("spec");
+        assert!(spec.containers.iter().all(|c| c.lifecycle.is_none()));
+    }
+
+    /// An opted-in pod of StatefulSet `web`, injected with the native
+    /// sidecar off.
+    fn inject_regular() -> Injection {
         let mut cfg = config();
         cfg.native = false;
         let Decision::Inject(injection) =
@@ -583,19 +590,12 @@ mod tests {
         else {
             panic!("expected injection");
         };
-        let spec = injection.pod.spec.expect("spec");
-        assert!(spec.containers.iter().all(|c| c.lifecycle.is_none()));
+        injection
     }
 
     #[test]
     fn regular_sidecar_is_appended_to_containers_when_native_is_off() {
-        let mut cfg = config();
-        cfg.native = false;
-        let Decision::Inject(injection) =
-            decide(&opted_in(), Some(&owner("StatefulSet", "web")), &cfg)
-        else {
-            panic!("expected injection");
-        };
+        let injection = inject_regular();
         let spec = injection.pod.spec.as_ref().expect("spec");
         assert_eq!(
             spec.containers.last().map(|c| c.name.as_str()),

@@ -13,7 +13,7 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use baton_e2e::{
-    clients::{Client, Connections, REQUEST_TIMEOUT, Sample},
+    clients::{Client, Connections, REQUEST_TIMEOUT, Sample, both_steady_on},
     harness::{Cluster, TestNamespace, http, pod_ip, set_app_health, signal, wait_for_holder},
     workload,
 };
@@ -352,13 +352,7 @@ impl Group {
 
     async fn run(&self, scenario: &'static str, rate: u32) -> anyhow::Result<SwitchRun> {
         let (old, new) = self.stable().await?;
-        let clients = Connections::BOTH
-            .iter()
-            .map(|&c| Client::start(c, self.url.clone(), rate).map(|cl| (c, cl)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        for (_, c) in &clients {
-            c.wait_steady_on(&old, 20).await?;
-        }
+        let clients = both_steady_on(&self.url, rate, &old).await?;
         let pods: kube::Api<Pod> = self.ns.api();
         let mut t0 = now();
         // The pod the Service must list when the run is over.
@@ -410,16 +404,7 @@ impl Group {
         // Each client has until AFTER_SWITCH past the switch to reach the
         // target; then every request sent before the end has its answer.
         let from = if target == old { switched } else { t0 };
-        let end = switched + AFTER_SWITCH.as_secs_f64();
-        while now() < end
-            && clients
-                .iter()
-                .any(|(_, c)| c.first_answer_by(&target, from).is_none())
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let until = now() + 0.2;
-        tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_millis(300)).await;
+        let until = wait_answered(&clients, &target, from, switched).await;
         let figures = clients
             .iter()
             .map(|(kind, c)| {
@@ -463,13 +448,7 @@ impl Group {
     /// each client has been answered by the final active pod.
     async fn rollout(&self, rate: u32) -> anyhow::Result<RolloutRun> {
         let (old, _) = self.stable().await?;
-        let clients = Connections::BOTH
-            .iter()
-            .map(|&c| Client::start(c, self.url.clone(), rate).map(|cl| (c, cl)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        for (_, c) in &clients {
-            c.wait_steady_on(&old, 20).await?;
-        }
+        let clients = both_steady_on(&self.url, rate, &old).await?;
         let t0 = now();
         let ns = self.ns.clone();
         tokio::task::spawn_blocking(move || {
@@ -482,16 +461,7 @@ impl Group {
         .await?;
         let (active, _) = self.stable().await?;
         let done = now();
-        let deadline = done + AFTER_SWITCH.as_secs_f64();
-        while now() < deadline
-            && clients
-                .iter()
-                .any(|(_, c)| c.first_answer_by(&active, done).is_none())
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let until = now() + 0.2;
-        tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_millis(300)).await;
+        let until = wait_answered(&clients, &active, done, done).await;
         let figures = clients
             .iter()
             .map(|(kind, c)| (*kind, figures(&c.samples(), t0, until, done, &old, &active)))
@@ -503,6 +473,28 @@ impl Group {
             clients: figures,
         })
     }
+}
+
+/// Waits until each client has been answered by `pod` for a request sent
+/// at or after `from`, or until [`AFTER_SWITCH`] past `switched`; then lets
+/// the requests in flight end. Returns the end of the window to count.
+async fn wait_answered(
+    clients: &[(Connections, Client)],
+    pod: &str,
+    from: f64,
+    switched: f64,
+) -> f64 {
+    let end = switched + AFTER_SWITCH.as_secs_f64();
+    while now() < end
+        && clients
+            .iter()
+            .any(|(_, c)| c.first_answer_by(pod, from).is_none())
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = now() + 0.2;
+    tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_millis(300)).await;
+    until
 }
 
 /// How many times the Service's Ready endpoint moved to another pod (a
@@ -655,16 +647,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_switch_is_when_the_target_is_listed_alone_for_good() {
-        let at = |t: f64, endpoints: &[&str]| Change {
+    /// The group as the recorder saw it at `t`: the Service's endpoints.
+    fn at(t: f64, endpoints: &[&str]) -> Change {
+        Change {
             t,
             group: GROUP.into(),
             view: GroupView {
                 endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
                 ..Default::default()
             },
-        };
+        }
+    }
+
+    #[test]
+    fn the_switch_is_when_the_target_is_listed_alone_for_good() {
         let h = [
             at(1.0, &["a"]),
             at(1.5, &[]),
@@ -682,14 +678,6 @@ mod tests {
 
     #[test]
     fn a_rollout_counts_each_move_of_the_endpoint_not_the_gaps() {
-        let at = |t: f64, endpoints: &[&str]| Change {
-            t,
-            group: GROUP.into(),
-            view: GroupView {
-                endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-                ..Default::default()
-            },
-        };
         // web-1 active: replaced first (a move to web-0), then web-0 (a
         // move back to the new web-1), with a gap in between.
         let h = [
