@@ -183,22 +183,18 @@ pub fn strip<K>(meta: &mut PartialObjectMeta<K>) {
     }
 }
 
-/// The cached entry for `name`, if it is the object `uid` names (when known).
+/// The cached entry for `name`, if it is the object `uid` names.
 fn cached<K: Cached>(
     caches: &OwnerCaches,
     namespace: &str,
     name: &str,
-    uid: Option<&str>,
+    uid: &str,
 ) -> Option<PartialObjectMeta<K>>
 where
     PartialObjectMeta<K>: Clone,
 {
     let found = K::store(caches).get(&ObjectRef::new(name).within(namespace))?;
-    let same = match uid {
-        Some(uid) => found.metadata.uid.as_deref() == Some(uid),
-        None => true,
-    };
-    same.then(|| (*found).clone())
+    (found.metadata.uid.as_deref() == Some(uid)).then(|| (*found).clone())
 }
 
 impl OwnerCaches {
@@ -271,21 +267,11 @@ where
 pub struct KubeOwners {
     client: Client,
     timeout: Duration,
-    caches: Option<OwnerCaches>,
-    counted: Option<Metrics>,
+    caches: OwnerCaches,
+    metrics: Metrics,
 }
 
 impl KubeOwners {
-    /// Every lookup a GET.
-    pub fn new(client: Client, timeout: Duration) -> Self {
-        Self {
-            client,
-            timeout,
-            caches: None,
-            counted: None,
-        }
-    }
-
     /// Cache first, a GET on a miss; each lookup counted in `metrics`.
     pub fn cached(
         client: Client,
@@ -296,8 +282,8 @@ impl KubeOwners {
         Self {
             client,
             timeout,
-            caches: Some(caches),
-            counted: Some(metrics),
+            caches,
+            metrics,
         }
     }
 
@@ -307,7 +293,7 @@ impl KubeOwners {
         name: &str,
         uid: &str,
         read: Read,
-    ) -> Result<PartialObjectMeta<K>, OwnerError>
+    ) -> Result<(PartialObjectMeta<K>, LookupSource), OwnerError>
     where
         K: Cached
             + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -316,10 +302,7 @@ impl KubeOwners {
             + std::fmt::Debug,
     {
         let hit = match read {
-            Read::CacheFirst => self
-                .caches
-                .as_ref()
-                .and_then(|caches| cached::<K>(caches, namespace, name, Some(uid))),
+            Read::CacheFirst => cached::<K>(&self.caches, namespace, name, uid),
             Read::Api => None,
         };
         let source = if hit.is_some() {
@@ -327,16 +310,14 @@ impl KubeOwners {
         } else {
             LookupSource::Api
         };
-        if let Some(metrics) = &self.counted {
-            metrics.owner_lookup(source);
-        }
+        self.metrics.owner_lookup(source);
         if let Some(meta) = hit {
-            return Ok(meta);
+            return Ok((meta, source));
         }
         let kind = K::kind(&()).into_owned();
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         match tokio::time::timeout(self.timeout, api.get_metadata(name)).await {
-            Ok(Ok(meta)) => Ok(meta),
+            Ok(Ok(meta)) => Ok((meta, source)),
             Ok(Err(source)) => Err(OwnerError::Get {
                 kind,
                 namespace: namespace.to_owned(),
@@ -352,8 +333,9 @@ impl KubeOwners {
         }
     }
 
-    /// The owner, from the cache where it has it. A cached owner that does
-    /// not opt in is read again from the API server: the cache may not have
+    /// The owner, from the cache where it has it. An owner that does not
+    /// opt in and came (even in part) from the cache is read again from the
+    /// API server: the cache may not have
     /// seen a `kubectl annotate` made a moment before the pods were
     /// re-created, and a pod created without its sidecar would fail
     /// silently. (A cached opt-in is trusted: a stale one costs a sidecar
@@ -363,15 +345,12 @@ impl KubeOwners {
         namespace: &str,
         controller: &OwnerReference,
     ) -> Result<Option<Owner>, OwnerError> {
-        let owner = self
+        let (owner, from_cache) = self
             .resolve(namespace, controller, Read::CacheFirst)
             .await?;
         match owner {
-            Some(o)
-                if self.caches.is_some()
-                    && !o.annotations.contains_key(crate::annotations::INJECT) =>
-            {
-                self.resolve(namespace, controller, Read::Api).await
+            Some(o) if from_cache && !o.annotations.contains_key(crate::annotations::INJECT) => {
+                Ok(self.resolve(namespace, controller, Read::Api).await?.0)
             }
             other => Ok(other),
         }
@@ -382,44 +361,38 @@ impl KubeOwners {
         namespace: &str,
         controller: &OwnerReference,
         read: Read,
-    ) -> Result<Option<Owner>, OwnerError> {
+    ) -> Result<(Option<Owner>, bool), OwnerError> {
         match follow(controller) {
-            Follow::Ignore => Ok(None),
+            Follow::Ignore => Ok((None, false)),
             Follow::StatefulSet => {
-                let sts = self
+                let (sts, source) = self
                     .meta::<StatefulSet>(namespace, &controller.name, &controller.uid, read)
                     .await?;
-                Ok(Some(Owner::from_meta(
-                    "StatefulSet",
-                    "apps/v1",
-                    namespace,
-                    &sts.metadata,
-                )))
+                let owner = Owner::from_meta("StatefulSet", "apps/v1", namespace, &sts.metadata);
+                Ok((Some(owner), source == LookupSource::Cache))
             }
             Follow::ReplicaSet => {
-                let rs = self
+                let (rs, rs_source) = self
                     .meta::<ReplicaSet>(namespace, &controller.name, &controller.uid, read)
                     .await?;
                 match controller_of(&rs.metadata)
                     .filter(|r| r.kind == "Deployment" && r.api_version.starts_with("apps/"))
                 {
                     Some(deployment) => {
-                        let deploy = self
+                        let (deploy, source) = self
                             .meta::<Deployment>(namespace, &deployment.name, &deployment.uid, read)
                             .await?;
-                        Ok(Some(Owner::from_meta(
-                            "Deployment",
-                            "apps/v1",
-                            namespace,
-                            &deploy.metadata,
-                        )))
+                        let owner =
+                            Owner::from_meta("Deployment", "apps/v1", namespace, &deploy.metadata);
+                        let from_cache =
+                            rs_source == LookupSource::Cache || source == LookupSource::Cache;
+                        Ok((Some(owner), from_cache))
                     }
-                    None => Ok(Some(Owner::from_meta(
-                        "ReplicaSet",
-                        "apps/v1",
-                        namespace,
-                        &rs.metadata,
-                    ))),
+                    None => {
+                        let owner =
+                            Owner::from_meta("ReplicaSet", "apps/v1", namespace, &rs.metadata);
+                        Ok((Some(owner), rs_source == LookupSource::Cache))
+                    }
                 }
             }
         }
@@ -546,8 +519,8 @@ mod tests {
 
     /// A cached owner that opts in costs no API call; one cached under
     /// another uid (the StatefulSet deleted and created again), not cached
-    /// yet, or cached without an opt-in is read from the API server. Each
-    /// read is counted by where it was answered.
+    /// yet, or cached without an opt-in is read from the API server, once.
+    /// Each read is counted by where it was answered.
     #[tokio::test]
     async fn owners_are_read_from_the_cache_and_from_the_api_server_on_a_miss() {
         use baton_sidecar::testing::ScriptedApi;
@@ -566,7 +539,8 @@ mod tests {
                     "kind": "PartialObjectMetadata",
                     "metadata": {
                         "name": name, "namespace": "shop", "uid": format!("{name}-from-api"),
-                        "annotations": {"baton.dev/inject": "true", "note": "fresh"},
+                        "annotations": if name == "plain" { serde_json::json!({}) }
+                            else { serde_json::json!({"baton.dev/inject": "true", "note": "fresh"}) },
                         "ownerReferences": owners,
                     }
                 }),
@@ -614,6 +588,14 @@ mod tests {
             db.annotations.get("baton.dev/inject").map(String::as_str),
             Some("true")
         );
+        // Not cached and not opted in: the API server's answer is fresh,
+        // read once.
+        let plain = owners
+            .lookup("shop", &controlled_by("StatefulSet", "plain", "sts-p"))
+            .await
+            .expect("found")
+            .expect("followed");
+        assert!(plain.annotations.is_empty(), "{plain:?}");
         let paths: Vec<String> = api.requests().into_iter().map(|r| r.path).collect();
         assert_eq!(
             paths,
@@ -622,12 +604,13 @@ mod tests {
                 "/apis/apps/v1/namespaces/shop/replicasets/api-7d9",
                 "/apis/apps/v1/namespaces/shop/deployments/api",
                 "/apis/apps/v1/namespaces/shop/statefulsets/db",
+                "/apis/apps/v1/namespaces/shop/statefulsets/plain",
             ]
         );
         let text = metrics.encode().expect("encodes");
         assert!(
             text.contains("baton_webhook_owner_lookups_total{source=\"cache\"} 2")
-                && text.contains("baton_webhook_owner_lookups_total{source=\"api\"} 4"),
+                && text.contains("baton_webhook_owner_lookups_total{source=\"api\"} 5"),
             "{text}"
         );
     }
