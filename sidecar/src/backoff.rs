@@ -103,6 +103,11 @@ impl Streak {
         self.failures == 1
     }
 
+    /// Failures in the current streak.
+    pub fn count(&self) -> u32 {
+        self.failures
+    }
+
     /// Records a success; the failures it ends, if any: log that.
     pub fn succeeded(&mut self) -> Option<u32> {
         Some(std::mem::take(&mut self.failures)).filter(|n| *n > 0)

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::{
     backoff::{self, ApiState, Streak},
     election::{self, LeaseClient, LeaseView, Observed, Situation, Step, WriteError},
+    endpoints::{EndpointError, Pointed, ServiceEndpoints},
     events::Events,
     labels::{LabelError, Labeller, Membership},
     metrics::Metrics,
@@ -99,6 +100,14 @@ pub struct Candidate {
     stranger_event_sent: bool,
     /// What the role file says: (role, holder, transitions).
     role_file_written: Option<(Role, Option<String>, i32)>,
+    /// The Service whose one endpoint the holder writes (rule 9), if any.
+    service_endpoints: Option<ServiceEndpoints>,
+    /// Whether the Service's slice names us since we last became holder.
+    endpoint_current: bool,
+    endpoint_retry_at: Option<Instant>,
+    endpoint_failures: Streak,
+    /// The misconfiguration last said in a Warning Event, said once.
+    endpoint_problem_said: Option<String>,
 }
 
 /// Why an action failed, for back-off and logs.
@@ -176,7 +185,18 @@ impl Candidate {
             holder_since: None,
             stranger: None,
             stranger_event_sent: false,
+            service_endpoints: None,
+            endpoint_current: false,
+            endpoint_retry_at: None,
+            endpoint_failures: Streak::default(),
+            endpoint_problem_said: None,
         }
+    }
+
+    /// The holder also makes itself the one endpoint of this Service (rule 9).
+    pub fn with_service_endpoints(mut self, endpoints: Option<ServiceEndpoints>) -> Self {
+        self.service_endpoints = endpoints;
+        self
     }
 
     fn me(&self) -> &str {
@@ -444,11 +464,20 @@ impl Candidate {
             _ => Some(now),
         };
         let drain_end = self.draining(now).then(|| self.drain_ends()).flatten();
-        [step_wake, self.leading_until(), self.retry_at, drain_end]
-            .into_iter()
-            .flatten()
-            .filter(|t| *t > now)
-            .min()
+        let endpoint_retry = self
+            .endpoint_retry_at
+            .filter(|_| !self.endpoint_current && self.leading(now));
+        [
+            step_wake,
+            self.leading_until(),
+            self.retry_at,
+            drain_end,
+            endpoint_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
     }
 
     fn step(&self, now: Instant) -> Step {
@@ -472,6 +501,9 @@ impl Candidate {
             self.stop_leading();
         }
         let leading = self.leading(now);
+        if !leading {
+            self.endpoint_current = false;
+        }
         let label = self.label_role();
         let have_pod = self.pod.is_some();
 
@@ -506,6 +538,19 @@ impl Candidate {
         if !matches!(step, Step::WaitUntil(_)) {
             let result = self.lease_step(step, now).await;
             return self.settle(step_name(step), result);
+        }
+
+        // docs/design.md rule 9: a holder first makes itself the Service's
+        // one endpoint, in one write: what clients see moves there.
+        if leading
+            && have_pod
+            && !self.endpoint_current
+            && self.service_endpoints.is_some()
+            && self.endpoint_retry_at.is_none_or(|t| now >= t)
+        {
+            let result = self.point_service(now).await;
+            self.settle_endpoint(result);
+            return true;
         }
 
         // docs/design.md rule 3: a holder demotes the others, then promotes itself.
@@ -715,6 +760,75 @@ impl Candidate {
             }
         }
         Ok(())
+    }
+
+    /// Rule 9: replaces the Service slice's endpoint with our pod, if we are
+    /// still holder right before the write.
+    async fn point_service(&mut self, now: Instant) -> Result<Pointed, EndpointError> {
+        let (Some(endpoints), Some(pod)) = (&self.service_endpoints, &self.pod) else {
+            return Ok(Pointed::AlreadySo);
+        };
+        if !self.leading(Instant::now()) {
+            return Ok(Pointed::AlreadySo);
+        }
+        endpoints.point_at(pod, self.call_timeout(now)).await
+    }
+
+    /// Records the outcome of `point_service`. A failure does not hold up
+    /// the labels: it is retried on its own back-off, logged once per
+    /// streak, and a misconfigured Service is said once in a Warning Event.
+    fn settle_endpoint(&mut self, result: Result<Pointed, EndpointError>) {
+        let service = self
+            .service_endpoints
+            .as_ref()
+            .map(|e| e.service().to_owned())
+            .unwrap_or_default();
+        let error = match result {
+            Ok(pointed) => {
+                self.endpoint_current = true;
+                self.endpoint_retry_at = None;
+                self.endpoint_problem_said = None;
+                if let Some(failures) = self.endpoint_failures.succeeded() {
+                    info!(%service, failed_attempts = failures, "the Service's endpoint written at last");
+                }
+                if pointed == Pointed::Written {
+                    info!(%service, "made this pod the Service's endpoint");
+                }
+                return;
+            }
+            Err(e @ EndpointError::Conflict { .. }) => {
+                debug!(error = %e, "deciding again");
+                return;
+            }
+            Err(e) => e,
+        };
+        let base = if let EndpointError::Refused { .. } = error {
+            // As a refused promotion: the policy's cached Lease lags ours.
+            self.metrics.promotion_refused();
+            self.endpoint_failures.failed();
+            REFUSED_RETRY_BASE
+        } else {
+            self.metrics.api_error("point service");
+            if self.endpoint_failures.failed() {
+                warn!(error = %crate::backoff::ErrorChain(&error), "cannot make this pod the Service's endpoint; clients still reach the previous one (retrying; logged again when it lands)");
+            }
+            self.settings.retry_period / 2
+        };
+        let message = error.to_string();
+        if error.is_misconfiguration() && self.endpoint_problem_said.as_ref() != Some(&message) {
+            if let Some(pod) = &self.pod {
+                self.events
+                    .publish(pod, true, "ServiceNotWritten", message.clone());
+            }
+            self.endpoint_problem_said = Some(message);
+        }
+        let wait = backoff::delay(
+            base,
+            self.settings.retry_period,
+            self.endpoint_failures.count(),
+            fastrand::f64(),
+        );
+        self.endpoint_retry_at = Some(Instant::now() + wait);
     }
 
     /// Demotes every other active pod of the group, then labels itself
@@ -1099,7 +1213,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use clap::Parser;
-    use kube::Api;
+    use kube::{Api, ResourceExt};
 
     use std::sync::Arc;
 
@@ -1354,6 +1468,133 @@ mod tests {
         assert_eq!(label, Some("passive".into()));
         c.publish_status(Instant::now());
         assert!(!shown.borrow().draining);
+    }
+
+    /// web-0, holder but still labelled passive, with `--service=web-svc`:
+    /// `service` answers the Service's GET.
+    fn new_holder_with_service(service: Option<serde_json::Value>) -> (ScriptedApi, Candidate) {
+        let api = ScriptedApi::new(move |req| match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/api/v1/namespaces/default/services/web-svc") => match &service {
+                Some(s) => (200, s.clone()),
+                None => (
+                    404,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                        "status": "Failure", "reason": "NotFound", "code": 404}),
+                ),
+            },
+            (
+                "GET",
+                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-svc-baton",
+            ) => (
+                404,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                        "status": "Failure", "reason": "NotFound", "code": 404}),
+            ),
+            ("GET", "/api/v1/namespaces/default/pods") => (
+                200,
+                serde_json::json!(
+                    {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            ),
+            ("PATCH", _) => {
+                let mut pod = req.body.clone();
+                pod["metadata"]["name"] = "web-0".into();
+                (200, pod)
+            }
+            _ => testing::created(req),
+        });
+        let (mut c, _) = holder_with(&api, Instant::now(), &["--service=web-svc"]);
+        let mut pod = c.pod.clone().expect("the pod");
+        pod.labels_mut().insert("role".into(), "passive".into());
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: Some("10.1.0.5".into()),
+            ..Default::default()
+        });
+        c.observe_pod(pod);
+        c.role = Some(Role::Passive);
+        let c = c.with_service_endpoints(Some(ServiceEndpoints::new(
+            api.client(),
+            "default",
+            "web-svc".into(),
+            ("baton.dev/group".into(), "web".into()),
+        )));
+        (api, c)
+    }
+
+    /// Rule 9: the new holder's first write is the Service's slice, naming
+    /// it alone; then it demotes the others and labels itself.
+    #[tokio::test]
+    async fn a_new_holder_makes_itself_the_services_endpoint_before_it_labels() {
+        let service = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web-svc", "namespace": "default", "uid": "s-1"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+        let (api, mut c) = new_holder_with_service(Some(service));
+        for _ in 0..4 {
+            c.act(Instant::now()).await;
+        }
+        let calls: Vec<_> = calls(&api)
+            .into_iter()
+            .filter(|c| !c.contains("/events"))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "GET /api/v1/namespaces/default/services/web-svc",
+                "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-svc-baton",
+                "POST /apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                "GET /api/v1/namespaces/default/pods",
+                "PATCH /api/v1/namespaces/default/pods/web-0",
+            ]
+        );
+        let slice = &api.requests()[2].body;
+        assert_eq!(
+            slice["endpoints"][0]["addresses"],
+            serde_json::json!(["10.1.0.5"])
+        );
+        assert_eq!(slice["endpoints"][0]["targetRef"]["name"], "web-0");
+        assert_eq!(slice["ports"][0]["port"], 8080);
+    }
+
+    /// A Service that is missing holds up nothing: the holder labels itself,
+    /// says why once in a Warning Event, and retries the slice on its own
+    /// back-off.
+    #[tokio::test]
+    async fn a_missing_service_is_said_once_and_the_holder_still_labels_itself() {
+        let (api, mut c) = new_holder_with_service(None);
+        for _ in 0..4 {
+            c.act(Instant::now()).await;
+        }
+        api.wait_for(5, Duration::from_secs(5)).await;
+        let services = calls(&api)
+            .iter()
+            .filter(|c| c.contains("/services/"))
+            .count();
+        assert_eq!(
+            services,
+            1,
+            "retried on its back-off, not at once: {:?}",
+            calls(&api)
+        );
+        assert_eq!(
+            patches(&api),
+            1,
+            "labelled active all the same: {:?}",
+            calls(&api)
+        );
+        let warnings: Vec<_> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.body["reason"] == "ServiceNotWritten")
+            .collect();
+        assert_eq!(warnings.len(), 1, "{:?}", api.sent("reason"));
+        let note = warnings[0].body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            note.contains("Service web-svc") && note.contains("does not exist"),
+            "{note}"
+        );
+        assert!(c.endpoint_retry_at.is_some_and(|t| t > Instant::now()));
     }
 
     /// A group of one: nobody can take over, so the app is not held.

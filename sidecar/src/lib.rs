@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod candidate;
 pub mod election;
+pub mod endpoints;
 pub mod events;
 pub mod labels;
 pub mod metrics;
@@ -119,11 +120,19 @@ pub async fn run(
         settings.clone(),
         election::LeaseClient::new(leases, settings.lease_name.clone()),
         labeller,
-        events::Events::new(client, &settings.pod_name),
+        events::Events::new(client.clone(), &settings.pod_name),
         metrics,
         health_rx,
         status_tx,
-    );
+    )
+    .with_service_endpoints(settings.service.clone().map(|service| {
+        endpoints::ServiceEndpoints::new(
+            client,
+            ns,
+            service,
+            (settings.group_label.clone(), settings.lease_name.clone()),
+        )
+    }));
     info!(parent: &span, status_addr = %settings.status_addr, "sidecar started");
     candidate
         .run(lease_events, pod_events, shutdown)

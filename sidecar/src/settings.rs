@@ -122,6 +122,10 @@ pub struct Settings {
     #[arg(long, env = "BATON_HANDOVER_DRAIN", default_value = "2s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
     pub handover_drain: Duration,
 
+    /// A Service without a selector whose one endpoint the Lease holder writes (an EndpointSlice it owns): a switch reaches kube-proxy as one change, and the endpoint does not follow the pods' Ready condition. Unset, the Service selects the role label.
+    #[arg(long, env = "BATON_SERVICE", value_parser = parse_service_name, help_heading = ANNOTATION_HEADING)]
+    pub service: Option<String>,
+
     /// Log format.
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -257,6 +261,22 @@ fn parse_label_value(s: &str) -> Result<String, String> {
     }
 }
 
+/// A Service name: a DNS-1035 label (lowercase alphanumerics and '-',
+/// starting with a letter, at most 63).
+fn parse_service_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a Service name: 1-63 of [a-z0-9-], starting with a letter and ending alphanumeric".to_owned())
+    }
+}
+
 /// A label key: an optional DNS-subdomain prefix and '/', then a name like a value.
 fn parse_label_key(s: &str) -> Result<String, String> {
     let name = match s.split_once('/') {
@@ -358,6 +378,18 @@ mod tests {
             s.validate(),
             Err(SettingsError::SameRoleValues("same".into()))
         );
+    }
+
+    #[test]
+    fn a_service_name_is_a_dns_label() {
+        let s = parse(&["--service=web-active"]).expect("a DNS label");
+        assert_eq!(s.service.as_deref(), Some("web-active"));
+        for bad in ["Web", "1web", "web-", "web.active", ""] {
+            let err = parse(&[&format!("--service={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--service"), "{bad}: {err}");
+        }
     }
 
     #[test]

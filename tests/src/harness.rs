@@ -677,20 +677,23 @@ impl NeverTwoActive {
     }
 }
 
-/// Watches a Service's EndpointSlices while a test acts and keeps the most
-/// endpoints they listed as Ready at once: what kube-proxy may balance
+/// Watches a Service's EndpointSlices while a test acts and keeps every
+/// set of pods they listed as Ready, in order: what kube-proxy may balance
 /// across (a terminating pod it uses only while none is Ready).
-pub struct MostReadyEndpoints {
+pub struct ReadyEndpointsHistory {
     task: tokio::task::JoinHandle<()>,
-    most: Arc<Mutex<usize>>,
+    views: Arc<Mutex<Vec<BTreeSet<String>>>>,
     blind: Arc<Mutex<Vec<String>>>,
 }
 
-impl MostReadyEndpoints {
+impl ReadyEndpointsHistory {
     /// Starts watching; returns once the watch has listed the slices.
-    pub async fn start(ns: &TestNamespace, service: &str) -> MostReadyEndpoints {
-        let (most, blind) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let m = most.clone();
+    pub async fn start(ns: &TestNamespace, service: &str) -> ReadyEndpointsHistory {
+        let (views, blind) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let v = views.clone();
         let config =
             watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
         let task = watch_views(
@@ -699,24 +702,27 @@ impl MostReadyEndpoints {
             "the endpoints watch",
             blind.clone(),
             move |slices: Vec<EndpointSlice>| {
-                let n = ready_endpoints(&slices).len();
-                let mut most = m.lock().expect("not poisoned");
-                *most = (*most).max(n);
+                let ready = ready_endpoints(&slices);
+                let mut views = v.lock().expect("not poisoned");
+                if views.last() != Some(&ready) {
+                    views.push(ready);
+                }
             },
         )
         .await;
-        MostReadyEndpoints { task, most, blind }
+        ReadyEndpointsHistory { task, views, blind }
     }
 
-    /// The most Ready endpoints seen at once; panics if the watch failed.
-    pub fn most(self) -> usize {
+    /// Every set of Ready endpoints seen, without repeats; panics if the
+    /// watch failed.
+    pub fn views(self) -> Vec<BTreeSet<String>> {
         self.task.abort();
         let blind = self.blind.lock().expect("not poisoned").clone();
         assert!(
             blind.is_empty(),
             "the endpoints watch stopped seeing: {blind:?}"
         );
-        *self.most.lock().expect("not poisoned")
+        self.views.lock().expect("not poisoned").clone()
     }
 }
 

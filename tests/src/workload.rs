@@ -123,3 +123,18 @@ spec:
 "#
     )
 }
+
+/// The user's Service without a selector, for `baton.dev/service` (design
+/// rule 9): the holder writes its one endpoint. Named as
+/// [`active_service`], so that the same clients and watches serve both.
+pub fn holder_endpoint_service(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: {name}-active
+spec:
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+    )
+}

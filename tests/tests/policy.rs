@@ -1,4 +1,4 @@
-//! The ValidatingAdmissionPolicy of manifests/rbac/policy: a service account
+//! The ValidatingAdmissionPolicies of manifests/rbac/policy. A service account
 //! of an app namespace, which the sidecar's Role lets patch pods, may change
 //! only the role label of a pod in a baton group, and only to a role value.
 
@@ -8,10 +8,10 @@ use baton_e2e::{
     harness::{Cluster, wait_until},
     workload,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::{
     Api,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -100,5 +100,80 @@ async fn a_service_account_may_change_only_the_role_label_of_group_pods() {
     )
     .await
     .expect("an admin may relabel");
+    ns.delete().await;
+}
+
+/// manifests/rbac/policy's `baton-service-endpoint-holds-lease` (design
+/// rule 9): an EndpointSlice baton manages for a group lists at most one
+/// endpoint, the pod the group's Lease names; other slices are not judged.
+#[tokio::test]
+async fn a_baton_endpoint_slice_may_list_only_the_lease_holder() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("policy-slice").await;
+    ns.apply(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: web}\n\
+         spec: {holderIdentity: web-0, leaseDurationSeconds: 6}\n",
+    );
+    let slices: Api<EndpointSlice> = ns.api();
+    let slice = |name: &str, pods: &[&str], manager: &str| -> EndpointSlice {
+        let endpoints: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                json!({"addresses": [format!("10.9.0.{}", i + 1)],
+                                   "targetRef": {"kind": "Pod", "name": pod}})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/service-name": "web",
+                "endpointslice.kubernetes.io/managed-by": manager,
+                "baton.dev/group": "web"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080}],
+        }))
+        .expect("an EndpointSlice")
+    };
+    let create = |s: EndpointSlice| {
+        let slices = slices.clone();
+        async move {
+            slices
+                .create(&PostParams::default(), &s)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+
+    // Enforced once the API server has loaded the policy and the Lease:
+    // retried until refused (bounded), each admitted try deleted.
+    let mut refused = String::new();
+    for _ in 0..100 {
+        match create(slice("web-baton", &["web-1"], "baton.dev")).await {
+            Err(e) => {
+                refused = e;
+                break;
+            }
+            Ok(_) => {
+                let _ = slices.delete("web-baton", &Default::default()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        refused.contains("may list only the holder of Lease web, web-0"),
+        "a slice naming a pod that does not hold the Lease: {refused:?}"
+    );
+    let err = create(slice("web-baton", &["web-0", "web-1"], "baton.dev"))
+        .await
+        .expect_err("two endpoints are refused");
+    assert!(err.contains("may list only the holder"), "{err}");
+    create(slice("web-baton", &["web-0"], "baton.dev"))
+        .await
+        .expect("the holder alone is admitted");
+    create(slice("web-other", &["web-1"], "someone-else"))
+        .await
+        .expect("a slice baton does not manage is not judged");
     ns.delete().await;
 }

@@ -4,12 +4,15 @@
 //! Service); the real node runs the injected sidecars, and they elect.
 //! Certificates are tested on the install itself (tests/tests/install.rs).
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use baton_e2e::{
     clients::{self, Client, Connections, REQUEST_TIMEOUT},
     harness::{
-        Cluster, LeaseHistory, MostReadyEndpoints, NeverTwoActive, TestNamespace, signal,
+        Cluster, LeaseHistory, NeverTwoActive, ReadyEndpointsHistory, TestNamespace, signal,
         wait_app_healthy, wait_endpoints, wait_for_holder, wait_for_object, wait_roles, wait_until,
     },
     install::InstalledWebhook,
@@ -641,21 +644,22 @@ async fn injected_group(ns: &TestNamespace, replicas: u32) -> String {
     holder
 }
 
-/// Two clients of `web-active`'s ClusterIP, 200 requests/s each (one
-/// opening a new connection per request, one keeping its connections
-/// alive), and a watch of the most Ready endpoints the Service lists.
+/// Two clients of a Service's ClusterIP, 200 requests/s each (one opening
+/// a new connection per request, one keeping its connections alive), and a
+/// watch of the pods the Service lists as Ready.
 struct ServiceClients {
     ip: String,
     clients: Vec<(Connections, Client)>,
-    endpoints: MostReadyEndpoints,
+    endpoints: ReadyEndpointsHistory,
     since: f64,
 }
 
 impl ServiceClients {
-    /// Starts both, and returns once each is answered by `holder` alone.
-    async fn start(ns: &TestNamespace, holder: &str) -> ServiceClients {
-        let endpoints = MostReadyEndpoints::start(ns, "web-active").await;
-        let svc: Service = ns.api().get("web-active").await.expect("the Service");
+    /// Starts both on `service`, and returns once each is answered by
+    /// `holder` alone.
+    async fn start(ns: &TestNamespace, service: &str, holder: &str) -> ServiceClients {
+        let endpoints = ReadyEndpointsHistory::start(ns, service).await;
+        let svc: Service = ns.api().get(service).await.expect("the Service");
         let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
         let url = format!("http://{ip}/");
         let clients = clients::both_steady_on(&url, 200, holder)
@@ -669,9 +673,10 @@ impl ServiceClients {
         }
     }
 
-    /// Waits until each client has been answered by `pod` after `after`.
-    async fn wait_answered_by(&self, pod: &str, after: f64) {
-        for (_, client) in &self.clients {
+    /// Waits until each client of `kinds` has been answered by `pod` after
+    /// `after`.
+    async fn wait_answered_by(&self, pod: &str, after: f64, kinds: &[Connections]) {
+        for (_, client) in self.clients.iter().filter(|(k, _)| kinds.contains(k)) {
             let deadline = tokio::time::Instant::now() + T;
             while client.first_answer_by(pod, after).is_none() {
                 assert!(tokio::time::Instant::now() < deadline, "{pod} answers");
@@ -682,8 +687,9 @@ impl ServiceClients {
 
     /// Stops the clients once the requests in flight have ended; fails the
     /// test if any request sent since the start failed, or if the Service
-    /// ever listed two Ready endpoints. Returns what answered, per client.
-    async fn assert_none_failed(self, what: &str) -> Vec<String> {
+    /// ever listed two Ready endpoints. Returns every set of Ready
+    /// endpoints the Service listed, in order.
+    async fn assert_none_failed(self, what: &str) -> Vec<BTreeSet<String>> {
         tokio::time::sleep(REQUEST_TIMEOUT).await;
         let mut report = Vec::new();
         let mut failed = Vec::new();
@@ -693,7 +699,7 @@ impl ServiceClients {
                 .into_iter()
                 .filter(|s| s.sent >= self.since)
                 .collect();
-            let mut by_pod = std::collections::BTreeMap::<String, usize>::new();
+            let mut by_pod = BTreeMap::<String, usize>::new();
             for s in &samples {
                 match &s.answer {
                     Ok(pod) => *by_pod.entry(pod.clone()).or_default() += 1,
@@ -712,12 +718,13 @@ impl ServiceClients {
             "{what}: {} failed: {failed:?} ({report:?})",
             failed.len()
         );
+        let views = self.endpoints.views();
+        let most = views.iter().map(BTreeSet::len).max().unwrap_or_default();
         assert_eq!(
-            self.endpoints.most(),
-            1,
-            "{what}: never two Ready endpoints behind the Service"
+            most, 1,
+            "{what}: never two Ready endpoints behind the Service: {views:?}"
         );
-        report
+        views
     }
 }
 
@@ -735,7 +742,7 @@ async fn deleting_the_active_pod_loses_no_request_through_the_cluster_ip() {
     InstalledWebhook::shared(&ns).await;
     let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
     let old = injected_group(&ns, 2).await;
-    let clients = ServiceClients::start(&ns, &old).await;
+    let clients = ServiceClients::start(&ns, "web-active", &old).await;
 
     let pods: Api<Pod> = ns.api();
     let old_uid = pods.get(&old).await.expect("the holder").uid();
@@ -749,8 +756,103 @@ async fn deleting_the_active_pod_loses_no_request_through_the_cluster_ip() {
         pods.iter().all(|p| p.uid() != old_uid)
     })
     .await;
-    clients.wait_answered_by(&new, clients::now() + 1.0).await;
+    clients
+        .wait_answered_by(&new, clients::now() + 1.0, &Connections::BOTH)
+        .await;
     clients.assert_none_failed("deleting the active pod").await;
+    assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
+    ns.delete().await;
+}
+
+/// The restarts of a pod's sidecar (a native sidecar: an init container).
+fn sidecar_restarts(pod: &Pod) -> i32 {
+    pod.status
+        .iter()
+        .flat_map(|s| s.init_container_statuses.iter().flatten())
+        .filter(|c| c.name == "baton-sidecar")
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Issue 16, design rule 9: with `baton.dev/service`, the holder writes the
+/// one endpoint of a Service without a selector. Through kube-proxy at its
+/// default settings (one sync a second at most), while both clients call
+/// the ClusterIP:
+/// - the holder's sidecar is SIGKILLed: kubelet restarts it and the pod is
+///   not Ready meanwhile, yet the endpoint stays and no request fails (with
+///   role labels the Service drops the pod for that time);
+/// - the holder's app turns unhealthy: the endpoint moves to the standby in
+///   one change (the slice never lists no pod, nor two) and no request
+///   fails (the old app still answers until kube-proxy has moved).
+///
+/// Counts, not timings.
+#[tokio::test]
+async fn a_holder_written_endpoint_moves_in_one_change_and_outlives_a_sidecar_restart() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("webhook-endpoint").await;
+    InstalledWebhook::shared(&ns).await;
+    let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+    ns.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 80, targetPort: http}]
+"#,
+    );
+    ns.apply(&opted_in_statefulset("web", 2).replacen(
+        "baton.dev/inject: \"true\"",
+        "baton.dev/inject: \"true\", baton.dev/service: web",
+        1,
+    ));
+    let old = wait_for_holder(&ns, "web", None).await;
+    let pods = wait_roles(&ns, "app=web", &old, 1).await;
+    for pod in &pods {
+        wait_app_healthy(&ns, &pod.name_any()).await;
+    }
+    wait_endpoints(&ns, "web", &[&old], T).await;
+
+    // The holder's sidecar killed: kubelet restarts it; the Lease stays.
+    let clients = ServiceClients::start(&ns, "web", &old).await;
+    let api: Api<Pod> = ns.api();
+    let restarts = sidecar_restarts(&api.get(&old).await.expect("the holder"));
+    let pid = ns.pid(&old, "baton-sidecar", T).await;
+    signal(pid, "KILL").await;
+    let what = format!("{old}'s sidecar restarted and the pod Ready again");
+    wait_for_object::<Pod, _>(api.clone(), &old, T, &what, |p| {
+        sidecar_restarts(p) > restarts && pod_ready(p)
+    })
+    .await;
+    assert_eq!(wait_for_holder(&ns, "web", None).await, old, "no switch");
+    clients
+        .wait_answered_by(&old, clients::now() + 1.0, &Connections::BOTH)
+        .await;
+    let views = clients.assert_none_failed("a sidecar restart").await;
+    assert!(
+        views.iter().all(|v| *v == BTreeSet::from([old.clone()])),
+        "the endpoint stayed through the restart: {views:?}"
+    );
+
+    // The holder's app fails its health check: one change to the standby.
+    let clients = ServiceClients::start(&ns, "web", &old).await;
+    baton_e2e::harness::set_app_health(&ns, &old, "fail").await;
+    let new = wait_for_holder(&ns, "web", Some(&old)).await;
+    wait_endpoints(&ns, "web", &[&new], T).await;
+    // A client with a new connection per request meets the new pod at
+    // once; kept-alive connections stay with the old app, which answers.
+    clients
+        .wait_answered_by(&new, clients::now() + 1.0, &[Connections::New])
+        .await;
+    let views = clients.assert_none_failed("an unplanned failover").await;
+    let expected = [BTreeSet::from([old.clone()]), BTreeSet::from([new.clone()])];
+    assert_eq!(views, expected, "one change, from {old} to {new}");
     assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
     ns.delete().await;
 }
@@ -767,7 +869,7 @@ async fn a_rolling_restart_of_three_loses_no_request_through_the_cluster_ip() {
     let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
     let holder = injected_group(&ns, 3).await;
     let history = LeaseHistory::start(ns.api(), "web").await;
-    let clients = ServiceClients::start(&ns, &holder).await;
+    let clients = ServiceClients::start(&ns, "web-active", &holder).await;
 
     // kubectl blocks: off the runtime's thread, which the clients share.
     let kubectl = ns.cluster.clone();
@@ -785,7 +887,9 @@ async fn a_rolling_restart_of_three_loses_no_request_through_the_cluster_ip() {
     .expect("the rollout");
     let last = wait_for_holder(&ns, "web", None).await;
     wait_roles(&ns, "app=web", &last, 2).await;
-    clients.wait_answered_by(&last, clients::now() + 1.0).await;
+    clients
+        .wait_answered_by(&last, clients::now() + 1.0, &Connections::BOTH)
+        .await;
     clients
         .assert_none_failed("a rolling restart of three")
         .await;

@@ -513,6 +513,7 @@ pub fn reference_table() -> String {
                 "the first containerPort of the first container, else {}",
                 defaults(arg)
             ),
+            _ if defaults(arg).is_empty() => "unset".to_owned(),
             _ => defaults(arg),
         };
         let help = arg.get_help().map(ToString::to_string).unwrap_or_default();

@@ -74,8 +74,31 @@ pub struct RolloutRun {
     pub clients: Vec<(Connections, ClientFigures)>,
 }
 
+/// How the Service follows the active pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceMode {
+    /// The Service selects the app's pods labelled `role: active`.
+    #[default]
+    Labels,
+    /// A Service without a selector whose one endpoint the holder writes
+    /// (`baton.dev/service`, design rule 9).
+    HolderEndpoint,
+}
+
+impl ServiceMode {
+    pub fn title(self) -> &'static str {
+        match self {
+            ServiceMode::Labels => "the Service selects the role label",
+            ServiceMode::HolderEndpoint => {
+                "the holder writes the Service's endpoint (baton.dev/service)"
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ClusterIpResult {
+    pub mode: ServiceMode,
     pub rate: u32,
     pub runs: Vec<SwitchRun>,
     pub rollouts: Vec<RolloutRun>,
@@ -206,8 +229,10 @@ impl ClusterIpResult {
 /// (the active app's health check fails), `planned` planned handovers (the
 /// active pod deleted) and `kills` SIGKILLs of the holder's sidecar, then
 /// deletes the group.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cluster: &Cluster,
+    mode: ServiceMode,
     rate: u32,
     failovers: usize,
     planned: usize,
@@ -216,11 +241,17 @@ pub async fn run(
     say: impl Fn(&str),
 ) -> ClusterIpResult {
     let mut result = ClusterIpResult {
+        mode,
         rate,
         ..Default::default()
     };
-    let ns = cluster.namespace("bench-clusterip").await;
-    let group = match Group::deploy(&ns).await {
+    let ns = cluster
+        .namespace(match mode {
+            ServiceMode::Labels => "bench-clusterip",
+            ServiceMode::HolderEndpoint => "bench-clusterip-endpoint",
+        })
+        .await;
+    let group = match Group::deploy(&ns, mode).await {
         Ok(g) => g,
         Err(e) => {
             result.errors.push(format!("deploy: {e:#}"));
@@ -306,16 +337,23 @@ struct Group {
 }
 
 impl Group {
-    async fn deploy(ns: &TestNamespace) -> anyhow::Result<Group> {
+    async fn deploy(ns: &TestNamespace, mode: ServiceMode) -> anyhow::Result<Group> {
         let rec = Recorder::start(ns.api(), ns.api()).await;
+        let (env, service): (&[(&str, &str)], _) = match mode {
+            ServiceMode::Labels => (&[], workload::active_service(GROUP)),
+            ServiceMode::HolderEndpoint => (
+                &[("BATON_SERVICE", SERVICE)],
+                workload::holder_endpoint_service(GROUP),
+            ),
+        };
         ns.apply(&workload::statefulset_placed(
             GROUP,
             2,
             true,
-            &[],
+            env,
             workload::ON_REAL_NODE,
         ));
-        ns.apply(&workload::active_service(GROUP));
+        ns.apply(&service);
         let svc: k8s_openapi::api::core::v1::Service = ns.api().get(SERVICE).await?;
         let ip = svc
             .spec

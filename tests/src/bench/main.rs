@@ -82,6 +82,16 @@ struct Args {
     /// and later meet kubelet's restart back-off).
     #[arg(long, default_value_t = 1)]
     clusterip_kills: usize,
+    /// How the Service follows the active pod, each measured in turn: the
+    /// role label (labels), or the holder writing its endpoint
+    /// (holder-endpoint, `baton.dev/service`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "labels,holder-endpoint"
+    )]
+    clusterip_modes: Vec<clusterip::ServiceMode>,
     /// Requests per second of each ClusterIP client.
     #[arg(long, default_value_t = 200)]
     clusterip_rate: u32,
@@ -119,23 +129,28 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("background window")?;
 
-    let clusterip = if skip("clusterip") {
-        None
-    } else {
-        say("clusterip: a group on the real node, clients through the ClusterIP");
-        Some(
-            clusterip::run(
-                &cluster,
-                args.clusterip_rate,
-                args.clusterip_failovers,
-                args.clusterip_planned,
-                args.clusterip_kills,
-                args.clusterip_rollouts,
-                say,
-            )
-            .await,
-        )
-    };
+    let mut clusterip = Vec::new();
+    if !skip("clusterip") {
+        for &mode in &args.clusterip_modes {
+            say(&format!(
+                "clusterip: a group on the real node, clients through the ClusterIP ({})",
+                mode.title()
+            ));
+            clusterip.push(
+                clusterip::run(
+                    &cluster,
+                    mode,
+                    args.clusterip_rate,
+                    args.clusterip_failovers,
+                    args.clusterip_planned,
+                    args.clusterip_kills,
+                    args.clusterip_rollouts,
+                    say,
+                )
+                .await,
+            );
+        }
+    }
 
     let mut systems: Vec<(System, SystemResult)> = Vec::new();
     let plan = [
@@ -237,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         background: &background,
         systems: &systems,
         webhook: webhook.as_ref(),
-        clusterip: clusterip.as_ref(),
+        clusterip: &clusterip,
         scales: &scales,
         minutes: (now() - started) / 60.0,
     };
@@ -343,7 +358,7 @@ struct Report<'a> {
     background: &'a Window,
     systems: &'a [(System, SystemResult)],
     webhook: Option<&'a Result<webhook::WebhookResult, String>>,
-    clusterip: Option<&'a clusterip::ClusterIpResult>,
+    clusterip: &'a [clusterip::ClusterIpResult],
     scales: &'a [scale::ScaleResult],
     minutes: f64,
 }
@@ -564,8 +579,12 @@ impl Report<'_> {
         for (k, v) in self.machine() {
             let _ = writeln!(md, "| {k} | {v} |");
         }
-        if let Some(c) = self.clusterip {
-            let _ = writeln!(md, "\n## Through the ClusterIP, on the real node\n");
+        for c in self.clusterip {
+            let _ = writeln!(
+                md,
+                "\n## Through the ClusterIP, on the real node: {}\n",
+                c.mode.title()
+            );
             md.push_str(&c.markdown());
         }
         let a = self.args;
