@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::telemetry::ErrorChain;
+
 /// How long to wait after `failures` consecutive failures: doubling from
 /// `base` up to `cap`, with ±20% jitter so that pods do not retry in step.
 pub fn delay(base: Duration, cap: Duration, failures: u32, jitter: f64) -> Duration {
@@ -111,21 +113,6 @@ impl Streak {
     /// Records a success; the failures it ends, if any: log that.
     pub fn succeeded(&mut self) -> Option<u32> {
         Some(std::mem::take(&mut self.failures)).filter(|n| *n > 0)
-    }
-}
-
-/// Displays an error with its sources: `a: b: c`.
-pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
     }
 }
 

@@ -810,7 +810,7 @@ impl Candidate {
         } else {
             self.metrics.api_error("point service");
             if self.endpoint_failures.failed() {
-                warn!(error = %crate::backoff::ErrorChain(&error), "cannot make this pod the Service's endpoint; clients still reach the previous one (retrying; logged again when it lands)");
+                warn!(error = %crate::telemetry::ErrorChain(&error), "cannot make this pod the Service's endpoint; clients still reach the previous one (retrying; logged again when it lands)");
             }
             self.settings.retry_period / 2
         };

@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    backoff::ErrorChain,
     metrics::Metrics,
     settings::{ProbeKind, ProbeScheme, Settings},
+    telemetry::ErrorChain,
 };
 
 /// The outcome of one probe.

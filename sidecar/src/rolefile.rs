@@ -18,9 +18,19 @@ pub struct RoleRecord<'a> {
 pub async fn write(path: &Path, record: &RoleRecord<'_>) -> std::io::Result<()> {
     let mut text = serde_json::to_string(record).map_err(std::io::Error::other)?;
     text.push('\n');
-    let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, text).await?;
-    tokio::fs::rename(&tmp, path).await
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || write_atomically(&path, text.as_bytes()))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Writes `<path>.tmp` beside the target, then renames it over the target:
+/// a reader never sees half a file. (The webhook's CA file too.)
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -45,7 +55,7 @@ mod tests {
             text,
             "{\"role\":\"active\",\"holder\":\"web-0\",\"lease_transitions\":2}\n"
         );
-        assert!(!path.with_extension("tmp").exists());
+        assert!(!dir.join("role.tmp").exists());
         let _ = tokio::fs::remove_dir_all(&dir).await;
     }
 }

@@ -235,7 +235,9 @@ impl Settings {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// A duration as people write it (`500ms`, `2s`, `1m`); shared with the
+/// webhook's flags.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
 }
 

@@ -1,5 +1,8 @@
-//! Logs: tracing-subscriber with an env filter (`RUST_LOG`, default info),
-//! as text for people or JSON for log pipelines.
+//! What the sidecar and the webhook share at their edges: logs
+//! (tracing-subscriber with an env filter, `RUST_LOG`, default info; text
+//! for people or JSON for log pipelines; both on stderr), the shutdown
+//! signal, and errors shown with their causes. The webhook depends on this
+//! crate for these (and for the settings schema and Events): one home.
 
 use tracing_subscriber::EnvFilter;
 
@@ -22,7 +25,7 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM (kubelet) or SIGINT (a terminal).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
@@ -32,8 +35,53 @@ pub async fn shutdown_signal() {
                 _ = tokio::signal::ctrl_c() => {},
             }
         }
-        Err(_) => {
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+    tracing::info!("shutting down");
+}
+
+/// Displays an error with its sources, `a: b: c`, skipping a source whose
+/// text the message already carries (many errors repeat their cause).
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            let next = s.to_string();
+            if !text.contains(&next) {
+                text.push_str(": ");
+                text.push_str(&next);
+            }
+            source = s.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct E(String, #[source] Option<Box<E>>);
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let root = E("connection refused".into(), None);
+        let mid = E("error sending request".into(), Some(Box::new(root)));
+        let top = E(
+            "GET /healthz: error sending request".into(),
+            Some(Box::new(mid)),
+        );
+        assert_eq!(
+            ErrorChain(&top).to_string(),
+            "GET /healthz: error sending request: connection refused"
+        );
     }
 }

@@ -15,6 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use baton_sidecar::telemetry::ErrorChain;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     core::v1::{Pod, PodTemplateSpec},
@@ -150,21 +151,6 @@ fn review_json(response: AdmissionResponse) -> Result<serde_json::Value, serde_j
         *slot = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
     }
     Ok(review)
-}
-
-/// The full chain of an error in one line: denial messages go to users.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(next) = source {
-        let s = next.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = next.source();
-    }
-    text
 }
 
 /// Reads an `admission.k8s.io/v1` AdmissionReview and its request.
@@ -352,7 +338,8 @@ impl Admission {
                 Some(controller) => match self.owners.owner(namespace, controller).await {
                     Ok(owner) => owner,
                     Err(err) => {
-                        let message = format!("baton: cannot decide on injection: {}", chain(&err));
+                        let message =
+                            format!("baton: cannot decide on injection: {}", ErrorChain(&err));
                         tracing::warn!(error = %message, "owner lookup failed");
                         return Ok(Answer::Review(
                             Box::new(response.deny(message)),

@@ -5,7 +5,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
+
+pub use baton_sidecar::settings::LogFormat;
+use baton_sidecar::settings::parse_duration;
 
 use crate::quantity;
 
@@ -131,18 +134,8 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 fn parse_quantity(s: &str) -> Result<String, String> {
     quantity::check(s).map(|()| s.to_owned())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
 }
 
 #[cfg(test)]

@@ -140,20 +140,14 @@ pub fn from_self_signed(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let SelfSigned { ca_pem, key } = self_signed(names)?;
     if let Some(path) = ca_out {
-        write_atomically(path, ca_pem.as_bytes()).map_err(|source| TlsError::WriteCa {
-            path: path.to_owned(),
-            source,
+        baton_sidecar::rolefile::write_atomically(path, ca_pem.as_bytes()).map_err(|source| {
+            TlsError::WriteCa {
+                path: path.to_owned(),
+                source,
+            }
         })?;
     }
     server_config(provider(), Arc::new(Fixed(key)))
-}
-
-/// Writes beside the target, then renames: a reader never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// One certificate for every handshake.
