@@ -5,7 +5,7 @@ CLUSTER := tests/cluster
 export BATON_BIN_DIR := $(BIN_DIR)
 export KUBECONFIG := $(CURDIR)/target/cluster/kubeconfig
 
-.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint demo image release bench
+.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint demo image release bench kle-race
 
 build:
 	$(CARGO) build --workspace --bins --locked
@@ -26,9 +26,14 @@ e2e: build image cluster-binaries
 ## clients through the ClusterIP on the real node; baton vs the polling
 ## baseline, the webhook and the scale measure on KWOK nodes beside it;
 ## report in target/bench/. Counts: BENCH_ARGS.
-bench: build image cluster-binaries
+bench: build image cluster-binaries kle-race
 	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench BATON_KWOK_NODES=3 BATON_REAL_NODES=1 \
 	  $(CLUSTER)/with-cluster.sh $(BIN_DIR)/baton-bench --out target/bench $(BENCH_ARGS)
+
+## kube-leader-election's racer for the bench: a crate outside the workspace
+## (it needs kube 4), with its own lock file and target dir.
+kle-race:
+	$(CARGO) build --locked --manifest-path tests/kle-race/Cargo.toml --target-dir target/kle-race
 
 ## Build (once per version, cached in ~/.cache/baton) the upstream components
 ## (control plane, kubelet, kube-proxy, containerd, pause), and helm and promtool, which check the manifests (tests/tests/manifests.rs).

@@ -4,6 +4,7 @@
 //! inside the network namespace of a fresh cluster of its own.
 
 mod clusterip;
+mod kle;
 mod load;
 mod measure;
 mod recorder;
@@ -95,7 +96,13 @@ struct Args {
     /// Requests per second of each ClusterIP client.
     #[arg(long, default_value_t = 200)]
     clusterip_rate: u32,
-    /// Parts to skip: clusterip, baton, fast, slow, webhook, scale.
+    /// Rounds of kube-leader-election's race (tests/kle-race), per Lease state.
+    #[arg(long, default_value_t = 20)]
+    kle_rounds: usize,
+    /// The kube-leader-election racer `make bench` builds outside the workspace.
+    #[arg(long, default_value = "target/kle-race/debug/baton-kle-race")]
+    kle_racer: PathBuf,
+    /// Parts to skip: clusterip, baton, fast, slow, webhook, scale, kle.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Where the workspace binaries are (the webhook's).
@@ -211,6 +218,18 @@ async fn main() -> anyhow::Result<()> {
         )
     };
 
+    let kle = if skip("kle") {
+        None
+    } else {
+        say("kle: kube-leader-election's LeaseLock racing for one Lease");
+        let racer = if args.kle_racer.is_absolute() {
+            args.kle_racer.clone()
+        } else {
+            repo_root().join(&args.kle_racer)
+        };
+        Some(kle::run(&cluster, &racer, args.kle_rounds).await)
+    };
+
     let mut scales = Vec::new();
     if !skip("scale") {
         // Private memory of one pod (sidecar + app), from the last step; a
@@ -252,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
         background: &background,
         systems: &systems,
         webhook: webhook.as_ref(),
+        kle: kle.as_ref(),
         clusterip: &clusterip,
         scales: &scales,
         minutes: (now() - started) / 60.0,
@@ -358,6 +378,7 @@ struct Report<'a> {
     background: &'a Window,
     systems: &'a [(System, SystemResult)],
     webhook: Option<&'a Result<webhook::WebhookResult, String>>,
+    kle: Option<&'a kle::KleRace>,
     clusterip: &'a [clusterip::ClusterIpResult],
     scales: &'a [scale::ScaleResult],
     minutes: f64,
@@ -647,6 +668,15 @@ impl Report<'_> {
             if out.join(&f).exists() {
                 let _ = writeln!(md, "![timeline {}]({f})\n", s.label());
             }
+        }
+        if let Some(k) = self.kle {
+            let _ = writeln!(
+                md,
+                "## kube-leader-election 0.44 racing for one Lease ({} rounds each)\n",
+                k.rounds
+            );
+            md.push_str(&k.markdown());
+            md.push('\n');
         }
         if let Some(w) = self.webhook {
             let _ = writeln!(md, "## Webhook\n");
