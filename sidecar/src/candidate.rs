@@ -57,19 +57,8 @@ pub struct Candidate {
     /// Our Pod as last seen; None before the first list or once deleted.
     pod: Option<Pod>,
     pod_deleted: bool,
-    /// Why the pod stopped being eligible for good, if it did (rule 6).
-    gave_up: Option<GiveUp>,
-    /// A deleted holder's drain (rule 8): when it began, and when another
-    /// pod was first seen holding the Lease since.
-    drain_began: Option<Instant>,
-    taken_over_at: Option<Instant>,
-    /// Other pods of the group not being deleted, counted once when the
-    /// drain begins: with none, nobody can take over and there is nothing
-    /// to drain for.
-    standbys: Option<usize>,
-    shutting_down: bool,
-    /// When a shutdown stops trying to hand over and exits.
-    shutdown_deadline: Option<Instant>,
+    /// Where the pod is on its way out, if it is (rules 6 and 8).
+    phase: Phase,
     handover_started: Option<Instant>,
     api: ApiState,
     /// The last failed call got no answer (timeout, no connection) and no
@@ -164,12 +153,7 @@ impl Candidate {
             last_renew_sent: None,
             pod: None,
             pod_deleted: false,
-            gave_up: None,
-            drain_began: None,
-            taken_over_at: None,
-            standbys: None,
-            shutting_down: false,
-            shutdown_deadline: None,
+            phase: Phase::Candidate,
             handover_started: None,
             api: ApiState::default(),
             out_of_reach: false,
@@ -222,7 +206,35 @@ impl Candidate {
     }
 
     fn terminating(&self) -> bool {
-        self.gave_up.is_some()
+        self.gave_up().is_some()
+    }
+
+    /// Why the pod stopped being eligible for good, if it did (rule 6).
+    fn gave_up(&self) -> Option<GiveUp> {
+        match self.phase {
+            Phase::Candidate => None,
+            Phase::GivenUp { why, .. } | Phase::ShuttingDown { why, .. } => Some(why),
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        matches!(self.phase, Phase::ShuttingDown { .. })
+    }
+
+    /// When a shutdown stops trying to hand over and exits.
+    fn shutdown_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::ShuttingDown { deadline, .. } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// A deleted holder's drain, while it lasts or is due (rule 8).
+    fn drain(&self) -> Option<&Drain> {
+        match &self.phase {
+            Phase::GivenUp { drain, .. } => drain.as_ref(),
+            _ => None,
+        }
     }
 
     fn eligible(&self) -> bool {
@@ -235,17 +247,16 @@ impl Candidate {
     /// pod has held the Lease for `handover_drain`, or at most a lease
     /// duration plus that when nobody takes over.
     fn draining(&self, now: Instant) -> bool {
-        !self.shutting_down
-            && self.standbys != Some(0)
+        self.drain().is_some_and(|d| d.standbys != Some(0))
             && self.label_role() == Some(Role::Active)
             && self.drain_ends().is_some_and(|end| now < end)
     }
 
     fn drain_ends(&self) -> Option<Instant> {
-        let began = self.drain_began?;
+        let d = self.drain()?;
         let drain = self.settings.handover_drain;
-        let bound = began + self.settings.lease_duration + drain;
-        Some(self.taken_over_at.map_or(bound, |t| (t + drain).min(bound)))
+        let bound = d.began + self.settings.lease_duration + drain;
+        Some(d.taken_over_at.map_or(bound, |t| (t + drain).min(bound)))
     }
 
     fn label_role(&self) -> Option<Role> {
@@ -261,7 +272,7 @@ impl Candidate {
         if let Some(until) = self.leading_until().filter(|u| *u > now) {
             t = t.min(until - now);
         }
-        if let Some(deadline) = self.shutdown_deadline {
+        if let Some(deadline) = self.shutdown_deadline() {
             t = t
                 .min(SHUTDOWN_CALL_TIMEOUT)
                 .min(deadline.saturating_duration_since(now));
@@ -288,7 +299,7 @@ impl Candidate {
             // label, which may take an API timeout, and what we show must
             // not wait for it (`docs/design.md`, rule 5).
             self.show_role(now).await;
-            if self.shutdown_deadline.is_some_and(|d| now >= d) {
+            if self.shutdown_deadline().is_some_and(|d| now >= d) {
                 warn!(
                     "API server did not answer the handover in time; exiting without it (a standby takes over once the Lease expires)"
                 );
@@ -296,7 +307,7 @@ impl Candidate {
             }
             // An action waits on the API server, up to a timeout, again and
             // again while it hangs: SIGTERM cuts it short (rule 6).
-            let acted = if self.shutting_down {
+            let acted = if self.shutting_down() {
                 self.act(now).await
             } else {
                 tokio::select! {
@@ -312,7 +323,7 @@ impl Candidate {
                 })
             };
             self.show_role(Instant::now()).await;
-            if self.shutting_down && self.handover_done() {
+            if self.shutting_down() && self.handover_done() {
                 if let Some(started) = self.handover_started {
                     self.metrics.observe_handover(started.elapsed());
                 }
@@ -323,12 +334,12 @@ impl Candidate {
             if acted {
                 continue;
             }
-            let wake = [self.next_wake(now), self.shutdown_deadline]
+            let wake = [self.next_wake(now), self.shutdown_deadline()]
                 .into_iter()
                 .flatten()
                 .min();
             tokio::select! {
-                _ = &mut shutdown, if !self.shutting_down => self.begin_shutdown(),
+                _ = &mut shutdown, if !self.shutting_down() => self.begin_shutdown(),
                 changed = health.changed() => {
                     if changed.is_err() {
                         warn!("probe stopped; handing over");
@@ -345,16 +356,19 @@ impl Candidate {
     /// SIGTERM: hand over within a bounded time. With the API server
     /// already failing there is nothing to try: exit at once, the Lease
     /// expires as after a crash.
+    /// A drain in progress ends: the label goes passive at once.
     fn begin_shutdown(&mut self) {
         info!("shutdown requested; handing over");
-        self.shutting_down = true;
         self.start_giving_up(GiveUp::Shutdown);
         let now = Instant::now();
-        self.shutdown_deadline = Some(if self.api.reachable() {
-            now + self.settings.api_timeout * 3
-        } else {
-            now
-        });
+        self.phase = Phase::ShuttingDown {
+            why: self.gave_up().unwrap_or(GiveUp::Shutdown),
+            deadline: if self.api.reachable() {
+                now + self.settings.api_timeout * 3
+            } else {
+                now
+            },
+        };
     }
 
     /// Done handing over: not the holder (as last seen), not labelled active.
@@ -368,7 +382,9 @@ impl Candidate {
     /// Shutdown or pod deletion: no longer eligible, hand over (`docs/design.md`, rule 6).
     /// The first cause is kept: a pod deletion is followed by kubelet's SIGTERM.
     fn start_giving_up(&mut self, why: GiveUp) {
-        self.gave_up.get_or_insert(why);
+        if self.phase == Phase::Candidate {
+            self.phase = Phase::GivenUp { why, drain: None };
+        }
         self.stop_leading();
     }
 
@@ -560,7 +576,7 @@ impl Candidate {
         }
 
         // Draining: is there anyone to hand over to? (Once, after the release.)
-        if self.drain_began.is_some() && self.standbys.is_none() {
+        if self.drain().is_some_and(|d| d.standbys.is_none()) {
             let result = self
                 .labeller
                 .count_others(self.me(), self.call_timeout(now))
@@ -571,7 +587,9 @@ impl Candidate {
                             "no other pod in the group to take over; the app stops without a drain"
                         );
                     }
-                    self.standbys = Some(n);
+                    if let Phase::GivenUp { drain: Some(d), .. } = &mut self.phase {
+                        d.standbys = Some(n);
+                    }
                 });
             return self.settle("count the group", result.map_err(ActionError::from));
         }
@@ -693,8 +711,8 @@ impl Candidate {
     fn back_off(&mut self, operation: &'static str, error: &dyn std::error::Error) {
         self.metrics.api_error(operation);
         let failures = self.api.failed(operation, error);
-        if self.shutting_down {
-            self.shutdown_deadline = Some(Instant::now());
+        if let Phase::ShuttingDown { deadline, .. } = &mut self.phase {
+            *deadline = Instant::now();
             return;
         }
         let cap = if self.leading(Instant::now()) {
@@ -739,7 +757,7 @@ impl Candidate {
                 info!(lease = %self.leases.name(), "released the lease");
                 // Only a pod that gave up for good says so; an unhealthy app
                 // has had its `AppUnhealthy` Event.
-                if let (Some(pod), Some(why)) = (&self.pod, self.gave_up) {
+                if let (Some(pod), Some(why)) = (&self.pod, self.gave_up()) {
                     self.events.publish(
                         pod,
                         false,
@@ -747,8 +765,8 @@ impl Candidate {
                         handed_over_note(self.leases.name(), why),
                     );
                 }
-                if let Some(started) = self.handover_started.take().filter(|_| !self.shutting_down)
-                {
+                let shutting_down = self.shutting_down();
+                if let Some(started) = self.handover_started.take().filter(|_| !shutting_down) {
                     self.metrics.observe_handover(started.elapsed());
                 }
             }
@@ -1008,12 +1026,13 @@ impl Candidate {
                     self.holder_pod = None;
                 }
                 self.metrics.set_lease_transitions(observed.transitions);
-                if self.drain_began.is_some()
-                    && self.taken_over_at.is_none()
-                    && observed.holder.as_deref().is_some_and(|h| h != self.me())
+                let taken_over = observed.holder.as_deref().is_some_and(|h| h != self.me());
+                if let Phase::GivenUp { drain: Some(d), .. } = &mut self.phase
+                    && d.taken_over_at.is_none()
+                    && taken_over
                 {
                     info!(holder = ?observed.holder, drain = ?self.settings.handover_drain, "another pod took the Lease; the app serves on while kube-proxy moves to it");
-                    self.taken_over_at = Some(now);
+                    d.taken_over_at = Some(now);
                 }
                 self.lease = LeaseView::Present(observed);
                 self.lease_object = Some(l.clone());
@@ -1084,7 +1103,14 @@ impl Candidate {
             info!("pod terminating; handing over");
             self.start_giving_up(GiveUp::PodTerminating);
             if self.labeller.labels().role_of(&pod) == Some(Role::Active) {
-                self.drain_began = Some(Instant::now());
+                self.phase = Phase::GivenUp {
+                    why: GiveUp::PodTerminating,
+                    drain: Some(Drain {
+                        began: Instant::now(),
+                        taken_over_at: None,
+                        standbys: None,
+                    }),
+                };
             }
         }
         self.pod = Some(pod);
@@ -1126,6 +1152,32 @@ impl Candidate {
             self.metrics.set_role(role == Role::Active, true);
         }
     }
+}
+
+/// Where the pod is on its way out. It only moves forward: a candidate
+/// gives up for good (rule 6), a deleted holder drains meanwhile (rule 8),
+/// and SIGTERM ends any drain and bounds what is left of the handover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Eligible whenever its app is healthy.
+    Candidate,
+    /// No longer eligible, handing over; a deleted holder drains.
+    GivenUp { why: GiveUp, drain: Option<Drain> },
+    /// SIGTERM: hands over until `deadline`, then exits; `why` is the first
+    /// cause (a pod deletion is followed by kubelet's SIGTERM).
+    ShuttingDown { why: GiveUp, deadline: Instant },
+}
+
+/// A deleted holder's drain (rule 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Drain {
+    began: Instant,
+    /// When another pod was first seen holding the Lease since.
+    taken_over_at: Option<Instant>,
+    /// Other pods of the group not being deleted, counted once after the
+    /// release: with none, nobody can take over and there is nothing to
+    /// drain for.
+    standbys: Option<usize>,
 }
 
 /// Why a pod stopped being eligible for good (`docs/design.md`, rule 6).
@@ -1595,6 +1647,116 @@ mod tests {
             "{note}"
         );
         assert!(c.endpoint_retry_at.is_some_and(|t| t > Instant::now()));
+    }
+
+    /// web-0, holder, still labelled passive at pod version 12: its next
+    /// action is the promotion, which `label` answers.
+    fn unlabelled_holder(
+        label: fn(&testing::Request) -> (u16, serde_json::Value),
+    ) -> (ScriptedApi, Candidate) {
+        let api = ScriptedApi::new(move |req| match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/api/v1/namespaces/default/pods") => (
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            ),
+            ("PATCH", _) => label(req),
+            _ => testing::created(req),
+        });
+        let (mut c, _) = holder(&api, Instant::now());
+        let mut pod = c.pod.clone().expect("the pod");
+        pod.labels_mut().insert("role".into(), "passive".into());
+        c.observe_pod(pod);
+        c.role = Some(Role::Passive);
+        (api, c)
+    }
+
+    fn status(code: u16, reason: &str) -> (u16, serde_json::Value) {
+        (
+            code,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("{reason} on purpose"), "reason": reason, "code": code}),
+        )
+    }
+
+    /// Rule 3's precondition: a promotion that conflicts (409, the pod
+    /// changed since it was read) is not sent again with the same stale
+    /// version; it waits until the watch shows a newer pod.
+    #[tokio::test]
+    async fn a_promotion_that_conflicts_waits_for_the_watch_not_a_resend() {
+        let (api, mut c) = unlabelled_holder(|_| status(409, "Conflict"));
+        assert!(c.act(Instant::now()).await, "the promotion");
+        assert_eq!(patches(&api), 1);
+        let sent = api.requests().last().expect("the patch").body.clone();
+        assert_eq!(sent["metadata"]["resourceVersion"], "12", "{sent}");
+        for _ in 0..3 {
+            c.act(Instant::now()).await;
+        }
+        assert_eq!(patches(&api), 1, "not resent: {:?}", calls(&api));
+
+        let mut newer = c.pod.clone().expect("the pod");
+        newer.metadata.resource_version = Some("14".into());
+        c.observe_pod(newer);
+        assert!(c.act(Instant::now()).await, "promoted again");
+        assert_eq!(patches(&api), 2, "{:?}", calls(&api));
+        let sent = api.requests().last().expect("the patch").body.clone();
+        assert_eq!(sent["metadata"]["resourceVersion"], "14", "{sent}");
+    }
+
+    /// A promotion refused at admission (422: the Lease-holder policy, whose
+    /// cached Lease may lag the write that made us holder) is counted and
+    /// retried after about 20 ms, not at once and not after the API back-off.
+    #[tokio::test]
+    async fn a_promotion_refused_at_admission_is_retried_soon_and_counted() {
+        let (api, mut c) = unlabelled_holder(|_| status(422, "Invalid"));
+        assert!(c.act(Instant::now()).await, "the promotion");
+        assert_eq!(patches(&api), 1);
+        assert!(
+            c.metrics
+                .encode()
+                .contains("baton_promotions_refused_total 1")
+        );
+        let retry = c.retry_at.expect("a retry");
+        let wait = retry - Instant::now();
+        assert!(wait <= REFUSED_RETRY_BASE * 2, "soon: {wait:?}");
+        assert!(!c.act(Instant::now()).await, "not at once");
+        tokio::time::sleep_until(retry.into()).await;
+        assert!(c.act(Instant::now()).await, "retried");
+        assert_eq!(patches(&api), 2, "{:?}", calls(&api));
+        assert!(c.api.reachable(), "a refusal is no API failure");
+    }
+
+    /// A renewal the API server never answers times out at the holder's
+    /// deadline (the call is cut to the time left): the holder backs off,
+    /// re-reads the Lease, and shows passive from its deadline on.
+    #[tokio::test]
+    async fn a_renewal_that_times_out_ends_at_the_deadline_and_shows_passive() {
+        let api = frozen();
+        let flags = [
+            "--lease-duration=1s",
+            "--renew-deadline=400ms",
+            "--renew-period=100ms",
+            "--retry-period=100ms",
+            "--api-timeout=500ms",
+        ];
+        // The last renewal sent 200 ms ago: one is due, 200 ms left.
+        let sent = Instant::now() - Duration::from_millis(200);
+        let (mut c, shown) = holder_with(&api, sent, &flags);
+        let deadline = sent + Duration::from_millis(400);
+        assert!(c.act(Instant::now()).await, "the renewal");
+        let ended = Instant::now();
+        assert_eq!(
+            calls(&api),
+            ["PUT /apis/coordination.k8s.io/v1/namespaces/default/leases/web"]
+        );
+        assert!(ended >= deadline, "cut at the deadline, not before");
+        assert!(
+            ended < deadline + Duration::from_millis(250),
+            "not the whole api-timeout"
+        );
+        assert_eq!(c.lease, LeaseView::Unknown, "re-read next");
+        assert!(c.retry_at.is_some() && !c.api.reachable(), "backing off");
+        c.publish_status(Instant::now());
+        assert_eq!(shown.borrow().role, Some(Role::Passive));
     }
 
     /// A group of one: nobody can take over, so the app is not held.
