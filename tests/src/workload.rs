@@ -128,13 +128,15 @@ spec:
 /// rule 9): the holder writes its one endpoint. Named as
 /// [`active_service`], so that the same clients and watches serve both.
 pub fn holder_endpoint_service(name: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: {name}-active
-spec:
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
-"#
-    )
+    active_service(name).replace(&format!("  selector: {{app: {name}, role: active}}\n"), "")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_holder_endpoint_service_is_the_active_one_without_its_selector() {
+        let yaml = super::holder_endpoint_service("web");
+        assert!(yaml.contains("name: web-active") && yaml.contains("targetPort: 8080"));
+        assert!(!yaml.contains("selector"), "{yaml}");
+    }
 }
