@@ -18,6 +18,7 @@ pub struct KleRace {
 pub async fn run(cluster: &Cluster, racer: &Path, rounds: usize) -> KleRace {
     let ns = cluster.namespace("bench-kle-race").await;
     let out = tokio::process::Command::new(racer)
+        .env("KUBECONFIG", cluster.dir.join("kubeconfig"))
         .arg(&ns.name)
         .arg(rounds.to_string())
         .output()
