@@ -71,9 +71,9 @@ IMAGE_BINS := baton-sidecar baton-webhook baton-demo-app
 
 ## Container images, the ones the local cluster's node runs: static release
 ## binaries (glibc with +crt-static: no musl toolchain needed) copied to
-## target/image/bin, each wrapped by its Dockerfile (sidecar/Dockerfile,
-## webhook/Dockerfile; the demo app with the sidecar's and build args) with
-## podman, or IMAGE_ENGINE=docker; saved as target/image/<name>.tar.
+## target/image/bin, each wrapped by sidecar/Dockerfile (the one recipe;
+## build args name the binary, its ports and description) with podman, or
+## IMAGE_ENGINE=docker; saved as target/image/<name>.tar.
 image:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(IMAGE_TARGET) \
 	  -p baton-sidecar -p baton-webhook -p baton-e2e $(foreach b,$(IMAGE_BINS),--bin $(b))

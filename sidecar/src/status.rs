@@ -150,19 +150,7 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::{Body, to_bytes};
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    async fn get(router: Router, path: &str) -> (StatusCode, String) {
-        let res = router
-            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        let code = res.status();
-        let body = to_bytes(res.into_body(), 1 << 20).await.expect("body");
-        (code, String::from_utf8_lossy(&body).into_owned())
-    }
+    use crate::testing::get;
 
     #[tokio::test]
     async fn readiness_waits_for_a_role_and_passive_is_ready() {

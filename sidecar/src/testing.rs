@@ -117,6 +117,25 @@ impl ScriptedApi {
     }
 }
 
+/// GETs `path` from `router` in-process: the status and the body as text
+/// (the sidecar's status server and the webhook's health server).
+pub async fn get(router: axum::Router, path: &str) -> (StatusCode, String) {
+    use tower::ServiceExt as _;
+    let response = router
+        .oneshot(
+            HttpRequest::get(path)
+                .body(Body::empty())
+                .expect("a request"),
+        )
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// As the API server answers a create: 201 and the object.
 pub fn created(request: &Request) -> (u16, Value) {
     (201, request.body.clone())

@@ -18,16 +18,19 @@ case "$engine" in
   *) echo "build-images.sh: IMAGE_ENGINE is podman or docker, not $engine" >&2; exit 1 ;;
 esac
 
-# name:dockerfile[:description]
-for spec in "baton-sidecar:sidecar/Dockerfile" "baton-webhook:webhook/Dockerfile" \
-  "baton-demo-app:sidecar/Dockerfile:baton's demo app: hello world with a switchable /healthz"; do
-  IFS=: read -r name file desc <<<"$spec"
+# name:ports[:description], all from sidecar/Dockerfile (one recipe).
+file=sidecar/Dockerfile
+for spec in "baton-sidecar:9095" \
+  "baton-webhook:8443 8080:Mutating admission webhook that injects the baton sidecar into annotated workloads" \
+  "baton-demo-app:8080:baton's demo app: hello world with a switchable /healthz"; do
+  IFS=: read -r name ports desc <<<"$spec"
   tag="$image_repo/$name:$version"
   tar="$out/$name.tar"
   [ -x "$out/bin/$name" ] || { echo "build-images.sh: no $out/bin/$name (make image builds it)" >&2; exit 1; }
   # Up to date when the archive is newer than the binary and the recipe.
   if [ "$tar" -nt "$out/bin/$name" ] && [ "$tar" -nt "$repo/$file" ]; then echo "$tar"; continue; fi
-  args=(build -q -f "$repo/$file" --build-arg "BIN=$name" --build-arg "VERSION=$version" -t "$tag")
+  args=(build -q -f "$repo/$file" --build-arg "BIN=$name" --build-arg "VERSION=$version"
+    --build-arg "PORTS=$ports" -t "$tag")
   [ -n "$desc" ] && args+=(--build-arg "DESCRIPTION=$desc")
   [ "$engine" = podman ] && args+=(--pull=never)
   run "${args[@]}" "$out/bin" >/dev/null

@@ -28,23 +28,10 @@ async fn metrics_text(State(metrics): State<Metrics>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, http::Request};
-    use tower::ServiceExt as _;
+    use baton_sidecar::testing::get as get_text;
 
     use super::*;
     use crate::metrics::{Operation, Outcome};
-
-    async fn get_text(router: Router, path: &str) -> (StatusCode, String) {
-        let response = router
-            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
 
     #[tokio::test]
     async fn healthz_is_ok_and_metrics_show_admissions() {
