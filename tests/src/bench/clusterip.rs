@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 
 use super::{
+    measure::{ProcSample, cpu_percent, proc_sample},
     recorder::{Change, Recorder, State},
     stats::{now, summary},
 };
@@ -96,10 +97,24 @@ impl ServiceMode {
     }
 }
 
+/// One sidecar at rest on the real node: the release binary in the image,
+/// as users run it, measured from /proc over a window without switches.
+#[derive(Clone, Debug)]
+pub struct IdleSidecar {
+    pub role: &'static str,
+    pub rss_kib: u64,
+    /// RssAnon: what each more pod costs (the rest is the binary's pages).
+    pub anon_kib: u64,
+    pub cpu_percent: f64,
+}
+
 #[derive(Default)]
 pub struct ClusterIpResult {
     pub mode: ServiceMode,
     pub rate: u32,
+    /// The group's two sidecars at rest, and the window, s.
+    pub idle: Vec<IdleSidecar>,
+    pub idle_secs: f64,
     pub runs: Vec<SwitchRun>,
     pub rollouts: Vec<RolloutRun>,
     pub errors: Vec<String>,
@@ -108,7 +123,8 @@ pub struct ClusterIpResult {
 impl ClusterIpResult {
     /// The report's section: one row per scenario.
     pub fn markdown(&self) -> String {
-        let mut md = format!(
+        let mut md = self.idle_markdown();
+        md += &format!(
             "A group of two pods (demo app and sidecar, release builds in the images `make image` built) on the **real node**: kubelet, containerd, runc and kube-proxy (versions above) in nftables mode with its default settings. Two clients in the cluster's network namespace call the Service's ClusterIP, {} requests/s each: one opens a new connection per request, one keeps its connections alive. Times run from the driver's act: the active app's health check set to fail (failover), the active pod deleted (planned), the holder's sidecar SIGKILLed and restarted by kubelet (sidecar-kill: no switch when kubelet restarts it at once; kills soon after one another meet kubelet's restart back-off, and the standby takes over). A run's requests are those sent from the act until the client was answered by the new pod (at most {} s after the EndpointSlice switched). Median / p99 (nearest rank) over runs.\n\n",
             self.rate,
             AFTER_SWITCH.as_secs()
@@ -229,6 +245,45 @@ impl ClusterIpResult {
 /// (the active app's health check fails), `planned` planned handovers (the
 /// active pod deleted) and `kills` SIGKILLs of the holder's sidecar, then
 /// deletes the group.
+impl ClusterIpResult {
+    /// The idle sidecars and the sizes of what ships, before the switches.
+    fn idle_markdown(&self) -> String {
+        let size = |path: &str| {
+            std::fs::metadata(baton_e2e::harness::repo_root().join(path))
+                .map_or("–".to_owned(), |m| {
+                    format!("{:.1}", m.len() as f64 / 1048576.0)
+                })
+        };
+        let mut md = format!(
+            "What ships: the sidecar binary {} MiB (image {} MiB), the webhook binary {} MiB (image {} MiB), the demo app {} MiB (`target/image`, release builds).\n\n",
+            size("target/image/bin/baton-sidecar"),
+            size("target/image/baton-sidecar.tar"),
+            size("target/image/bin/baton-webhook"),
+            size("target/image/baton-webhook.tar"),
+            size("target/image/bin/baton-demo-app"),
+        );
+        if !self.idle.is_empty() {
+            let _ = writeln!(
+                md,
+                "The group's sidecars at rest on the real node, over {:.0} s without a switch (the image's release binary; /proc of the container's process):\n\n| sidecar | RSS, MiB | of which private (RssAnon), MiB | CPU, % of a core |\n| --- | --- | --- | --- |",
+                self.idle_secs
+            );
+            for i in &self.idle {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.1} | {:.1} | {:.2} |",
+                    i.role,
+                    i.rss_kib as f64 / 1024.0,
+                    i.anon_kib as f64 / 1024.0,
+                    i.cpu_percent
+                );
+            }
+            md.push('\n');
+        }
+        md
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     cluster: &Cluster,
@@ -238,6 +293,7 @@ pub async fn run(
     planned: usize,
     kills: usize,
     rollouts: usize,
+    idle: Duration,
     say: impl Fn(&str),
 ) -> ClusterIpResult {
     let mut result = ClusterIpResult {
@@ -266,6 +322,19 @@ pub async fn run(
         drop(group);
         ns.delete().await;
         return result;
+    }
+    if !idle.is_zero() {
+        say(&format!(
+            "clusterip: both sidecars at rest for {} s",
+            idle.as_secs()
+        ));
+        match group.idle(idle).await {
+            Ok(sidecars) => {
+                result.idle = sidecars;
+                result.idle_secs = idle.as_secs_f64();
+            }
+            Err(e) => result.errors.push(format!("idle: {e:#}")),
+        }
     }
     let steps: [(&'static str, usize); 3] = [
         ("failover", failovers),
@@ -481,6 +550,38 @@ impl Group {
 }
 
 impl Group {
+    /// Both sidecars' memory and CPU over `window` with nothing happening
+    /// but the holder's renewals.
+    async fn idle(&self, window: Duration) -> anyhow::Result<Vec<IdleSidecar>> {
+        let (active, standby) = self.stable().await?;
+        let mut pids = Vec::new();
+        for (role, pod) in [("holder", &active), ("standby", &standby)] {
+            let pid = self
+                .ns
+                .pid(pod, "baton-sidecar", Duration::from_secs(10))
+                .await;
+            let first = proc_sample(pid).context("the sidecar's /proc")?;
+            pids.push((role, pid, first));
+        }
+        let started = now();
+        // A measure, not a wait for a state: the window is the point.
+        tokio::time::sleep(window).await;
+        let secs = now() - started;
+        let (after, _) = self.stable().await?;
+        anyhow::ensure!(after == active, "the holder changed during the window");
+        pids.into_iter()
+            .map(|(role, pid, first): (&'static str, u32, ProcSample)| {
+                let last = proc_sample(pid).context("the sidecar's /proc")?;
+                Ok(IdleSidecar {
+                    role,
+                    rss_kib: last.rss_kib,
+                    anon_kib: last.anon_kib,
+                    cpu_percent: cpu_percent(&first, &last, secs),
+                })
+            })
+            .collect()
+    }
+
     /// `kubectl rollout restart` of the group while both clients call it:
     /// over when kubectl says the rollout is done, the group is steady and
     /// each client has been answered by the final active pod.

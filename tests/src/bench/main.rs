@@ -14,7 +14,7 @@ mod stats;
 mod svg;
 mod webhook;
 
-use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use baton_e2e::harness::{Cluster, repo_root};
@@ -93,6 +93,10 @@ struct Args {
         default_value = "labels,holder-endpoint"
     )]
     clusterip_modes: Vec<clusterip::ServiceMode>,
+    /// Seconds the group's sidecars rest, measured, before the switches
+    /// (each kind of Service); 0 skips it.
+    #[arg(long, default_value_t = 60)]
+    clusterip_idle_secs: u64,
     /// Requests per second of each ClusterIP client.
     #[arg(long, default_value_t = 200)]
     clusterip_rate: u32,
@@ -152,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
                     args.clusterip_planned,
                     args.clusterip_kills,
                     args.clusterip_rollouts,
+                    Duration::from_secs(args.clusterip_idle_secs),
                     say,
                 )
                 .await,
