@@ -153,15 +153,11 @@ fn review_json(response: AdmissionResponse) -> Result<serde_json::Value, serde_j
     Ok(review)
 }
 
-/// Reads an `admission.k8s.io/v1` AdmissionReview and its request.
-fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
-    parse_review_raw(body).map(|(req, _)| req)
-}
-
-/// Like [`parse_review`], also returning the request's object exactly as sent.
-fn parse_review_raw(
-    body: &[u8],
-) -> Result<(AdmissionRequest<DynamicObject>, serde_json::Value), BadRequest> {
+/// Reads the body once into JSON and checks that it is an
+/// `admission.k8s.io/v1` AdmissionReview. The request is then typed straight
+/// from that JSON ([`typed_request`], by reference: no copy), and the object
+/// as sent stays at hand for the patch check.
+fn parse_review(body: &[u8]) -> Result<serde_json::Value, BadRequest> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(BadRequest::NotJson)?;
     let field = |name: &str| {
         value
@@ -174,14 +170,36 @@ fn parse_review_raw(
     if api_version != REVIEW_API_VERSION || kind != "AdmissionReview" {
         return Err(BadRequest::NotReview { api_version, kind });
     }
-    let raw = value
-        .pointer("/request/object")
-        .cloned()
-        .unwrap_or_default();
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(value).map_err(BadRequest::Malformed)?;
-    let req = review.try_into().map_err(|_| BadRequest::NoRequest)?;
-    Ok((req, raw))
+    Ok(value)
+}
+
+/// The request's `kind` (group, version, kind), when it has one: checked
+/// before the object is typed, so that a wrong kind is said as such.
+fn request_kind(review: &serde_json::Value) -> Option<(String, String, String)> {
+    let kind = review.pointer("/request/kind")?;
+    let text = |name: &str| kind.get(name)?.as_str().map(str::to_owned);
+    Some((text("group")?, text("version")?, text("kind")?))
+}
+
+/// The request, its object typed as `K` (`kind` names it in errors): a
+/// review that does not parse as one is `Malformed`, unless only its object
+/// is at fault, which is a `BadObject`.
+fn typed_request<K>(
+    review: &serde_json::Value,
+    kind: &'static str,
+) -> Result<AdmissionRequest<K>, BadRequest>
+where
+    K: kube::Resource + DeserializeOwned,
+{
+    use serde::Deserialize as _;
+    let parsed =
+        AdmissionReview::<K>::deserialize(review).map_err(|source| {
+            match AdmissionReview::<DynamicObject>::deserialize(review) {
+                Ok(_) => BadRequest::BadObject { kind, source },
+                Err(envelope) => BadRequest::Malformed(envelope),
+            }
+        })?;
+    parsed.try_into().map_err(|_| BadRequest::NoRequest)
 }
 
 /// Pod fields the injection may change; a patch that replaces them whole is
@@ -222,15 +240,6 @@ fn patch_for(
             .collect(),
     );
     applies(&coarse).then_some(coarse)
-}
-
-fn object_as<K: DeserializeOwned>(
-    object: &DynamicObject,
-    kind: &'static str,
-) -> Result<K, BadRequest> {
-    let value =
-        serde_json::to_value(object).map_err(|source| BadRequest::BadObject { kind, source })?;
-    serde_json::from_value(value).map_err(|source| BadRequest::BadObject { kind, source })
 }
 
 fn pod_display_name(pod: &Pod) -> String {
@@ -288,22 +297,27 @@ fn validate_in(state: &Admission, body: &[u8], namespace: NamespaceInjection) ->
 
 impl Admission {
     async fn mutate(&self, body: &[u8]) -> Result<Answer, Answer> {
-        let (req, raw) = parse_review_raw(body)?;
-        if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
+        let review = parse_review(body)?;
+        if let Some((group, version, kind)) = request_kind(&review)
+            && (!group.is_empty() || kind != "Pod")
+        {
             return Err(BadRequest::WrongKind {
                 expected: "a v1 Pod",
-                got: format!("{}/{} {}", req.kind.group, req.kind.version, req.kind.kind),
+                got: format!("{group}/{version} {kind}"),
             }
             .into());
         }
+        let mut req: AdmissionRequest<Pod> = typed_request(&review, "Pod")?;
         let response = AdmissionResponse::from(&req);
         if req.operation != Op::Create {
             return Ok(Answer::Review(Box::new(response), Outcome::Skipped));
         }
-        let object = req.object.as_ref().ok_or(BadRequest::NoObject {
+        let pod = req.object.take().ok_or(BadRequest::NoObject {
             operation: req.operation.clone(),
         })?;
-        let pod: Pod = object_as(object, "Pod")?;
+        let raw = review
+            .pointer("/request/object")
+            .unwrap_or(&serde_json::Value::Null);
         let namespace = req
             .namespace
             .clone()
@@ -315,7 +329,7 @@ impl Admission {
         // thread polls next (spans nested across requests, then a panic in
         // tracing-subscriber's registry under load).
         let span = tracing::info_span!("mutate", %namespace, pod = %name, uid = %req.uid, dry_run = req.dry_run);
-        self.mutate_pod(&req, &raw, response, pod, &namespace, &name)
+        self.mutate_pod(&req, raw, response, pod, &namespace, &name)
             .instrument(span)
             .await
     }
@@ -323,7 +337,7 @@ impl Admission {
     /// Decides on one Pod CREATE: its owner, injection or not, the Events.
     async fn mutate_pod(
         &self,
-        req: &AdmissionRequest<DynamicObject>,
+        req: &AdmissionRequest<Pod>,
         raw: &serde_json::Value,
         response: AdmissionResponse,
         pod: Pod,
@@ -394,33 +408,51 @@ impl Admission {
     }
 
     fn validate(&self, body: &[u8], injection: NamespaceInjection) -> Result<Answer, Answer> {
-        let req = parse_review(body)?;
-        let response = AdmissionResponse::from(&req);
-        let kind: &'static str = match (req.kind.group.as_str(), req.kind.kind.as_str()) {
+        let review = parse_review(body)?;
+        let Some((group, version, kind_name)) = request_kind(&review) else {
+            // No request, or no kind: what is wrong with the review as a whole.
+            let error = typed_request::<DynamicObject>(&review, "object").err();
+            return Err(error.unwrap_or(BadRequest::NoRequest).into());
+        };
+        let kind: &'static str = match (group.as_str(), kind_name.as_str()) {
             ("apps", "StatefulSet") => "StatefulSet",
             ("apps", "Deployment") => "Deployment",
             _ => {
                 return Err(BadRequest::WrongKind {
                     expected: "an apps StatefulSet or Deployment",
-                    got: format!("{}/{} {}", req.kind.group, req.kind.version, req.kind.kind),
+                    got: format!("{group}/{version} {kind_name}"),
                 }
                 .into());
             }
         };
-        if !matches!(req.operation, Op::Create | Op::Update) {
+        // The request's common fields, and the workload's metadata and pod
+        // template, typed once as the kind it is.
+        let (response, operation, namespace, workload) = if kind == "StatefulSet" {
+            let mut req: AdmissionRequest<StatefulSet> = typed_request(&review, kind)?;
+            let object = req.object.take();
+            let workload = object.map(|o| (o.metadata, o.spec.map(|s| s.template)));
+            (
+                AdmissionResponse::from(&req),
+                req.operation,
+                req.namespace,
+                workload,
+            )
+        } else {
+            let mut req: AdmissionRequest<Deployment> = typed_request(&review, kind)?;
+            let object = req.object.take();
+            let workload = object.map(|o| (o.metadata, o.spec.map(|s| s.template)));
+            (
+                AdmissionResponse::from(&req),
+                req.operation,
+                req.namespace,
+                workload,
+            )
+        };
+        if !matches!(operation, Op::Create | Op::Update) {
             return Ok(Answer::Review(Box::new(response), Outcome::Allowed));
         }
-        let object = req.object.as_ref().ok_or(BadRequest::NoObject {
-            operation: req.operation.clone(),
-        })?;
-        let namespace = req.namespace.clone().unwrap_or_default();
-        let (meta, template) = if kind == "StatefulSet" {
-            let sts: StatefulSet = object_as(object, kind)?;
-            (sts.metadata, sts.spec.map(|s| s.template))
-        } else {
-            let deploy: Deployment = object_as(object, kind)?;
-            (deploy.metadata, deploy.spec.map(|s| s.template))
-        };
+        let (meta, template) = workload.ok_or(BadRequest::NoObject { operation })?;
+        let namespace = namespace.unwrap_or_default();
         let PodTemplateSpec { metadata, spec } = template.unwrap_or_default();
         let pod = Pod {
             metadata: metadata.unwrap_or_default(),
