@@ -1759,6 +1759,30 @@ mod tests {
         assert_eq!(shown.borrow().role, Some(Role::Passive));
     }
 
+    /// SIGTERM to the sidecar of a deleted holder that drains (a restarted
+    /// sidecar, or a regular container beside the app) ends the drain: the
+    /// label goes passive at once, and the handover is then done.
+    #[tokio::test]
+    async fn sigterm_while_draining_ends_the_drain_and_labels_passive_at_once() {
+        let api = deletion_api(&["web-0", "web-1"]);
+        let (mut c, _shown) = deleted_holder(&api);
+        assert!(c.act(Instant::now()).await, "the release");
+        assert!(c.act(Instant::now()).await, "the group counted");
+        assert!(c.draining(Instant::now()), "draining, web-1 may take over");
+        assert_eq!(patches(&api), 0);
+
+        c.begin_shutdown();
+        assert!(!c.draining(Instant::now()), "SIGTERM ends the drain");
+        assert_eq!(
+            c.gave_up(),
+            Some(GiveUp::PodTerminating),
+            "the first cause is kept"
+        );
+        assert!(c.act(Instant::now()).await, "the passive label");
+        assert_eq!(patches(&api), 1, "{:?}", calls(&api));
+        assert!(c.handover_done(), "released and labelled passive");
+    }
+
     /// A group of one: nobody can take over, so the app is not held.
     #[tokio::test]
     async fn a_deleted_holder_alone_in_its_group_does_not_drain() {

@@ -117,22 +117,24 @@ impl ScriptedApi {
     }
 }
 
-/// GETs `path` from `router` in-process: the status and the body as text
-/// (the sidecar's status server and the webhook's health server).
-pub async fn get(router: axum::Router, path: &str) -> (StatusCode, String) {
+/// Sends `request` to `router` in-process: the status and the body.
+pub async fn call(router: axum::Router, request: HttpRequest<Body>) -> (StatusCode, Vec<u8>) {
     use tower::ServiceExt as _;
-    let response = router
-        .oneshot(
-            HttpRequest::get(path)
-                .body(Body::empty())
-                .expect("a request"),
-        )
-        .await
-        .expect("infallible");
+    let response = router.oneshot(request).await.expect("infallible");
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .expect("the body");
+    (status, body.to_vec())
+}
+
+/// GETs `path` from `router` in-process: the status and the body as text
+/// (the sidecar's status server and the webhook's health server).
+pub async fn get(router: axum::Router, path: &str) -> (StatusCode, String) {
+    let request = HttpRequest::get(path)
+        .body(Body::empty())
+        .expect("a request");
+    let (status, body) = call(router, request).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 

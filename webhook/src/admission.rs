@@ -507,7 +507,6 @@ mod tests {
     use futures::future::BoxFuture;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use serde_json::{Value, json};
-    use tower::ServiceExt as _;
 
     use super::*;
     use crate::{
@@ -628,15 +627,7 @@ mod tests {
             .header("content-type", "application/json")
             .body(Body::from(body))
             .expect("request builds");
-        let response = router(h.state.clone())
-            .oneshot(request)
-            .await
-            .expect("router is infallible");
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body reads");
-        (status, bytes.to_vec())
+        baton_sidecar::testing::call(router(h.state.clone()), request).await
     }
 
     /// Posts and expects an AdmissionReview answer: its `response`.
