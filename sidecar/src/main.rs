@@ -2,7 +2,7 @@ use anyhow::Context;
 use baton_sidecar::{Settings, telemetry};
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     telemetry::init(settings.log_format);
