@@ -202,6 +202,32 @@ where
     parsed.try_into().map_err(|_| BadRequest::NoRequest)
 }
 
+/// A workload's metadata and pod template.
+type Workload = (
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    Option<PodTemplateSpec>,
+);
+
+/// A workload's request typed as `K`: the response to fill in, the
+/// operation, the namespace, and the object's metadata and pod template.
+fn workload_request<K>(
+    review: &serde_json::Value,
+    kind: &'static str,
+    parts: fn(K) -> Workload,
+) -> Result<(AdmissionResponse, Op, Option<String>, Option<Workload>), BadRequest>
+where
+    K: kube::Resource + DeserializeOwned,
+{
+    let mut req: AdmissionRequest<K> = typed_request(review, kind)?;
+    let workload = req.object.take().map(parts);
+    Ok((
+        AdmissionResponse::from(&req),
+        req.operation,
+        req.namespace,
+        workload,
+    ))
+}
+
 /// Pod fields the injection may change; a patch that replaces them whole is
 /// the fallback when the fine-grained one does not fit the object as sent.
 const INJECTED_FIELDS: [&str; 5] = [
@@ -428,25 +454,13 @@ impl Admission {
         // The request's common fields, and the workload's metadata and pod
         // template, typed once as the kind it is.
         let (response, operation, namespace, workload) = if kind == "StatefulSet" {
-            let mut req: AdmissionRequest<StatefulSet> = typed_request(&review, kind)?;
-            let object = req.object.take();
-            let workload = object.map(|o| (o.metadata, o.spec.map(|s| s.template)));
-            (
-                AdmissionResponse::from(&req),
-                req.operation,
-                req.namespace,
-                workload,
-            )
+            workload_request(&review, kind, |s: StatefulSet| {
+                (s.metadata, s.spec.map(|s| s.template))
+            })?
         } else {
-            let mut req: AdmissionRequest<Deployment> = typed_request(&review, kind)?;
-            let object = req.object.take();
-            let workload = object.map(|o| (o.metadata, o.spec.map(|s| s.template)));
-            (
-                AdmissionResponse::from(&req),
-                req.operation,
-                req.namespace,
-                workload,
-            )
+            workload_request(&review, kind, |d: Deployment| {
+                (d.metadata, d.spec.map(|s| s.template))
+            })?
         };
         if !matches!(operation, Op::Create | Op::Update) {
             return Ok(Answer::Review(Box::new(response), Outcome::Allowed));
