@@ -746,6 +746,24 @@ pub fn http() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// Whether kubelet reports the pod Ready.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// How often kubelet has restarted the pod's sidecar (a native sidecar: an
+/// init container).
+pub fn sidecar_restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "baton-sidecar"))
+        .map_or(0, |c| c.restart_count)
+}
+
 /// A pod's IP as the API server reports it, once kubelet has given it one.
 pub async fn pod_ip(ns: &TestNamespace, pod: &str) -> String {
     let what = format!("pod {pod} to have an IP");

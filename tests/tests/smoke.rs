@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use baton_e2e::{
-    harness::{Cluster, http, labelled, pod_ip, wait_endpoints, wait_until},
+    harness::{Cluster, http, labelled, pod_ip, pod_ready, wait_endpoints, wait_until},
     workload,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -15,13 +15,6 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
 
 #[tokio::test]
 async fn endpoints_follow_the_role_label_across_pods() {
@@ -35,7 +28,7 @@ async fn endpoints_follow_the_role_label_across_pods() {
         "app=web",
         T,
         "2 Ready pods on the real node",
-        |pods| pods.len() == 2 && pods.iter().all(is_ready),
+        |pods| pods.len() == 2 && pods.iter().all(pod_ready),
     )
     .await;
     for p in &pods {
@@ -99,7 +92,7 @@ async fn the_node_runs_the_demo_app_image_on_the_pod_ip() {
     let ns = cluster.namespace("smoke-node").await;
     ns.apply(&workload::statefulset("hello", 1, false, &[]));
     wait_until::<Pod, _>(ns.api(), "app=hello", T, "a Ready pod", |pods| {
-        pods.len() == 1 && pods.iter().all(is_ready)
+        pods.len() == 1 && pods.iter().all(pod_ready)
     })
     .await;
     let pid = ns.pid("hello-0", "app", T).await;

@@ -12,8 +12,9 @@ use std::{
 use baton_e2e::{
     clients::{self, Client, Connections, REQUEST_TIMEOUT},
     harness::{
-        Cluster, LeaseHistory, NeverTwoActive, ReadyEndpointsHistory, TestNamespace, signal,
-        wait_app_healthy, wait_endpoints, wait_for_holder, wait_for_object, wait_roles, wait_until,
+        Cluster, LeaseHistory, NeverTwoActive, ReadyEndpointsHistory, TestNamespace, pod_ready,
+        sidecar_restarts, signal, wait_app_healthy, wait_endpoints, wait_for_holder,
+        wait_for_object, wait_roles, wait_until,
     },
     install::InstalledWebhook,
     prometheus::sample_sum,
@@ -207,14 +208,8 @@ async fn the_injected_sidecars_readiness_drives_the_pods_ready_condition() {
     let ns = cluster.namespace("webhook-ready").await;
     InstalledWebhook::shared(&ns).await;
     ns.apply(&opted_in_statefulset("web", 1));
-    let is_ready = |p: &Pod| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
     let pod = wait_for_object::<Pod, _>(ns.api(), "web-0", T, "web-0 injected and Ready", |p| {
-        sidecars(p) == 1 && is_ready(p)
+        sidecars(p) == 1 && pod_ready(p)
     })
     .await;
     assert_eq!(sidecars(&pod), 1);
@@ -225,18 +220,13 @@ async fn the_injected_sidecars_readiness_drives_the_pods_ready_condition() {
         "web-0",
         T,
         "web-0 not Ready while its sidecar is frozen",
-        |p| !is_ready(p),
+        |p| !pod_ready(p),
     )
     .await;
     signal(pid, "CONT").await;
-    let pod = wait_for_object::<Pod, _>(ns.api(), "web-0", T, "web-0 Ready again", is_ready).await;
+    let pod = wait_for_object::<Pod, _>(ns.api(), "web-0", T, "web-0 Ready again", pod_ready).await;
     // Readiness only: the liveness probe did not restart the sidecar.
-    let restarts = pod
-        .status
-        .and_then(|s| s.init_container_statuses)
-        .and_then(|c| c.into_iter().find(|c| c.name == "baton-sidecar"))
-        .map(|c| c.restart_count);
-    assert_eq!(restarts, Some(0));
+    assert_eq!(sidecar_restarts(&pod), 0);
     ns.delete().await;
 }
 
@@ -762,23 +752,6 @@ async fn deleting_the_active_pod_loses_no_request_through_the_cluster_ip() {
     clients.assert_none_failed("deleting the active pod").await;
     assert_eq!(guard.assert_held().await, 1, "one active pod at a time");
     ns.delete().await;
-}
-
-/// The restarts of a pod's sidecar (a native sidecar: an init container).
-fn sidecar_restarts(pod: &Pod) -> i32 {
-    pod.status
-        .iter()
-        .flat_map(|s| s.init_container_statuses.iter().flatten())
-        .filter(|c| c.name == "baton-sidecar")
-        .map(|c| c.restart_count)
-        .sum()
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .iter()
-        .flat_map(|s| s.conditions.iter().flatten())
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Issue 16, design rule 9: with `baton.dev/service`, the holder writes the

@@ -14,7 +14,10 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use baton_e2e::{
     clients::{Client, Connections, REQUEST_TIMEOUT, Sample, both_steady_on},
-    harness::{Cluster, TestNamespace, http, pod_ip, set_app_health, signal, wait_for_holder},
+    harness::{
+        Cluster, TestNamespace, http, pod_ip, pod_ready, set_app_health, sidecar_restarts, signal,
+        wait_for_holder,
+    },
     workload,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -689,21 +692,6 @@ async fn poll_status(url: &str, holder: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("{url}: not healthy with holder {holder} within 60 s; last: {last}")
-}
-
-fn sidecar_restarts(p: &Pod) -> i32 {
-    p.status
-        .as_ref()
-        .and_then(|s| s.init_container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "baton-sidecar"))
-        .map_or(0, |c| c.restart_count)
-}
-
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// One client's figures for requests sent in [t0, until): `switched` is
