@@ -564,9 +564,13 @@ impl Candidate {
             && self.service_endpoints.is_some()
             && self.endpoint_retry_at.is_none_or(|t| now >= t)
         {
-            let result = self.point_service(now).await;
-            self.settle_endpoint(result);
-            return true;
+            return match self.point_service(now).await {
+                Some(result) => {
+                    self.settle_endpoint(result);
+                    true
+                }
+                None => false,
+            };
         }
 
         // docs/design.md rule 3: a holder demotes the others, then promotes itself.
@@ -782,14 +786,15 @@ impl Candidate {
 
     /// Rule 9: replaces the Service slice's endpoint with our pod, if we are
     /// still holder right before the write.
-    async fn point_service(&mut self, now: Instant) -> Result<Pointed, EndpointError> {
+    /// `None`: nothing sent (no longer holder by now).
+    async fn point_service(&mut self, now: Instant) -> Option<Result<Pointed, EndpointError>> {
         let (Some(endpoints), Some(pod)) = (&self.service_endpoints, &self.pod) else {
-            return Ok(Pointed::AlreadySo);
+            return None;
         };
         if !self.leading(Instant::now()) {
-            return Ok(Pointed::AlreadySo);
+            return None;
         }
-        endpoints.point_at(pod, self.call_timeout(now)).await
+        Some(endpoints.point_at(pod, self.call_timeout(now)).await)
     }
 
     /// Records the outcome of `point_service`. A failure does not hold up
