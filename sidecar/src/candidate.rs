@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     backoff::{self, ApiState, Streak},
+    controls::{self, CORDONED, PAUSED, SWITCH_REASON, SWITCHOVER_TO, Target},
     election::{self, LeaseClient, LeaseView, Observed, Situation, Step, WriteError},
     endpoints::{EndpointError, Pointed, ServiceEndpoints},
     events::Events,
@@ -97,6 +98,28 @@ pub struct Candidate {
     endpoint_failures: Streak,
     /// The misconfiguration last said in a Warning Event, said once.
     endpoint_problem_said: Option<String>,
+    /// Our switchover in flight, or just ended (rule 10).
+    handing_over: Option<HandingOver>,
+    /// A cordoned holder whose handover nobody took tries again then.
+    handover_retry_at: Option<Instant>,
+    /// Whether the group was paused when last said (log, metric, Event).
+    paused_said: Option<bool>,
+    /// The invalid control annotation last said, said once.
+    control_problem_said: Option<String>,
+    /// Keep our Pod's app-healthy condition (rule 10).
+    health_condition: bool,
+    health_retry_at: Option<Instant>,
+    health_failures: Streak,
+}
+
+/// A switchover we started (rule 10): the Lease version we wrote, whom it
+/// hands the role to, and when we take it back if nobody has taken it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HandingOver {
+    version: String,
+    target: Target,
+    began: Instant,
+    until: Instant,
 }
 
 /// Why an action failed, for back-off and logs.
@@ -122,7 +145,9 @@ impl ActionError {
             | ActionError::Label(LabelError::Timeout { .. }) => true,
             ActionError::Lease(WriteError::Api { source, .. })
             | ActionError::Label(
-                LabelError::Patch { source, .. } | LabelError::List { source, .. },
+                LabelError::Patch { source, .. }
+                | LabelError::List { source, .. }
+                | LabelError::Condition { source, .. },
             ) => no_answer(source),
             _ => false,
         }
@@ -174,7 +199,20 @@ impl Candidate {
             endpoint_retry_at: None,
             endpoint_failures: Streak::default(),
             endpoint_problem_said: None,
+            handing_over: None,
+            handover_retry_at: None,
+            paused_said: None,
+            control_problem_said: None,
+            health_condition: false,
+            health_retry_at: None,
+            health_failures: Streak::default(),
         }
+    }
+
+    /// The sidecar also keeps its Pod's app-healthy condition (rule 10).
+    pub fn with_health_condition(mut self, on: bool) -> Self {
+        self.health_condition = on;
+        self
     }
 
     /// The holder also makes itself the one endpoint of this Service (rule 9).
@@ -237,8 +275,73 @@ impl Candidate {
         }
     }
 
+    /// May hold the Lease: the app is healthy, or the group is paused and
+    /// we hold it (a failing app is reported, not acted on: rule 10), and
+    /// the pod is not on its way out.
     fn eligible(&self) -> bool {
-        self.health.borrow().healthy && !self.terminating()
+        let app_ok =
+            self.health.borrow().healthy || (self.paused() && self.holder() == Some(self.me()));
+        app_ok && !self.terminating()
+    }
+
+    /// May also take the Lease: eligible and not cordoned (rule 10).
+    fn may_take(&self) -> bool {
+        self.eligible() && !self.cordoned()
+    }
+
+    /// Our Pod carries `baton.dev/cordoned=true`.
+    fn cordoned(&self) -> bool {
+        self.pod
+            .as_ref()
+            .is_some_and(|p| controls::flag(p.metadata.annotations.as_ref(), CORDONED) == Ok(true))
+    }
+
+    fn lease_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.lease_object
+            .as_ref()
+            .and_then(|l| l.metadata.annotations.as_ref())
+    }
+
+    /// The group's Lease carries `baton.dev/paused=true`.
+    fn paused(&self) -> bool {
+        controls::flag(self.lease_annotations(), PAUSED) == Ok(true)
+    }
+
+    /// The switchover asked for on the Lease, if any (and valid).
+    fn switchover_request(&self) -> Option<Target> {
+        controls::switchover_target(self.lease_annotations())
+            .ok()
+            .flatten()
+    }
+
+    /// The Lease names us because a switchover hands it to us.
+    fn offered(&self) -> bool {
+        matches!(self.switchover_request(), Some(Target::Pod(p)) if p == self.me())
+            && self.holder() == Some(self.me())
+    }
+
+    /// Our switchover is under way: we keep our active label until the
+    /// new holder demotes us (as it does before it promotes itself), so
+    /// that the Service is not left without an endpoint in between; at
+    /// most a lease duration.
+    fn keeps_label_while_handing_over(&self, now: Instant) -> bool {
+        self.phase == Phase::Candidate
+            && self.eligible()
+            && self
+                .handing_over
+                .as_ref()
+                .is_some_and(|h| now < h.began + self.settings.lease_duration)
+    }
+
+    /// Whom the holder should hand the role to now, and why (rule 10).
+    fn handover_wanted(&self, now: Instant) -> Option<(Target, &'static str)> {
+        if self.cordoned() && self.handover_retry_at.is_none_or(|t| now >= t) {
+            return Some((Target::Any, "cordoned"));
+        }
+        match self.switchover_request()? {
+            Target::Pod(p) if p == self.me() => None,
+            target => Some((target, "switchover requested")),
+        }
     }
 
     /// Rule 8: our pod is being deleted while labelled active. It keeps
@@ -295,6 +398,7 @@ impl Candidate {
             let now = Instant::now();
             self.note_health();
             self.note_stranger();
+            self.note_controls();
             // Before acting too: at the deadline the action is the passive
             // label, which may take an API timeout, and what we show must
             // not wait for it (`docs/design.md`, rule 5).
@@ -408,6 +512,23 @@ impl Candidate {
                 .last_failure
                 .clone()
                 .unwrap_or_default();
+            if self.paused() {
+                warn!(%why, "app failed its probe; the group is paused: keeping the lease");
+                if let Some(pod) = &self.pod {
+                    self.events.publish(
+                        pod,
+                        true,
+                        "UnhealthyWhilePaused",
+                        format!(
+                            "app failed its probe ({why}); group paused: keeping lease {} (resume to fail over: kubectl baton resume {})",
+                            self.leases.name(),
+                            self.leases.name()
+                        ),
+                    );
+                }
+                self.was_healthy = healthy;
+                return;
+            }
             if let Some(pod) = &self.pod {
                 self.events.publish(
                     pod,
@@ -472,6 +593,72 @@ impl Candidate {
         }
     }
 
+    /// Says once per change whether the group is paused (log, metric, and
+    /// an Event from the holder), and any control annotation that means
+    /// nothing (rule 10).
+    fn note_controls(&mut self) {
+        if self.lease == LeaseView::Unknown {
+            return;
+        }
+        let paused = self.paused();
+        if self.paused_said != Some(paused) {
+            self.metrics.set_group_paused(paused);
+            let news = self.paused_said.is_some() || paused;
+            self.paused_said = Some(paused);
+            if news {
+                let lease = self.leases.name().to_owned();
+                if paused {
+                    info!(%lease, "group paused: a failing app is reported, not failed over");
+                } else {
+                    info!(%lease, "group resumed: automatic failover is back");
+                }
+                if let (Some(pod), Some(true)) = (&self.pod, self.holder().map(|h| h == self.me()))
+                {
+                    let (reason, note) = if paused {
+                        (
+                            "Paused",
+                            format!(
+                                "group {lease} paused: automatic failover is off; a failing app is reported, not failed over"
+                            ),
+                        )
+                    } else {
+                        (
+                            "Resumed",
+                            format!("group {lease} resumed: automatic failover is on"),
+                        )
+                    };
+                    self.events.publish(pod, false, reason, note);
+                }
+            }
+        }
+        self.metrics.set_cordoned(self.cordoned());
+        let problem = [
+            controls::flag(self.lease_annotations(), PAUSED).err(),
+            controls::switchover_target(self.lease_annotations()).err(),
+            controls::flag(
+                self.pod
+                    .as_ref()
+                    .and_then(|p| p.metadata.annotations.as_ref()),
+                CORDONED,
+            )
+            .err(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{e}; ignored"))
+        .next();
+        if problem != self.control_problem_said {
+            if let Some(problem) = &problem {
+                warn!(%problem, "invalid control annotation");
+                if let Some(pod) = &self.pod {
+                    self.events
+                        .publish(pod, true, "InvalidControl", problem.clone());
+                }
+            }
+            self.control_problem_said = problem;
+        }
+    }
+
     /// The next instant at which a decision may change without any input.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         let step = self.step(now);
@@ -483,12 +670,20 @@ impl Candidate {
         let endpoint_retry = self
             .endpoint_retry_at
             .filter(|_| !self.endpoint_current && self.leading(now));
+        let handover_ends = self
+            .handing_over
+            .as_ref()
+            .map(|h| h.began + self.settings.lease_duration);
+        let health_retry = self.health_retry_at.filter(|_| self.health_condition);
         [
             step_wake,
             self.leading_until(),
             self.retry_at,
             drain_end,
             endpoint_retry,
+            handover_ends,
+            self.handover_retry_at,
+            health_retry,
         ]
         .into_iter()
         .flatten()
@@ -500,6 +695,13 @@ impl Candidate {
         election::next_step(&Situation {
             me: self.me(),
             eligible: self.eligible(),
+            may_take: self.may_take(),
+            paused: self.paused(),
+            offered: self.offered(),
+            handed_over: self
+                .handing_over
+                .as_ref()
+                .map(|h| (h.version.as_str(), h.until)),
             lease: &self.lease,
             last_renew_sent: self.last_renew_sent,
             renew_period: self.settings.renew_period,
@@ -535,6 +737,7 @@ impl Candidate {
             && label != Some(Role::Passive)
             && !self.may_still_hold(label)
             && !self.draining(now)
+            && !self.keeps_label_while_handing_over(now)
         {
             let result = self.set_own_role(Role::Passive, now).await;
             self.note_passive_label(&result);
@@ -554,6 +757,18 @@ impl Candidate {
         if !matches!(step, Step::WaitUntil(_)) {
             let result = self.lease_step(step, now).await;
             return self.settle(step_name(step), result);
+        }
+
+        // docs/design.md rule 10: a switchover asked for, or a cordoned
+        // holder, hands the Lease on; the label stays until the new holder
+        // demotes us.
+        if leading
+            && have_pod
+            && self.handing_over.is_none()
+            && let Some((target, why)) = self.handover_wanted(now)
+        {
+            let result = self.hand_over(target, why, now).await;
+            return self.settle("hand over lease", result);
         }
 
         // docs/design.md rule 9: a holder first makes itself the Service's
@@ -608,6 +823,17 @@ impl Candidate {
                 .await
                 .map(|m| self.holder_pod = Some((holder, m)));
             return self.settle("check lease holder", result.map_err(ActionError::from));
+        }
+
+        // Our app's health on our Pod, for people and `kubectl baton`.
+        if self.health_condition && have_pod && self.health_retry_at.is_none_or(|t| now >= t) {
+            let health = self.health.borrow().clone();
+            let shown = self.pod.as_ref().and_then(controls::app_healthy_condition);
+            if health.probed() && shown != Some(health.healthy) {
+                let result = self.publish_health(&health, now).await;
+                self.settle_health(result);
+                return true;
+            }
         }
 
         // The label already says what we decided (a pod admitted as
@@ -744,17 +970,42 @@ impl Candidate {
             Step::Create => None,
             _ => self.lease_object.as_ref(),
         };
-        let desired = election::desired_lease(
+        let mut desired = election::desired_lease(
             current,
             step,
             self.me(),
             self.settings.lease_duration,
             Timestamp::now(),
         );
+        let taking_back = step == Step::Acquire
+            && self.handing_over.as_ref().is_some_and(|h| {
+                current.and_then(|c| c.metadata.resource_version.as_ref()) == Some(&h.version)
+            });
+        let reason = self.switch_reason(step, current, taking_back);
+        if let Some(reason) = &reason {
+            election::annotate(&mut desired, SWITCH_REASON, Some(reason.clone()));
+        }
+        if self.ends_switchover(step, taking_back) {
+            election::annotate(&mut desired, SWITCHOVER_TO, None);
+        }
         let sent = Instant::now();
         let written = self.leases.write(current, desired, timeout).await?;
         let before = self.holder().map(str::to_owned);
         self.observe_lease(Some(&written), Instant::now());
+        if taking_back {
+            let reason = reason.unwrap_or_default();
+            warn!(%reason, "switchover not taken; keeping the role");
+            self.metrics.switchover("taken_back");
+            if let Some(pod) = &self.pod {
+                self.events.publish(pod, true, "SwitchoverFailed", reason);
+            }
+            if self.cordoned() {
+                self.handover_retry_at = Some(Instant::now() + self.settings.lease_duration);
+            }
+        }
+        if step != Step::Release {
+            self.handing_over = None;
+        }
         match step {
             Step::Release => {
                 self.last_renew_sent = None;
@@ -782,6 +1033,152 @@ impl Candidate {
             }
         }
         Ok(())
+    }
+
+    /// Why the holder changes with this write, for `baton.dev/switch-reason`
+    /// (None: leave it; a released Lease keeps what its releaser wrote).
+    fn switch_reason(
+        &self,
+        step: Step,
+        current: Option<&Lease>,
+        taking_back: bool,
+    ) -> Option<String> {
+        let me = self.me();
+        match step {
+            Step::Create => Some(format!("{me} created the lease")),
+            Step::Acquire if taking_back => {
+                let h = self.handing_over.as_ref()?;
+                Some(format!(
+                    "switchover to {} not taken within {:?}; {me} keeps the role",
+                    h.target,
+                    h.until - h.began
+                ))
+            }
+            Step::Acquire => current
+                .and_then(|c| c.spec.as_ref())
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty() && h != me)
+                .map(|h| format!("{h} stopped renewing; its lease expired")),
+            Step::Release => Some(match self.gave_up() {
+                Some(why) => format!("{me} gave up: {}", give_up_text(why)),
+                None => format!(
+                    "{me} gave up: app unhealthy ({})",
+                    self.health
+                        .borrow()
+                        .last_failure
+                        .clone()
+                        .unwrap_or_default()
+                ),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether this write ends the switchover asked for on the Lease: the
+    /// pod it names takes the role, any pod takes it when any may, or the
+    /// holder takes it back.
+    fn ends_switchover(&self, step: Step, taking_back: bool) -> bool {
+        match (step, self.switchover_request()) {
+            (Step::Acquire, Some(_)) if taking_back => true,
+            (Step::Acquire, Some(Target::Any)) => true,
+            (Step::Acquire | Step::Renew, Some(Target::Pod(p))) => p == self.me(),
+            _ => false,
+        }
+    }
+
+    /// Rule 10: hands the Lease to `target` (or releases it for any
+    /// standby), keeping our label; we take it back with the version we
+    /// wrote if nobody has taken it within half a lease duration.
+    async fn hand_over(
+        &mut self,
+        target: Target,
+        why: &'static str,
+        now: Instant,
+    ) -> Result<(), ActionError> {
+        let Some(current) = self.lease_object.clone() else {
+            return Ok(());
+        };
+        let me = self.me().to_owned();
+        let to = match &target {
+            Target::Pod(p) => Some(p.as_str()),
+            Target::Any => None,
+        };
+        let mut desired =
+            election::handed_lease(&current, to, self.settings.lease_duration, Timestamp::now());
+        let reason = format!("{me} handed over to {target} ({why})");
+        election::annotate(&mut desired, SWITCH_REASON, Some(reason.clone()));
+        let sent = Instant::now();
+        let written = self
+            .leases
+            .write(Some(&current), desired, self.call_timeout(now))
+            .await?;
+        self.observe_lease(Some(&written), Instant::now());
+        self.last_renew_sent = None;
+        self.endpoint_current = false;
+        self.handing_over = Some(HandingOver {
+            version: written
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default(),
+            target,
+            began: sent,
+            until: sent + self.settings.lease_duration / 2,
+        });
+        info!(lease = %self.leases.name(), %reason, "handing over");
+        self.metrics.switchover("handed_over");
+        if let Some(pod) = &self.pod {
+            self.events.publish(pod, false, "SwitchingOver", reason);
+        }
+        Ok(())
+    }
+
+    /// Sets our Pod's app-healthy condition to what the probe says.
+    async fn publish_health(
+        &mut self,
+        health: &crate::probe::Health,
+        now: Instant,
+    ) -> Result<(), LabelError> {
+        let patch = controls::app_healthy_patch(
+            health.healthy,
+            health.last_failure.as_deref(),
+            Timestamp::now(),
+        );
+        let pod = self
+            .labeller
+            .set_health_condition(self.me(), patch, self.call_timeout(now))
+            .await?;
+        self.observe_pod(pod);
+        Ok(())
+    }
+
+    /// A failed health condition holds up nothing else: it is retried on
+    /// its own back-off and logged once per streak.
+    fn settle_health(&mut self, result: Result<(), LabelError>) {
+        match result {
+            Ok(()) => {
+                self.health_retry_at = None;
+                if let Some(failures) = self.health_failures.succeeded() {
+                    info!(
+                        failed_attempts = failures,
+                        "app-healthy condition set at last"
+                    );
+                }
+            }
+            Err(error) => {
+                self.metrics.api_error("set health condition");
+                if self.health_failures.failed() {
+                    warn!(error = %crate::telemetry::ErrorChain(&error), "cannot set this pod's app-healthy condition (retrying; logged again when it lands)");
+                }
+                let wait = backoff::delay(
+                    self.settings.retry_period / 2,
+                    self.settings.retry_period * 4,
+                    self.health_failures.count(),
+                    fastrand::f64(),
+                );
+                self.health_retry_at = Some(Instant::now() + wait);
+            }
+        }
     }
 
     /// Rule 9: replaces the Service slice's endpoint with our pod, if we are
@@ -1141,6 +1538,9 @@ impl Candidate {
             last_change: self.status.borrow().last_change.clone(),
             terminating: self.terminating(),
             draining: self.draining(now),
+            paused: self.paused(),
+            cordoned: self.cordoned(),
+            switchover: self.switchover_request().map(|t| t.to_string()),
         };
         let mut role_changed = false;
         self.status.send_if_modified(|s| {
@@ -1219,13 +1619,16 @@ fn stranger_reason(
 
 /// The note of the `HandedOver` Event: the lease, and what made us give it up.
 fn handed_over_note(lease: &str, why: GiveUp) -> String {
-    let why = match why {
+    format!("released lease {lease} ({})", give_up_text(why))
+}
+
+fn give_up_text(why: GiveUp) -> &'static str {
+    match why {
         GiveUp::Shutdown => "sidecar shutting down",
         GiveUp::PodTerminating => "pod terminating",
         GiveUp::PodDeleted => "pod deleted",
         GiveUp::ProbeStopped => "app probe stopped",
-    };
-    format!("released lease {lease} ({why})")
+    }
 }
 
 fn step_name(step: Step) -> &'static str {
@@ -1341,6 +1744,218 @@ mod tests {
         c.observe_pod(pod);
         c.role = Some(Role::Active);
         (c, shown)
+    }
+
+    /// An API server that accepts every write: a Lease replace is answered
+    /// with the next resourceVersion, a pod patch with the pod patched.
+    fn accepting_api() -> ScriptedApi {
+        ScriptedApi::new(|req| {
+            let mut body = req.body.clone();
+            match req.method.as_str() {
+                "PUT" => {
+                    let rv: u64 = body["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    body["metadata"]["resourceVersion"] = (rv + 1).to_string().into();
+                    (200, body)
+                }
+                "PATCH" => {
+                    body["metadata"]["name"] = "web-0".into();
+                    body["metadata"]["resourceVersion"] = "30".into();
+                    (200, body)
+                }
+                "GET" => (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                        "name": req.path.rsplit('/').next().unwrap_or_default(),
+                        "labels": {"baton.dev/group": "web", "role": "passive"}}}),
+                ),
+                _ => testing::created(req),
+            }
+        })
+    }
+
+    /// The Lease as `c` last saw it, with `annotations` added, seen anew.
+    fn annotate_lease(c: &mut Candidate, annotations: &[(&str, Option<&str>)]) {
+        let mut lease = c.lease_object.clone().expect("a lease");
+        for (key, value) in annotations {
+            election::annotate(&mut lease, key, value.map(str::to_owned));
+        }
+        let rv: u64 = lease
+            .resource_version()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        lease.metadata.resource_version = Some((rv + 1).to_string());
+        c.observe_lease(Some(&lease), Instant::now());
+    }
+
+    fn lease_writes(api: &ScriptedApi) -> Vec<serde_json::Value> {
+        api.requests()
+            .into_iter()
+            .filter(|r| r.method == "PUT" && r.path.contains("/leases/"))
+            .map(|r| r.body)
+            .collect()
+    }
+
+    fn pod_patches(api: &ScriptedApi) -> usize {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains("/pods/"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_switchover_hands_the_lease_on_keeps_the_label_and_takes_it_back_if_nobody_takes_it()
+    {
+        let api = accepting_api();
+        let (mut c, _shown) = holder(&api, Instant::now());
+        annotate_lease(&mut c, &[(SWITCHOVER_TO, Some("web-1"))]);
+
+        assert!(c.act(Instant::now()).await, "hands over");
+        let writes = lease_writes(&api);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0]["spec"]["holderIdentity"], "web-1");
+        assert_eq!(writes[0]["spec"]["leaseTransitions"], 2);
+        assert_eq!(
+            writes[0]["metadata"]["annotations"][SWITCH_REASON],
+            "web-0 handed over to web-1 (switchover requested)"
+        );
+        assert_eq!(
+            writes[0]["metadata"]["annotations"][SWITCHOVER_TO], "web-1",
+            "the request stays until the target takes it"
+        );
+        assert!(!c.leading(Instant::now()));
+
+        // Not leading, yet the label stays active: no passive label, no
+        // Lease write (the new holder, looked up once, is all it does).
+        for _ in 0..3 {
+            c.act(Instant::now()).await;
+        }
+        assert_eq!(pod_patches(&api), 0, "{:?}", calls(&api));
+        assert_eq!(lease_writes(&api).len(), 1, "{:?}", calls(&api));
+        let until = c.handing_over.as_ref().expect("in flight").until;
+        assert_eq!(
+            until - c.handing_over.as_ref().expect("in flight").began,
+            c.settings.lease_duration / 2
+        );
+        assert_eq!(c.next_wake(Instant::now()), Some(until));
+
+        // Nobody took it by the bound: taken back, on the version written.
+        assert!(c.act(until).await);
+        let writes = lease_writes(&api);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[1]["spec"]["holderIdentity"], "web-0");
+        assert_eq!(writes[1]["metadata"]["resourceVersion"], "9");
+        assert_eq!(
+            writes[1]["metadata"]["annotations"][SWITCH_REASON],
+            "switchover to web-1 not taken within 3s; web-0 keeps the role"
+        );
+        assert!(
+            writes[1]["metadata"]["annotations"]
+                .get(SWITCHOVER_TO)
+                .is_none(),
+            "the request ends"
+        );
+        assert!(c.leading(Instant::now()));
+        assert_eq!(pod_patches(&api), 0, "the label never moved");
+        assert!(
+            c.metrics
+                .encode()
+                .contains("baton_switchovers_total{result=\"taken_back\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_offered_the_lease_takes_it_and_ends_the_request() {
+        let api = accepting_api();
+        let (mut c, _shown) = holder(&api, Instant::now());
+        c.last_renew_sent = None;
+        let mut pod = c.pod.clone().expect("pod");
+        pod.labels_mut().insert("role".into(), "passive".into());
+        c.observe_pod(pod);
+        annotate_lease(&mut c, &[(SWITCHOVER_TO, Some("web-0"))]);
+        assert!(c.offered());
+        assert!(c.act(Instant::now()).await);
+        let writes = lease_writes(&api);
+        assert_eq!(writes[0]["spec"]["holderIdentity"], "web-0");
+        assert!(
+            writes[0]["metadata"]["annotations"]
+                .get(SWITCHOVER_TO)
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cordoned_holder_releases_for_any_standby() {
+        let api = accepting_api();
+        let (mut c, _shown) = holder(&api, Instant::now());
+        let mut pod = c.pod.clone().expect("pod");
+        pod.metadata.annotations = Some(BTreeMap::from([(CORDONED.to_owned(), "true".to_owned())]));
+        pod.metadata.resource_version = Some("13".into());
+        c.observe_pod(pod);
+        assert!(c.act(Instant::now()).await);
+        let writes = lease_writes(&api);
+        assert_eq!(writes[0]["spec"]["holderIdentity"], serde_json::Value::Null);
+        assert_eq!(
+            writes[0]["metadata"]["annotations"][SWITCH_REASON],
+            "web-0 handed over to any healthy standby (cordoned)"
+        );
+        // It does not take the released Lease back before the bound.
+        assert!(!c.act(Instant::now()).await);
+        assert_eq!(lease_writes(&api).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_paused_holder_keeps_the_lease_while_its_app_fails_and_gives_it_up_on_resume() {
+        let api = accepting_api();
+        let (mut c, shown) = holder(&api, Instant::now() - Duration::from_secs(2));
+        let (health_tx, health_rx) =
+            watch::channel(Health::default().fold(&Outcome::Success, 1, 1));
+        c.health = health_rx;
+        c.note_health();
+        annotate_lease(&mut c, &[(PAUSED, Some("true"))]);
+        c.note_controls();
+        assert!(c.metrics.encode().contains("baton_group_paused 1"));
+
+        health_tx.send_modify(|h| *h = h.fold(&Outcome::Failure("503".into()), 1, 1));
+        c.note_health();
+        assert!(c.act(Instant::now()).await);
+        let writes = lease_writes(&api);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(
+            writes[0]["spec"]["holderIdentity"], "web-0",
+            "renewed, not released"
+        );
+        assert_eq!(pod_patches(&api), 0);
+        c.publish_status(Instant::now());
+        assert!(shown.borrow().paused);
+        assert_eq!(shown.borrow().role, Some(Role::Active));
+        let reasons = api.sent("reason");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.ends_with(": UnhealthyWhilePaused")),
+            "{reasons:?}"
+        );
+
+        // Resumed: the unhealthy holder gives up (passive label, then release).
+        annotate_lease(&mut c, &[(PAUSED, None)]);
+        c.note_controls();
+        assert!(c.act(Instant::now()).await);
+        assert_eq!(pod_patches(&api), 1);
+        assert!(c.act(Instant::now()).await);
+        let writes = lease_writes(&api);
+        assert_eq!(
+            writes.last().expect("a write")["spec"]["holderIdentity"],
+            serde_json::Value::Null
+        );
+        assert!(
+            writes.last().expect("a write")["metadata"]["annotations"][SWITCH_REASON]
+                .as_str()
+                .is_some_and(|r| r.starts_with("web-0 gave up: app unhealthy")),
+            "{writes:?}"
+        );
     }
 
     #[tokio::test]

@@ -116,8 +116,19 @@ pub enum Step {
 #[derive(Debug, Clone)]
 pub struct Situation<'a> {
     pub me: &'a str,
-    /// App healthy and pod not terminating.
+    /// May hold the Lease: app healthy (or the group paused while we hold
+    /// it) and pod not terminating.
     pub eligible: bool,
+    /// May also take it: eligible and not cordoned (rule 10).
+    pub may_take: bool,
+    /// The group is paused: an expired Lease is not taken (rule 10).
+    pub paused: bool,
+    /// A switchover hands the Lease to us: it names us, and we have not
+    /// renewed it ourselves (rule 10).
+    pub offered: bool,
+    /// A switchover of ours in flight: the Lease version we wrote, and when
+    /// we take it back if it is still that version (rule 10).
+    pub handed_over: Option<(&'a str, Instant)>,
     pub lease: &'a LeaseView,
     /// When our last successful write was sent, if we hold the Lease.
     pub last_renew_sent: Option<Instant>,
@@ -129,11 +140,21 @@ pub struct Situation<'a> {
 pub fn next_step(s: &Situation<'_>) -> Step {
     let observed = match s.lease {
         LeaseView::Unknown => return Step::Read,
-        LeaseView::Absent if s.eligible => return Step::Create,
+        LeaseView::Absent if s.may_take => return Step::Create,
         LeaseView::Absent => return Step::WaitUntil(None),
         LeaseView::Present(o) => o,
     };
     match observed.holder.as_deref() {
+        // Handed to us by a switchover: taken only if we may; otherwise
+        // left alone (not released), so that the holder that offered it
+        // takes it back (rule 10).
+        Some(h) if h == s.me && s.offered && s.last_renew_sent.is_none() => {
+            if s.may_take {
+                Step::Renew
+            } else {
+                Step::WaitUntil(None)
+            }
+        }
         Some(h) if h == s.me => {
             if !s.eligible {
                 return Step::Release;
@@ -148,7 +169,21 @@ pub fn next_step(s: &Situation<'_>) -> Step {
             }
         }
         _ if !s.eligible => Step::WaitUntil(None),
+        // Our switchover, not taken by its bound: we keep the role.
+        _ if s
+            .handed_over
+            .is_some_and(|(version, _)| version == observed.resource_version) =>
+        {
+            match s.handed_over {
+                Some((_, until)) if s.now < until => Step::WaitUntil(Some(until)),
+                _ => Step::Acquire,
+            }
+        }
+        _ if !s.may_take => Step::WaitUntil(None),
         None => Step::Acquire,
+        // Paused: a holder that stopped renewing keeps the Lease until
+        // someone resumes the group or switches it over.
+        Some(_) if s.paused => Step::WaitUntil(None),
         Some(_) if s.now >= observed.expires_at() => Step::Acquire,
         Some(_) => Step::WaitUntil(Some(observed.expires_at())),
     }
@@ -226,6 +261,45 @@ pub fn desired_lease(
     lease
 }
 
+/// The Lease handed by its holder to `to` in a switchover (rule 10), or
+/// released for any standby to take when `to` is None. A change of holder
+/// counts as a transition.
+pub fn handed_lease(
+    current: &Lease,
+    to: Option<&str>,
+    duration: Duration,
+    wall: Timestamp,
+) -> Lease {
+    let mut lease = current.clone();
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let now = Some(MicroTime(wall));
+    spec.holder_identity = to.map(str::to_owned);
+    spec.acquire_time = to.and(now.clone());
+    spec.renew_time = now;
+    if to.is_some() {
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.lease_duration_seconds =
+        Some(i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX));
+    lease
+}
+
+/// Sets (Some) or removes (None) one annotation of the Lease.
+pub fn annotate(lease: &mut Lease, key: &str, value: Option<String>) {
+    let annotations = lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    match value {
+        Some(v) => {
+            annotations.insert(key.to_owned(), v);
+        }
+        None => {
+            annotations.remove(key);
+        }
+    }
+}
+
 /// A write to the Lease that did not land.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -295,11 +369,12 @@ impl LeaseClient {
         timeout: Duration,
     ) -> Result<Lease, WriteError> {
         let pp = PostParams::default();
+        // `desired` was made from `current` (its annotations edited, maybe).
         let mut desired = desired;
         desired.metadata = ObjectMeta {
             name: Some(self.name.clone()),
             resource_version: current.and_then(|c| c.metadata.resource_version.clone()),
-            ..current.map(|c| c.metadata.clone()).unwrap_or_default()
+            ..desired.metadata
         };
         let call = async {
             match current {
@@ -348,14 +423,121 @@ mod tests {
         last_renew_sent: Option<Instant>,
         now: Instant,
     ) -> Step {
-        next_step(&Situation {
+        next_step(&situation(lease, eligible, last_renew_sent, now))
+    }
+
+    fn situation(
+        lease: &LeaseView,
+        eligible: bool,
+        last_renew_sent: Option<Instant>,
+        now: Instant,
+    ) -> Situation<'_> {
+        Situation {
             me: "web-0",
             eligible,
+            may_take: eligible,
+            paused: false,
+            offered: false,
+            handed_over: None,
             lease,
             last_renew_sent,
             renew_period: RENEW,
             now,
-        })
+        }
+    }
+
+    #[test]
+    fn a_cordoned_pod_keeps_renewing_what_it_holds_but_takes_nothing() {
+        let now = Instant::now();
+        fn cordoned(lease: &LeaseView, at: Instant) -> Situation<'_> {
+            Situation {
+                may_take: false,
+                ..situation(lease, true, None, at)
+            }
+        }
+        for free in [
+            LeaseView::Absent,
+            observed(None, now),
+            observed(Some("web-1"), now),
+        ] {
+            assert_eq!(
+                next_step(&cordoned(&free, now + DURATION)),
+                Step::WaitUntil(None),
+                "{free:?}"
+            );
+        }
+        let mine = observed(Some("web-0"), now);
+        let holding = Situation {
+            last_renew_sent: Some(now),
+            ..cordoned(&mine, now + RENEW)
+        };
+        assert_eq!(next_step(&holding), Step::Renew);
+    }
+
+    #[test]
+    fn a_paused_group_takes_a_released_lease_but_not_an_expired_one() {
+        let seen = Instant::now();
+        let later = seen + DURATION * 2;
+        let expired = observed(Some("web-1"), seen);
+        let released = observed(None, seen);
+        fn paused(lease: &LeaseView, at: Instant) -> Situation<'_> {
+            Situation {
+                paused: true,
+                ..situation(lease, true, None, at)
+            }
+        }
+        assert_eq!(next_step(&paused(&expired, later)), Step::WaitUntil(None));
+        assert_eq!(next_step(&paused(&released, later)), Step::Acquire);
+    }
+
+    #[test]
+    fn a_lease_offered_by_a_switchover_is_taken_only_by_a_pod_that_may_take_it() {
+        let now = Instant::now();
+        let offered = observed(Some("web-0"), now);
+        let target = |may_take| Situation {
+            offered: true,
+            may_take,
+            ..situation(&offered, true, None, now)
+        };
+        assert_eq!(next_step(&target(true)), Step::Renew);
+        assert_eq!(
+            next_step(&target(false)),
+            Step::WaitUntil(None),
+            "a cordoned target leaves it for the old holder to take back, it does not release it"
+        );
+        let unhealthy = Situation {
+            eligible: false,
+            ..target(false)
+        };
+        assert_eq!(next_step(&unhealthy), Step::WaitUntil(None));
+    }
+
+    #[test]
+    fn a_switchover_not_taken_by_its_bound_is_taken_back_and_only_then() {
+        let now = Instant::now();
+        let until = now + DURATION / 2;
+        for lease in [observed(Some("web-1"), now), observed(None, now)] {
+            let mine = |at| Situation {
+                handed_over: Some(("7", until)),
+                ..situation(&lease, true, None, at)
+            };
+            assert_eq!(
+                next_step(&mine(now)),
+                Step::WaitUntil(Some(until)),
+                "{lease:?}"
+            );
+            assert_eq!(next_step(&mine(until)), Step::Acquire, "{lease:?}");
+        }
+        // Someone wrote since (the target renewed): the usual rules.
+        let taken = observed(Some("web-1"), now);
+        let other_version = Situation {
+            handed_over: Some(("6", until)),
+            ..situation(&taken, true, None, until)
+        };
+        assert_eq!(
+            next_step(&other_version),
+            Step::WaitUntil(Some(now + DURATION))
+        );
     }
 
     #[test]

@@ -87,7 +87,13 @@ pub enum LabelError {
         #[source]
         source: kube::Error,
     },
-    #[error("labelling pod {pod} timed out after {after:?}")]
+    #[error("setting the app-healthy condition of pod {pod}: {source}")]
+    Condition {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("calling the API server about pod {pod} timed out after {after:?}")]
     Timeout { pod: String, after: Duration },
 }
 
@@ -174,6 +180,30 @@ impl Labeller {
             Ok(Err(source)) => Err(LabelError::Patch {
                 pod: pod.to_owned(),
                 role,
+                source,
+            }),
+            Err(_) => Err(LabelError::Timeout {
+                pod: pod.to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Sets our Pod's app-healthy condition (`docs/design.md`, rule 10), on
+    /// the status subresource.
+    pub async fn set_health_condition(
+        &self,
+        pod: &str,
+        patch: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Pod, LabelError> {
+        let patch = Patch::Strategic(patch);
+        let pp = PatchParams::default();
+        let call = self.api.patch_status(pod, &pp, &patch);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(source)) => Err(LabelError::Condition {
+                pod: pod.to_owned(),
                 source,
             }),
             Err(_) => Err(LabelError::Timeout {

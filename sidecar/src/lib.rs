@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod candidate;
+pub mod controls;
 pub mod election;
 pub mod endpoints;
 pub mod events;
@@ -132,7 +133,8 @@ pub async fn run(
             service,
             (settings.group_label.clone(), settings.lease_name.clone()),
         )
-    }));
+    }))
+    .with_health_condition(true);
     info!(parent: &span, status_addr = %settings.status_addr, "sidecar started");
     candidate
         .run(lease_events, pod_events, shutdown)

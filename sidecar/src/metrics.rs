@@ -27,6 +27,9 @@ pub struct Metrics {
     api_errors: Family<Labels, Counter>,
     promotions_refused: Counter,
     handover_duration: Histogram,
+    group_paused: Gauge,
+    cordoned: Gauge,
+    switchovers: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -54,6 +57,9 @@ impl Metrics {
             handover_duration: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
+            group_paused: Gauge::default(),
+            cordoned: Gauge::default(),
+            switchovers: Family::default(),
         };
         registry.register(
             "role_active",
@@ -101,8 +107,37 @@ impl Metrics {
             "From deciding to give up the Lease to having released it",
             m.handover_duration.clone(),
         );
+        registry.register(
+            "group_paused",
+            "1 while the group's Lease says baton.dev/paused=true (automatic failover off), else 0",
+            m.group_paused.clone(),
+        );
+        registry.register(
+            "pod_cordoned",
+            "1 while this pod says baton.dev/cordoned=true (it never becomes active), else 0",
+            m.cordoned.clone(),
+        );
+        registry.register(
+            "switchovers",
+            "Switchovers this pod started as holder (handed_over), and those nobody took so that it kept the role (taken_back)",
+            m.switchovers.clone(),
+        );
         *m.registry.lock().expect("fresh mutex") = registry;
         m
+    }
+
+    pub fn set_group_paused(&self, paused: bool) {
+        self.group_paused.set(i64::from(paused));
+    }
+
+    pub fn set_cordoned(&self, cordoned: bool) {
+        self.cordoned.set(i64::from(cordoned));
+    }
+
+    pub fn switchover(&self, result: &'static str) {
+        self.switchovers
+            .get_or_create(&vec![("result", result)])
+            .inc();
     }
 
     pub fn observe_probe(&self, result: &'static str, took: Duration) {

@@ -53,6 +53,11 @@ impl Default for Health {
 }
 
 impl Health {
+    /// Whether any probe has answered yet.
+    pub fn probed(&self) -> bool {
+        self.consecutive_successes + self.consecutive_failures > 0
+    }
+
     /// The health after one more outcome.
     pub fn fold(
         &self,

@@ -56,6 +56,12 @@ pub struct Status {
     /// had time to reach kube-proxy (`docs/design.md`, rule 8); the
     /// injected preStop hook (`/prestop`) waits for this to end.
     pub draining: bool,
+    /// The group's Lease says `baton.dev/paused=true` (rule 10).
+    pub paused: bool,
+    /// Our Pod says `baton.dev/cordoned=true` (rule 10).
+    pub cordoned: bool,
+    /// The switchover asked for on the Lease, while it is under way.
+    pub switchover: Option<String>,
 }
 
 #[derive(Clone)]

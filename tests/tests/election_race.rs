@@ -59,6 +59,10 @@ async fn baton_candidate(client: LeaseClient, me: String, start: Arc<Barrier>) -
         let step = election::next_step(&Situation {
             me: &me,
             eligible: true,
+            may_take: true,
+            paused: false,
+            offered: false,
+            handed_over: None,
             lease: &view,
             last_renew_sent: None,
             renew_period: Duration::from_millis(200),
