@@ -5,7 +5,7 @@ CLUSTER := tests/cluster
 export BATON_BIN_DIR := $(BIN_DIR)
 export KUBECONFIG := $(CURDIR)/target/cluster/kubeconfig
 
-.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint demo image release bench kle-race
+.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint demo image plugin release bench kle-race
 
 build:
 	$(CARGO) build --workspace --bins --locked
@@ -25,10 +25,13 @@ e2e: build image cluster-binaries
 ## Benchmarks (never part of `make test`) on a fresh cluster of their own:
 ## clients through the ClusterIP on the real node; baton vs the polling
 ## baseline, the webhook and the scale measure on KWOK nodes beside it;
-## report in target/bench/. Counts: BENCH_ARGS.
+## report in target/bench/. Counts: BENCH_ARGS. Every part measures the
+## release binaries users run: the images' on the real node, the same files
+## (target/image/bin) as the KWOK pods' processes and the webhook's.
 bench: build image cluster-binaries kle-race
 	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench BATON_KWOK_NODES=3 BATON_REAL_NODES=1 \
-	  $(CLUSTER)/with-cluster.sh $(BIN_DIR)/baton-bench --out target/bench $(BENCH_ARGS)
+	  BATON_POD_BIN_DIR=$(CURDIR)/target/image/bin \
+	  $(CLUSTER)/with-cluster.sh $(BIN_DIR)/baton-bench --out target/bench --bin-dir $(CURDIR)/target/image/bin $(BENCH_ARGS)
 
 ## kube-leader-election's racer for the bench: a crate outside the workspace
 ## (it needs kube 4), with its own lock file and target dir.
@@ -83,7 +86,14 @@ image:
 	    cp -p target/$(IMAGE_TARGET)/release/$$b target/image/bin/$$b; done
 	@$(CLUSTER)/build-images.sh $(IMAGE_REPO) $(VERSION)
 
-## Static release binaries of the sidecar and the webhook (musl when its
+## kubectl-baton, the kubectl plugin (docs/kubectl-baton.md), as a static
+## release binary: copy target/x86_64-unknown-linux-gnu/release/kubectl-baton
+## onto your PATH. `make release` builds it too.
+plugin:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(IMAGE_TARGET) -p baton-sidecar --bin kubectl-baton
+	@ls -l target/$(IMAGE_TARGET)/release/kubectl-baton
+
+## Static release binaries of the sidecar, the webhook and kubectl-baton (musl when its
 ## target is installed: rustup target add x86_64-unknown-linux-musl).
 release:
 	@if rustup target list --installed 2>/dev/null | grep -qx $(MUSL); then \
@@ -95,4 +105,4 @@ release:
 	  $(CARGO) build --release --locked -p baton-sidecar -p baton-webhook --bins || exit 1; \
 	  dir=target/release; \
 	fi; \
-	ls -l $$dir/baton-sidecar $$dir/baton-webhook; file $$dir/baton-sidecar $$dir/baton-webhook 2>/dev/null || true
+	ls -l $$dir/baton-sidecar $$dir/baton-webhook $$dir/kubectl-baton; file $$dir/baton-sidecar $$dir/baton-webhook $$dir/kubectl-baton 2>/dev/null || true
