@@ -132,6 +132,7 @@ async fn every_kustomize_build_passes_a_server_side_dry_run() {
     let mut dirs = vec![
         "manifests/rbac",
         "manifests/rbac/policy",
+        "manifests/rbac/operator",
         "manifests/examples/helloworld",
         "manifests/observability",
     ];
@@ -207,6 +208,7 @@ async fn helm_chart_renders_every_certificate_mode_into_objects_the_server_accep
         "poddisruptionbudget.policy/baton-webhook",
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/baton-webhook",
         "validatingwebhookconfiguration.admissionregistration.k8s.io/baton-webhook",
+        "clusterrole.rbac.authorization.k8s.io/baton-operator",
     ] {
         assert!(accepted.iter().any(|a| a == want), "{want} in {accepted:?}");
     }
