@@ -190,6 +190,27 @@ impl TestNamespace {
         self.cluster.kubectl(&all, stdin)
     }
 
+    /// `kubectl baton ARGS -n <this namespace>` as a user types it: kubectl
+    /// finds the plugin `kubectl-baton` on the PATH (the workspace's build,
+    /// `BATON_BIN_DIR`) and hands it the kubeconfig through KUBECONFIG.
+    pub fn kubectl_baton(&self, args: &[&str]) -> Output {
+        let bin_dir = std::env::var_os("BATON_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug"));
+        let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))
+        .expect("a PATH");
+        Command::new(&self.cluster.kubectl)
+            .arg("baton")
+            .args(args)
+            .args(["-n", &self.name])
+            .env("PATH", path)
+            .env("KUBECONFIG", self.cluster.dir.join("kubeconfig"))
+            .output()
+            .expect("running kubectl baton")
+    }
+
     /// A client that authenticates as a service account of this namespace.
     pub async fn client_as(&self, service_account: &str) -> Client {
         use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};

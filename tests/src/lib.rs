@@ -3,6 +3,7 @@
 //! (for the bench's KWOK nodes) the pod runner and the env its processes get.
 
 pub mod clients;
+pub mod group;
 pub mod harness;
 pub mod install;
 pub mod podenv;

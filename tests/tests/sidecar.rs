@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use baton_e2e::{
+    group::{Group, wait_for_events},
     harness::{
-        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip, poll_status,
-        sidecar_status, signal, wait_endpoints, wait_for_object, wait_until,
+        Cluster, NeverTwoActive, http, labelled, pod_ip, poll_status, sidecar_status, signal,
+        wait_endpoints, wait_for_object, wait_until,
     },
     workload,
 };
@@ -20,154 +21,6 @@ use kube::{
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-/// A group of `replicas` pods with sidecars, its Service, and its watchers.
-struct Group {
-    ns: TestNamespace,
-    name: String,
-    guard: NeverTwoActive,
-    history: LeaseHistory,
-}
-
-impl Group {
-    async fn deploy(test: &str, replicas: u32) -> (Group, String) {
-        let cluster = Cluster::connect().await;
-        let ns = cluster.namespace(test).await;
-        let name = "web".to_string();
-        let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
-        let history = LeaseHistory::start(ns.api(), &name).await;
-        // The role file goes to the sidecar's emptyDir, which the test
-        // reads through kubelet's folder.
-        let role_file = format!("{}/role.json", workload::RUN_DIR);
-        ns.apply(&workload::statefulset(
-            &name,
-            replicas,
-            true,
-            &[("BATON_ROLE_FILE", &role_file)],
-        ));
-        ns.apply(&workload::active_service(&name));
-        let group = Group {
-            ns,
-            name,
-            guard,
-            history,
-        };
-        let holder = group.wait_for_new_holder(None).await;
-        // Every test starts from warm standbys: without this a standby whose
-        // app is still starting cannot take over, and a re-created holder
-        // (same name) may take the Lease back first.
-        wait_until::<Pod, _>(
-            group.pods(),
-            "app=web",
-            T,
-            &format!("{replicas} pods with an IP"),
-            |pods| {
-                pods.len() == replicas as usize
-                    && pods
-                        .iter()
-                        .all(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
-            },
-        )
-        .await;
-        for i in 0..replicas {
-            group.wait_app_healthy(&format!("{}-{i}", group.name)).await;
-        }
-        (group, holder)
-    }
-
-    /// Waits (bounded) until the pod's sidecar reports its app healthy.
-    async fn wait_app_healthy(&self, pod: &str) {
-        baton_e2e::harness::wait_app_healthy(&self.ns, pod).await;
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        self.ns.api()
-    }
-
-    /// Waits until the Lease names a holder other than `old`, that pod alone
-    /// is labelled active, and the Service's only endpoint is that pod.
-    async fn wait_for_new_holder(&self, old: Option<&str>) -> String {
-        let lease = wait_for_object::<Lease, _>(
-            self.ns.api(),
-            &self.name,
-            T,
-            &format!("a holder other than {old:?}"),
-            |l| {
-                let h = l.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
-                h.is_some_and(|h| !h.is_empty() && Some(h) != old)
-            },
-        )
-        .await;
-        let holder = lease
-            .spec
-            .and_then(|s| s.holder_identity)
-            .expect("a holder");
-        self.wait_active(&holder).await;
-        holder
-    }
-
-    /// Waits until `pod` alone carries the active label and is the endpoint.
-    async fn wait_active(&self, pod: &str) {
-        let want = vec![pod.to_string()];
-        wait_until::<Pod, _>(
-            self.pods(),
-            "app=web",
-            T,
-            &format!("{pod} alone labelled active"),
-            |pods| labelled(pods, "role", "active") == want,
-        )
-        .await;
-        wait_endpoints(&self.ns, &format!("{}-active", self.name), &[pod], T).await;
-    }
-
-    /// The body of a GET of `path` on the pod's sidecar status server.
-    async fn sidecar_get(&self, pod: &str, path: &str) -> String {
-        let ip = pod_ip(&self.ns, pod).await;
-        http()
-            .get(format!("http://{ip}:9095{path}"))
-            .send()
-            .await
-            .expect("the sidecar's status server answers")
-            .text()
-            .await
-            .expect("a body")
-    }
-
-    async fn sidecar_status(&self, pod: &str) -> serde_json::Value {
-        serde_json::from_str(&self.sidecar_get(pod, "/status").await).expect("status is JSON")
-    }
-
-    async fn set_app_health(&self, pod: &str, health: &str) {
-        baton_e2e::harness::set_app_health(&self.ns, pod, health).await;
-    }
-
-    async fn sidecar_pid(&self, pod: &str) -> u32 {
-        self.ns.pid(pod, "baton-sidecar", T).await
-    }
-
-    /// Checks the never-two-active guard and deletes the namespace.
-    async fn finish(self) -> Vec<Option<String>> {
-        let holders = self.history.holders();
-        let most = self.guard.assert_held().await;
-        assert_eq!(most, 1, "some pod was active at some point");
-        self.ns.delete().await;
-        holders
-    }
-}
-
-/// Waits until the sidecars have published Events with these (reason, pod).
-async fn wait_for_events(ns: &TestNamespace, want: &[(&str, &str)]) {
-    wait_until::<Event, _>(ns.api(), "", T, &format!("Events {want:?}"), |events| {
-        want.iter().all(|(reason, pod)| {
-            events.iter().any(|e| {
-                e.reason.as_deref() == Some(*reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(*pod)
-                    && e.reporting_controller.as_deref() == Some("baton-sidecar")
-            })
-        })
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn first_election_makes_one_of_two_active_and_the_other_passive() {
