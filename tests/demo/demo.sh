@@ -50,6 +50,14 @@ now() { date +%s.%N; }
 k() { show "kubectl $(quoted "$@")"; "$cluster/kubectl" "$@"; }
 # kubectl without echo, for the script's own bookkeeping.
 kq() { "$cluster/kubectl" "$@"; }
+# `kubectl baton ARGS`, the plugin built by `make plugin`, found on the PATH
+# as kubectl finds plugins (kubectl takes no flag before a plugin's name, so
+# the kubeconfig goes through KUBECONFIG).
+kb() {
+  show "kubectl baton $(quoted "$@")"
+  ip netns exec "$BATON_NETNS" env KUBECONFIG="$BATON_CLUSTER_DIR/kubeconfig" \
+    PATH="$repo/target/x86_64-unknown-linux-gnu/release:$PATH" "$(cat "$BATON_CLUSTER_DIR/bin-dir")/kubectl" baton "$@"
+}
 # curl inside the cluster's network namespace, where pod IPs are reachable.
 c() { show "curl $(quoted "$@")"; ip netns exec "$BATON_NETNS" curl -sS --max-time 5 "$@"; }
 
@@ -96,6 +104,9 @@ step "Build baton's images and the local cluster"
 show "make image"
 (cd "$repo" && make --no-print-directory image 2>&1 | grep -E '^(error|warning: unused)|Finished|Compiling baton|\.tar$' | sed 's/^ */  /') || {
   echo "make image failed" >&2; exit 1; }
+show "make plugin"
+(cd "$repo" && make --no-print-directory plugin 2>&1 | grep -E '^error|Finished|kubectl-baton$' | sed 's/^ */  /') || {
+  echo "make plugin failed" >&2; exit 1; }
 note "The cluster is upstream Kubernetes $(. "$cluster/versions.env"; echo "$K8S_VERSION") and containerd $(. "$cluster/versions.env"; echo "$CONTAINERD_VERSION"), built from the Go module proxy once (cached in ~/.cache/baton; the first time takes several minutes)."
 show "tests/cluster/build.sh && tests/cluster/build-node.sh"
 { "$cluster/build.sh" && "$cluster/build-node.sh"; } 2>&1 >/dev/null | sed 's/^/  /'
@@ -199,7 +210,18 @@ done
 k -n "$ns" get pods -L role
 say "$active is back, passive; $other keeps serving."
 
+step "An operator's view, and a switchover on request: kubectl baton"
+say "kubectl baton, a kubectl plugin built with the workspace (make plugin), shows every group at a glance: the holder, healthy pods, transitions, when and why the active pod last changed. With -o wide, every pod's role, health (the condition baton.dev/app-healthy its sidecar keeps) and cordon mark."
+# The re-created pod's sidecar sets its health condition after its first probe.
+kq -n "$ns" wait --for=jsonpath='{.status.conditions[?(@.type=="baton.dev/app-healthy")].status}'=True pod/"$active" --timeout=60s >/dev/null
+kb status -n "$ns" -o wide
+say "A switchover moves the role to a chosen healthy pod without deleting anything (for maintenance of the node, say): the holder hands the Lease to it and keeps serving until the new holder takes over. kubectl baton waits and reports the time it took. The same request can be made with plain kubectl: kubectl annotate lease helloworld baton.dev/switchover-to=$active."
+switch_to "$active" kb switchover helloworld --to "$active" -n "$ns"
+k -n "$ns" get lease helloworld -o jsonpath='{.metadata.annotations.baton\.dev/switch-reason}{"\n"}'
+kb status -n "$ns"
+say "Also: kubectl baton cordon POD (a pod never becomes active; an active one hands over), and kubectl baton pause GROUP (a failing app is reported, not failed over) with resume. docs/kubectl-baton.md has the reference."
+
 step "What you saw"
 say "- The Service 'helloworld' always had exactly one endpoint: the pod holding the Lease."
-say "- A failing health check moved it to the standby within about a second (kube-proxy then applies the change at its next sync, at most a second later); so did deleting the pod."
+say "- A failing health check moved it to the standby within about a second (kube-proxy then applies the change at its next sync, at most a second later); so did deleting the pod, and a switchover asked with kubectl baton."
 say "- Install on a real cluster: docs/install.md. Timings and failure modes: docs/operations.md."
