@@ -223,9 +223,12 @@ echo "$bin" >"$dir/bin-dir"
 # The pod runner: runs our images' containers of KWOK pods as local processes.
 if [ "$nodes" -gt 0 ] && [ -n "${BATON_BIN_DIR:-}" ]; then
   [ -x "$BATON_BIN_DIR/baton-runner" ] || { log "no $BATON_BIN_DIR/baton-runner: run make build"; exit 1; }
-  log "starting the pod runner (binaries from $BATON_BIN_DIR)"
+  # The pods' processes may come from elsewhere: `make bench` runs the
+  # release binaries of the images (BATON_POD_BIN_DIR=target/image/bin).
+  pod_bin=${BATON_POD_BIN_DIR:-$BATON_BIN_DIR}
+  log "starting the pod runner (pods' binaries from $pod_bin)"
   KUBECONFIG=$kubeconfig RUST_LOG=${RUST_LOG:-info} start runner "$BATON_BIN_DIR/baton-runner" \
-    --bin-dir "$BATON_BIN_DIR" --state-dir "$dir/pods" --ca-file "$pki/ca.crt"
+    --bin-dir "$pod_bin" --state-dir "$dir/pods" --ca-file "$pki/ca.crt"
 fi
 log "cluster ready in $(( $(date +%s) - started ))s, in network namespace $netns"
 log "kubectl: tests/cluster/kubectl ...   a shell inside: make shell"

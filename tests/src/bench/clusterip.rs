@@ -21,7 +21,7 @@ use baton_e2e::{
     workload,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 
 use super::{
     measure::{ProcSample, cpu_percent, proc_sample},
@@ -128,12 +128,18 @@ impl ClusterIpResult {
     pub fn markdown(&self) -> String {
         let mut md = self.idle_markdown();
         md += &format!(
-            "A group of two pods (demo app and sidecar, release builds in the images `make image` built) on the **real node**: kubelet, containerd, runc and kube-proxy (versions above) in nftables mode with its default settings. Two clients in the cluster's network namespace call the Service's ClusterIP, {} requests/s each: one opens a new connection per request, one keeps its connections alive. Times run from the driver's act: the active app's health check set to fail (failover), the active pod deleted (planned), the holder's sidecar SIGKILLed and restarted by kubelet (sidecar-kill: no switch when kubelet restarts it at once; kills soon after one another meet kubelet's restart back-off, and the standby takes over). A run's requests are those sent from the act until the client was answered by the new pod (at most {} s after the EndpointSlice switched). Median / p99 (nearest rank) over runs.\n\n",
+            "A group of two pods (demo app and sidecar, release builds in the images `make image` built) on the **real node**: kubelet, containerd, runc and kube-proxy (versions above) in nftables mode with its default settings. Two clients in the cluster's network namespace call the Service's ClusterIP, {} requests/s each: one opens a new connection per request, one keeps its connections alive. Times run from the driver's act: the active app's health check set to fail (failover), the active pod deleted (planned), a switchover to the standby asked on the Lease as `kubectl baton switchover --to` asks it (switchover), the holder's sidecar SIGKILLed and restarted by kubelet (sidecar-kill: no switch when kubelet restarts it at once; kills soon after one another meet kubelet's restart back-off, and the standby takes over). A run's requests are those sent from the act until the client was answered by the new pod (at most {} s after the EndpointSlice switched). Median / p99 (nearest rank) over runs.\n\n",
             self.rate,
             AFTER_SWITCH.as_secs()
         );
         md.push_str("| scenario | client | runs (with a switch) | EndpointSlice lists the new pod alone, s | first answer by the new pod, s | requests per run | failed requests per run | answers by the old pod after the switch, per run | most ready endpoints at once |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-        for scenario in ["failover", "planned", "sidecar-kill", KILL_THEN_TAKEOVER] {
+        for scenario in [
+            "failover",
+            "planned",
+            "switchover",
+            "sidecar-kill",
+            KILL_THEN_TAKEOVER,
+        ] {
             let runs: Vec<&SwitchRun> = self
                 .runs
                 .iter()
@@ -246,8 +252,9 @@ impl ClusterIpResult {
 
 /// Deploys the group on the real node, runs `failovers` unplanned failovers
 /// (the active app's health check fails), `planned` planned handovers (the
-/// active pod deleted) and `kills` SIGKILLs of the holder's sidecar, then
-/// deletes the group.
+/// active pod deleted), `switchovers` switchovers asked on the Lease (design
+/// rule 10) and `kills` SIGKILLs of the holder's sidecar, then deletes the
+/// group.
 impl ClusterIpResult {
     /// The idle sidecars and the sizes of what ships, before the switches.
     fn idle_markdown(&self) -> String {
@@ -294,6 +301,7 @@ pub async fn run(
     rate: u32,
     failovers: usize,
     planned: usize,
+    switchovers: usize,
     kills: usize,
     rollouts: usize,
     idle: Duration,
@@ -339,9 +347,10 @@ pub async fn run(
             Err(e) => result.errors.push(format!("idle: {e:#}")),
         }
     }
-    let steps: [(&'static str, usize); 3] = [
+    let steps: [(&'static str, usize); 4] = [
         ("failover", failovers),
         ("planned", planned),
+        ("switchover", switchovers),
         ("sidecar-kill", kills),
     ];
     for (scenario, n) in steps {
@@ -473,6 +482,17 @@ impl Group {
             }
             "planned" => {
                 pods.delete(&old, &DeleteParams::default()).await?;
+                new.clone()
+            }
+            "switchover" => {
+                // What `kubectl baton switchover --to` writes, and no more.
+                let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = self.ns.api();
+                let ask = serde_json::json!({"metadata": {"annotations": {
+                    baton_sidecar::controls::SWITCHOVER_TO: new,
+                }}});
+                leases
+                    .patch(GROUP, &PatchParams::default(), &Patch::Merge(&ask))
+                    .await?;
                 new.clone()
             }
             _ => {

@@ -76,6 +76,9 @@ struct Args {
     /// Planned handovers (active pod deleted) through the ClusterIP.
     #[arg(long, default_value_t = 10)]
     clusterip_planned: usize,
+    /// Switchovers to the standby (design rule 10) through the ClusterIP.
+    #[arg(long, default_value_t = 10)]
+    clusterip_switchovers: usize,
     /// `kubectl rollout restart` of the group, through the ClusterIP.
     #[arg(long, default_value_t = 3)]
     clusterip_rollouts: usize,
@@ -109,7 +112,9 @@ struct Args {
     /// Parts to skip: clusterip, baton, fast, slow, webhook, scale, kle.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
-    /// Where the workspace binaries are (the webhook's).
+    /// Where the binaries the bench measures are: the webhook's, and (up.sh,
+    /// BATON_POD_BIN_DIR) those the pod runner starts for KWOK pods.
+    /// `make bench` gives the release binaries of the images.
     #[arg(long, env = "BATON_BIN_DIR", default_value = "target/debug")]
     bin_dir: PathBuf,
 }
@@ -154,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
                     args.clusterip_rate,
                     args.clusterip_failovers,
                     args.clusterip_planned,
+                    args.clusterip_switchovers,
                     args.clusterip_kills,
                     args.clusterip_rollouts,
                     Duration::from_secs(args.clusterip_idle_secs),
@@ -457,8 +463,10 @@ impl Report<'_> {
             (
                 "baton".into(),
                 format!(
-                    "{} (git {git}), debug build as the runner runs it",
-                    env!("CARGO_PKG_VERSION")
+                    "{} (git {git}), {} builds ({})",
+                    env!("CARGO_PKG_VERSION"),
+                    build_kind(&self.args.bin_dir),
+                    self.args.bin_dir.display()
                 ),
             ),
             ("bench took".into(), format!("{:.1} min", self.minutes)),
@@ -617,7 +625,8 @@ impl Report<'_> {
         let _ = writeln!(md, "\n## baton vs the baseline controller\n");
         let _ = writeln!(
             md,
-            "This section, the webhook's and the scale measure run on KWOK nodes: the pod runner starts the debug binaries as local processes; there is no kubelet and no kube-proxy, and the times are the EndpointSlice's, not a client's.\n"
+            "This section, the webhook's and the scale measure run on KWOK nodes: the pod runner starts the {} binaries as local processes; there is no kubelet and no kube-proxy, and the times are the EndpointSlice's, not a client's.\n",
+            build_kind(&a.bin_dir)
         );
         let _ = writeln!(
             md,
@@ -689,7 +698,8 @@ impl Report<'_> {
                 Ok(w) => {
                     let _ = writeln!(
                         md,
-                        "`baton-webhook` (debug build) beside the API server, self-signed (`--ca-out-file`), registered for one namespace; {} pods owned by an annotated StatefulSet (so the webhook looks the owner up for each) created with server-side dry run (admission runs in full, nothing is stored), 8 at a time. Direct load: AdmissionReviews of a bare pod that opts in by annotation (no owner lookup).\n",
+                        "`baton-webhook` ({} build) beside the API server, self-signed (`--ca-out-file`), registered for one namespace; {} pods owned by an annotated StatefulSet (so the webhook looks the owner up for each) created with server-side dry run (admission runs in full, nothing is stored), 8 at a time. Direct load: AdmissionReviews of a bare pod that opts in by annotation (no owner lookup).\n",
+                        build_kind(&self.args.bin_dir),
                         w.pods
                     );
                     let _ = writeln!(md, "| measure | value |\n| --- | --- |");
@@ -909,4 +919,12 @@ impl Report<'_> {
         }
         Ok(())
     }
+}
+
+/// Which build the binaries of `dir` are: `make bench` gives the images'
+/// release binaries (target/image/bin), `cargo build` the debug ones.
+fn build_kind(dir: &std::path::Path) -> &'static str {
+    let release =
+        dir.ends_with("image/bin") || dir.components().any(|c| c.as_os_str() == "release");
+    if release { "release" } else { "debug" }
 }
