@@ -110,6 +110,8 @@ pub struct Candidate {
     health_condition: bool,
     health_retry_at: Option<Instant>,
     health_failures: Streak,
+    /// The verdict this process last wrote to that condition.
+    health_published: Option<bool>,
 }
 
 /// A switchover we started (rule 10): the Lease version we wrote, whom it
@@ -206,6 +208,7 @@ impl Candidate {
             health_condition: false,
             health_retry_at: None,
             health_failures: Streak::default(),
+            health_published: None,
         }
     }
 
@@ -825,11 +828,17 @@ impl Candidate {
             return self.settle("check lease holder", result.map_err(ActionError::from));
         }
 
-        // Our app's health on our Pod, for people and `kubectl baton`.
+        // Our app's health on our Pod, for people and `kubectl baton`:
+        // written when the verdict changes, never to undo another writer's
+        // edit (no fight with a node agent that rewrites the conditions).
         if self.health_condition && have_pod && self.health_retry_at.is_none_or(|t| now >= t) {
             let health = self.health.borrow().clone();
             let shown = self.pod.as_ref().and_then(controls::app_healthy_condition);
-            if health.probed() && shown != Some(health.healthy) {
+            if health.probed() && self.health_published.is_none() && shown == Some(health.healthy) {
+                // A restarted sidecar whose pod already says so.
+                self.health_published = Some(health.healthy);
+            }
+            if health.probed() && self.health_published != Some(health.healthy) {
                 let result = self.publish_health(&health, now).await;
                 self.settle_health(result);
                 return true;
@@ -1148,6 +1157,7 @@ impl Candidate {
             .labeller
             .set_health_condition(self.me(), patch, self.call_timeout(now))
             .await?;
+        self.health_published = Some(health.healthy);
         self.observe_pod(pod);
         Ok(())
     }
@@ -1763,6 +1773,11 @@ mod tests {
                 "PATCH" => {
                     body["metadata"]["name"] = "web-0".into();
                     body["metadata"]["resourceVersion"] = "30".into();
+                    if req.path.ends_with("/status") {
+                        // The whole pod comes back: web-0, the active holder.
+                        body["metadata"]["labels"] =
+                            serde_json::json!({"baton.dev/group": "web", "role": "active"});
+                    }
                     (200, body)
                 }
                 "GET" => (
@@ -1904,6 +1919,52 @@ mod tests {
         // It does not take the released Lease back before the bound.
         assert!(!c.act(Instant::now()).await);
         assert_eq!(lease_writes(&api).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_health_condition_is_written_when_the_verdict_changes_and_never_fought_over() {
+        let api = accepting_api();
+        let (c, _shown) = holder(&api, Instant::now());
+        let mut c = c.with_health_condition(true);
+        let (health_tx, health_rx) =
+            watch::channel(Health::default().fold(&Outcome::Success, 1, 1));
+        c.health = health_rx;
+        let status_patches = |api: &ScriptedApi| -> Vec<serde_json::Value> {
+            api.requests()
+                .into_iter()
+                .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+                .map(|r| r.body)
+                .collect()
+        };
+        assert!(c.act(Instant::now()).await);
+        let sent = status_patches(&api);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0]["status"]["conditions"][0]["type"],
+            controls::APP_HEALTHY_CONDITION
+        );
+        assert_eq!(sent[0]["status"]["conditions"][0]["status"], "True");
+
+        // Another writer drops it: not written back (no fight).
+        let mut pod = c.pod.clone().expect("pod");
+        pod.status = None;
+        pod.metadata.resource_version = Some("31".into());
+        c.observe_pod(pod);
+        for _ in 0..3 {
+            c.act(Instant::now()).await;
+        }
+        assert_eq!(status_patches(&api).len(), 1, "{:?}", calls(&api));
+
+        // The verdict changes: written.
+        health_tx.send_modify(|h| *h = h.fold(&Outcome::Failure("503".into()), 1, 1));
+        c.note_health();
+        for _ in 0..6 {
+            c.act(Instant::now()).await;
+        }
+        let sent = status_patches(&api);
+        assert_eq!(sent.len(), 2, "{:?}", calls(&api));
+        assert_eq!(sent[1]["status"]["conditions"][0]["status"], "False");
+        assert_eq!(sent[1]["status"]["conditions"][0]["message"], "503");
     }
 
     #[tokio::test]
