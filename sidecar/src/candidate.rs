@@ -1919,6 +1919,21 @@ mod tests {
         // It does not take the released Lease back before the bound.
         assert!(!c.act(Instant::now()).await);
         assert_eq!(lease_writes(&api).len(), 1);
+
+        // Nobody took it: taken back, and the next handover waits a lease
+        // duration rather than releasing again at once.
+        let until = c.handing_over.as_ref().expect("in flight").until;
+        assert!(c.act(until).await);
+        let writes = lease_writes(&api);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[1]["spec"]["holderIdentity"], "web-0");
+        let retry = c.handover_retry_at.expect("a retry time");
+        assert!(
+            retry > Instant::now() + c.settings.lease_duration / 2,
+            "a lease duration from the take-back: {retry:?}"
+        );
+        assert_eq!(c.handover_wanted(Instant::now()), None);
+        assert_eq!(c.handover_wanted(retry).map(|(t, _)| t), Some(Target::Any));
     }
 
     #[tokio::test]
