@@ -130,7 +130,7 @@ impl Group {
     }
 
     pub async fn sidecar_status(&self, pod: &str) -> serde_json::Value {
-        serde_json::from_str(&self.sidecar_get(pod, "/status").await).expect("status is JSON")
+        crate::harness::sidecar_status(&self.ns, pod).await
     }
 
     pub async fn set_app_health(&self, pod: &str, health: &str) {
