@@ -17,6 +17,8 @@ pub struct Window {
     pub rates: Requests,
     /// Summed over the sampled processes: CPU in percent of one core.
     pub procs_cpu: f64,
+    /// Each sampled process's CPU, in the order of the pids given.
+    pub procs_cpu_each: Vec<f64>,
     pub procs_rss_kib: Vec<u64>,
     pub procs_anon_kib: Vec<u64>,
     pub apiserver_cpu: f64,
@@ -81,7 +83,9 @@ pub async fn window(cluster: &Cluster, secs: u64, pids: &[u32]) -> anyhow::Resul
     };
     for (p, b) in pids.iter().zip(procs_before) {
         if let (Some(b), Some(a)) = (b, proc_sample(*p)) {
-            w.procs_cpu += cpu_percent(&b, &a, secs);
+            let cpu = cpu_percent(&b, &a, secs);
+            w.procs_cpu += cpu;
+            w.procs_cpu_each.push(cpu);
             w.procs_rss_kib.push(a.rss_kib);
             w.procs_anon_kib.push(a.anon_kib);
         }

@@ -12,6 +12,7 @@ mod scale;
 mod scenario;
 mod stats;
 mod svg;
+mod timing;
 mod webhook;
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
@@ -103,13 +104,26 @@ struct Args {
     /// Requests per second of each ClusterIP client.
     #[arg(long, default_value_t = 200)]
     clusterip_rate: u32,
+    /// Unplanned failovers per timing of the settings table.
+    #[arg(long, default_value_t = 10)]
+    timing_failovers: usize,
+    /// The holder's sidecar frozen (as on a lost node), per timing.
+    #[arg(long, default_value_t = 3)]
+    timing_freezes: usize,
+    /// Steady-state window per timing, seconds (long enough for several
+    /// renewals at the slowest renew period).
+    #[arg(long, default_value_t = 60)]
+    timing_window: u64,
+    /// Which timings of the settings table to measure (by name; all by default).
+    #[arg(long, value_delimiter = ',')]
+    timings: Vec<String>,
     /// Rounds of kube-leader-election's race (tests/kle-race), per Lease state.
     #[arg(long, default_value_t = 20)]
     kle_rounds: usize,
     /// The kube-leader-election racer `make bench` builds outside the workspace.
     #[arg(long, default_value = "target/kle-race/debug/baton-kle-race")]
     kle_racer: PathBuf,
-    /// Parts to skip: clusterip, baton, fast, slow, webhook, scale, kle.
+    /// Parts to skip: clusterip, baton, fast, slow, timing, webhook, scale, kle.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Where the binaries the bench measures are: the webhook's, and (up.sh,
@@ -204,6 +218,27 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
+    let mut timings = Vec::new();
+    if !skip("timing") {
+        let chosen = timing::TIMINGS
+            .iter()
+            .filter(|t| args.timings.is_empty() || args.timings.iter().any(|n| n == t.name));
+        for t in chosen {
+            say(&format!("timing {}: {}", t.name, t.annotations()));
+            timings.push(
+                timing::run(
+                    &cluster,
+                    &out,
+                    t,
+                    args.timing_failovers,
+                    args.timing_freezes,
+                    args.timing_window,
+                )
+                .await,
+            );
+        }
+    }
+
     let webhook = if skip("webhook") {
         None
     } else {
@@ -284,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
         webhook: webhook.as_ref(),
         kle: kle.as_ref(),
         clusterip: &clusterip,
+        timings: &timings,
         scales: &scales,
         minutes: (now() - started) / 60.0,
     };
@@ -316,7 +352,7 @@ async fn measure_system(
         "{}: deploying a group of two pods",
         system.label()
     ));
-    let group = match Group::deploy(cluster, system, out).await {
+    let group = match Group::deploy(cluster, system, &timing::DEFAULT_TIMING, out).await {
         Ok(g) => g,
         Err(e) => {
             r.errors.push(format!("deploy: {e:#}"));
@@ -391,6 +427,7 @@ struct Report<'a> {
     webhook: Option<&'a Result<webhook::WebhookResult, String>>,
     kle: Option<&'a kle::KleRace>,
     clusterip: &'a [clusterip::ClusterIpResult],
+    timings: &'a [timing::TimingResult],
     scales: &'a [scale::ScaleResult],
     minutes: f64,
 }
@@ -751,6 +788,17 @@ impl Report<'_> {
                     let _ = writeln!(md, "The webhook measure failed: {e}");
                 }
             }
+        }
+        if !self.timings.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Settings versus failover time and API cost\n\nOne group of two pods per timing, on KWOK nodes ({} builds): {} unplanned failovers, the holder's sidecar frozen {} times (SIGSTOP: no release and, unlike SIGKILL, no restart that renews the Lease again), and a steady-state window of {} s.\n",
+                build_kind(&self.args.bin_dir),
+                self.args.timing_failovers,
+                self.args.timing_freezes,
+                self.args.timing_window
+            );
+            md.push_str(&timing::markdown(self.timings, self.background));
         }
         if !self.scales.is_empty() {
             let _ = writeln!(

@@ -18,6 +18,7 @@ use super::{
     measure::{ProcSample, proc_sample},
     recorder::{Change, Recorder, State},
     stats::{now, parse_log_time},
+    timing::{DEFAULT_TIMING, Timing},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,15 +41,6 @@ impl System {
             System::Baseline(i) => format!("baseline-{i}s"),
         }
     }
-    /// The period of what detects a failure: the sidecar's probe period,
-    /// or the baseline's poll interval.
-    fn cadence(&self) -> Duration {
-        match self {
-            System::Baton => Duration::from_millis(500),
-            System::Baseline(i) => Duration::from_secs(*i),
-        }
-    }
-
     /// Longest a failover may take before the run counts as failed.
     fn timeout(&self) -> Duration {
         match self {
@@ -86,6 +78,8 @@ pub struct Group {
     pub ns: TestNamespace,
     pub name: String,
     pub system: System,
+    /// The sidecars' timing settings (baton only).
+    pub timing: &'static Timing,
     pub rec: Recorder,
     controller: Option<Child>,
     pub controller_log: PathBuf,
@@ -96,16 +90,21 @@ impl Group {
     pub async fn deploy(
         cluster: &Cluster,
         system: System,
+        timing: &'static Timing,
         out: &std::path::Path,
     ) -> anyhow::Result<Group> {
-        let ns = cluster.namespace(&format!("bench-{}", system.slug())).await;
+        let slug = match system {
+            System::Baton if timing.name != DEFAULT_TIMING.name => format!("baton-{}", timing.name),
+            _ => system.slug(),
+        };
+        let ns = cluster.namespace(&format!("bench-{slug}")).await;
         let rec = Recorder::start(ns.api(), ns.api()).await;
         let name = "web".to_string();
         ns.apply(&workload::statefulset(
             &name,
             2,
             system == System::Baton,
-            &[],
+            timing.env,
         ));
         ns.apply(&workload::active_service(&name));
         let controller_log = out.join(format!("{}-controller.log", system.slug()));
@@ -114,6 +113,7 @@ impl Group {
             ns,
             name,
             system,
+            timing,
             rec,
             controller: None,
             controller_log,
@@ -292,6 +292,21 @@ impl Group {
         Ok((a, b))
     }
 
+    /// The sidecar pids of the active pod and of the standby, in that order.
+    pub fn holder_and_standby_pids(&self) -> Option<[u32; 2]> {
+        let st = self.rec.state();
+        let active = st.active("web");
+        let [holder] = active.as_slice() else {
+            return None;
+        };
+        let standby = st
+            .group_pods("web")
+            .into_iter()
+            .map(|(n, _)| n)
+            .find(|n| n != holder)?;
+        Some([self.sidecar_pid(holder)?, self.sidecar_pid(&standby)?])
+    }
+
     fn sidecar_pid(&self, pod: &str) -> Option<u32> {
         let f = self.ns.pod_dir(pod).join("baton-sidecar.pid");
         std::fs::read_to_string(f).ok()?.trim().parse().ok()
@@ -345,6 +360,15 @@ impl Group {
         }
     }
 
+    /// The period of what detects a failure: the sidecar's probe period,
+    /// or the baseline's poll interval.
+    fn cadence(&self) -> Duration {
+        match self.system {
+            System::Baton => self.timing.probe_period,
+            System::Baseline(i) => Duration::from_secs(i),
+        }
+    }
+
     /// Failures come at any moment, not just after a poll: each run waits
     /// a random part of the detector's period (uniform) before acting, so
     /// that a poll loop is measured at its average, not its worst or best
@@ -356,7 +380,7 @@ impl Group {
     /// The active app starts failing; ends when the Service lists only the standby.
     pub async fn failover(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
-        self.random_phase(self.system.cadence()).await;
+        self.random_phase(self.cadence()).await;
         let before = self.sidecar_samples();
         let t0 = now();
         self.set_health(&a, "fail").await?;
@@ -407,7 +431,7 @@ impl Group {
         ));
         // Some traffic before the deletion, so the client is warm.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        self.random_phase(self.system.cadence()).await;
+        self.random_phase(self.cadence()).await;
         let t0 = now();
         let pods: kube::Api<Pod> = self.ns.api();
         pods.delete(&a, &DeleteParams::default()).await?;
@@ -441,8 +465,7 @@ impl Group {
     pub async fn killed(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
         let pid = self.sidecar_pid(&a).context("the holder's sidecar pid")?;
-        // The renewal cadence (the renew period, 2 s by default).
-        self.random_phase(Duration::from_secs(2)).await;
+        self.random_phase(self.timing.renew_period).await;
         let t0 = now();
         signal(pid, "KILL").await;
         let svc = self.service();
@@ -466,6 +489,32 @@ impl Group {
         }
         self.stable(Some(&b)).await?;
         Ok(self.finish_run("sigkill", index, t0, total, now()))
+    }
+
+    /// The holder's sidecar is frozen (SIGSTOP), as on a node that is lost:
+    /// no release, no relabel and, unlike SIGKILL, no restart that would
+    /// renew the Lease again when the lease outlasts the runner's restart
+    /// delay. Ends when the standby is active and the only endpoint; the
+    /// sidecar is thawed then, and the group must settle on the standby.
+    pub async fn frozen(&self, index: usize) -> anyhow::Result<Run> {
+        let (a, b) = self.stable(None).await?;
+        let pid = self.sidecar_pid(&a).context("the holder's sidecar pid")?;
+        self.random_phase(self.timing.renew_period).await;
+        let t0 = now();
+        signal(pid, "STOP").await;
+        let svc = self.service();
+        let done = self
+            .rec
+            .wait(
+                self.timing.lease_duration * 3 + Duration::from_secs(30),
+                "the standby active and the only endpoint",
+                |s| s.endpoint_pods(&svc) == [b.clone()] && s.active("web") == [b.clone()],
+            )
+            .await;
+        signal(pid, "CONT").await;
+        let total = done?.t - t0;
+        self.stable(Some(&b)).await?;
+        Ok(self.finish_run("frozen", index, t0, total, now()))
     }
 }
 
