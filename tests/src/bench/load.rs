@@ -24,6 +24,9 @@ pub struct Window {
     pub apiserver_cpu: f64,
     pub apiserver_rss_kib: u64,
     pub etcd_cpu: f64,
+    /// The whole machine's busy CPU (all but idle and iowait), in percent
+    /// of one core: what every process together used.
+    pub machine_busy: f64,
 }
 
 impl Window {
@@ -71,8 +74,10 @@ pub async fn window(cluster: &Cluster, secs: u64, pids: &[u32]) -> anyhow::Resul
     let procs_before: Vec<Option<ProcSample>> = pids.iter().map(|p| proc_sample(*p)).collect();
     let (api0, etcd0) = (sample(api), sample(etcd));
     let before = scrape(cluster)?;
+    let machine0 = machine_jiffies();
     let t0 = now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    let machine1 = machine_jiffies();
     let after = scrape(cluster)?;
     let secs = now() - t0;
     let (api1, etcd1) = (sample(api), sample(etcd));
@@ -97,5 +102,37 @@ pub async fn window(cluster: &Cluster, secs: u64, pids: &[u32]) -> anyhow::Resul
     if let (Some(a), Some(b)) = (etcd0, etcd1) {
         w.etcd_cpu = cpu_percent(&a, &b, secs);
     }
+    if let (Some((busy0, all0)), Some((busy1, all1))) = (machine0, machine1) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let all = all1.saturating_sub(all0).max(1) as f64;
+        w.machine_busy = busy1.saturating_sub(busy0) as f64 / all * cores * 100.0;
+    }
     Ok(w)
+}
+
+/// (busy, all) jiffies of the machine, from /proc/stat's `cpu` line.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    parse_cpu_line(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_cpu_line(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let all: u64 = v.iter().sum();
+    Some((all - v[3] - v.get(4).copied().unwrap_or(0), all))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn machine_busy_is_all_but_idle_and_iowait() {
+        let stat = "cpu  100 5 50 800 40 2 3 0 0 0\ncpu0 50 2 25 400 20 1 1 0 0 0\n";
+        assert_eq!(super::parse_cpu_line(stat), Some((160, 1000)));
+    }
 }

@@ -807,14 +807,20 @@ impl Report<'_> {
             );
             let _ = writeln!(
                 md,
-                "| groups | settle s | failover s (median / p99) | detection s | failed failovers | flaps in window | leases+pods req/min per group | all req/min | API server CPU % | API server RSS MiB | etcd CPU % | sidecars: total RSS MiB (private) / CPU % of a core | note |"
+                "| groups | settle s | failover s (median / p99) | detection s | failed failovers | flaps in window | leases+pods req/min per group | all req/min | API server CPU % | API server RSS MiB | etcd CPU % | sidecars: total RSS MiB (private) / CPU % of a core | apps CPU % | machine busy, % of a core (of {}) | note |",
+                100 * std::thread::available_parallelism().map_or(1, |n| n.get())
             );
             let _ = writeln!(
                 md,
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
             );
             let bg = self.background.leases_and_pods();
             for s in self.scales {
+                let apps = s.apps_cpu.map_or("–".into(), |c| format!("{c:.0}"));
+                let busy = s
+                    .window
+                    .as_ref()
+                    .map_or("–".into(), |w| format!("{:.0}", w.machine_busy));
                 let (lp, all, api, apirss, etcd, side) = match &s.window {
                     Some(w) => {
                         let (l, p) = w.leases_and_pods();
@@ -836,7 +842,7 @@ impl Report<'_> {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} | {lp} | {all} | {api} | {apirss} | {etcd} | {side} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {lp} | {all} | {api} | {apirss} | {etcd} | {side} | {apps} | {busy} | {} |",
                     s.groups,
                     s.settle.map_or("–".into(), |v| format!("{v:.0}")),
                     s.failover.cell(2),

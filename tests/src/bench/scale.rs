@@ -14,6 +14,7 @@ use kube::{Api, runtime::watcher};
 
 use super::{
     load::{Window, window},
+    measure::{cpu_percent, proc_sample},
     recorder::Recorder,
     scenario::APP_PORT,
     stats::{Summary, now, parse_log_time, summary},
@@ -32,6 +33,8 @@ pub struct ScaleResult {
     /// Role or endpoint changes during the steady window (should be 0).
     pub flaps: usize,
     pub broke: Option<String>,
+    /// The apps' CPU over the steady window, percent of a core (all apps).
+    pub apps_cpu: Option<f64>,
     /// Private memory (RssAnon) of one pod's two processes, KiB.
     pub pod_anon_kib: Option<f64>,
 }
@@ -121,18 +124,25 @@ pub async fn run(
         let anon = |pids: &[u32]| -> f64 {
             let v: Vec<f64> = pids
                 .iter()
-                .filter_map(|p| super::measure::proc_sample(*p))
+                .filter_map(|p| proc_sample(*p))
                 .map(|s| s.anon_kib as f64)
                 .collect();
             v.iter().sum::<f64>() / v.len().max(1) as f64
         };
         r.pod_anon_kib = Some(anon(&pids) + anon(&apps));
+        let apps_before: Vec<_> = apps.iter().map(|p| proc_sample(*p)).collect();
         let from = now();
         match window(cluster, window_secs, &pids).await {
             Ok(w) => r.window = Some(w),
             Err(e) => r.broke = Some(format!("window: {e}")),
         }
         let to = now();
+        r.apps_cpu = Some(
+            apps.iter()
+                .zip(apps_before)
+                .filter_map(|(p, b)| Some(cpu_percent(&b?, &proc_sample(*p)?, to - from)))
+                .sum(),
+        );
         r.flaps = names.iter().map(|g| rec.changes(g, from, to)).sum();
         let (mut totals, mut detections) = (Vec::new(), Vec::new());
         let step = (groups / failovers.max(1)).max(1);
