@@ -155,10 +155,15 @@ impl Prober {
                     .map(|_| Outcome::Success)
                     .unwrap_or_else(|e| Outcome::Failure(format!("connect {}: {e}", self.target))),
                 ProbeKind::Http => match self.get().await {
-                    Ok(r) if r.status().is_success() || r.status().is_redirection() => {
-                        Outcome::Success
+                    Ok(r) => {
+                        let status = r.status();
+                        drain(r).await;
+                        if status.is_success() || status.is_redirection() {
+                            Outcome::Success
+                        } else {
+                            Outcome::Failure(format!("GET {} answered {status}", self.url))
+                        }
                     }
-                    Ok(r) => Outcome::Failure(format!("GET {} answered {}", self.url, r.status())),
                     // With its sources: reqwest's own text is only "error
                     // sending request"; the cause (connection refused, ...)
                     // is what an operator needs in /status and Events.
@@ -169,6 +174,20 @@ impl Prober {
         tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or(Outcome::Timeout)
+    }
+}
+
+/// Reads the answer's body, as kubelet does up to 10 KiB: a connection
+/// goes back for the next probe only once its answer was read whole. A
+/// longer body is left, and its connection closed.
+async fn drain(mut answer: reqwest::Response) {
+    const LIMIT: usize = 10 * 1024;
+    let mut read = 0;
+    while read <= LIMIT {
+        match answer.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
     }
 }
 
@@ -325,9 +344,13 @@ mod tests {
                 }
                 for _ in 0..answers {
                     let _ = sock.read(&mut buf).await;
+                    // The body comes after the head, as from a busy app:
+                    // the connection is reusable only once it is read.
                     let _ = sock
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n")
                         .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = sock.write_all(b"ok\n").await;
                 }
             }
         });
