@@ -21,6 +21,8 @@ pub struct Window {
     pub procs_cpu_each: Vec<f64>,
     pub procs_rss_kib: Vec<u64>,
     pub procs_anon_kib: Vec<u64>,
+    /// The other processes' CPU, summed, in percent of one core.
+    pub others_cpu: f64,
     pub apiserver_cpu: f64,
     pub apiserver_rss_kib: u64,
     pub etcd_cpu: f64,
@@ -65,42 +67,60 @@ fn component_pid(cluster: &Cluster, name: &str) -> Option<u32> {
         .ok()
 }
 
-/// Measures for `secs`: request rates, and CPU/RSS of `pids` and of the
-/// API server and etcd. The scrapes' own requests are a few per window.
-pub async fn window(cluster: &Cluster, secs: u64, pids: &[u32]) -> anyhow::Result<Window> {
+/// Measures for `secs`: request rates, CPU/RSS of `pids`, the CPU of
+/// `others` together, and the API server's and etcd's. The scrapes' own
+/// requests are a few per window.
+pub async fn window(
+    cluster: &Cluster,
+    secs: u64,
+    pids: &[u32],
+    others: &[u32],
+) -> anyhow::Result<Window> {
     let api = component_pid(cluster, "kube-apiserver");
     let etcd = component_pid(cluster, "etcd");
     let sample = |p: Option<u32>| p.and_then(proc_sample);
-    let procs_before: Vec<Option<ProcSample>> = pids.iter().map(|p| proc_sample(*p)).collect();
-    let (api0, etcd0) = (sample(api), sample(etcd));
     let before = scrape(cluster)?;
+    let scraped = now();
+    // The processes are sampled right around the sleep, with their own
+    // clock: a scrape of a saturated API server takes seconds, which
+    // must not count as part of the window.
+    let procs_before: Vec<Option<ProcSample>> = pids.iter().map(|p| proc_sample(*p)).collect();
+    let others_before: Vec<Option<ProcSample>> = others.iter().map(|p| proc_sample(*p)).collect();
+    let (api0, etcd0) = (sample(api), sample(etcd));
     let machine0 = machine_jiffies();
     let t0 = now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let machine1 = machine_jiffies();
-    let after = scrape(cluster)?;
-    let secs = now() - t0;
     let (api1, etcd1) = (sample(api), sample(etcd));
+    let procs_after: Vec<Option<ProcSample>> = pids.iter().map(|p| proc_sample(*p)).collect();
+    let others_after: Vec<Option<ProcSample>> = others.iter().map(|p| proc_sample(*p)).collect();
+    let sampled = now() - t0;
+    let after = scrape(cluster)?;
     let mut w = Window {
-        secs,
-        rates: rates(&before, &after, secs),
+        secs: sampled,
+        rates: rates(&before, &after, now() - scraped),
         ..Window::default()
     };
-    for (p, b) in pids.iter().zip(procs_before) {
-        if let (Some(b), Some(a)) = (b, proc_sample(*p)) {
-            let cpu = cpu_percent(&b, &a, secs);
+    for (b, a) in procs_before.into_iter().zip(procs_after) {
+        if let (Some(b), Some(a)) = (b, a) {
+            let cpu = cpu_percent(&b, &a, sampled);
             w.procs_cpu += cpu;
             w.procs_cpu_each.push(cpu);
             w.procs_rss_kib.push(a.rss_kib);
             w.procs_anon_kib.push(a.anon_kib);
         }
     }
+    w.others_cpu = others_before
+        .into_iter()
+        .zip(others_after)
+        .filter_map(|(b, a)| Some(cpu_percent(&b?, &a?, sampled)))
+        .sum();
     if let (Some(a), Some(b)) = (api0, api1) {
-        w.apiserver_cpu = cpu_percent(&a, &b, secs);
+        w.apiserver_cpu = cpu_percent(&a, &b, sampled);
         w.apiserver_rss_kib = b.rss_kib;
     }
     if let (Some(a), Some(b)) = (etcd0, etcd1) {
-        w.etcd_cpu = cpu_percent(&a, &b, secs);
+        w.etcd_cpu = cpu_percent(&a, &b, sampled);
     }
     if let (Some((busy0, all0)), Some((busy1, all1))) = (machine0, machine1) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

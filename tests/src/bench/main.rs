@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     let skip = |p: &str| args.skip.iter().any(|s| s == p);
 
     say("steady-state window on the empty cluster (background load)");
-    let background = load::window(&cluster, args.window, &[])
+    let background = load::window(&cluster, args.window, &[], &[])
         .await
         .context("background window")?;
 
@@ -362,7 +362,7 @@ async fn measure_system(
     if system == System::Baton || system == System::Baseline(args.fast_interval) {
         say(&format!("{}: steady-state window", system.label()));
         let pids: Vec<u32> = sidecar_pids(&group);
-        match load::window(cluster, args.window, &pids).await {
+        match load::window(cluster, args.window, &pids, &[]).await {
             Ok(w) => r.idle = Some(w),
             Err(e) => r.errors.push(format!("window: {e:#}")),
         }
@@ -816,7 +816,10 @@ impl Report<'_> {
             );
             let bg = self.background.leases_and_pods();
             for s in self.scales {
-                let apps = s.apps_cpu.map_or("–".into(), |c| format!("{c:.0}"));
+                let apps = s
+                    .window
+                    .as_ref()
+                    .map_or("–".into(), |w| format!("{:.0}", w.others_cpu));
                 let busy = s
                     .window
                     .as_ref()

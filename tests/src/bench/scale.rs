@@ -14,7 +14,7 @@ use kube::{Api, runtime::watcher};
 
 use super::{
     load::{Window, window},
-    measure::{cpu_percent, proc_sample},
+    measure::proc_sample,
     recorder::Recorder,
     scenario::APP_PORT,
     stats::{Summary, now, parse_log_time, summary},
@@ -33,8 +33,6 @@ pub struct ScaleResult {
     /// Role or endpoint changes during the steady window (should be 0).
     pub flaps: usize,
     pub broke: Option<String>,
-    /// The apps' CPU over the steady window, percent of a core (all apps).
-    pub apps_cpu: Option<f64>,
     /// Private memory (RssAnon) of one pod's two processes, KiB.
     pub pod_anon_kib: Option<f64>,
 }
@@ -130,19 +128,12 @@ pub async fn run(
             v.iter().sum::<f64>() / v.len().max(1) as f64
         };
         r.pod_anon_kib = Some(anon(&pids) + anon(&apps));
-        let apps_before: Vec<_> = apps.iter().map(|p| proc_sample(*p)).collect();
         let from = now();
-        match window(cluster, window_secs, &pids).await {
+        match window(cluster, window_secs, &pids, &apps).await {
             Ok(w) => r.window = Some(w),
             Err(e) => r.broke = Some(format!("window: {e}")),
         }
         let to = now();
-        r.apps_cpu = Some(
-            apps.iter()
-                .zip(apps_before)
-                .filter_map(|(p, b)| Some(cpu_percent(&b?, &proc_sample(*p)?, to - from)))
-                .sum(),
-        );
         r.flaps = names.iter().map(|g| rec.changes(g, from, to)).sum();
         let (mut totals, mut detections) = (Vec::new(), Vec::new());
         let step = (groups / failovers.max(1)).max(1);

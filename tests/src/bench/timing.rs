@@ -132,7 +132,7 @@ pub async fn run(
         .holder_and_standby_pids()
         .map(Vec::from)
         .unwrap_or_default();
-    match load::window(cluster, window, &pids).await {
+    match load::window(cluster, window, &pids, &[]).await {
         Ok(w) => r.idle = Some(w),
         Err(e) => r.errors.push(format!("window: {e:#}")),
     }
