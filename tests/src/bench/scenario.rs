@@ -461,6 +461,22 @@ impl Group {
         move || rx.borrow().clone()
     }
 
+    /// When `standby` became active and the Service's only endpoint, after
+    /// a holder that stopped without releasing: within a few lease
+    /// durations.
+    async fn standby_took_over(&self, standby: &str) -> anyhow::Result<f64> {
+        let svc = self.service();
+        let done = self
+            .rec
+            .wait(
+                self.timing.lease_duration * 3 + Duration::from_secs(30),
+                "the standby active and the only endpoint",
+                |s| s.endpoint_pods(&svc) == [standby] && s.active("web") == [standby],
+            )
+            .await?;
+        Ok(done.t)
+    }
+
     /// The holder's sidecar gets SIGKILL: no release, no relabel.
     pub async fn killed(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
@@ -468,16 +484,7 @@ impl Group {
         self.random_phase(self.timing.renew_period).await;
         let t0 = now();
         signal(pid, "KILL").await;
-        let svc = self.service();
-        let done = self
-            .rec
-            .wait(
-                Duration::from_secs(60),
-                "the standby active and the only endpoint",
-                |s| s.endpoint_pods(&svc) == [b.clone()] && s.active("web") == [b.clone()],
-            )
-            .await?;
-        let total = done.t - t0;
+        let total = self.standby_took_over(&b).await? - t0;
         // The runner restarts the killed container (after its back-off).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while self.sidecar_pid(&a) == Some(pid) || self.sidecar_pid(&a).is_none() {
@@ -502,17 +509,9 @@ impl Group {
         self.random_phase(self.timing.renew_period).await;
         let t0 = now();
         signal(pid, "STOP").await;
-        let svc = self.service();
-        let done = self
-            .rec
-            .wait(
-                self.timing.lease_duration * 3 + Duration::from_secs(30),
-                "the standby active and the only endpoint",
-                |s| s.endpoint_pods(&svc) == [b.clone()] && s.active("web") == [b.clone()],
-            )
-            .await;
+        let done = self.standby_took_over(&b).await;
         signal(pid, "CONT").await;
-        let total = done?.t - t0;
+        let total = done? - t0;
         self.stable(Some(&b)).await?;
         Ok(self.finish_run("frozen", index, t0, total, now()))
     }
