@@ -15,9 +15,8 @@ pub struct Window {
     pub secs: f64,
     /// Requests per minute by (resource, verb).
     pub rates: Requests,
-    /// Summed over the sampled processes: CPU in percent of one core.
-    pub procs_cpu: f64,
-    /// Each sampled process's CPU, in the order of the pids given.
+    /// Each sampled process's CPU in percent of one core, in the order of
+    /// the pids given.
     pub procs_cpu_each: Vec<f64>,
     pub procs_rss_kib: Vec<u64>,
     pub procs_anon_kib: Vec<u64>,
@@ -32,6 +31,11 @@ pub struct Window {
 }
 
 impl Window {
+    /// The sampled processes' CPU together, in percent of one core.
+    pub fn procs_cpu(&self) -> f64 {
+        self.procs_cpu_each.iter().sum()
+    }
+
     /// Requests per minute on leases and pods (any subresource, any verb).
     pub fn leases_and_pods(&self) -> (f64, f64) {
         let sum = |prefix: &str| {
@@ -103,9 +107,7 @@ pub async fn window(
     };
     for (b, a) in procs_before.into_iter().zip(procs_after) {
         if let (Some(b), Some(a)) = (b, a) {
-            let cpu = cpu_percent(&b, &a, sampled);
-            w.procs_cpu += cpu;
-            w.procs_cpu_each.push(cpu);
+            w.procs_cpu_each.push(cpu_percent(&b, &a, sampled));
             w.procs_rss_kib.push(a.rss_kib);
             w.procs_anon_kib.push(a.anon_kib);
         }
@@ -123,11 +125,15 @@ pub async fn window(
         w.etcd_cpu = cpu_percent(&a, &b, sampled);
     }
     if let (Some((busy0, all0)), Some((busy1, all1))) = (machine0, machine1) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let all = all1.saturating_sub(all0).max(1) as f64;
-        w.machine_busy = busy1.saturating_sub(busy0) as f64 / all * cores * 100.0;
+        w.machine_busy = busy1.saturating_sub(busy0) as f64 / all * cores() as f64 * 100.0;
     }
     Ok(w)
+}
+
+/// The machine's cores (1 if unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// (busy, all) jiffies of the machine, from /proc/stat's `cpu` line.

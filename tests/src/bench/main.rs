@@ -212,9 +212,24 @@ async fn main() -> anyhow::Result<()> {
         if skip(part) {
             continue;
         }
+        let window = (system == System::Baton || system == System::Baseline(args.fast_interval))
+            .then_some(args.window);
+        let steps = [
+            ("failover", failovers),
+            ("planned", planned),
+            ("sigkill", kills),
+        ];
         systems.push((
             system,
-            measure_system(&cluster, system, &out, &args, failovers, planned, kills).await,
+            measure_system(
+                &cluster,
+                system,
+                &timing::DEFAULT_TIMING,
+                &out,
+                window,
+                &steps,
+            )
+            .await,
         ));
     }
 
@@ -223,19 +238,22 @@ async fn main() -> anyhow::Result<()> {
         let chosen = timing::TIMINGS
             .iter()
             .filter(|t| args.timings.is_empty() || args.timings.iter().any(|n| n == t.name));
+        let steps = [
+            ("failover", args.timing_failovers),
+            ("frozen", args.timing_freezes),
+        ];
         for t in chosen {
             say(&format!("timing {}: {}", t.name, t.annotations()));
-            timings.push(
-                timing::run(
-                    &cluster,
-                    &out,
-                    t,
-                    args.timing_failovers,
-                    args.timing_freezes,
-                    args.timing_window,
-                )
-                .await,
-            );
+            let result = measure_system(
+                &cluster,
+                System::Baton,
+                t,
+                &out,
+                Some(args.timing_window),
+                &steps,
+            )
+            .await;
+            timings.push((*t, result));
         }
     }
 
@@ -338,49 +356,53 @@ fn chrono_free_time() -> String {
     format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
 }
 
+/// One group of `system` under `timing`: a steady-state window of
+/// `window` seconds if asked, then each step's runs in turn (a step stops
+/// after three failures in a row).
 async fn measure_system(
     cluster: &Cluster,
     system: System,
+    timing: &'static timing::Timing,
     out: &std::path::Path,
-    args: &Args,
-    failovers: usize,
-    planned: usize,
-    kills: usize,
+    window: Option<u64>,
+    steps: &[(&'static str, usize)],
 ) -> SystemResult {
     let mut r = SystemResult::default();
-    say(&format!(
-        "{}: deploying a group of two pods",
-        system.label()
-    ));
-    let group = match Group::deploy(cluster, system, &timing::DEFAULT_TIMING, out).await {
+    let label = match system {
+        System::Baton if timing.name != timing::DEFAULT_TIMING.name => {
+            format!("{} ({})", system.label(), timing.name)
+        }
+        _ => system.label(),
+    };
+    say(&format!("{label}: deploying a group of two pods"));
+    let group = match Group::deploy(cluster, system, timing, out).await {
         Ok(g) => g,
         Err(e) => {
             r.errors.push(format!("deploy: {e:#}"));
             return r;
         }
     };
-    if system == System::Baton || system == System::Baseline(args.fast_interval) {
-        say(&format!("{}: steady-state window", system.label()));
-        let pids: Vec<u32> = sidecar_pids(&group);
-        match load::window(cluster, args.window, &pids, &[]).await {
+    if let Some(secs) = window {
+        say(&format!("{label}: steady-state window"));
+        let pids: Vec<u32> = group
+            .holder_and_standby_pids()
+            .map(Vec::from)
+            .unwrap_or_default();
+        match load::window(cluster, secs, &pids, &[]).await {
             Ok(w) => r.idle = Some(w),
             Err(e) => r.errors.push(format!("window: {e:#}")),
         }
     }
-    type Step<'a> = (&'static str, usize);
-    let steps: [Step; 3] = [
-        ("failover", failovers),
-        ("planned", planned),
-        ("sigkill", kills),
-    ];
-    for (scenario, n) in steps {
+    for &(scenario, n) in steps {
         let mut consecutive = 0;
         for i in 0..n {
-            say(&format!("{}: {scenario} {}/{n}", system.label(), i + 1));
+            say(&format!("{label}: {scenario} {}/{n}", i + 1));
             let res = match scenario {
                 "failover" => group.failover(i).await,
                 "planned" => group.planned(i).await,
-                _ => group.killed(i).await,
+                "sigkill" => group.killed(i).await,
+                "frozen" => group.frozen(i).await,
+                other => unreachable!("no scenario {other}"),
             };
             match res {
                 Ok(run) => {
@@ -412,14 +434,6 @@ async fn measure_system(
     r
 }
 
-fn sidecar_pids(group: &Group) -> Vec<u32> {
-    ["web-0", "web-1"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(group.ns.pod_dir(p).join("baton-sidecar.pid")).ok())
-        .filter_map(|s| s.trim().parse().ok())
-        .collect()
-}
-
 struct Report<'a> {
     args: &'a Args,
     background: &'a Window,
@@ -427,7 +441,7 @@ struct Report<'a> {
     webhook: Option<&'a Result<webhook::WebhookResult, String>>,
     kle: Option<&'a kle::KleRace>,
     clusterip: &'a [clusterip::ClusterIpResult],
-    timings: &'a [timing::TimingResult],
+    timings: &'a [(&'static timing::Timing, SystemResult)],
     scales: &'a [scale::ScaleResult],
     minutes: f64,
 }
@@ -487,7 +501,7 @@ impl Report<'_> {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let nproc = load::cores();
         vec![
             ("nproc".into(), nproc.to_string()),
             ("CPU".into(), cpu),
@@ -579,7 +593,7 @@ impl Report<'_> {
             "sidecar CPU idle, % of a core per sidecar",
             &|s, r| match (s, &r.idle) {
                 (System::Baton, Some(w)) if !w.procs_rss_kib.is_empty() => {
-                    format!("{:.2}", w.procs_cpu / w.procs_rss_kib.len() as f64)
+                    format!("{:.2}", w.procs_cpu() / w.procs_rss_kib.len() as f64)
                 }
                 _ => "–".into(),
             },
@@ -808,7 +822,7 @@ impl Report<'_> {
             let _ = writeln!(
                 md,
                 "| groups | settle s | failover s (median / p99) | detection s | failed failovers | flaps in window | leases+pods req/min per group | all req/min | API server CPU % | API server RSS MiB | etcd CPU % | sidecars: total RSS MiB (private) / CPU % of a core | apps CPU % | machine busy, % of a core (of {}) | note |",
-                100 * std::thread::available_parallelism().map_or(1, |n| n.get())
+                100 * load::cores()
             );
             let _ = writeln!(
                 md,
@@ -837,7 +851,7 @@ impl Report<'_> {
                                 "{} ({}) / {:.0}",
                                 mib(w.procs_rss_kib.iter().sum::<u64>() as f64),
                                 mib(w.procs_anon_kib.iter().sum::<u64>() as f64),
-                                w.procs_cpu
+                                w.procs_cpu()
                             ),
                         )
                     }
@@ -926,7 +940,7 @@ impl Report<'_> {
                 w.total(),
                 w.apiserver_cpu,
                 w.procs_rss_kib.iter().sum::<u64>(),
-                w.procs_cpu,
+                w.procs_cpu(),
                 s.broke.clone().unwrap_or_default().replace('"', "'")
             );
         }

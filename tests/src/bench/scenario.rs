@@ -10,6 +10,7 @@ use baton_e2e::{
     harness::{Cluster, TestNamespace, http, repo_root, signal},
     workload,
 };
+use baton_sidecar::Settings;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use tokio::process::{Child, Command};
@@ -78,8 +79,8 @@ pub struct Group {
     pub ns: TestNamespace,
     pub name: String,
     pub system: System,
-    /// The sidecars' timing settings (baton only).
-    pub timing: &'static Timing,
+    /// The settings the sidecars run with (baton only).
+    sidecar: Settings,
     pub rec: Recorder,
     controller: Option<Child>,
     pub controller_log: PathBuf,
@@ -113,7 +114,7 @@ impl Group {
             ns,
             name,
             system,
-            timing,
+            sidecar: timing.sidecar(),
             rec,
             controller: None,
             controller_log,
@@ -364,7 +365,7 @@ impl Group {
     /// or the baseline's poll interval.
     fn cadence(&self) -> Duration {
         match self.system {
-            System::Baton => self.timing.probe_period,
+            System::Baton => self.sidecar.probe_period,
             System::Baseline(i) => Duration::from_secs(i),
         }
     }
@@ -469,7 +470,7 @@ impl Group {
         let done = self
             .rec
             .wait(
-                self.timing.lease_duration * 3 + Duration::from_secs(30),
+                self.sidecar.lease_duration * 3 + Duration::from_secs(30),
                 "the standby active and the only endpoint",
                 |s| s.endpoint_pods(&svc) == [standby] && s.active("web") == [standby],
             )
@@ -481,7 +482,7 @@ impl Group {
     pub async fn killed(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
         let pid = self.sidecar_pid(&a).context("the holder's sidecar pid")?;
-        self.random_phase(self.timing.renew_period).await;
+        self.random_phase(self.sidecar.renew_period).await;
         let t0 = now();
         signal(pid, "KILL").await;
         let total = self.standby_took_over(&b).await? - t0;
@@ -506,7 +507,7 @@ impl Group {
     pub async fn frozen(&self, index: usize) -> anyhow::Result<Run> {
         let (a, b) = self.stable(None).await?;
         let pid = self.sidecar_pid(&a).context("the holder's sidecar pid")?;
-        self.random_phase(self.timing.renew_period).await;
+        self.random_phase(self.sidecar.renew_period).await;
         let t0 = now();
         signal(pid, "STOP").await;
         let done = self.standby_took_over(&b).await;

@@ -4,39 +4,26 @@
 //! annotations set), a steady-state window, unplanned failovers, and the
 //! holder's sidecar frozen as on a lost node.
 
-use std::{fmt::Write as _, time::Duration};
+use std::fmt::Write as _;
 
-use baton_e2e::harness::Cluster;
+use baton_sidecar::Settings;
+use clap::Parser as _;
 
-use super::{
-    load::{self, Window},
-    say,
-    scale::wait_namespace_gone,
-    scenario::{Group, Run, System},
-    stats::summary,
-};
+use super::{SystemResult, load::Window, scenario::Run, stats::summary};
 
-/// One set of the sidecar's timing settings.
+/// One set of the sidecar's timing settings, as the sidecar's environment
+/// (what the injection annotations set).
 pub struct Timing {
     pub name: &'static str,
-    /// The sidecar's environment that sets it; empty for the defaults.
+    /// Empty for the defaults.
     pub env: &'static [(&'static str, &'static str)],
-    pub probe_period: Duration,
-    pub renew_period: Duration,
-    pub lease_duration: Duration,
 }
 
 pub static DEFAULT_TIMING: Timing = Timing {
     name: "default",
     env: &[],
-    probe_period: Duration::from_millis(500),
-    renew_period: Duration::from_secs(2),
-    lease_duration: Duration::from_secs(6),
 };
 
-/// Each satisfies the sidecar's rules (renew-period + retry-period <
-/// renew-deadline, renew-deadline + api-timeout ≤ lease-duration,
-/// probe-timeout ≤ probe-period).
 pub static TIMINGS: [&Timing; 4] = [
     &DEFAULT_TIMING,
     &Timing {
@@ -49,9 +36,6 @@ pub static TIMINGS: [&Timing; 4] = [
             ("BATON_RENEW_DEADLINE", "2s"),
             ("BATON_LEASE_DURATION", "4s"),
         ],
-        probe_period: Duration::from_millis(250),
-        renew_period: Duration::from_secs(1),
-        lease_duration: Duration::from_secs(4),
     },
     &Timing {
         name: "relaxed",
@@ -60,9 +44,6 @@ pub static TIMINGS: [&Timing; 4] = [
             ("BATON_RENEW_DEADLINE", "10s"),
             ("BATON_LEASE_DURATION", "15s"),
         ],
-        probe_period: Duration::from_millis(500),
-        renew_period: Duration::from_secs(5),
-        lease_duration: Duration::from_secs(15),
     },
     // Kubernetes' node Leases: renewed every 10 s, 40 s long.
     &Timing {
@@ -72,98 +53,61 @@ pub static TIMINGS: [&Timing; 4] = [
             ("BATON_RENEW_DEADLINE", "30s"),
             ("BATON_LEASE_DURATION", "40s"),
         ],
-        probe_period: Duration::from_millis(500),
-        renew_period: Duration::from_secs(10),
-        lease_duration: Duration::from_secs(40),
     },
 ];
 
+/// `BATON_RENEW_PERIOD` → `renew-period`: the flag, and the annotation
+/// without `baton.dev/`.
+fn setting_name(env: &str) -> String {
+    env.trim_start_matches("BATON_")
+        .to_lowercase()
+        .replace('_', "-")
+}
+
 impl Timing {
+    /// The sidecar's settings under this timing, parsed and checked by the
+    /// sidecar's own code, so that the bench's clocks (probe period, renew
+    /// period, lease duration) are the sidecar's.
+    pub fn sidecar(&self) -> Settings {
+        let flags = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("--{}={v}", setting_name(k)));
+        let required = [
+            "baton-sidecar",
+            "--pod-name=p",
+            "--pod-namespace=n",
+            "--lease-name=l",
+        ];
+        let settings =
+            Settings::try_parse_from(required.map(String::from).into_iter().chain(flags))
+                .unwrap_or_else(|e| panic!("timing {}: {e}", self.name));
+        settings
+            .validate()
+            .unwrap_or_else(|e| panic!("timing {}: {e}", self.name));
+        settings
+    }
+
     /// The settings as annotations (`baton.dev/` left out), e.g.
     /// `renew-period 5s, lease-duration 15s`.
     pub fn annotations(&self) -> String {
         if self.env.is_empty() {
-            return "the defaults: probe-period 500ms, renew-period 2s, retry-period 1s, renew-deadline 4s, lease-duration 6s".into();
+            let s = self.sidecar();
+            return format!(
+                "the defaults: probe-period {:?}, renew-period {:?}, retry-period {:?}, renew-deadline {:?}, lease-duration {:?}",
+                s.probe_period, s.renew_period, s.retry_period, s.renew_deadline, s.lease_duration
+            );
         }
         self.env
             .iter()
-            .map(|(k, v)| {
-                let name = k
-                    .trim_start_matches("BATON_")
-                    .to_lowercase()
-                    .replace('_', "-");
-                format!("{name} {v}")
-            })
+            .map(|(k, v)| format!("{} {v}", setting_name(k)))
             .collect::<Vec<_>>()
             .join(", ")
     }
 }
 
-pub struct TimingResult {
-    pub timing: &'static Timing,
-    pub runs: Vec<Run>,
-    pub idle: Option<Window>,
-    pub errors: Vec<String>,
-}
-
-pub async fn run(
-    cluster: &Cluster,
-    out: &std::path::Path,
-    timing: &'static Timing,
-    failovers: usize,
-    freezes: usize,
-    window: u64,
-) -> TimingResult {
-    let mut r = TimingResult {
-        timing,
-        runs: Vec::new(),
-        idle: None,
-        errors: Vec::new(),
-    };
-    let group = match Group::deploy(cluster, System::Baton, timing, out).await {
-        Ok(g) => g,
-        Err(e) => {
-            r.errors.push(format!("deploy: {e:#}"));
-            return r;
-        }
-    };
-    say(&format!("timing {}: steady-state window", timing.name));
-    let pids: Vec<u32> = group
-        .holder_and_standby_pids()
-        .map(Vec::from)
-        .unwrap_or_default();
-    match load::window(cluster, window, &pids, &[]).await {
-        Ok(w) => r.idle = Some(w),
-        Err(e) => r.errors.push(format!("window: {e:#}")),
-    }
-    for (scenario, n) in [("failover", failovers), ("frozen", freezes)] {
-        for i in 0..n {
-            say(&format!("timing {}: {scenario} {}/{n}", timing.name, i + 1));
-            let res = match scenario {
-                "failover" => group.failover(i).await,
-                _ => group.frozen(i).await,
-            };
-            match res {
-                Ok(run) => {
-                    say(&format!("  {:.3} s", run.total));
-                    r.runs.push(run);
-                }
-                Err(e) => {
-                    say(&format!("  failed: {e:#}"));
-                    r.errors.push(format!("{scenario} {i}: {e:#}"));
-                    break;
-                }
-            }
-        }
-    }
-    let name = group.ns.name.clone();
-    group.stop().await;
-    wait_namespace_gone(cluster, &name, Duration::from_secs(120)).await;
-    r
-}
-
 /// The report's table: one row per timing.
-pub fn markdown(results: &[TimingResult], background: &Window) -> String {
+pub fn markdown(results: &[(&Timing, SystemResult)], background: &Window) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -171,7 +115,7 @@ pub fn markdown(results: &[TimingResult], background: &Window) -> String {
     );
     let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     let (bg_leases, bg_pods) = background.leases_and_pods();
-    for r in results {
+    for (timing, r) in results {
         let of = |sc: &str, f: &dyn Fn(&Run) -> Option<f64>| {
             summary(
                 &r.runs
@@ -199,7 +143,7 @@ pub fn markdown(results: &[TimingResult], background: &Window) -> String {
                 (
                     format!(
                         "{writes:.1} ({:.0})",
-                        60.0 / r.timing.renew_period.as_secs_f64()
+                        60.0 / timing.sidecar().renew_period.as_secs_f64()
                     ),
                     format!(
                         "{:.1} / {:.1} / {:.1}",
@@ -220,8 +164,8 @@ pub fn markdown(results: &[TimingResult], background: &Window) -> String {
         let _ = writeln!(
             md,
             "| {}: {} | {} | {} | {frozen} | {writes} | {api} | {cpu} | {} |",
-            r.timing.name,
-            r.timing.annotations(),
+            timing.name,
+            timing.annotations(),
             of("failover", &|x| Some(x.total)).cell(2),
             of("failover", &|x| x.detection).cell(2),
             if r.errors.is_empty() {
@@ -232,4 +176,27 @@ pub fn markdown(results: &[TimingResult], background: &Window) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_timing_is_one_the_sidecar_accepts() {
+        for t in TIMINGS {
+            let s = t.sidecar();
+            assert_eq!(
+                t.env.is_empty(),
+                s == DEFAULT_TIMING.sidecar(),
+                "{}",
+                t.name
+            );
+        }
+        assert_eq!(
+            TIMINGS[2].annotations(),
+            "renew-period 5s, renew-deadline 10s, lease-duration 15s"
+        );
+        assert!(DEFAULT_TIMING.annotations().contains("lease-duration 6s"));
+    }
 }
