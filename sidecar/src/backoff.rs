@@ -3,10 +3,6 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
-
-use crate::telemetry::ErrorChain;
-
 /// How long to wait after `failures` consecutive failures: doubling from
 /// `base` up to `cap`, with ±20% jitter so that pods do not retry in step.
 pub fn delay(base: Duration, cap: Duration, failures: u32, jitter: f64) -> Duration {
@@ -57,8 +53,9 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Tracks whether the API server answers, logging only the transitions.
-#[derive(Debug, Default)]
+/// Tracks whether the API server answers, so that only the transitions
+/// are logged.
+#[derive(Debug, Clone, Default)]
 pub struct ApiState {
     failing_since_errors: Option<u32>,
 }
@@ -68,20 +65,17 @@ impl ApiState {
         self.failing_since_errors.is_none()
     }
 
-    /// Records a failure; returns the number of consecutive failures.
-    pub fn failed(&mut self, operation: &str, error: &dyn std::error::Error) -> u32 {
+    /// Records a failure; returns the number of consecutive failures (the
+    /// first one is worth a log line).
+    pub fn failed(&mut self) -> u32 {
         let n = self.failing_since_errors.map_or(1, |n| n + 1);
-        if n == 1 {
-            warn!(operation, error = %ErrorChain(error), "Kubernetes API call failed; retrying with back-off (logged again when it recovers)");
-        }
         self.failing_since_errors = Some(n);
         n
     }
 
-    pub fn succeeded(&mut self) {
-        if let Some(n) = self.failing_since_errors.take() {
-            info!(failed_calls = n, "Kubernetes API reachable again");
-        }
+    /// Records a success; the failures it ends, if any: log that.
+    pub fn succeeded(&mut self) -> Option<u32> {
+        self.failing_since_errors.take()
     }
 
     pub fn failures(&self) -> u32 {
@@ -93,7 +87,7 @@ impl ApiState {
 /// start and when they end rather than on every retry. (`ApiState` cannot
 /// tell: a holder whose renewals already failed has it failing, and every
 /// later failure of another call is then silent.)
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Streak {
     failures: u32,
 }
@@ -146,12 +140,12 @@ mod tests {
     #[test]
     fn failures_are_counted_until_a_success() {
         let mut s = ApiState::default();
-        let e = std::io::Error::other("refused");
-        assert_eq!(s.failed("renew", &e), 1);
-        assert_eq!(s.failed("renew", &e), 2);
+        assert_eq!(s.failed(), 1);
+        assert_eq!(s.failed(), 2);
         assert!(!s.reachable());
-        s.succeeded();
+        assert_eq!(s.succeeded(), Some(2), "the failures it ends");
         assert!(s.reachable());
+        assert_eq!(s.succeeded(), None);
         assert_eq!(s.failures(), 0);
     }
 
