@@ -13,6 +13,7 @@ pub mod probe;
 pub mod rolefile;
 pub mod settings;
 pub mod status;
+pub mod tasks;
 pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]
@@ -28,7 +29,7 @@ use kube::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 pub use settings::Settings;
 
@@ -44,6 +45,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    TaskEnded(#[from] tasks::TaskEnded),
 }
 
 /// Runs the sidecar until `shutdown` resolves, then hands over and returns.
@@ -69,25 +72,30 @@ pub async fn run(
         settings.lease_duration + settings.handover_drain + settings.api_timeout * 2;
     let router = status::router(status_rx, metrics.clone(), prestop_bound);
     let server_stop = stop.clone();
-    let server = tokio::spawn(
-        async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { server_stop.cancelled().await })
-                .await;
-        }
-        .instrument(span.clone()),
+    let mut tasks = tasks::Tasks::default();
+    tasks.spawn(
+        "status server",
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { server_stop.cancelled().await })
+            .into_future()
+            .instrument(span.clone()),
     );
 
     let (health_tx, health_rx) = watch::channel(probe::Health::default());
     let prober = probe::Prober::new(&settings)?;
-    let probe_task = tokio::spawn(
-        probe::run(
-            prober,
-            settings.clone(),
-            health_tx,
-            metrics.clone(),
-            stop.clone(),
-        )
+    let probe = probe::run(
+        prober,
+        settings.clone(),
+        health_tx,
+        metrics.clone(),
+        stop.clone(),
+    );
+    tasks.spawn(
+        "app probe",
+        async move {
+            probe.await;
+            Ok::<(), std::convert::Infallible>(())
+        }
         .instrument(span.clone()),
     );
 
@@ -136,11 +144,26 @@ pub async fn run(
     }))
     .with_health_condition(true);
     info!(parent: &span, status_addr = %settings.status_addr, "sidecar started");
+    // A task that ends early ends the sidecar, after the handover that
+    // SIGTERM would get (rule 6), with the task and its cause.
+    let mut ended = None;
+    let until_stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            task = tasks.first_end() => {
+                warn!(error = %telemetry::ErrorChain(&task), "a task the sidecar needs ended; handing over, then exiting");
+                ended = Some(task);
+            }
+        }
+    };
     candidate
-        .run(lease_events, pod_events, shutdown)
+        .run(lease_events, pod_events, until_stop)
         .instrument(span)
         .await;
     stop.cancel();
-    let _ = tokio::join!(server, probe_task);
-    Ok(())
+    tasks.join().await;
+    match ended {
+        Some(task) => Err(task.into()),
+        None => Ok(()),
+    }
 }
