@@ -118,31 +118,25 @@ pub fn standby(t0: Instant, flags: &[&str]) -> State {
     s
 }
 
+/// The version after `version`, as the API server counts.
+pub fn next_version(version: &mut Option<String>) {
+    let rv: u64 = version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+    *version = Some((rv + 1).to_string());
+}
+
 /// `s`'s Lease with `annotations` set (None removes), seen anew at `at`.
 pub fn annotate_lease(s: &mut State, at: Instant, annotations: &[(&str, Option<&str>)]) {
     let mut lease = s.lease.object.clone().expect("a lease");
     for (key, value) in annotations {
         election::annotate(&mut lease, key, value.map(str::to_owned));
     }
-    let rv: u64 = lease
-        .metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    lease.metadata.resource_version = Some((rv + 1).to_string());
+    next_version(&mut lease.metadata.resource_version);
     s.observe_lease(Some(&lease), at, &mut Vec::new());
 }
 
 /// `lease` as the API server answers a write of it: the next version.
 pub fn bumped(mut lease: Lease) -> Lease {
-    let rv: u64 = lease
-        .metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    lease.metadata.resource_version = Some((rv + 1).to_string());
+    next_version(&mut lease.metadata.resource_version);
     lease
 }
 
@@ -160,13 +154,7 @@ pub fn sent(s: &State, action: &Action) -> Lease {
 /// Web-0 with its role label set to `role`, one version on.
 pub fn relabelled(s: &State, role: &str) -> Pod {
     let mut p = s.pod().cloned().expect("the pod");
-    let rv: u64 = p
-        .metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    p.metadata.resource_version = Some((rv + 1).to_string());
+    next_version(&mut p.metadata.resource_version);
     p.metadata
         .labels
         .get_or_insert_default()
