@@ -235,14 +235,12 @@ impl Candidate {
                 bound,
             } => {
                 let timeout = bound.at(Instant::now());
-                let (demoted, label) = match self.labeller.demote_others(&me, timeout).await {
-                    Err(e) => (Vec::new(), Err(e)),
-                    // Still holder right before the write (rule 5).
-                    Ok(demoted) if Instant::now() < until => {
-                        let label = self.label(Role::Active, version.clone(), bound).await;
-                        (demoted, label)
-                    }
-                    Ok(demoted) => (demoted, Ok(Labelled::NotSent)),
+                let demoted = self.labeller.demote_others(&me, timeout).await;
+                // Still holder right before the write (rule 5).
+                let label = if demoted.is_ok() && Instant::now() < until {
+                    self.label(Role::Active, version.clone(), bound).await
+                } else {
+                    Ok(Labelled::NotSent)
                 };
                 Outcome::Promoted {
                     demoted,

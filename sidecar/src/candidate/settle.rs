@@ -45,8 +45,9 @@ pub enum Outcome {
     },
     ServicePointed(Result<Pointed, EndpointError>),
     Promoted {
-        /// The stale active pods labelled passive first.
-        demoted: Vec<String>,
+        /// The stale active pods labelled passive first; an error ends
+        /// the promotion there.
+        demoted: Result<Vec<String>, LabelError>,
         /// Our Pod's version the promotion was conditional on.
         version: Option<String>,
         label: Result<Labelled, LabelError>,
@@ -146,8 +147,13 @@ pub fn settle(s: &mut State, outcome: Outcome, now: Instant, jitter: f64) -> Vec
             version,
             label,
         } => {
-            n.extend(demoted.into_iter().map(|pod| Notice::Demoted { pod }));
-            let result = s.labelled(Role::Active, version, label, now, &mut n);
+            let result = match demoted {
+                Ok(demoted) => {
+                    n.extend(demoted.into_iter().map(|pod| Notice::Demoted { pod }));
+                    s.labelled(Role::Active, version, label, now, &mut n)
+                }
+                Err(e) => Err(e.into()),
+            };
             call(s, "promote", result, &mut n);
         }
         Outcome::GroupCounted(result) => {

@@ -271,7 +271,7 @@ fn a_promotion_that_conflicts_waits_for_the_watch_not_a_resend() {
     let mut s = unlabelled_holder(t0);
     let conflict = |_: &State, a: &Action| match a {
         Action::Promote { version, .. } => Outcome::Promoted {
-            demoted: Vec::new(),
+            demoted: Ok(Vec::new()),
             version: version.clone(),
             label: Err(LabelError::Conflict {
                 pod: "web-0".into(),
@@ -306,7 +306,7 @@ fn a_promotion_refused_at_admission_is_retried_soon_and_counted() {
         panic!("the promotion");
     };
     let refused = Outcome::Promoted {
-        demoted: vec!["web-1".into()],
+        demoted: Ok(vec!["web-1".into()]),
         version,
         label: Err(LabelError::Refused {
             pod: "web-0".into(),
@@ -350,4 +350,33 @@ fn a_new_holder_promotes_itself_and_says_so() {
     assert_eq!(kinds(&actions), ["promote"]);
     assert_eq!(events(&n), ["Promoted"]);
     assert_eq!(status(&s, t0).role, Some(Role::Active));
+}
+
+/// Rule 3: the others first. A demotion that fails ends the promotion
+/// there (nothing labelled active), backs off like any failed call, and
+/// leaves the Pod version alone: the next promotion is not held up.
+#[test]
+fn a_failed_demotion_backs_off_without_promoting() {
+    let t0 = Instant::now();
+    let mut s = unlabelled_holder(t0);
+    let Some(Action::Promote { version, .. }) = decide(&s, t0) else {
+        panic!("the promotion");
+    };
+    let failed = Outcome::Promoted {
+        demoted: Err(LabelError::List {
+            group: "web".into(),
+            source: api_error(503, "ServiceUnavailable"),
+        }),
+        version,
+        label: Ok(Labelled::NotSent),
+    };
+    let n = settle(&mut s, failed, t0, JITTER);
+    assert!(n.contains(&Notice::ApiError("promote")), "{n:?}");
+    assert_eq!(s.label_role(), Some(Role::Passive));
+    let retry = s.api.retry_at.expect("a back-off");
+    assert_eq!(decide(&s, t0), None);
+    assert!(
+        matches!(decide(&s, retry), Some(Action::Promote { .. })),
+        "not held up"
+    );
 }

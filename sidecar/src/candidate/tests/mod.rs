@@ -181,7 +181,7 @@ pub fn accept(s: &State, action: &Action, at: Instant) -> Outcome {
         },
         Action::PointService { .. } => Outcome::ServicePointed(Ok(Pointed::Written)),
         Action::Promote { version, .. } => Outcome::Promoted {
-            demoted: Vec::new(),
+            demoted: Ok(Vec::new()),
             version: version.clone(),
             label: Ok(Labelled::Pod(Box::new(relabelled(s, "active")))),
         },
