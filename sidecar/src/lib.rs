@@ -37,8 +37,8 @@ pub use settings::Settings;
 pub enum Error {
     #[error("invalid settings: {0}")]
     Settings(#[from] settings::SettingsError),
-    #[error("building the HTTP probe client: {0}")]
-    Probe(#[from] reqwest::Error),
+    #[error("setting up the app probe: {0}")]
+    Probe(#[from] probe::SetupError),
     #[error("serving status on {addr}: {source}")]
     Status {
         addr: std::net::SocketAddr,

@@ -140,8 +140,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn observe_probe(&self, result: &'static str, took: Duration) {
-        self.probes.get_or_create(&vec![("result", result)]).inc();
+    pub fn observe_probe(&self, trigger: &'static str, result: &'static str, took: Duration) {
+        self.probes
+            .get_or_create(&vec![("trigger", trigger), ("result", result)])
+            .inc();
         self.probe_duration.observe(took.as_secs_f64());
     }
 
@@ -196,12 +198,12 @@ mod tests {
     #[test]
     fn families_are_prefixed_and_carry_units() {
         let m = Metrics::new();
-        m.observe_probe("success", Duration::from_millis(3));
+        m.observe_probe("period", "success", Duration::from_millis(3));
         m.set_role(true, true);
         m.api_error("renew");
         let text = m.encode();
         for needle in [
-            "baton_probes_total{result=\"success\"} 1",
+            "baton_probes_total{trigger=\"period\",result=\"success\"} 1",
             "baton_role_active 1",
             "baton_role_changes_total{role=\"active\"} 1",
             "baton_api_errors_total{operation=\"renew\"} 1",

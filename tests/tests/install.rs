@@ -120,7 +120,7 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
     let code = baton_sidecar::metrics::Metrics::new();
     code.api_error("renew");
     code.set_role(true, true);
-    code.observe_probe("success", Duration::from_millis(1));
+    code.observe_probe("period", "success", Duration::from_millis(1));
     code.observe_handover(Duration::from_millis(1));
     names.extend(exposed(&code.encode()));
     let observability = repo_root().join("manifests/observability");

@@ -99,6 +99,34 @@ async fn failing_app_hands_the_service_to_a_healthy_pod_of_three() {
     );
 }
 
+/// The app's process dies (SIGKILL from the node, as an OOM kill): the
+/// kernel closes the probe's kept connection and refuses new connects, and
+/// the sidecar hands over on that event rather than at its next periodic
+/// probe and failure threshold (docs/decisions.md §14).
+#[tokio::test]
+async fn a_killed_app_process_hands_over_on_its_closed_connection() {
+    let (group, old) = Group::deploy("sidecar-appkill", 2).await;
+    let pid = group.ns.pid(&old, "app", T).await;
+    signal(pid, "KILL").await;
+    let new = group.wait_for_new_holder(Some(&old)).await;
+    assert_ne!(new, old);
+    let metrics = group.sidecar_get(&old, "/metrics").await;
+    let refused_on_close = metrics.lines().find(|l| {
+        l.starts_with("baton_probes_total{")
+            && l.contains(r#"trigger="connection closed""#)
+            && l.contains(r#"result="refused""#)
+    });
+    assert!(
+        refused_on_close.is_some_and(|l| !l.ends_with(" 0")),
+        "the probe that found the app dead was started by the closed connection:\n{metrics}"
+    );
+    let holders = group.finish().await;
+    assert!(
+        holders.contains(&None),
+        "released at once (rule 4): {holders:?}"
+    );
+}
+
 #[tokio::test]
 async fn hung_app_hands_over_like_a_failing_one() {
     let (group, old) = Group::deploy("sidecar-hang", 2).await;

@@ -128,7 +128,7 @@ impl ClusterIpResult {
     pub fn markdown(&self) -> String {
         let mut md = self.idle_markdown();
         md += &format!(
-            "A group of two pods (demo app and sidecar, release builds in the images `make image` built) on the **real node**: kubelet, containerd, runc and kube-proxy (versions above) in nftables mode with its default settings. Two clients in the cluster's network namespace call the Service's ClusterIP, {} requests/s each: one opens a new connection per request, one keeps its connections alive. Times run from the driver's act: the active app's health check set to fail (failover), the active pod deleted (planned), a switchover to the standby asked on the Lease as `kubectl baton switchover --to` asks it (switchover), the holder's sidecar SIGKILLed and restarted by kubelet (sidecar-kill: no switch when kubelet restarts it at once; kills soon after one another meet kubelet's restart back-off, and the standby takes over). A run's requests are those sent from the act until the client was answered by the new pod (at most {} s after the EndpointSlice switched). Median / p99 (nearest rank) over runs.\n\n",
+            "A group of two pods (demo app and sidecar, release builds in the images `make image` built) on the **real node**: kubelet, containerd, runc and kube-proxy (versions above) in nftables mode with its default settings. Two clients in the cluster's network namespace call the Service's ClusterIP, {} requests/s each: one opens a new connection per request, one keeps its connections alive. Times run from the driver's act: the active app's health check set to fail (failover), the active pod deleted (planned), a switchover to the standby asked on the Lease as `kubectl baton switchover --to` asks it (switchover), the holder's sidecar SIGKILLed and restarted by kubelet (sidecar-kill: no switch when kubelet restarts it at once; kills soon after one another meet kubelet's restart back-off, and the standby takes over), the active app's process SIGKILLed (app-kill, as an OOM kill or a crash: the probe's kept connection closes and the next connect is refused; the EndpointSlice column is then detection plus the writes, the next one adds kube-proxy). A run's requests are those sent from the act until the client was answered by the new pod (at most {} s after the EndpointSlice switched). Median / p99 (nearest rank) over runs.\n\n",
             self.rate,
             AFTER_SWITCH.as_secs()
         );
@@ -137,6 +137,7 @@ impl ClusterIpResult {
             "failover",
             "planned",
             "switchover",
+            "app-kill",
             "sidecar-kill",
             KILL_THEN_TAKEOVER,
         ] {
@@ -253,8 +254,8 @@ impl ClusterIpResult {
 /// Deploys the group on the real node, runs `failovers` unplanned failovers
 /// (the active app's health check fails), `planned` planned handovers (the
 /// active pod deleted), `switchovers` switchovers asked on the Lease (design
-/// rule 10) and `kills` SIGKILLs of the holder's sidecar, then deletes the
-/// group.
+/// rule 10), `app_kills` SIGKILLs of the active app's process and `kills`
+/// SIGKILLs of the holder's sidecar, then deletes the group.
 impl ClusterIpResult {
     /// The idle sidecars and the sizes of what ships, before the switches.
     fn idle_markdown(&self) -> String {
@@ -302,6 +303,7 @@ pub async fn run(
     failovers: usize,
     planned: usize,
     switchovers: usize,
+    app_kills: usize,
     kills: usize,
     rollouts: usize,
     idle: Duration,
@@ -347,10 +349,11 @@ pub async fn run(
             Err(e) => result.errors.push(format!("idle: {e:#}")),
         }
     }
-    let steps: [(&'static str, usize); 4] = [
+    let steps: [(&'static str, usize); 5] = [
         ("failover", failovers),
         ("planned", planned),
         ("switchover", switchovers),
+        ("app-kill", app_kills),
         ("sidecar-kill", kills),
     ];
     for (scenario, n) in steps {
@@ -474,6 +477,8 @@ impl Group {
         let clients = both_steady_on(&self.url, rate, &old).await?;
         let pods: kube::Api<Pod> = self.ns.api();
         let mut t0 = now();
+        // How often kubelet had restarted the killed app, for app-kill.
+        let mut app_restarts = None;
         // The pod the Service must list when the run is over.
         let target = match scenario {
             "failover" => {
@@ -482,6 +487,13 @@ impl Group {
             }
             "planned" => {
                 pods.delete(&old, &DeleteParams::default()).await?;
+                new.clone()
+            }
+            "app-kill" => {
+                let pid = self.ns.pid(&old, "app", Duration::from_secs(10)).await;
+                app_restarts = Some(app_restart_count(&pods.get(&old).await?));
+                t0 = now();
+                signal(pid, "KILL").await;
                 new.clone()
             }
             "switchover" => {
@@ -555,6 +567,19 @@ impl Group {
         // Back to two healthy pods for the next run.
         if scenario == "failover" {
             set_app_health(&self.ns, &old, "ok").await;
+        }
+        if let Some(before) = app_restarts {
+            // kubelet restarts the app, later each time (its restart
+            // back-off: 10 s, doubling): wait for it, not in the run.
+            let what = format!("{old}'s app restarted by kubelet and ready");
+            baton_e2e::harness::wait_for_object::<Pod, _>(
+                pods.clone(),
+                &old,
+                Duration::from_secs(360),
+                &what,
+                |p| app_restart_count(p) > before && app_ready(p),
+            )
+            .await;
         }
         let took_over = target != old;
         Ok(SwitchRun {
@@ -680,6 +705,22 @@ fn switch_time(history: &[Change], target: &str) -> Option<f64> {
 }
 
 /// (active, standby) when the group is steady.
+fn app_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "app"))
+}
+
+/// How often kubelet has restarted the pod's app container.
+fn app_restart_count(pod: &Pod) -> i32 {
+    app_status(pod).map_or(0, |c| c.restart_count)
+}
+
+fn app_ready(pod: &Pod) -> bool {
+    app_status(pod).is_some_and(|c| c.ready)
+}
+
 fn steady(s: &State) -> Option<(String, String)> {
     let pods = s.group_pods(GROUP);
     let live: Vec<_> = pods

@@ -83,6 +83,10 @@ struct Args {
     /// `kubectl rollout restart` of the group, through the ClusterIP.
     #[arg(long, default_value_t = 3)]
     clusterip_rollouts: usize,
+    /// The active app's process SIGKILLed, through the ClusterIP (kubelet
+    /// restarts it, later each time: its restart back-off).
+    #[arg(long, default_value_t = 10)]
+    clusterip_app_kills: usize,
     /// The holder's sidecar SIGKILLed, through the ClusterIP (the second
     /// and later meet kubelet's restart back-off).
     #[arg(long, default_value_t = 1)]
@@ -174,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
                     args.clusterip_failovers,
                     args.clusterip_planned,
                     args.clusterip_switchovers,
+                    args.clusterip_app_kills,
                     args.clusterip_kills,
                     args.clusterip_rollouts,
                     Duration::from_secs(args.clusterip_idle_secs),
