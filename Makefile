@@ -57,9 +57,12 @@ cluster-down:
 shell:
 	ip netns exec $${BATON_NETNS:-baton} env PATH="$$(cat target/cluster/bin-dir):$$(cat target/cluster/node-bin-dir 2>/dev/null):$$PATH" bash
 
+## rustfmt, clippy, and actionlint on .github/workflows (built once from the
+## Go module proxy into ~/.cache/baton, then offline like the rest).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	"$$($(CLUSTER)/build-actionlint.sh)/actionlint" -no-color
 
 ## The seed's story on a fresh local control plane, narrated; stops it after.
 demo:
