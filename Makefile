@@ -5,7 +5,7 @@ CLUSTER := tests/cluster
 export BATON_BIN_DIR := $(BIN_DIR)
 export KUBECONFIG := $(CURDIR)/target/cluster/kubeconfig
 
-.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint demo image plugin release bench kle-race
+.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint demo image plugin release release-check release-index version bench kle-race
 
 build:
 	$(CARGO) build --workspace --bins --locked
@@ -57,9 +57,12 @@ cluster-down:
 shell:
 	ip netns exec $${BATON_NETNS:-baton} env PATH="$$(cat target/cluster/bin-dir):$$(cat target/cluster/node-bin-dir 2>/dev/null):$$PATH" bash
 
+## rustfmt, clippy, and actionlint on .github/workflows (built once from the
+## Go module proxy into ~/.cache/baton, then offline like the rest).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	"$$($(CLUSTER)/build-actionlint.sh)/actionlint" -no-color
 
 ## The seed's story on a fresh local control plane, narrated; stops it after.
 demo:
@@ -67,9 +70,10 @@ demo:
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE_REPO ?= ghcr.io/baton-dev
-MUSL := x86_64-unknown-linux-musl
 
-IMAGE_TARGET := x86_64-unknown-linux-gnu
+# This machine's architecture: x86_64 (amd64) or aarch64 (arm64); CI builds
+# each release architecture on a runner of its own.
+IMAGE_TARGET := $(shell uname -m)-unknown-linux-gnu
 IMAGE_BINS := baton-sidecar baton-webhook baton-demo-app
 
 ## Container images, the ones the local cluster's node runs: static release
@@ -93,16 +97,31 @@ plugin:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(IMAGE_TARGET) -p baton-sidecar --bin kubectl-baton
 	@ls -l target/$(IMAGE_TARGET)/release/kubectl-baton
 
-## Static release binaries of the sidecar, the webhook and kubectl-baton (musl when its
-## target is installed: rustup target add x86_64-unknown-linux-musl).
-release:
-	@if rustup target list --installed 2>/dev/null | grep -qx $(MUSL); then \
-	  command -v musl-gcc >/dev/null 2>&1 || export CC_$(subst -,_,$(MUSL))=cc; \
-	  $(CARGO) build --release --locked --target $(MUSL) -p baton-sidecar -p baton-webhook --bins || exit 1; \
-	  dir=target/$(MUSL)/release; \
-	else \
-	  echo "make release: no $(MUSL) target (rustup target add $(MUSL)); building glibc binaries instead"; \
-	  $(CARGO) build --release --locked -p baton-sidecar -p baton-webhook --bins || exit 1; \
-	  dir=target/release; \
-	fi; \
-	ls -l $$dir/baton-sidecar $$dir/baton-webhook $$dir/kubectl-baton; file $$dir/baton-sidecar $$dir/baton-webhook $$dir/kubectl-baton 2>/dev/null || true
+RELEASE_DIR ?= target/release-$(VERSION)
+
+## The version every shipped file carries (Cargo.toml's workspace version).
+version:
+	@echo $(VERSION)
+
+## Everything a release publishes for this machine's architecture, in
+## $(RELEASE_DIR): static binaries, kubectl-baton archives with sha256
+## checksums, the image archives, the packaged Helm chart, the Krew plugin
+## manifest, a CycloneDX SBOM, the release notes (CHANGELOG.md) and
+## SHA256SUMS (tests/release/release.sh). Nothing is pushed: the release
+## workflow (.github/workflows/release.yml) runs this on an amd64 and an
+## arm64 runner, then `make release-index` over both folders, then pushes.
+release: release-check image plugin
+	tests/release/release.sh build $(VERSION) $(RELEASE_DIR) $(IMAGE_TARGET)
+	@ls -l $(RELEASE_DIR)
+
+## Refuses a release whose files name another version than Cargo.toml's
+## (the same check as the unit test in tests/src/release.rs).
+release-check:
+	$(CARGO) build --locked -p baton-e2e --bin baton-release
+	target/debug/baton-release check
+
+## Krew manifest, notes and SHA256SUMS over a release folder that holds the
+## archives of several architectures.
+release-index:
+	$(CARGO) build --locked -p baton-e2e --bin baton-release
+	tests/release/release.sh index $(VERSION) $(RELEASE_DIR)

@@ -33,6 +33,8 @@ for spec in "baton-sidecar:9095" \
     --build-arg "PORTS=$ports" -t "$tag")
   [ -n "$desc" ] && args+=(--build-arg "DESCRIPTION=$desc")
   [ "$engine" = podman ] && args+=(--pull=never)
+  # docker: through buildx (BuildKit), loaded into docker to be saved.
+  [ "$engine" = docker ] && args=(buildx "${args[@]}" --load)
   run "${args[@]}" "$out/bin" >/dev/null
   rm -f "$tar.tmp"
   if [ "$engine" = podman ]; then

@@ -1,6 +1,7 @@
 //! The end-to-end harness: the helpers the tests in `tests/tests/` use
 //! against the local cluster and its real node, the installed webhook, and
-//! (for the bench's KWOK nodes) the pod runner and the env its processes get.
+//! (for the bench's KWOK nodes) the pod runner and the env its processes get;
+//! and what `make release` decides from the repository's files (`release`).
 
 pub mod clients;
 pub mod group;
@@ -8,6 +9,7 @@ pub mod harness;
 pub mod install;
 pub mod podenv;
 pub mod prometheus;
+pub mod release;
 pub mod runner;
 pub mod webhook;
 pub mod workload;

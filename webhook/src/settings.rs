@@ -195,4 +195,31 @@ mod tests {
             "{msg}"
         );
     }
+
+    /// The workspace's version, read from the root Cargo.toml (the one
+    /// version source of a release).
+    fn workspace_version() -> String {
+        let toml = include_str!("../../Cargo.toml");
+        let package = toml
+            .split("[workspace.package]")
+            .nth(1)
+            .expect("Cargo.toml has [workspace.package]");
+        let line = package
+            .lines()
+            .find(|l| l.starts_with("version = "))
+            .expect("[workspace.package] has a version");
+        line.trim_start_matches("version = ")
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    #[test]
+    fn the_default_sidecar_image_is_the_release_of_the_workspace_version() {
+        assert_eq!(
+            DEFAULT_SIDECAR_IMAGE,
+            format!("ghcr.io/baton-dev/baton-sidecar:{}", workspace_version())
+        );
+        let settings = parse(&[]).expect("defaults parse");
+        assert_eq!(settings.sidecar_image, DEFAULT_SIDECAR_IMAGE);
+    }
 }

@@ -340,4 +340,21 @@ mod tests {
         labels.passive_value = "active".into();
         assert!(labels.validate().is_err());
     }
+
+    #[test]
+    fn version_is_the_workspace_version() {
+        let toml = include_str!("../../../../Cargo.toml");
+        let package = toml
+            .split("[workspace.package]")
+            .nth(1)
+            .expect("Cargo.toml has [workspace.package]");
+        let version = package
+            .lines()
+            .find_map(|l| l.strip_prefix("version = "))
+            .expect("[workspace.package] has a version")
+            .trim_matches('"');
+        let err = Cli::try_parse_from(["kubectl-baton", "--version"]).expect_err("--version exits");
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(err.to_string().trim(), format!("kubectl-baton {version}"));
+    }
 }
