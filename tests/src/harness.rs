@@ -246,6 +246,50 @@ impl TestNamespace {
         Client::try_from(config).expect("a client")
     }
 
+    /// A client with a token of `service_account` bound to `pod`: what
+    /// kubelet mounts into the pod (and `kubectl create token ACCOUNT
+    /// --bound-object-kind Pod --bound-object-name POD` prints). The API
+    /// server names the pod in the requests it authenticates
+    /// (`authentication.kubernetes.io/pod-name`), which the sidecar's
+    /// admission policies key on.
+    pub async fn client_of_pod(&self, service_account: &str, pod: &str) -> Client {
+        use k8s_openapi::api::{
+            authentication::v1::TokenRequest,
+            core::v1::{Pod, ServiceAccount},
+        };
+        let uid = self
+            .api::<Pod>()
+            .get(pod)
+            .await
+            .expect("the pod to bind a token to")
+            .metadata
+            .uid;
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {
+            "audiences": [], "expirationSeconds": 3600,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
+        }}))
+        .expect("a token request");
+        let token = self
+            .api::<ServiceAccount>()
+            .create_subresource::<_, TokenRequest>(
+                "token",
+                service_account,
+                &PostParams::default(),
+                &request,
+            )
+            .await
+            .expect("a token bound to the pod")
+            .status
+            .expect("the token")
+            .token;
+        let mut config = self.cluster.config.clone();
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        };
+        Client::try_from(config).expect("a client")
+    }
+
     pub fn apply(&self, yaml: &str) {
         self.kubectl_ok(&["apply", "-f", "-"], Some(yaml));
     }

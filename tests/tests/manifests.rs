@@ -480,3 +480,78 @@ async fn helm_chart_webhooks_match_the_kustomize_install() {
         assert_eq!(svc, want, "{kind}: the same Service, namespace and path");
     }
 }
+
+/// The admission policies and their bindings of a YAML stream, as JSON by
+/// kind and name, through kubectl's own conversion (a client-side dry run).
+fn admission_policies(cluster: &Cluster, yaml: &str) -> Vec<(String, serde_json::Value)> {
+    let docs: Vec<String> = documents(yaml)
+        .into_iter()
+        .filter(|(kind, _)| kind.starts_with("ValidatingAdmissionPolicy"))
+        .map(|(_, doc)| doc)
+        .collect();
+    let out = cluster.kubectl(
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(&docs.join("\n---\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut objects: Vec<(String, serde_json::Value)> =
+        serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter::<serde_json::Value>()
+            .map(|o| {
+                let o = o.expect("JSON objects");
+                let key = format!(
+                    "{} {}",
+                    o["kind"].as_str().expect("kind"),
+                    o["metadata"]["name"].as_str().expect("name")
+                );
+                (key, spaced(&o["spec"]))
+            })
+            .collect();
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+    objects
+}
+
+/// The chart installs the same admission policies as the kustomize install
+/// (manifests/webhook, which takes them from manifests/rbac/policy): the
+/// README's install confines the sidecars' credentials either way.
+#[tokio::test]
+async fn helm_chart_policies_match_the_kustomize_install() {
+    let cluster = Cluster::connect().await;
+    let kustomized = admission_policies(&cluster, &kustomize(&cluster, "manifests/webhook"));
+    let from_rbac = admission_policies(&cluster, &kustomize(&cluster, "manifests/rbac/policy"));
+    let charted = admission_policies(&cluster, &helm_template("baton-system", &[]));
+    let names =
+        |o: &[(String, serde_json::Value)]| o.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&kustomized).len(),
+        10,
+        "five policies and their bindings: {:?}",
+        names(&kustomized)
+    );
+    assert_eq!(
+        kustomized, from_rbac,
+        "manifests/webhook carries manifests/rbac/policy"
+    );
+    assert_eq!(names(&charted), names(&kustomized));
+    for ((name, ours), (_, theirs)) in charted.iter().zip(&kustomized) {
+        assert_eq!(
+            ours, theirs,
+            "{name}: the chart's spec differs from manifests/rbac/policy's"
+        );
+    }
+    let off = helm_template("baton-system", &["--set", "policies.enabled=false"]);
+    assert!(
+        admission_policies_absent(&off),
+        "policies.enabled=false renders no policy"
+    );
+}
+
+fn admission_policies_absent(yaml: &str) -> bool {
+    documents(yaml)
+        .iter()
+        .all(|(kind, _)| !kind.starts_with("ValidatingAdmissionPolicy"))
+}

@@ -1,6 +1,8 @@
 //! The ValidatingAdmissionPolicies of manifests/rbac/policy. A service account
 //! of an app namespace, which the sidecar's Role lets patch pods, may change
 //! only the role label of a pod in a baton group, and only to a role value.
+//! What else confines the sidecar's credentials (its own group only) is
+//! tried by tests/tests/security.rs.
 
 use std::time::Duration;
 
@@ -29,7 +31,10 @@ async fn a_service_account_may_change_only_the_role_label_of_group_pods() {
     let ns = cluster.namespace("policy").await;
     ns.apply(&workload::statefulset("web", 1, false, &[]));
     wait_until::<Pod, _>(ns.api(), "app=web", T, "the pod", |p| p.len() == 1).await;
-    let as_sidecar: Api<Pod> = Api::namespaced(ns.client_as("default").await, &ns.name);
+    // The sidecar's credentials: `default`'s token bound to the pod, as
+    // kubelet mounts it.
+    let as_sidecar: Api<Pod> =
+        Api::namespaced(ns.client_of_pod("default", "web-0").await, &ns.name);
 
     // The policy is enforced once the API server has loaded it: the first
     // forbidden change is retried until it is refused (bounded).

@@ -1,0 +1,386 @@
+//! What the sidecar's credentials reach (manifests/rbac/policy/own-group.yaml,
+//! docs/operations.md "Security model"): the Role is bound to the namespace's
+//! `default` service account, as the README installs it, so every pod of the
+//! namespace that runs as `default` holds the same token. Tried as an
+//! attacker would, on the real API server, with tokens bound to real pods
+//! (the kind kubelet mounts, which name their pod to the API server):
+//!
+//! - a pod outside any group tries each write the Role grants;
+//! - the sidecar's token of group A's pod tries them against group B;
+//!
+//! each refused with the rule's message, while the two groups' sidecars, in
+//! the same namespace and with the same account, elect and write their
+//! Services' endpoints through the same policies.
+
+use std::time::Duration;
+
+use baton_e2e::{
+    harness::{TestNamespace, wait_endpoints, wait_for_holder, wait_until},
+    workload,
+};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, discovery::v1::EndpointSlice};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+
+/// The pod's IP, once it has one.
+async fn ip_of(ns: &TestNamespace, pod: &str) -> String {
+    let what = format!("{pod} with an IP");
+    let pods = wait_until::<Pod, _>(ns.api(), "", T, &what, |pods| {
+        pods.iter()
+            .any(|p| p.name_any() == pod && p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+    })
+    .await;
+    pods.into_iter()
+        .find(|p| p.name_any() == pod)
+        .and_then(|p| p.status?.pod_ip)
+        .expect("the IP the wait ended on")
+}
+
+/// An EndpointSlice named `name` for `service`, listing `pod` at `ip`, with
+/// `labels` besides the Service's.
+fn slice(name: &str, service: &str, pod: &str, ip: &str, labels: Value) -> EndpointSlice {
+    let mut all = json!({"kubernetes.io/service-name": service});
+    all.as_object_mut()
+        .expect("an object")
+        .extend(labels.as_object().cloned().unwrap_or_default());
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": all},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "targetRef": {"kind": "Pod", "name": pod}}],
+        "ports": [{"name": "http", "port": 8080}],
+    }))
+    .expect("an EndpointSlice")
+}
+
+/// A strategic patch of the pod's status that makes it not Ready: the
+/// EndpointSlice controller then drops it from its Services.
+fn not_ready() -> Value {
+    json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+}
+
+fn baton_labels(group: &str) -> Value {
+    json!({"endpointslice.kubernetes.io/managed-by": "baton.dev", "baton.dev/group": group})
+}
+
+/// The writes the sidecar's Role grants, as one holder of its token tries them.
+struct Attacker {
+    who: &'static str,
+    pods: Api<Pod>,
+    leases: Api<Lease>,
+    slices: Api<EndpointSlice>,
+}
+
+impl Attacker {
+    fn new(client: Client, ns: &TestNamespace, who: &'static str) -> Attacker {
+        Attacker {
+            who,
+            pods: Api::namespaced(client.clone(), &ns.name),
+            leases: Api::namespaced(client.clone(), &ns.name),
+            slices: Api::namespaced(client, &ns.name),
+        }
+    }
+
+    async fn label(&self, pod: &str, labels: Value) -> Result<(), String> {
+        let body = json!({"metadata": {"labels": labels}});
+        self.pods
+            .patch(pod, &PatchParams::default(), &Patch::Merge(body))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn status(&self, pod: &str, body: Value) -> Result<(), String> {
+        self.pods
+            .patch_status(pod, &PatchParams::default(), &Patch::Strategic(body))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn create_lease(&self, name: &str, holder: &str) -> Result<(), String> {
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": name}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3600}
+        }))
+        .expect("a Lease");
+        self.leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Rewrites the Lease's holder, as the attack on a group's Lease does.
+    async fn take_lease(&self, name: &str, holder: &str) -> Result<(), String> {
+        let mut lease = self.leases.get(name).await.map_err(|e| e.to_string())?;
+        lease.spec.get_or_insert_default().holder_identity = Some(holder.to_owned());
+        self.leases
+            .replace(name, &PostParams::default(), &lease)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn create_slice(&self, s: EndpointSlice) -> Result<(), String> {
+        self.slices
+            .create(&PostParams::default(), &s)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Asserts that `attempt` was refused with a message containing `rule`.
+    fn refused(&self, what: &str, attempt: Result<(), String>, rule: &str) {
+        match attempt {
+            Ok(()) => panic!("{}: {what} was admitted", self.who),
+            Err(e) => assert!(
+                e.contains(rule),
+                "{}: {what} refused, but not by the rule {rule:?}: {e}",
+                self.who
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_sidecars_credentials_reach_only_its_own_group() {
+    let cluster = baton_e2e::harness::Cluster::connect().await;
+    let ns = cluster.namespace("security").await;
+    // Two groups in one namespace, each with a Service without a selector
+    // whose endpoint its holder writes (design rule 9); and a Service `shop`
+    // whose pods are in no group, all running as `default`.
+    // Group a is a StatefulSet's, group b a Deployment's (random pod names).
+    for g in ["a", "b"] {
+        let service = format!("{g}-active");
+        let sts = workload::statefulset(g, 1, true, &[("BATON_SERVICE", &service)]);
+        ns.apply(&if g == "a" {
+            sts
+        } else {
+            sts.replace("kind: StatefulSet", "kind: Deployment")
+                .replace(&format!("  serviceName: {g}\n"), "")
+                .replace("  podManagementPolicy: Parallel\n", "")
+        });
+        ns.apply(&workload::holder_endpoint_service(g));
+    }
+    ns.apply(&workload::statefulset("shop", 2, false, &[]).replace(
+        "labels: {app: shop, baton.dev/group: shop, role: passive}",
+        "labels: {app: shop}",
+    ));
+    ns.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n\
+         spec: {selector: {app: shop}, ports: [{name: http, port: 80, targetPort: 8080}]}\n",
+    );
+
+    // What the sidecars do with the same account works: each group elects
+    // its pod and writes its own Service's endpoint, under every policy.
+    assert_eq!(wait_for_holder(&ns, "a", None).await, "a-0");
+    let b0_name = wait_for_holder(&ns, "b", None).await;
+    let b_0 = b0_name.as_str();
+    assert!(b_0.starts_with("b-"), "b's holder is its pod: {b_0}");
+    wait_endpoints(&ns, "a-active", &["a-0"], T).await;
+    wait_endpoints(&ns, "b-active", &[b_0], T).await;
+    // Each sidecar wrote its own pod's app-healthy condition (pods/status).
+    wait_until::<Pod, _>(
+        ns.api(),
+        "baton.dev/group",
+        T,
+        "both holders' app-healthy conditions",
+        |pods| {
+            [("a-0"), b_0].iter().all(|name| {
+                pods.iter().any(|p| {
+                    p.name_any() == *name
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| {
+                                    c.type_ == "baton.dev/app-healthy" && c.status == "True"
+                                })
+                            })
+                })
+            })
+        },
+    )
+    .await;
+    let shop0 = ip_of(&ns, "shop-0").await;
+    let a0 = ip_of(&ns, "a-0").await;
+    let b0 = ip_of(&ns, b_0).await;
+
+    let stranger = Attacker::new(
+        ns.client_of_pod("default", "shop-0").await,
+        &ns,
+        "shop-0 (in no group)",
+    );
+    let no_group = "shop-0 is in no baton group";
+    // The policies were loaded before the pods' sidecars could write; the
+    // pods reach the API server's cache at once, so the first try counts.
+    stranger.refused(
+        "an EndpointSlice for another Service, to an address of its choice",
+        stranger
+            .create_slice(slice("shop-x", "shop", "shop-0", "10.9.9.9", json!({})))
+            .await,
+        no_group,
+    );
+    stranger.refused(
+        "a baton EndpointSlice naming itself",
+        stranger
+            .create_slice(slice(
+                "c-active-baton",
+                "c-active",
+                "shop-0",
+                &shop0,
+                baton_labels("c"),
+            ))
+            .await,
+        no_group,
+    );
+    stranger.refused(
+        "a Lease of its own",
+        stranger.create_lease("shop", "shop-0").await,
+        no_group,
+    );
+    stranger.refused(
+        "group a's Lease rewritten to a holder that is no pod",
+        stranger.take_lease("a", "ghost").await,
+        no_group,
+    );
+    stranger.refused(
+        "group a's Lease taken for itself",
+        stranger.take_lease("a", "shop-0").await,
+        no_group,
+    );
+    stranger.refused(
+        "another pod's labels (moving Service shop's traffic)",
+        stranger.label("shop-1", json!({"app": "elsewhere"})).await,
+        no_group,
+    );
+    stranger.refused(
+        "the role label of a group's pod",
+        stranger.label("a-0", json!({"role": "passive"})).await,
+        no_group,
+    );
+    stranger.refused(
+        "its own labels",
+        stranger.label("shop-0", json!({"role": "active"})).await,
+        no_group,
+    );
+    stranger.refused(
+        "another pod's Ready condition (out of Service shop)",
+        stranger.status("shop-1", not_ready()).await,
+        no_group,
+    );
+
+    // A token of `default` bound to no pod (plain `kubectl create token`).
+    let unbound = Attacker::new(
+        ns.client_as("default").await,
+        &ns,
+        "default's unbound token",
+    );
+    unbound.refused(
+        "group a's Lease",
+        unbound.take_lease("a", "ghost").await,
+        "with the token of a pod",
+    );
+
+    // Group A's sidecar token against group B, and against the rest.
+    let a = Attacker::new(
+        ns.client_of_pod("default", "a-0").await,
+        &ns,
+        "a-0 (group a)",
+    );
+    a.refused(
+        "group b's Lease",
+        a.take_lease("b", "a-0").await,
+        "a-0 of group a may write only the Lease a, not b",
+    );
+    a.refused(
+        "a Lease of another name",
+        a.create_lease("x", "a-0").await,
+        "may write only the Lease a, not x",
+    );
+    a.refused(
+        "the role label of group b's holder",
+        a.label(b_0, json!({"role": "passive"})).await,
+        &format!("may change only pods of group a, not pod {b_0}"),
+    );
+    a.refused(
+        "a pod in no group",
+        a.label("shop-1", json!({"app": "elsewhere"})).await,
+        "may change only pods of group a, not pod shop-1",
+    );
+    a.refused(
+        "group b's holder's Ready condition",
+        a.status(b_0, not_ready()).await,
+        "may set only its own baton.dev/app-healthy condition",
+    );
+    a.refused(
+        "its own pod's Ready condition",
+        a.status("a-0", not_ready()).await,
+        "may set only its own baton.dev/app-healthy condition",
+    );
+    let own_slice_only =
+        "may write only the EndpointSlice <service>-baton of the Service its sidecar names";
+    a.refused(
+        "group b's Service pointed at b's holder, at another address",
+        a.create_slice(slice(
+            "b-active-x",
+            "b-active",
+            b_0,
+            "10.9.9.9",
+            baton_labels("b"),
+        ))
+        .await,
+        own_slice_only,
+    );
+    a.refused(
+        "group b's Service pointed at itself",
+        a.create_slice(slice(
+            "b-active-y",
+            "b-active",
+            "a-0",
+            &a0,
+            baton_labels("a"),
+        ))
+        .await,
+        own_slice_only,
+    );
+    a.refused(
+        "an EndpointSlice for Service shop",
+        a.create_slice(slice("shop-y", "shop", "a-0", &a0, json!({})))
+            .await,
+        own_slice_only,
+    );
+    // Its own Service, but an address that is not its own: the slice exists
+    // (its holder wrote it), so the attempt is an update.
+    let mut own = a.slices.get("a-active-baton").await.expect("a's slice");
+    own.endpoints[0].addresses = vec![b0.clone()];
+    a.refused(
+        "its own Service's slice at b's holder's address",
+        a.slices
+            .replace("a-active-baton", &PostParams::default(), &own)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        own_slice_only,
+    );
+
+    // Its own group stays writable with that token: the holder's label as
+    // it is, and the Lease renewed as the holder.
+    a.label("a-0", json!({"role": "active"}))
+        .await
+        .expect("a-0's own role label");
+    a.take_lease("a", "a-0")
+        .await
+        .expect("a-0 renews its Lease");
+
+    // Nothing of it landed: the Services still point where their holders do.
+    wait_endpoints(&ns, "a-active", &["a-0"], T).await;
+    wait_endpoints(&ns, "b-active", &[b_0], T).await;
+    wait_endpoints(&ns, "shop", &["shop-0", "shop-1"], T).await;
+    ns.delete().await;
+}
