@@ -10,6 +10,7 @@ pub mod events;
 pub mod labels;
 pub mod metrics;
 pub mod probe;
+pub mod proxy;
 pub mod rolefile;
 pub mod settings;
 pub mod status;
@@ -44,6 +45,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Proxy(#[from] proxy::Error),
 }
 
 /// Runs the sidecar until `shutdown` resolves, then hands over and returns.
@@ -67,6 +70,12 @@ pub async fn run(
     // The longest a deleted holder can drain, plus the calls around it.
     let prestop_bound =
         settings.lease_duration + settings.handover_drain + settings.api_timeout * 2;
+    // Bound before anything starts: a port in use fails the sidecar at once.
+    let proxy = match settings.proxy {
+        true => Some(proxy::Proxy::bind(proxy::Config::from_settings(&settings)).await?),
+        false => None,
+    };
+    let proxy_status = status_rx.clone();
     let router = status::router(status_rx, metrics.clone(), prestop_bound);
     let server_stop = stop.clone();
     let server = tokio::spawn(
@@ -107,6 +116,14 @@ pub async fn run(
     .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
 
+    let proxy_task = proxy.map(|proxy| {
+        tokio::spawn(
+            proxy
+                .run(proxy_status, pods.clone(), metrics.clone(), stop.clone())
+                .instrument(span.clone()),
+        )
+    });
+
     let labeller = labels::Labeller::new(
         pods,
         labels::RoleLabels {
@@ -142,5 +159,8 @@ pub async fn run(
         .await;
     stop.cancel();
     let _ = tokio::join!(server, probe_task);
+    if let Some(task) = proxy_task {
+        let _ = task.await;
+    }
     Ok(())
 }
