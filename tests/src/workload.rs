@@ -71,6 +71,8 @@ pub fn statefulset_placed(
         - {{name: BATON_PROBE_HOST, value: "127.0.0.1"}}
         - {{name: BATON_PROBE_PORT, value: "8080"}}
         - {{name: BATON_STATUS_ADDR, value: "0.0.0.0:9095"}}
+        - {{name: BATON_PROXY_ADDR, value: "0.0.0.0:{PROXY_PORT}"}}
+        - {{name: BATON_PROXY_PEER_ADDR, value: "0.0.0.0:9097"}}
 {extra}"#
         )
     } else {
