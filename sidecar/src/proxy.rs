@@ -293,6 +293,9 @@ async fn follow(
     let mut looked_up: Option<(String, IpAddr)> = None;
     loop {
         let view = View::of(&status.borrow_and_update(), &config.me, looked_up.clone());
+        // At once, lookup or not: connections forwarded to a former holder
+        // are cut now, and new ones wait for the lookup.
+        routes.send_if_modified(|r| publish(r, Routes::of(&view)));
         if let Some(holder) = view.lookup_needed().map(str::to_owned) {
             match tokio::time::timeout(config.api_timeout, pods.get(&holder)).await {
                 Ok(Ok(pod)) => {
@@ -310,15 +313,13 @@ async fn follow(
                 Ok(Err(e)) => warn!(%holder, error = %e, "looking up the holder's IP"),
                 Err(_) => warn!(%holder, "looking up the holder's IP timed out"),
             }
-            // Routes stay as they were meanwhile; retry soon.
-            routes.send_if_modified(|r| publish(r, Routes::of(&view)));
+            // New connections wait meanwhile; retry soon.
             tokio::select! {
                 _ = tokio::time::sleep(config.retry_period) => continue,
                 _ = status.changed() => continue,
                 _ = stop.cancelled() => return,
             }
         }
-        routes.send_if_modified(|r| publish(r, Routes::of(&view)));
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },
             // A forward failed to connect: the holder's pod may have been
@@ -564,6 +565,18 @@ mod tests {
     /// named `me`, with the API answering that web-0 is at 127.0.0.2.
     async fn side(me: &'static str, ip: &str, peer: u16, metrics: &Metrics) -> Side {
         let app_port = app(me, ip).await;
+        side_of(me, ip, app_port, peer, metrics).await
+    }
+
+    /// [`side`] in front of an app already listening on `ip:app_port`; the
+    /// API says web-0 is at 127.0.0.2 and web-1 at 127.0.0.1.
+    async fn side_of(
+        me: &'static str,
+        ip: &str,
+        app_port: u16,
+        peer: u16,
+        metrics: &Metrics,
+    ) -> Side {
         let config = Config {
             me: me.into(),
             front: SocketAddr::new(ip.parse().expect("ip"), 0),
@@ -576,10 +589,15 @@ mod tests {
         let proxy = Proxy::bind(config).await.expect("bind");
         let front = proxy.front.local_addr().expect("addr");
         let api = crate::testing::ScriptedApi::new(|req| {
-            assert!(req.path.ends_with("/pods/web-0"), "{}", req.path);
+            let (name, ip) = if req.path.ends_with("/pods/web-0") {
+                ("web-0", "127.0.0.2")
+            } else {
+                assert!(req.path.ends_with("/pods/web-1"), "{}", req.path);
+                ("web-1", "127.0.0.1")
+            };
             (
                 200,
-                serde_json::json!({"metadata": {"name": "web-0"}, "status": {"podIP": "127.0.0.2"}}),
+                serde_json::json!({"metadata": {"name": name}, "status": {"podIP": ip}}),
             )
         });
         let (tx, rx) = watch::channel(Status::default());
@@ -653,6 +671,102 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    /// An HTTP app answering every GET with its name, kept-alive.
+    async fn http_app(name: &'static str, ip: &str) -> u16 {
+        let l = TcpListener::bind((ip, 0)).await.expect("bind app");
+        let port = l.local_addr().expect("addr").port();
+        let router =
+            axum::Router::new().route("/", axum::routing::get(move || async move { name }));
+        tokio::spawn(async move { axum::serve(l, router).await });
+        port
+    }
+
+    /// Waits (bounded) until the metrics say `needle`.
+    async fn wait_metric(metrics: &Metrics, needle: &str) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while !metrics.encode().contains(needle) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "no {needle} in\n{}", metrics.encode());
+    }
+
+    /// A kept-alive HTTP/1.1 client that always calls web-0's front port
+    /// (as kube-proxy keeps a connection on one pod): before the switch
+    /// web-0 answers; once web-0 has handed over to web-1, not one answer
+    /// comes from web-0, and the client's next connection, still to
+    /// web-0's port, is forwarded to web-1.
+    #[tokio::test]
+    async fn a_kept_alive_http_client_is_answered_by_the_new_holder_alone_after_a_handover() {
+        let metrics = Metrics::new();
+        let peer = TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("a free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let web0_app = http_app("web-0", "127.0.0.2").await;
+        let web1_app = http_app("web-1", "127.0.0.1").await;
+        let web0 = side_of("web-0", "127.0.0.2", web0_app, peer, &metrics).await;
+        let web1 = side_of("web-1", "127.0.0.1", web1_app, peer, &metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client");
+        let url = format!("http://{}/", web0.front);
+        let get = || async {
+            match http.get(&url).send().await {
+                Ok(r) => r.text().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        for _ in 0..5 {
+            assert_eq!(get().await.as_deref(), Ok("web-0"));
+        }
+        wait_metric(&metrics, "baton_proxy_open_connections 1").await;
+
+        // web-0 hands over to web-1 (a switchover): passive at once, then
+        // web-1 takes the Lease and its label lands.
+        web0.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        wait_metric(&metrics, "baton_proxy_cuts_total{listener=\"front\"} 1").await;
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+
+        let answers: Vec<Result<String, String>> = {
+            let mut v = Vec::new();
+            for _ in 0..20 {
+                v.push(get().await);
+            }
+            v
+        };
+        assert!(
+            answers.iter().all(|a| a.as_deref() != Ok("web-0")),
+            "the demoted app answered: {answers:?}"
+        );
+        let failed = answers.iter().filter(|a| a.is_err()).count();
+        assert!(
+            failed <= 1,
+            "only a request on the cut connection may fail: {answers:?}"
+        );
+        assert_eq!(answers.last().map(|a| a.as_deref()), Some(Ok("web-1")));
+        assert!(
+            metrics
+                .encode()
+                .contains("baton_proxy_connections_total{listener=\"front\",result=\"forward\"}"),
+            "{}",
+            metrics.encode()
+        );
     }
 
     #[tokio::test]
