@@ -346,6 +346,8 @@ async fn every_proxy_path_answers_from_the_holder_and_its_cost_is_reported() {
         ("the holder's proxy", format!("http://{holder_ip}:{port}/")),
         ("a standby's proxy", format!("http://{standby_ip}:{port}/")),
     ] {
+        // Warm up (connections, caches) before measuring.
+        sequential(&url, N / 10).await;
         let before = (cpu_and_rss(pids.0), cpu_and_rss(pids.1));
         let (lat, rate, by) = sequential(&url, N).await;
         let after = (cpu_and_rss(pids.0), cpu_and_rss(pids.1));
