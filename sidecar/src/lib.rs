@@ -10,6 +10,7 @@ pub mod events;
 pub mod labels;
 pub mod metrics;
 pub mod probe;
+pub mod proxy;
 pub mod rolefile;
 pub mod settings;
 pub mod status;
@@ -47,6 +48,8 @@ pub enum Error {
     },
     #[error(transparent)]
     TaskEnded(#[from] tasks::TaskEnded),
+    #[error(transparent)]
+    Proxy(#[from] proxy::Error),
 }
 
 /// Runs the sidecar until `shutdown` resolves, then hands over and returns.
@@ -70,6 +73,12 @@ pub async fn run(
     // The longest a deleted holder can drain, plus the calls around it.
     let prestop_bound =
         settings.lease_duration + settings.handover_drain + settings.api_timeout * 2;
+    // Bound before anything starts: a port in use fails the sidecar at once.
+    let proxy = match settings.proxy {
+        true => Some(proxy::Proxy::bind(proxy::Config::from_settings(&settings)).await?),
+        false => None,
+    };
+    let proxy_status = status_rx.clone();
     let router = status::router(status_rx, metrics.clone(), prestop_bound);
     let server_stop = stop.clone();
     let mut tasks = tasks::Tasks::default();
@@ -114,6 +123,18 @@ pub async fn run(
     )
     .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
+
+    if let Some(proxy) = proxy {
+        let run = proxy.run(proxy_status, pods.clone(), metrics.clone(), stop.clone());
+        tasks.spawn(
+            "proxy",
+            async move {
+                run.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+            .instrument(span.clone()),
+        );
+    }
 
     let labeller = labels::Labeller::new(
         pods,

@@ -30,6 +30,18 @@ pub struct Metrics {
     group_paused: Gauge,
     cordoned: Gauge,
     switchovers: Family<Labels, Counter>,
+    proxy_connections: Family<Labels, Counter>,
+    proxy_cuts: Family<Labels, Counter>,
+    proxy_open: Gauge,
+}
+
+/// Counts a proxied connection as open until dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -60,6 +72,9 @@ impl Metrics {
             group_paused: Gauge::default(),
             cordoned: Gauge::default(),
             switchovers: Family::default(),
+            proxy_connections: Family::default(),
+            proxy_cuts: Family::default(),
+            proxy_open: Gauge::default(),
         };
         registry.register(
             "role_active",
@@ -122,6 +137,21 @@ impl Metrics {
             "Switchovers this pod started as holder (handed_over), and those nobody took so that it kept the role (taken_back)",
             m.switchovers.clone(),
         );
+        registry.register(
+            "proxy_connections",
+            "Connections the proxy accepted, by listener (front: the Service's port, peer: forwarded by another pod of the group) and what became of them (local: spliced to the app, forward: sent to the holder, no_route: closed after waiting for a route, unreachable: the app or the holder refused)",
+            m.proxy_connections.clone(),
+        );
+        registry.register(
+            "proxy_cuts",
+            "Proxied connections closed because their route changed (this pod demoted, or the holder changed), by listener",
+            m.proxy_cuts.clone(),
+        );
+        registry.register(
+            "proxy_open_connections",
+            "Connections the proxy carries now",
+            m.proxy_open.clone(),
+        );
         *m.registry.lock().expect("fresh mutex") = registry;
         m
     }
@@ -138,6 +168,24 @@ impl Metrics {
         self.switchovers
             .get_or_create(&vec![("result", result)])
             .inc();
+    }
+
+    pub fn proxy_connection(&self, listener: &'static str, result: &'static str) {
+        self.proxy_connections
+            .get_or_create(&vec![("listener", listener), ("result", result)])
+            .inc();
+    }
+
+    pub fn proxy_cut(&self, listener: &'static str) {
+        self.proxy_cuts
+            .get_or_create(&vec![("listener", listener)])
+            .inc();
+    }
+
+    /// One more open connection, until the returned guard drops.
+    pub fn proxy_open(&self) -> OpenConnection {
+        self.proxy_open.inc();
+        OpenConnection(self.proxy_open.clone())
     }
 
     pub fn observe_probe(&self, trigger: &'static str, result: &'static str, took: Duration) {

@@ -1,6 +1,6 @@
 //! The app's health: probe it over the pod's loopback, once per period and
 //! at once when the app's connection closes, and fold the outcomes through
-//! the failure and success thresholds (docs/decisions.md §16).
+//! the failure and success thresholds (docs/decisions.md §14).
 
 use std::{
     future::poll_fn,

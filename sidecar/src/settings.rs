@@ -126,6 +126,26 @@ pub struct Settings {
     #[arg(long, env = "BATON_SERVICE", value_parser = parse_service_name, help_heading = ANNOTATION_HEADING)]
     pub service: Option<String>,
 
+    /// Put the sidecar in the data path: the Service targets its port `baton-proxy`, which splices connections to the app while this pod is active, forwards them to the holder otherwise, and closes every connection it carries when its route changes, so that only the holder's app answers, kept-alive connections included.
+    #[arg(long, env = "BATON_PROXY", default_value_t = true, action = clap::ArgAction::Set, help_heading = ANNOTATION_HEADING)]
+    pub proxy: bool,
+
+    /// Port of the app that the proxy sends connections to, on probe-host. Unset: probe-port.
+    #[arg(long, env = "BATON_PROXY_APP_PORT", value_parser = clap::value_parser!(u16).range(1..), help_heading = ANNOTATION_HEADING)]
+    pub proxy_app_port: Option<u16>,
+
+    /// How long a new connection waits for a route (no holder known, or this pod about to become active) before the proxy closes it.
+    #[arg(long, env = "BATON_PROXY_ROUTE_WAIT", default_value = "2s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
+    pub proxy_route_wait: Duration,
+
+    /// Address of the proxy's front port (the container port `baton-proxy`, which the Service targets).
+    #[arg(long, env = "BATON_PROXY_ADDR", default_value = "0.0.0.0:9096")]
+    pub proxy_addr: SocketAddr,
+
+    /// Address of the proxy's peer port (the container port `baton-peer`): connections forwarded by other pods of the group, served only while this pod is active.
+    #[arg(long, env = "BATON_PROXY_PEER_ADDR", default_value = "0.0.0.0:9097")]
+    pub proxy_peer_addr: SocketAddr,
+
     /// Log format.
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -175,6 +195,10 @@ pub enum SettingsError {
     ProbeTimeoutLongerThanPeriod { timeout: Duration, period: Duration },
     #[error("--active-value and --passive-value must differ (both {0:?})")]
     SameRoleValues(String),
+    #[error(
+        "--status-addr, --proxy-addr and --proxy-peer-addr need three different ports (port {0} twice)"
+    )]
+    SamePort(u16),
     #[error("{flag} must be more than zero")]
     Zero { flag: &'static str },
 }
@@ -190,6 +214,7 @@ impl Settings {
             ("--api-timeout", self.api_timeout),
             ("--probe-period", self.probe_period),
             ("--probe-timeout", self.probe_timeout),
+            ("--proxy-route-wait", self.proxy_route_wait),
         ] {
             if d.is_zero() {
                 return Err(SettingsError::Zero { flag });
@@ -214,6 +239,18 @@ impl Settings {
                 timeout: self.probe_timeout,
                 period: self.probe_period,
             });
+        }
+        if self.proxy {
+            let ports = [
+                self.status_addr.port(),
+                self.proxy_addr.port(),
+                self.proxy_peer_addr.port(),
+            ];
+            for (i, p) in ports.iter().enumerate() {
+                if ports[i + 1..].contains(p) {
+                    return Err(SettingsError::SamePort(*p));
+                }
+            }
         }
         if self.active_value == self.passive_value {
             return Err(SettingsError::SameRoleValues(self.active_value.clone()));
@@ -392,6 +429,17 @@ mod tests {
                 .to_string();
             assert!(err.contains("--service"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_proxy_is_on_by_default_and_its_ports_must_differ() {
+        let s = parse(&[]).expect("defaults parse");
+        assert!(s.proxy);
+        assert_eq!(s.proxy_app_port, None, "the probed port unless set");
+        let s = parse(&["--proxy-peer-addr=0.0.0.0:9096"]).expect("each parses");
+        assert_eq!(s.validate(), Err(SettingsError::SamePort(9096)));
+        let s = parse(&["--proxy=false", "--proxy-peer-addr=0.0.0.0:9096"]).expect("each parses");
+        assert_eq!(s.validate(), Ok(()), "no proxy, no ports of its own");
     }
 
     #[test]

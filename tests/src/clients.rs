@@ -94,6 +94,55 @@ impl Client {
         Ok(Client { samples, task })
     }
 
+    /// A client of the demo app's line protocol (`--tcp-addr`) at `addr`:
+    /// one long-lived TCP connection, a line sent `rate` times a second and
+    /// the answering pod's name read back before the next. A connection
+    /// that fails or closes is recorded as an error and opened again at the
+    /// next tick, as a client with a reconnecting driver does.
+    pub fn start_tcp(addr: String, rate: u32) -> Client {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let s = samples.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            let mut conn: Option<BufReader<tokio::net::TcpStream>> = None;
+            loop {
+                tick.tick().await;
+                let sent = now();
+                let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                    if conn.is_none() {
+                        let stream = tokio::net::TcpStream::connect(&addr)
+                            .await
+                            .map_err(|e| format!("connect error: {e}"))?;
+                        conn = Some(BufReader::new(stream));
+                    }
+                    let c = conn.as_mut().expect("just connected");
+                    c.get_mut()
+                        .write_all(b"who\n")
+                        .await
+                        .map_err(|e| format!("write: {e}"))?;
+                    let mut line = String::new();
+                    match c.read_line(&mut line).await {
+                        Ok(0) => Err("closed by the server".to_owned()),
+                        Ok(_) => Ok(line.trim().to_owned()),
+                        Err(e) => Err(format!("read: {e}")),
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| Err("timeout".to_owned()));
+                if answer.is_err() {
+                    conn = None;
+                }
+                let done = now();
+                s.lock()
+                    .expect("not poisoned")
+                    .push(Sample { sent, done, answer });
+            }
+        });
+        Client { samples, task }
+    }
+
     pub fn samples(&self) -> Vec<Sample> {
         self.samples.lock().expect("not poisoned").clone()
     }

@@ -27,20 +27,53 @@ pub struct Group {
 
 impl Group {
     pub async fn deploy(test: &str, replicas: u32) -> (Group, String) {
+        Self::deploy_with(test, replicas, &[]).await
+    }
+
+    /// [`Group::deploy`] with more env for the sidecars.
+    pub async fn deploy_with(test: &str, replicas: u32, env: &[(&str, &str)]) -> (Group, String) {
+        Self::deploy_as(test, replicas, env, false).await
+    }
+
+    /// [`Group::deploy`] in a namespace that enforces the restricted Pod
+    /// Security profile, with pods written to meet it.
+    pub async fn deploy_restricted(test: &str, replicas: u32) -> (Group, String) {
+        Self::deploy_as(test, replicas, &[], true).await
+    }
+
+    async fn deploy_as(
+        test: &str,
+        replicas: u32,
+        env: &[(&str, &str)],
+        restricted: bool,
+    ) -> (Group, String) {
         let cluster = Cluster::connect().await;
         let ns = cluster.namespace(test).await;
+        if restricted {
+            ns.kubectl_ok(
+                &[
+                    "label",
+                    "namespace",
+                    &ns.name,
+                    "pod-security.kubernetes.io/enforce=restricted",
+                ],
+                None,
+            );
+        }
         let name = "web".to_string();
         let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
         let history = LeaseHistory::start(ns.api(), &name).await;
         // The role file goes to the sidecar's emptyDir, which the test
         // reads through kubelet's folder.
         let role_file = format!("{}/role.json", workload::RUN_DIR);
-        ns.apply(&workload::statefulset(
-            &name,
-            replicas,
-            true,
-            &[("BATON_ROLE_FILE", &role_file)],
-        ));
+        let mut env = env.to_vec();
+        env.push(("BATON_ROLE_FILE", &role_file));
+        let set = workload::statefulset(&name, replicas, true, &env);
+        ns.apply(&if restricted {
+            workload::restricted(&set)
+        } else {
+            set
+        });
         ns.apply(&workload::active_service(&name));
         let group = Group {
             ns,

@@ -13,6 +13,13 @@ pub const DEMO_APP_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
+/// The demo app's HTTP port, and the port of its line protocol (a plain
+/// long-lived TCP client's).
+pub const APP_PORT: u16 = 8080;
+pub const LINES_PORT: u16 = 8081;
+/// The sidecar's proxy port (its default), which a proxied Service targets.
+pub const PROXY_PORT: u16 = 9096;
+
 /// The sidecar's emptyDir, mounted at [`RUN_DIR`] (for its role file).
 pub const RUN_VOLUME: &str = "baton-run";
 pub const RUN_DIR: &str = "/run/baton";
@@ -64,6 +71,8 @@ pub fn statefulset_placed(
         - {{name: BATON_PROBE_HOST, value: "127.0.0.1"}}
         - {{name: BATON_PROBE_PORT, value: "8080"}}
         - {{name: BATON_STATUS_ADDR, value: "0.0.0.0:9095"}}
+        - {{name: BATON_PROXY_ADDR, value: "0.0.0.0:{PROXY_PORT}"}}
+        - {{name: BATON_PROXY_PEER_ADDR, value: "0.0.0.0:9097"}}
 {extra}"#
         )
     } else {
@@ -105,7 +114,8 @@ spec:
         env:
         - name: POD_NAME
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        - {{name: LISTEN_ADDR, value: "0.0.0.0:8080"}}
+        - {{name: LISTEN_ADDR, value: "0.0.0.0:{APP_PORT}"}}
+        - {{name: TCP_LISTEN_ADDR, value: "0.0.0.0:{LINES_PORT}"}}
 {pre_stop}{volumes}"#
     )
 }
@@ -131,8 +141,58 @@ pub fn holder_endpoint_service(name: &str) -> String {
     active_service(name).replace(&format!("  selector: {{app: {name}, role: active}}\n"), "")
 }
 
+/// `statefulset` as the restricted Pod Security profile admits it: non-root,
+/// the runtime's seccomp profile, no privilege escalation, no capability
+/// (the sidecar and its proxy need none).
+pub fn restricted(statefulset: &str) -> String {
+    const LOCKED: &str =
+        "        securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n";
+    statefulset
+        .replace(
+            "    spec:\n      terminationGracePeriodSeconds",
+            "    spec:\n      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: {type: RuntimeDefault}}\n      terminationGracePeriodSeconds",
+        )
+        .replace(
+            "      - name: baton-sidecar\n",
+            &format!("      - name: baton-sidecar\n{LOCKED}"),
+        )
+        .replace("      - name: app\n", &format!("      - name: app\n{LOCKED}"))
+}
+
+/// A Service of the group's pods through the sidecar's proxy (its port
+/// `baton-proxy`, 9096 by default): port 80 goes to whatever app port the
+/// sidecars proxy. `role_label`: select `role: active` as well; else every
+/// pod of the group, and the proxies forward to the holder.
+pub fn proxied_service(name: &str, role_label: bool) -> String {
+    let role = if role_label { ", role: active" } else { "" };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: {name}-proxied
+spec:
+  selector: {{app: {name}{role}}}
+  ports: [{{name: proxy, port: 80, targetPort: {PROXY_PORT}}}]
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_restricted_statefulset_locks_down_both_containers() {
+        let yaml = super::restricted(&super::statefulset("web", 2, true, &[]));
+        assert_eq!(
+            yaml.matches("allowPrivilegeEscalation: false").count(),
+            2,
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("seccompProfile: {type: RuntimeDefault}"),
+            "{yaml}"
+        );
+    }
+
     #[test]
     fn the_holder_endpoint_service_is_the_active_one_without_its_selector() {
         let yaml = super::holder_endpoint_service("web");

@@ -79,6 +79,9 @@ async fn retried_logged_once_and_exits_on_sigterm(dead: u16) {
             "--probe-kind=tcp",
             &format!("--probe-port={}", app.local_addr().expect("addr").port()),
             &format!("--status-addr=127.0.0.1:{status_port}"),
+            // Two of these tests run at once on the host: ports of their own.
+            &format!("--proxy-addr=127.0.0.1:{}", free_port()),
+            &format!("--proxy-peer-addr=127.0.0.1:{}", free_port()),
             "--renew-period=400ms",
             "--retry-period=200ms",
             "--renew-deadline=1s",

@@ -63,7 +63,7 @@ pub enum Denial {
         reason: String,
     },
     #[error(
-        "container {container:?} uses port {port}, the sidecar's status port; move the app or its port"
+        "container {container:?} uses port {port}, one of the sidecar's ports (status, proxy, proxy peer); move the app or its port, or set baton.dev/proxy: \"false\" if it is a proxy port"
     )]
     PortConflict { container: String, port: u16 },
     /// Every invalid annotation of the pod at once: fixing them one apply
@@ -304,17 +304,22 @@ pub fn plan(
         .validate()
         .map_err(|e| Denial::Conflict(flags_to_annotations(&e.to_string())))?;
 
-    let status_port = sidecar.status_addr.port();
-    if let Some(container) = pod_containers(pod).find(|c| {
-        c.ports
-            .iter()
-            .flatten()
-            .any(|p| p.container_port == i32::from(status_port))
-    }) {
-        return Err(Denial::PortConflict {
-            container: container.name.clone(),
-            port: status_port,
-        });
+    let mut ours = vec![sidecar.status_addr.port()];
+    if sidecar.proxy {
+        ours.extend([sidecar.proxy_addr.port(), sidecar.proxy_peer_addr.port()]);
+    }
+    for port in ours {
+        if let Some(container) = pod_containers(pod).find(|c| {
+            c.ports
+                .iter()
+                .flatten()
+                .any(|p| p.container_port == i32::from(port))
+        }) {
+            return Err(Denial::PortConflict {
+                container: container.name.clone(),
+                port,
+            });
+        }
     }
 
     let mut env: Vec<(String, String)> = chosen
@@ -753,6 +758,21 @@ mod tests {
             matches!(err, Denial::PortConflict { port: 9095, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn app_on_a_proxy_port_is_denied_unless_the_proxy_is_off() {
+        let p = pod().with_port(9096);
+        let err = plan_of(&p, Some(&owner("StatefulSet", "web"))).expect_err("conflict");
+        assert!(
+            matches!(err, Denial::PortConflict { port: 9096, .. }),
+            "{err}"
+        );
+        let p = pod().with_port(9097).annotated("baton.dev/proxy", "false");
+        let plan = plan_of(&p, Some(&owner("StatefulSet", "web"))).expect("no proxy ports");
+        assert!(!plan.sidecar.proxy);
+        let p = pod().annotated("baton.dev/proxy", "maybe");
+        assert!(plan_of(&p, Some(&owner("StatefulSet", "web"))).is_err());
     }
 
     #[test]

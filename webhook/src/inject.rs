@@ -29,6 +29,10 @@ pub const SIDECAR_NAME: &str = "baton-sidecar";
 pub const INJECTED: &str = "baton.dev/injected";
 /// Name of the sidecar's container port (the status server).
 pub const STATUS_PORT_NAME: &str = "baton-status";
+/// Name of the proxy's front port, the one a Service targets.
+pub const PROXY_PORT_NAME: &str = "baton-proxy";
+/// Name of the proxy's peer port, reached by the other pods of the group.
+pub const PEER_PORT_NAME: &str = "baton-peer";
 /// The projected API credentials of the sidecar when the pod's own are not mounted.
 pub const TOKEN_VOLUME: &str = "baton-api-token";
 /// Where clients (kube's in-cluster config among them) look for API credentials.
@@ -350,6 +354,22 @@ fn container(plan: &Plan, image: &str) -> Container {
         env_value("BATON_PROBE_HOST", s.probe_host.clone()),
         env_value("BATON_STATUS_ADDR", s.status_addr.to_string()),
     ];
+    let port = |name: &str, port: u16| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    };
+    let mut ports = vec![port(STATUS_PORT_NAME, s.status_addr.port())];
+    if s.proxy {
+        env.push(env_value("BATON_PROXY_ADDR", s.proxy_addr.to_string()));
+        env.push(env_value(
+            "BATON_PROXY_PEER_ADDR",
+            s.proxy_peer_addr.to_string(),
+        ));
+        ports.push(port(PROXY_PORT_NAME, s.proxy_addr.port()));
+        ports.push(port(PEER_PORT_NAME, s.proxy_peer_addr.port()));
+    }
     env.extend(
         plan.env
             .iter()
@@ -360,12 +380,7 @@ fn container(plan: &Plan, image: &str) -> Container {
         name: SIDECAR_NAME.to_owned(),
         image: Some(image.to_owned()),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(STATUS_PORT_NAME.to_owned()),
-            container_port: i32::from(s.status_addr.port()),
-            protocol: Some("TCP".to_owned()),
-            ..Default::default()
-        }]),
+        ports: Some(ports),
         liveness_probe: Some(http_probe("/healthz", 10)),
         readiness_probe: Some(http_probe("/readyz", 2)),
         resources: Some(ResourceRequirements {
@@ -629,6 +644,8 @@ mod tests {
                 "BATON_LEASE_NAME",
                 "BATON_PROBE_HOST",
                 "BATON_STATUS_ADDR",
+                "BATON_PROXY_ADDR",
+                "BATON_PROXY_PEER_ADDR",
                 "BATON_PROBE_PATH",
                 "BATON_PROBE_PORT",
             ]
@@ -636,7 +653,9 @@ mod tests {
         assert_eq!(env[3].1.as_deref(), Some("web"));
         assert_eq!(env[4].1.as_deref(), Some("127.0.0.1"));
         assert_eq!(env[5].1.as_deref(), Some("0.0.0.0:9095"));
-        assert_eq!(env[7].1.as_deref(), Some("8080"));
+        assert_eq!(env[6].1.as_deref(), Some("0.0.0.0:9096"));
+        assert_eq!(env[7].1.as_deref(), Some("0.0.0.0:9097"));
+        assert_eq!(env[9].1.as_deref(), Some("8080"));
         let field_of = |i: usize| {
             c.env.as_ref().expect("env")[i]
                 .value_from
@@ -668,10 +687,20 @@ mod tests {
             sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
             Some("RuntimeDefault")
         );
-        let port = &c.ports.as_ref().expect("ports")[0];
+        let ports: Vec<_> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.container_port))
+            .collect();
         assert_eq!(
-            (port.name.as_deref(), port.container_port),
-            (Some("baton-status"), 9095)
+            ports,
+            [
+                (Some("baton-status"), 9095),
+                (Some("baton-proxy"), 9096),
+                (Some("baton-peer"), 9097)
+            ],
+            "the proxy is on by default"
         );
         let path = |p: &Option<Probe>| {
             p.as_ref()

@@ -32,6 +32,11 @@ struct Settings {
     /// Name to greet with (downward API: metadata.name).
     #[arg(long, env = "POD_NAME", default_value = "demo")]
     pod_name: String,
+    /// Also serve a plain line protocol here: every line received on a
+    /// connection is answered with a line holding the pod's name (a
+    /// long-lived TCP client of the tests).
+    #[arg(long, env = "TCP_LISTEN_ADDR")]
+    tcp_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -59,6 +64,11 @@ async fn main() -> anyhow::Result<()> {
         name: settings.pod_name,
         health: RwLock::new(Health::Ok),
     });
+    if let Some(addr) = settings.tcp_addr {
+        let socket = tokio::net::TcpListener::bind(addr).await?;
+        eprintln!("demo app serving lines on {addr}");
+        tokio::spawn(serve_lines(socket, app.name.clone()));
+    }
     let stopping = Arc::new(AtomicBool::new(false));
     let router = Router::new()
         .route(
@@ -106,6 +116,27 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// The line protocol: each line in, the pod's name out, until the client closes.
+async fn serve_lines(socket: tokio::net::TcpListener, name: String) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    loop {
+        let Ok((conn, _)) = socket.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let answer = format!("{name}\n");
+        tokio::spawn(async move {
+            let (read, mut write) = conn.into_split();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                if write.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// The app's listening socket, closed as soon as the app is told to stop:

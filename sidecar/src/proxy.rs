@@ -1,0 +1,816 @@
+//! The sidecar in the data path (`docs/design.md`, rule 11): an L4 proxy in
+//! front of the app, so that only the holder's app answers, kept-alive
+//! connections included.
+//!
+//! Two listeners: the **front** port, which the Service targets, and the
+//! **peer** port, which only other pods of the group reach. A connection
+//! takes the route of its listener when it opens ([`route`]) and lives as
+//! long as that route stays the same ([`keeps`]):
+//! - on the active pod, both serve locally: bytes are spliced to the app on
+//!   the pod's loopback;
+//! - on any other pod, the front port forwards to the holder's peer port,
+//!   and the peer port waits (it never forwards again: no loops);
+//! - with no holder known, or on the holder before its label lands, a new
+//!   connection waits for a route, at most `--proxy-route-wait`, then is
+//!   closed.
+//!
+//! When the route changes (this pod demoted, the holder changed) every
+//! connection that took the old one is closed at once, both directions, so
+//! no byte of a demoted app reaches a client afterwards; the client's next
+//! connection takes the new route.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Notify, watch},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    metrics::Metrics,
+    status::{Role, Status},
+};
+
+/// Which of the proxy's two listeners a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The port the Service targets.
+    Front,
+    /// The port other pods of the group forward to.
+    Peer,
+}
+
+impl Listener {
+    pub fn label(self) -> &'static str {
+        match self {
+            Listener::Front => "front",
+            Listener::Peer => "peer",
+        }
+    }
+}
+
+/// Where a connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the app beside us.
+    Local,
+    /// To the holder's peer port at this address.
+    Forward(IpAddr),
+    /// Nowhere yet: hold the connection until a route appears.
+    Wait,
+}
+
+/// What the proxy knows, from the sidecar's status and one lookup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// This pod's outward role is active (labelled active, within its deadline).
+    pub active: bool,
+    pub me: String,
+    /// The Lease's holder, as the sidecar last saw it.
+    pub holder: Option<String>,
+    /// The pod IP of a pod that held the Lease, by name, as last looked up.
+    pub holder_ip: Option<(String, IpAddr)>,
+}
+
+impl View {
+    /// The view of a sidecar's status, keeping an earlier lookup.
+    pub fn of(status: &Status, me: &str, looked_up: Option<(String, IpAddr)>) -> View {
+        View {
+            active: status.role == Some(Role::Active),
+            me: me.to_owned(),
+            holder: status.holder.clone().filter(|h| !h.is_empty()),
+            holder_ip: looked_up,
+        }
+    }
+
+    /// The holder whose IP must be looked up before connections can be
+    /// forwarded to it: another pod, not the one last looked up.
+    pub fn lookup_needed(&self) -> Option<&str> {
+        let holder = self.holder.as_deref()?;
+        let known = self
+            .holder_ip
+            .as_ref()
+            .is_some_and(|(name, _)| name == holder);
+        (holder != self.me && !known).then_some(holder)
+    }
+}
+
+/// The route a new connection on `listener` takes.
+pub fn route(view: &View, listener: Listener) -> Route {
+    if view.active {
+        return Route::Local;
+    }
+    if listener == Listener::Peer {
+        // Only the holder serves a forwarded connection: it waits here for
+        // our label (the holder's label lands after its Lease write).
+        return Route::Wait;
+    }
+    match (&view.holder, &view.holder_ip) {
+        (Some(holder), Some((name, ip))) if holder != &view.me && holder == name => {
+            Route::Forward(*ip)
+        }
+        // No holder, the holder is us and not yet labelled, or its IP is
+        // still being looked up.
+        _ => Route::Wait,
+    }
+}
+
+/// Whether a connection that took `taken` lives on under `now`: only while
+/// the route is unchanged.
+pub fn keeps(taken: Route, now: Route) -> bool {
+    taken == now
+}
+
+/// The routes of both listeners at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routes {
+    pub front: Route,
+    pub peer: Route,
+}
+
+impl Routes {
+    pub fn of(view: &View) -> Routes {
+        Routes {
+            front: route(view, Listener::Front),
+            peer: route(view, Listener::Peer),
+        }
+    }
+
+    pub fn get(&self, listener: Listener) -> Route {
+        match listener {
+            Listener::Front => self.front,
+            Listener::Peer => self.peer,
+        }
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            front: Route::Wait,
+            peer: Route::Wait,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding the proxy's {listener} port {addr}: {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the proxy listens and connects, from the sidecar's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub me: String,
+    pub front: SocketAddr,
+    pub peer: SocketAddr,
+    /// The app, on the pod's loopback.
+    pub app: (String, u16),
+    pub route_wait: Duration,
+    pub api_timeout: Duration,
+    pub retry_period: Duration,
+}
+
+impl Config {
+    pub fn from_settings(s: &crate::Settings) -> Config {
+        Config {
+            me: s.pod_name.clone(),
+            front: s.proxy_addr,
+            peer: s.proxy_peer_addr,
+            app: (
+                s.probe_host.clone(),
+                s.proxy_app_port.unwrap_or(s.probe_port),
+            ),
+            route_wait: s.proxy_route_wait,
+            api_timeout: s.api_timeout,
+            retry_period: s.retry_period,
+        }
+    }
+}
+
+/// The bound listeners, ready to [`Proxy::run`].
+pub struct Proxy {
+    config: Config,
+    front: TcpListener,
+    peer: TcpListener,
+}
+
+impl Proxy {
+    /// Binds both ports, so that a port in use fails the sidecar at start.
+    pub async fn bind(config: Config) -> Result<Proxy, Error> {
+        let bind = |listener: Listener, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+                listener: listener.label(),
+                addr,
+                source,
+            })
+        };
+        let front = bind(Listener::Front, config.front).await?;
+        let peer = bind(Listener::Peer, config.peer).await?;
+        Ok(Proxy {
+            config,
+            front,
+            peer,
+        })
+    }
+
+    /// Serves until `stop`: follows the status for routes, accepts on both
+    /// listeners, and cuts connections whose route changed.
+    pub async fn run(
+        self,
+        status: watch::Receiver<Status>,
+        pods: Api<Pod>,
+        metrics: Metrics,
+        stop: CancellationToken,
+    ) {
+        let Proxy {
+            config,
+            front,
+            peer,
+        } = self;
+        let config = Arc::new(config);
+        let (routes_tx, routes_rx) = watch::channel(Routes::default());
+        let stale = Arc::new(Notify::new());
+        let router = tokio::spawn(
+            follow(
+                config.clone(),
+                status,
+                pods,
+                routes_tx,
+                stale.clone(),
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
+        let shared = Shared {
+            config,
+            routes: routes_rx,
+            stale,
+            metrics,
+            stop: stop.clone(),
+        };
+        info!(front = %shared.config.front, peer = %shared.config.peer, app = ?shared.config.app, "proxy listening");
+        let _ = tokio::join!(
+            accept(front, Listener::Front, shared.clone()),
+            accept(peer, Listener::Peer, shared),
+            router,
+        );
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    config: Arc<Config>,
+    routes: watch::Receiver<Routes>,
+    stale: Arc<Notify>,
+    metrics: Metrics,
+    stop: CancellationToken,
+}
+
+/// Turns the sidecar's status into routes, looking up each new holder's IP.
+async fn follow(
+    config: Arc<Config>,
+    mut status: watch::Receiver<Status>,
+    pods: Api<Pod>,
+    routes: watch::Sender<Routes>,
+    stale: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut looked_up: Option<(String, IpAddr)> = None;
+    loop {
+        let view = View::of(&status.borrow_and_update(), &config.me, looked_up.clone());
+        // At once, lookup or not: connections forwarded to a former holder
+        // are cut now, and new ones wait for the lookup.
+        routes.send_if_modified(|r| publish(r, Routes::of(&view)));
+        if let Some(holder) = view.lookup_needed().map(str::to_owned) {
+            match tokio::time::timeout(config.api_timeout, pods.get(&holder)).await {
+                Ok(Ok(pod)) => {
+                    let ip = pod
+                        .status
+                        .and_then(|s| s.pod_ip)
+                        .and_then(|ip| ip.parse::<IpAddr>().ok());
+                    if let Some(ip) = ip {
+                        debug!(%holder, %ip, "holder looked up");
+                        looked_up = Some((holder, ip));
+                        continue;
+                    }
+                    warn!(%holder, "the holder has no pod IP yet");
+                }
+                Ok(Err(e)) => warn!(%holder, error = %e, "looking up the holder's IP"),
+                Err(_) => warn!(%holder, "looking up the holder's IP timed out"),
+            }
+            // New connections wait meanwhile; retry soon.
+            tokio::select! {
+                _ = tokio::time::sleep(config.retry_period) => continue,
+                _ = status.changed() => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            // A forward failed to connect: the holder's pod may have been
+            // re-created under the same name with another IP.
+            _ = stale.notified() => looked_up = None,
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+fn publish(current: &mut Routes, new: Routes) -> bool {
+    if *current == new {
+        return false;
+    }
+    info!(front = ?new.front, peer = ?new.peer, "proxy routes");
+    *current = new;
+    true
+}
+
+async fn accept(listener: TcpListener, which: Listener, shared: Shared) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((client, from)) => {
+                let span = info_span!("connection", listener = which.label(), %from);
+                tokio::spawn(serve(client, which, shared.clone()).instrument(span));
+            }
+            Err(e) => {
+                warn!(listener = which.label(), error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One connection: wait for a route, connect, splice until done or cut.
+async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
+    let mut routes = shared.routes.clone();
+    let waited = tokio::time::timeout(
+        shared.config.route_wait,
+        routes.wait_for(|r| r.get(which) != Route::Wait),
+    )
+    .await
+    .map(|r| r.map(|r| r.get(which)));
+    let taken = match waited {
+        Ok(Ok(r)) => r,
+        _ => {
+            shared.metrics.proxy_connection(which.label(), "no_route");
+            debug!("no route within the wait; closed");
+            return;
+        }
+    };
+    let upstream = match taken {
+        Route::Local => format!("{}:{}", shared.config.app.0, shared.config.app.1),
+        Route::Forward(ip) => SocketAddr::new(ip, shared.config.peer.port()).to_string(),
+        Route::Wait => unreachable!("waited for a route"),
+    };
+    let mut server =
+        match tokio::time::timeout(shared.config.route_wait, TcpStream::connect(&upstream)).await {
+            Ok(Ok(s)) => s,
+            failed => {
+                shared
+                    .metrics
+                    .proxy_connection(which.label(), "unreachable");
+                debug!(%upstream, ?failed, "upstream unreachable; closed");
+                if matches!(taken, Route::Forward(_)) {
+                    shared.stale.notify_one();
+                }
+                return;
+            }
+        };
+    let kind = if taken == Route::Local {
+        "local"
+    } else {
+        "forward"
+    };
+    shared.metrics.proxy_connection(which.label(), kind);
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let _open = shared.metrics.proxy_open();
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = routes.wait_for(|r| !keeps(taken, r.get(which))) => {
+            shared.metrics.proxy_cut(which.label());
+            debug!(?taken, "route changed; connection cut");
+        }
+        _ = shared.stop.cancelled() => {}
+    }
+    // Both sockets drop here: the client and the app see the close at once.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an IP")
+    }
+
+    fn view(me: &str) -> View {
+        View {
+            me: me.into(),
+            ..View::default()
+        }
+    }
+
+    #[test]
+    fn the_active_pod_serves_locally_on_both_listeners() {
+        let v = View {
+            active: true,
+            holder: Some("web-0".into()),
+            ..view("web-0")
+        };
+        assert_eq!(route(&v, Listener::Front), Route::Local);
+        assert_eq!(route(&v, Listener::Peer), Route::Local);
+    }
+
+    #[test]
+    fn a_passive_pod_forwards_front_connections_to_the_holder_it_looked_up() {
+        let v = View {
+            holder: Some("web-0".into()),
+            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            ..view("web-1")
+        };
+        assert_eq!(route(&v, Listener::Front), Route::Forward(ip("10.0.0.7")));
+        assert_eq!(v.lookup_needed(), None);
+    }
+
+    #[test]
+    fn the_peer_port_never_forwards_again() {
+        let v = View {
+            holder: Some("web-0".into()),
+            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            ..view("web-1")
+        };
+        assert_eq!(route(&v, Listener::Peer), Route::Wait);
+    }
+
+    #[test]
+    fn a_new_holder_must_be_looked_up_before_anything_is_forwarded_to_it() {
+        // The IP we know belongs to the holder before.
+        let v = View {
+            holder: Some("web-2".into()),
+            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            ..view("web-1")
+        };
+        assert_eq!(v.lookup_needed(), Some("web-2"));
+        assert_eq!(route(&v, Listener::Front), Route::Wait);
+    }
+
+    #[test]
+    fn connections_wait_while_nobody_holds_the_lease() {
+        let v = View {
+            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            ..view("web-1")
+        };
+        assert_eq!(v.lookup_needed(), None);
+        assert_eq!(route(&v, Listener::Front), Route::Wait);
+    }
+
+    #[test]
+    fn the_holder_waits_for_its_own_label_and_never_forwards_to_itself() {
+        let v = View {
+            holder: Some("web-1".into()),
+            holder_ip: Some(("web-1".into(), ip("10.0.0.8"))),
+            ..view("web-1")
+        };
+        assert_eq!(v.lookup_needed(), None, "no lookup of ourselves");
+        assert_eq!(route(&v, Listener::Front), Route::Wait);
+        assert_eq!(route(&v, Listener::Peer), Route::Wait);
+    }
+
+    #[test]
+    fn a_connection_lives_only_while_its_route_is_unchanged() {
+        let (a, b) = (ip("10.0.0.7"), ip("10.0.0.8"));
+        assert!(keeps(Route::Local, Route::Local));
+        // Demoted: local connections are cut.
+        assert!(!keeps(Route::Local, Route::Wait));
+        assert!(!keeps(Route::Local, Route::Forward(a)));
+        // The holder changed: forwarded ones too.
+        assert!(keeps(Route::Forward(a), Route::Forward(a)));
+        assert!(!keeps(Route::Forward(a), Route::Forward(b)));
+        assert!(!keeps(Route::Forward(a), Route::Wait));
+        assert!(!keeps(Route::Forward(a), Route::Local));
+    }
+
+    /// An app that answers each line with its name.
+    async fn app(name: &'static str, ip: &str) -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let l = TcpListener::bind((ip, 0)).await.expect("bind app");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = c.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    while let Ok(Some(_)) = lines.next_line().await {
+                        let _ = w.write_all(format!("{name}\n").as_bytes()).await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Sends a line, reads the answer: the app's name, or None once closed.
+    async fn ask(c: &mut tokio::io::BufReader<TcpStream>) -> Option<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let exchange = async {
+            c.get_mut().write_all(b"who\n").await.ok()?;
+            let mut line = String::new();
+            match c.read_line(&mut line).await {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(line.trim().to_owned()),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("an answer or a close within 5 s")
+    }
+
+    async fn connect(addr: SocketAddr) -> tokio::io::BufReader<TcpStream> {
+        tokio::io::BufReader::new(TcpStream::connect(addr).await.expect("connect"))
+    }
+
+    fn status(role: Role, holder: Option<&str>) -> Status {
+        Status {
+            role: Some(role),
+            holder: holder.map(str::to_owned),
+            ..Status::default()
+        }
+    }
+
+    struct Side {
+        front: SocketAddr,
+        status: watch::Sender<Status>,
+    }
+
+    /// A proxy for `me` on `ip` (its peer port `peer`), in front of an app
+    /// named `me`, with the API answering that web-0 is at 127.0.0.2.
+    async fn side(me: &'static str, ip: &str, peer: u16, metrics: &Metrics) -> Side {
+        let app_port = app(me, ip).await;
+        side_of(me, ip, app_port, peer, metrics).await
+    }
+
+    /// [`side`] in front of an app already listening on `ip:app_port`; the
+    /// API says web-0 is at 127.0.0.2 and web-1 at 127.0.0.1.
+    async fn side_of(
+        me: &'static str,
+        ip: &str,
+        app_port: u16,
+        peer: u16,
+        metrics: &Metrics,
+    ) -> Side {
+        let config = Config {
+            me: me.into(),
+            front: SocketAddr::new(ip.parse().expect("ip"), 0),
+            peer: SocketAddr::new(ip.parse().expect("ip"), peer),
+            app: (ip.into(), app_port),
+            route_wait: Duration::from_secs(10),
+            api_timeout: Duration::from_secs(1),
+            retry_period: Duration::from_millis(100),
+        };
+        let proxy = Proxy::bind(config).await.expect("bind");
+        let front = proxy.front.local_addr().expect("addr");
+        let api = crate::testing::ScriptedApi::new(|req| {
+            let (name, ip) = if req.path.ends_with("/pods/web-0") {
+                ("web-0", "127.0.0.2")
+            } else {
+                assert!(req.path.ends_with("/pods/web-1"), "{}", req.path);
+                ("web-1", "127.0.0.1")
+            };
+            (
+                200,
+                serde_json::json!({"metadata": {"name": name}, "status": {"podIP": ip}}),
+            )
+        });
+        let (tx, rx) = watch::channel(Status::default());
+        tokio::spawn(proxy.run(
+            rx,
+            Api::namespaced(api.client(), "default"),
+            metrics.clone(),
+            CancellationToken::new(),
+        ));
+        Side { front, status: tx }
+    }
+
+    /// Two pods on two loopback addresses: the passive one forwards to the
+    /// holder; on demotion every connection is cut, both the local and the
+    /// forwarded one, and a new connection waits for the next holder.
+    #[tokio::test]
+    async fn demotion_cuts_every_connection_and_new_ones_wait_for_the_next_holder() {
+        let metrics = Metrics::new();
+        // web-0's peer port is free on 127.0.0.2; web-1's peer listener
+        // takes the same number on 127.0.0.1.
+        let peer = TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("a free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
+        let web1 = side("web-1", "127.0.0.1", peer, &metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+
+        let mut direct = connect(web0.front).await;
+        let mut forwarded = connect(web1.front).await;
+        assert_eq!(ask(&mut direct).await.as_deref(), Some("web-0"));
+        assert_eq!(ask(&mut forwarded).await.as_deref(), Some("web-0"));
+
+        // web-0 is demoted and releases: nobody holds the Lease. web-1
+        // sees the release first: it cuts what it forwarded.
+        web1.status.send_replace(status(Role::Passive, None));
+        assert_eq!(ask(&mut forwarded).await, None, "the forwarded one is cut");
+        assert_eq!(
+            ask(&mut direct).await.as_deref(),
+            Some("web-0"),
+            "still the holder"
+        );
+        web0.status.send_replace(status(Role::Passive, None));
+        assert_eq!(ask(&mut direct).await, None, "the local connection is cut");
+
+        // A new connection waits for a route, and gets web-1 once it is active.
+        let waiting = tokio::spawn(async move {
+            let mut c = connect(web1.front).await;
+            ask(&mut c).await
+        });
+        web0.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no answer before web-1 is labelled");
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+        assert_eq!(waiting.await.expect("joined").as_deref(), Some("web-1"));
+
+        let text = metrics.encode();
+        for needle in [
+            "baton_proxy_cuts_total{listener=\"front\"} 2",
+            "baton_proxy_connections_total{listener=\"front\",result=\"forward\"} 1",
+            "baton_proxy_connections_total{listener=\"peer\",result=\"local\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    /// An HTTP app answering every GET with its name, kept-alive.
+    async fn http_app(name: &'static str, ip: &str) -> u16 {
+        let l = TcpListener::bind((ip, 0)).await.expect("bind app");
+        let port = l.local_addr().expect("addr").port();
+        let router =
+            axum::Router::new().route("/", axum::routing::get(move || async move { name }));
+        tokio::spawn(async move { axum::serve(l, router).await });
+        port
+    }
+
+    /// Waits (bounded) until the metrics say `needle`.
+    async fn wait_metric(metrics: &Metrics, needle: &str) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while !metrics.encode().contains(needle) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "no {needle} in\n{}", metrics.encode());
+    }
+
+    /// A kept-alive HTTP/1.1 client that always calls web-0's front port
+    /// (as kube-proxy keeps a connection on one pod): before the switch
+    /// web-0 answers; once web-0 has handed over to web-1, not one answer
+    /// comes from web-0, and the client's next connection, still to
+    /// web-0's port, is forwarded to web-1.
+    #[tokio::test]
+    async fn a_kept_alive_http_client_is_answered_by_the_new_holder_alone_after_a_handover() {
+        let metrics = Metrics::new();
+        let peer = TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("a free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let web0_app = http_app("web-0", "127.0.0.2").await;
+        let web1_app = http_app("web-1", "127.0.0.1").await;
+        let web0 = side_of("web-0", "127.0.0.2", web0_app, peer, &metrics).await;
+        let web1 = side_of("web-1", "127.0.0.1", web1_app, peer, &metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client");
+        let url = format!("http://{}/", web0.front);
+        let get = || async {
+            match http.get(&url).send().await {
+                Ok(r) => r.text().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        for _ in 0..5 {
+            assert_eq!(get().await.as_deref(), Ok("web-0"));
+        }
+        wait_metric(&metrics, "baton_proxy_open_connections 1").await;
+
+        // web-0 hands over to web-1 (a switchover): passive at once, then
+        // web-1 takes the Lease and its label lands.
+        web0.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        wait_metric(&metrics, "baton_proxy_cuts_total{listener=\"front\"} 1").await;
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+
+        let answers: Vec<Result<String, String>> = {
+            let mut v = Vec::new();
+            for _ in 0..20 {
+                v.push(get().await);
+            }
+            v
+        };
+        assert!(
+            answers.iter().all(|a| a.as_deref() != Ok("web-0")),
+            "the demoted app answered: {answers:?}"
+        );
+        let failed = answers.iter().filter(|a| a.is_err()).count();
+        assert!(
+            failed <= 1,
+            "only a request on the cut connection may fail: {answers:?}"
+        );
+        assert_eq!(answers.last().map(|a| a.as_deref()), Some(Ok("web-1")));
+        assert!(
+            metrics
+                .encode()
+                .contains("baton_proxy_connections_total{listener=\"front\",result=\"forward\"}"),
+            "{}",
+            metrics.encode()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_route_is_closed_after_the_wait() {
+        let metrics = Metrics::new();
+        let config = Config {
+            me: "web-1".into(),
+            front: "127.0.0.1:0".parse().expect("addr"),
+            peer: "127.0.0.1:0".parse().expect("addr"),
+            app: ("127.0.0.1".into(), 1),
+            route_wait: Duration::from_millis(50),
+            api_timeout: Duration::from_secs(1),
+            retry_period: Duration::from_millis(100),
+        };
+        let proxy = Proxy::bind(config).await.expect("bind");
+        let front = proxy.front.local_addr().expect("addr");
+        let api = crate::testing::ScriptedApi::new(|_| (500, serde_json::json!({})));
+        let (_tx, rx) = watch::channel(status(Role::Passive, None));
+        tokio::spawn(proxy.run(
+            rx,
+            Api::namespaced(api.client(), "default"),
+            metrics.clone(),
+            CancellationToken::new(),
+        ));
+        let mut c = connect(front).await;
+        assert_eq!(ask(&mut c).await, None, "closed once the wait is over");
+        assert!(
+            metrics.encode().contains(
+                "baton_proxy_connections_total{listener=\"front\",result=\"no_route\"} 1"
+            )
+        );
+        assert!(api.requests().is_empty(), "no holder, no lookup");
+    }
+
+    #[test]
+    fn the_view_of_a_status_takes_only_an_outward_active_role() {
+        let status = Status {
+            role: Some(Role::Passive),
+            label_role: Some(Role::Active),
+            holder: Some(String::new()),
+            ..Status::default()
+        };
+        let v = View::of(&status, "web-0", None);
+        assert!(!v.active, "labelled active but past its deadline");
+        assert_eq!(v.holder, None, "an empty holder is none");
+    }
+}

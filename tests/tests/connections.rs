@@ -1,0 +1,380 @@
+//! Every connection follows the switch (`docs/design.md`, rule 11): clients
+//! that keep their connections, through a Service that targets the
+//! sidecar's proxy, are answered by no pod but the holder once the holder
+//! has changed, and end on it. Each test runs a switchover, a failover of
+//! an app that still answers (its health check fails, `/` does not) and a
+//! cordon, under the never-two-active guard of its group, on the real node
+//! through kube-proxy.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use baton_e2e::{
+    clients::{Client, Connections, Sample, now},
+    group::Group,
+    harness, workload,
+};
+use baton_sidecar::controls::SWITCHOVER_TO;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service};
+
+/// Requests a second per client.
+const RATE: u32 = 50;
+/// The goal: no answer by another pod than the holder later than this
+/// after the holder changed (the Lease's acquireTime, written by the same
+/// machine's clock as the clients').
+const BOUND: f64 = 0.1;
+
+/// What one switch did to a client.
+#[derive(Debug)]
+struct Outcome {
+    switch: &'static str,
+    old: String,
+    new: String,
+    /// Answers by any pod other than `new` to requests sent later than
+    /// [`BOUND`] after the change (judged by when the request was sent: when
+    /// its answer is recorded depends on a busy test machine's scheduling).
+    late: Vec<Sample>,
+    /// The last answer by `old`, seconds after the change (negative: before).
+    last_old: Option<f64>,
+    /// Requests that failed from the start of the switch until the client
+    /// was steady on the new holder.
+    failed: Vec<Sample>,
+}
+
+async fn cluster_ip(group: &Group, service: &str) -> String {
+    let svc: Service = group.ns.api().get(service).await.expect("the Service");
+    svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
+}
+
+/// The time the Lease says its holder (`new`) took it, s since the epoch.
+async fn acquired(group: &Group, new: &str) -> f64 {
+    let lease: Lease = group.ns.api().get(&group.name).await.expect("the Lease");
+    let spec = lease.spec.expect("a spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some(new));
+    let t = spec.acquire_time.expect("acquireTime of a held Lease").0;
+    t.as_millisecond() as f64 / 1000.0
+}
+
+/// Runs `act`, waits for a holder other than `old`, then for the client to
+/// be answered by it alone, and judges the samples since `act`.
+async fn switch(
+    group: &Group,
+    client: &Client,
+    name: &'static str,
+    old: &str,
+    act: impl std::future::Future<Output = ()>,
+) -> Outcome {
+    let start = now();
+    act.await;
+    let new = group.wait_for_new_holder(Some(old)).await;
+    let changed = acquired(group, &new).await;
+    client
+        .wait_steady_on(&new, 20)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: the client does not end on the holder {new}: {e}"));
+    let samples: Vec<Sample> = client
+        .samples()
+        .into_iter()
+        .filter(|s| s.sent >= start)
+        .collect();
+    let late = samples
+        .iter()
+        .filter(|s| s.sent > changed + BOUND && matches!(&s.answer, Ok(p) if p != &new))
+        .cloned()
+        .collect();
+    let last_old = samples
+        .iter()
+        .filter(|s| s.answer.as_deref() == Ok(old))
+        .map(|s| s.done - changed)
+        .max_by(f64::total_cmp);
+    let failed = samples
+        .iter()
+        .filter(|s| s.answer.is_err())
+        .cloned()
+        .collect();
+    Outcome {
+        switch: name,
+        old: old.to_owned(),
+        new,
+        late,
+        last_old,
+        failed,
+    }
+}
+
+/// A switchover, a failover of an app that still answers, and a cordon,
+/// with `client` running through the proxied Service all along; each
+/// outcome is checked and returned.
+async fn three_switches(group: &Group, first: &str, client: &Client) -> Vec<Outcome> {
+    let other = if first == "web-0" { "web-1" } else { "web-0" };
+    let mut outcomes = Vec::new();
+
+    let to = format!("{SWITCHOVER_TO}={other}");
+    let o = switch(group, client, "switchover", first, async {
+        group
+            .ns
+            .kubectl_ok(&["annotate", "lease", &group.name, &to], None);
+    })
+    .await;
+    assert_eq!(o.new, other, "switched over to the pod asked for");
+    outcomes.push(o);
+
+    // The holder's health check fails; its `/` still answers.
+    let o = switch(group, client, "failover", other, async {
+        group.set_app_health(other, "fail").await;
+    })
+    .await;
+    assert_eq!(o.new, first);
+    outcomes.push(o);
+    group.set_app_health(other, "ok").await;
+    group.wait_app_healthy(other).await;
+
+    let cordon = "baton.dev/cordoned=true".to_owned();
+    let o = switch(group, client, "cordon", first, async {
+        group
+            .ns
+            .kubectl_ok(&["annotate", "pod", first, &cordon], None);
+    })
+    .await;
+    assert_eq!(o.new, other);
+    outcomes.push(o);
+
+    for o in &outcomes {
+        eprintln!(
+            "{}: {} -> {}: last answer by the old pod {:?} s after the change, {} late answers, {} failed requests: {:?}",
+            o.switch,
+            o.old,
+            o.new,
+            o.last_old,
+            o.late.len(),
+            o.failed.len(),
+            o.failed.iter().map(|s| &s.answer).collect::<Vec<_>>()
+        );
+    }
+    for o in &outcomes {
+        assert!(
+            o.late.is_empty(),
+            "{}: answered by the old pod {} more than {BOUND} s after {} took over: {:?}",
+            o.switch,
+            o.old,
+            o.new,
+            o.late
+        );
+    }
+    outcomes
+}
+
+/// Requests in flight when their connection is cut fail; the client's
+/// next connection takes the new route. A second of the client's
+/// requests is far more than that.
+fn assert_few_failed(outcomes: &[Outcome]) {
+    for o in outcomes {
+        assert!(
+            o.failed.len() < RATE as usize,
+            "{}: {} failed requests: {:?}",
+            o.switch,
+            o.failed.len(),
+            o.failed
+        );
+    }
+}
+
+async fn keep_alive_http_through(test: &str, role_label: bool) {
+    let (group, first) = Group::deploy(test, 2).await;
+    group
+        .ns
+        .apply(&workload::proxied_service(&group.name, role_label));
+    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
+    let _ = harness::http(); // installs the TLS provider reqwest needs
+    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
+        .expect("an HTTP client");
+    client
+        .wait_steady_on(&first, 20)
+        .await
+        .expect("steady on the holder");
+    let outcomes = three_switches(&group, &first, &client).await;
+    if !role_label {
+        // No EndpointSlice changes at all: only requests in flight fail.
+        assert_few_failed(&outcomes);
+    }
+    drop(client);
+    group.finish().await;
+}
+
+#[tokio::test]
+async fn keep_alive_http_follows_every_switch_through_a_service_of_the_whole_group() {
+    keep_alive_http_through("conn-http-group", false).await;
+}
+
+#[tokio::test]
+async fn keep_alive_http_follows_every_switch_through_the_role_label_service() {
+    keep_alive_http_through("conn-http-role", true).await;
+}
+
+/// A plain long-lived TCP protocol: the proxy knows nothing of it.
+#[tokio::test]
+async fn a_long_lived_tcp_client_follows_every_switch() {
+    let port = workload::LINES_PORT.to_string();
+    let (group, first) =
+        Group::deploy_with("conn-tcp", 2, &[("BATON_PROXY_APP_PORT", &port)]).await;
+    group
+        .ns
+        .apply(&workload::proxied_service(&group.name, false));
+    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
+    let client = Client::start_tcp(format!("{ip}:80"), RATE);
+    client
+        .wait_steady_on(&first, 20)
+        .await
+        .expect("steady on the holder");
+    let outcomes = three_switches(&group, &first, &client).await;
+    assert_few_failed(&outcomes);
+    drop(client);
+    group.finish().await;
+}
+
+/// The proxy needs no capability: under the restricted Pod Security
+/// profile (which the namespace enforces: a privileged pod is refused) a
+/// kept-alive client follows a switchover.
+#[tokio::test]
+async fn the_proxy_works_under_the_restricted_pod_security_profile() {
+    let (group, first) = Group::deploy_restricted("conn-restricted", 2).await;
+    let refused = group.ns.kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: privileged}\nspec:\n  containers:\n  - {name: c, image: x, securityContext: {privileged: true}}\n",
+        ),
+    );
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("restricted"),
+        "the namespace enforces the restricted profile: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    group
+        .ns
+        .apply(&workload::proxied_service(&group.name, false));
+    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
+    let _ = harness::http(); // installs the TLS provider reqwest needs
+    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
+        .expect("an HTTP client");
+    client
+        .wait_steady_on(&first, 20)
+        .await
+        .expect("steady on the holder");
+    let other = if first == "web-0" { "web-1" } else { "web-0" };
+    let to = format!("{SWITCHOVER_TO}={other}");
+    let o = switch(&group, &client, "switchover", &first, async {
+        group
+            .ns
+            .kubectl_ok(&["annotate", "lease", &group.name, &to], None);
+    })
+    .await;
+    eprintln!("{o:?}");
+    assert!(o.late.is_empty(), "late answers by {first}: {:?}", o.late);
+    assert_few_failed(&[o]);
+    drop(client);
+    group.finish().await;
+}
+
+/// `n` requests one after the other on one kept-alive connection: each
+/// latency in ms, the requests a second achieved, and who answered.
+async fn sequential(url: &str, n: usize) -> (Vec<f64>, f64, BTreeMap<String, usize>) {
+    let http = harness::http();
+    let mut latencies = Vec::with_capacity(n);
+    let mut by = BTreeMap::new();
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let body = http
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .expect("a body");
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        let pod = body.trim().trim_start_matches("hello from ").to_owned();
+        *by.entry(pod).or_default() += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    (latencies, rate, by)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// CPU seconds (user + system) and resident memory (KiB) of a process.
+fn cpu_and_rss(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command's closing parenthesis: utime is the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    (ticks / 100.0, rss)
+}
+
+/// Every path to the app answers from the holder: the app's own port, the
+/// holder's proxy (a local splice) and a standby's proxy (forwarded to the
+/// holder's peer port). Prints what each path costs per request and what
+/// the sidecars spend on it (no bound on times: the machine is shared).
+#[tokio::test]
+async fn every_proxy_path_answers_from_the_holder_and_its_cost_is_reported() {
+    const N: usize = 2000;
+    let (group, holder) = Group::deploy("conn-cost", 2).await;
+    let standby = if holder == "web-0" { "web-1" } else { "web-0" };
+    let (holder_ip, standby_ip) = (
+        harness::pod_ip(&group.ns, &holder).await,
+        harness::pod_ip(&group.ns, standby).await,
+    );
+    let pids = (
+        group.sidecar_pid(&holder).await,
+        group.sidecar_pid(standby).await,
+    );
+    let port = workload::PROXY_PORT;
+    for (path, url) in [
+        ("direct to the app", format!("http://{holder_ip}:8080/")),
+        ("the holder's proxy", format!("http://{holder_ip}:{port}/")),
+        ("a standby's proxy", format!("http://{standby_ip}:{port}/")),
+    ] {
+        // Warm up (connections, caches) before measuring.
+        sequential(&url, N / 10).await;
+        let before = (cpu_and_rss(pids.0), cpu_and_rss(pids.1));
+        let (lat, rate, by) = sequential(&url, N).await;
+        let after = (cpu_and_rss(pids.0), cpu_and_rss(pids.1));
+        eprintln!(
+            "{path}: p50 {:.3} ms, p99 {:.3} ms, {rate:.0} requests/s; sidecar CPU holder {:.2} s standby {:.2} s, RSS holder {} KiB standby {} KiB",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            after.0.0 - before.0.0,
+            after.1.0 - before.1.0,
+            after.0.1,
+            after.1.1,
+        );
+        assert_eq!(
+            by,
+            BTreeMap::from([(holder.clone(), N)]),
+            "{path}: every answer from the holder"
+        );
+    }
+    let metrics = group.sidecar_get(standby, "/metrics").await;
+    assert!(
+        metrics.contains("baton_proxy_connections_total{listener=\"front\",result=\"forward\"}"),
+        "{metrics}"
+    );
+    let metrics = group.sidecar_get(&holder, "/metrics").await;
+    assert!(
+        metrics.contains("baton_proxy_connections_total{listener=\"peer\",result=\"local\"}"),
+        "{metrics}"
+    );
+    group.finish().await;
+}
