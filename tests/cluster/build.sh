@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 cache_root=${BATON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/baton}
 bin="$cache_root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"
-wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwok-stages-2.yaml)
+wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwok-stages-3.yaml)
 
 missing=()
 for b in "${wanted[@]}"; do [ -e "$bin/$b" ] || missing+=("$b"); done
@@ -46,7 +46,7 @@ done
 for b in "${missing[@]}"; do
   case "$b" in
     etcd) pkg=go.etcd.io/etcd/server/v3 ;;
-    kwok | kwok-stages-2.yaml) continue ;;
+    kwok | kwok-stages-3.yaml) continue ;;
     *) pkg=k8s.io/kubernetes/cmd/$b ;;
   esac
   log "building $b from $pkg"
@@ -59,17 +59,20 @@ if [[ " ${missing[*]} " == *" kwok "* ]]; then
   GOBIN="$work/gobin" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   mv "$work/gobin/kwok" "$bin/kwok"
 fi
-if [[ " ${missing[*]} " == *" kwok-stages-2.yaml "* ]]; then
+if [[ " ${missing[*]} " == *" kwok-stages-3.yaml "* ]]; then
   # KWOK needs stages (what happens to nodes and pods); use its own, from
   # the module just built: nodes Ready at once, pods Running and Ready with
   # an IP at once, deleted pods gone after at least 1s and at most their
   # grace period, like kubelet (the runner deletes its pods sooner, once
-  # their processes have exited). Bump the file name when the set changes.
+  # their processes have exited), and nodes' conditions refreshed beside
+  # the node Leases KWOK renews (--node-lease-duration-seconds), as kubelet
+  # does: the node lifecycle controller marks a node whose Lease lapses
+  # NotReady. Bump the file name when the set changes.
   stages="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
   [ -d "$stages" ] || go mod download "sigs.k8s.io/kwok@$KWOK_VERSION"
-  for f in node/fast/node-initialize.yaml pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/general/pod-delete.yaml; do
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/general/pod-delete.yaml; do
     cat "$stages/$f"; echo "---"
-  done >"$bin/kwok-stages-2.yaml"
+  done >"$bin/kwok-stages-3.yaml"
 fi
 log "built ${missing[*]} in $(( $(date +%s) - start ))s"
 echo "$bin"

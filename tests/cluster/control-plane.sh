@@ -34,7 +34,7 @@ wait_for() { # wait_for WHAT TIMEOUT_S CMD...
   until in_netns "$@" >/dev/null 2>&1; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
       log "timed out after ${timeout}s waiting for $what; last log lines:"
-      tail -n 30 "$dir/logs/"*.log "$dir/node/logs/"*.log >&2 2>/dev/null
+      tail -n 30 "$dir/logs/"*.log "$dir"/baton-node-*/logs/*.log >&2 2>/dev/null
       exit 1
     fi
     sleep 0.2

@@ -29,44 +29,78 @@ kubectl_() { in_ns "$(cat "$dir/bin-dir")/kubectl" --kubeconfig "$dir/kubeconfig
 # The runner first, so that sidecars hand over while the API server is up.
 stop_group runner 50
 
-# The node: no controller may re-create pods, then every pod goes while
-# kubelet and containerd still run, so that containers stop as kubelet stops
-# them (sidecars hand over, volumes are unmounted).
-if [ -n "$(pid_of node)" ] && [ -f "$dir/bin-dir" ]; then
-  stop_group kube-controller-manager 20
-  stop_group kube-scheduler 20
-  kubectl_ delete pods --all-namespaces --all --grace-period=1 --wait=false >/dev/null 2>&1
-  ctr_() { in_ns "$(cat "$dir/node-bin-dir")/ctr" --address "$dir/node/containerd.sock" -n k8s.io "$@"; }
-  for _ in $(seq 300); do
-    [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break
-    sleep 0.1
-  done
-  left=$(ctr_ tasks ls -q 2>/dev/null | wc -l)
-  [ "$left" -gt 0 ] && log "$left containers still running after 30 s; killing them"
-fi
-stop_group node 100
-
-# Whatever is still in the node's cgroups (containers, shims) is killed, and
-# the cgroups removed deepest first, with the parents between them and our
-# own cgroup when empty (another local cluster may still use a parent).
-for _ in 1 2 3; do
-  found=0
+# Faults a test may have left (tests/src/harness/nodes.rs) are undone first,
+# so that every node can stop its pods: links up, cgroups thawed, stopped
+# processes continued.
+count=$(node_count)
+for i in $(seq 0 $((count - 1))); do
+  node_vars "$i"
+  ip -n "$netns" link set "$node_link" up 2>/dev/null
+  f=/sys/fs/cgroup/freezer$node_cgroup/freezer.state
+  [ -f "$f" ] && echo THAWED >"$f" 2>/dev/null
   for h in /sys/fs/cgroup/*/; do
     d="${h%/}$node_cgroup"
     [ -d "$d" ] || continue
-    while read -r p; do
-      [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; found=1; }
-    done < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
+    find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -CONT 2>/dev/null
   done
-  [ $found -eq 0 ] && break
-  sleep 0.5
 done
-for h in /sys/fs/cgroup/*/; do
-  d="${h%/}$node_cgroup"
-  [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+
+# The nodes: no controller may re-create pods, then every pod goes while
+# kubelet and containerd still run, so that containers stop as kubelet stops
+# them (sidecars hand over, volumes are unmounted).
+running=0
+for i in $(seq 0 $((count - 1))); do
+  node_vars "$i"
+  [ -n "$(pid_of "$node_name")" ] && running=1
 done
-node_cgroup_dirs | while read -r d; do
-  [ -d "$d" ] && rmdir "$d" 2>/dev/null
+if [ $running -eq 1 ] && [ -f "$dir/bin-dir" ]; then
+  stop_group kube-controller-manager 20
+  stop_group kube-scheduler 20
+  kubectl_ delete pods --all-namespaces --all --grace-period=1 --wait=false >/dev/null 2>&1
+  tasks() { # tasks: the containers still running on every node
+    local i
+    for i in $(seq 0 $((count - 1))); do
+      node_vars "$i"
+      [ -S "$node_dir/containerd.sock" ] || continue
+      "$(cat "$dir/node-bin-dir")/ctr" --address "$node_dir/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null
+    done
+  }
+  for _ in $(seq 300); do
+    [ -z "$(tasks)" ] && break
+    sleep 0.1
+  done
+  left=$(tasks | wc -l)
+  [ "$left" -gt 0 ] && log "$left containers still running after 30 s; killing them"
+fi
+for i in $(seq 0 $((count - 1))); do
+  node_vars "$i"
+  stop_group "$node_name" 100
+done
+
+# Whatever is still in the nodes' cgroups (containers, shims) is killed, and
+# the cgroups removed deepest first, with the parents between them and our
+# own cgroup when empty (another local cluster may still use a parent).
+for i in $(seq 0 $((count - 1))); do
+  node_vars "$i"
+  for _ in 1 2 3; do
+    found=0
+    for h in /sys/fs/cgroup/*/; do
+      d="${h%/}$node_cgroup"
+      [ -d "$d" ] || continue
+      while read -r p; do
+        [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; found=1; }
+      done < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
+    done
+    [ $found -eq 0 ] && break
+    sleep 0.5
+  done
+  for h in /sys/fs/cgroup/*/; do
+    d="${h%/}$node_cgroup"
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  node_cgroup_dirs | while read -r d; do
+    [ -d "$d" ] && rmdir "$d" 2>/dev/null
+  done
 done
 
 # The control plane keeps no state worth a graceful stop (up.sh wipes etcd);
@@ -82,6 +116,10 @@ for f in "$dir"/pids/*.pid; do
   [ -f "$f" ] || continue
   kill -KILL -- "-$(cat "$f")" 2>/dev/null
   rm -f "$f"
+done
+for i in $(seq 0 $((count - 1))); do
+  node_vars "$i"
+  ip netns del "$node_netns" 2>/dev/null
 done
 ip netns del "$netns" 2>/dev/null
 # What `ip netns add` made of /run/netns for a local cluster goes with the
@@ -99,5 +137,6 @@ if [ -f "$dir/host-before" ]; then
   "$here/hostcheck.sh" compare "$dir/host-before" || status=1
   [ $status -eq 0 ] && rm -f "$dir/host-before"
 fi
+[ $status -eq 0 ] && rm -f "$dir/real-nodes"
 log "stopped"
 exit $status

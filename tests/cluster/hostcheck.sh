@@ -17,7 +17,7 @@ snapshot() {
   # meanwhile: namespaces and their mounts are compared for ours only.
   # /run/netns is iproute2's, shared by every local cluster: down.sh removes
   # what a cluster made of it when the last namespace goes (netns.sh).
-  echo "## our network namespace"; ip netns list 2>/dev/null | awk '{print $1}' | grep -xF "$netns"
+  echo "## our network namespaces"; ip netns list 2>/dev/null | awk '{print $1}' | grep -xE "$netns(-n[0-9]+)?" | sort
   echo "## host interfaces"; ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sort
   echo "## host firewall rules"; { nft list ruleset 2>/dev/null || true; } | md5sum | cut -d' ' -f1
   # Where a mount of the node's could leak to if its namespace did not hold
@@ -25,7 +25,7 @@ snapshot() {
   echo "## mounts"
   awk '{print $5}' /proc/self/mountinfo | grep -E "^($repo|/run|/var/log|/var/lib|/proc/sys)(/|$)" \
     | grep -v '^/run/netns\(/\|$\)' | sort
-  grep -F " /run/netns/$netns " /proc/self/mountinfo | awk '{print $5}'
+  grep -E " /run/netns/$netns(-n[0-9]+)? " /proc/self/mountinfo | awk '{print $5}' | sort
   echo "## sysctls"
   for k in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops \
     kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward \
@@ -34,13 +34,16 @@ snapshot() {
   done
   # The node's cgroup, and the parents created for it that no other local
   # cluster uses (no child cgroup): what down.sh must have removed.
-  echo "## the node's cgroups and their unused parents"
-  local d
-  node_cgroup_dirs | while read -r d; do
-    [ -d "$d" ] || continue
-    [ "$d" = "${d%"$node_cgroup"}$node_cgroup" ] && { echo "$d"; continue; }
-    [ -z "$(find "$d" -mindepth 1 -maxdepth 1 -type d 2>/dev/null)" ] && echo "$d"
-  done
+  echo "## the nodes' cgroups and their unused parents"
+  local d i
+  for i in $(seq 0 $(($(node_count) - 1))); do
+    node_vars "$i"
+    node_cgroup_dirs | while read -r d; do
+      [ -d "$d" ] || continue
+      [ "$d" = "${d%"$node_cgroup"}$node_cgroup" ] && { echo "$d"; continue; }
+      [ -z "$(find "$d" -mindepth 1 -maxdepth 1 -type d 2>/dev/null)" ] && echo "$d"
+    done
+  done | sort -u
   echo "## processes of ours"
   # Every process the cluster starts names its folder on its command line
   # (a container's processes live in the node's cgroups, checked above).

@@ -1,9 +1,10 @@
-# Sourced by up.sh: writes the real node's configuration under $dir/node and
-# creates its cgroup. Each setting that differs from a stock node says why;
-# most keep the node inside the project's folders and the harness's cgroup.
+# Sourced by up.sh: writes a real node's configuration under $node_dir and
+# creates its cgroup (the node_* variables come from netns.sh's node_vars).
+# Each setting that differs from a stock node says why; most keep the node
+# inside the project's folders and the harness's cgroup.
 
 write_node_config() {
-  local node=$dir/node
+  local node=$node_dir
   mkdir -p "$node"/{logs,images,cni/net.d,cni/ipam,kubelet,pod-logs,containerd/root,containerd/state,runc,volume-plugins}
 
   # Images: the pause image (build-node.sh) and ours (`make image`).
@@ -56,33 +57,7 @@ imports = []
         SystemdCgroup = false
 EOF
 
-  # A bridge with host-local addresses; no masquerade (traffic stays inside
-  # the namespace), the bridge is the pods' gateway.
-  cat >"$node/cni/net.d/10-baton.conflist" <<EOF
-{
-  "cniVersion": "0.4.0",
-  "name": "baton",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "cni0",
-      "isGateway": true,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": "$node/cni/ipam",
-        "ranges": [[{"subnet": "$node_pod_cidr"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-EOF
-
-  write_kubeconfig "$node/kubelet.kubeconfig" "$node_ip" node
-  write_kubeconfig "$node/kube-proxy.kubeconfig" "$node_ip" kube-proxy
+  write_kubeconfig "$node/kubelet.kubeconfig" "$cp_ip" "$node_name"
   : >"$node/resolv.conf"
 
   cat >"$node/kubelet.yaml" <<EOF
@@ -123,21 +98,7 @@ localStorageCapacityIsolation: false
 syncFrequency: 10s
 EOF
 
-  cat >"$node/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection: {kubeconfig: $node/kube-proxy.kubeconfig}
-mode: nftables
-clusterCIDR: $node_pod_cidr
-# Default sync periods, as on users' clusters (minSyncPeriod 1s), unless
-# BATON_KUBE_PROXY_MIN_SYNC says otherwise (the bench's tuned-cluster run).
-${BATON_KUBE_PROXY_MIN_SYNC:+nftables: {minSyncPeriod: $BATON_KUBE_PROXY_MIN_SYNC\}}
-oomScoreAdj: 0
-metricsBindAddress: 127.0.0.1:10249
-healthzBindAddress: 127.0.0.1:10256
-# The conntrack sysctls are read-only inside a network namespace.
-conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-EOF
+  write_kube_proxy_config "$node/kube-proxy.yaml" "$node/kube-proxy.kubeconfig" "$cp_ip"
 
   # The node's cgroup in every v1 hierarchy, with the parents it needs
   # (runc makes the same path in the cgroup2 mount itself). Another local
@@ -158,4 +119,55 @@ EOF
       fi
     done
   done
+}
+
+# write_node_cni RANGE: the node's pod network, once node IPAM has given it
+# RANGE (containerd picks the file up; kubelet then reports the node Ready).
+# A bridge with host-local addresses; no masquerade (pod addresses are routed
+# between the namespaces), the bridge is the pods' gateway.
+write_node_cni() {
+  cat >"$node_dir/cni/net.d/10-baton.conflist.tmp" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "baton",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$node_dir/cni/ipam",
+        "ranges": [[{"subnet": "$1"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+  mv "$node_dir/cni/net.d/10-baton.conflist.tmp" "$node_dir/cni/net.d/10-baton.conflist"
+}
+
+# write_kube_proxy_config FILE KUBECONFIG API_HOST: a kube-proxy's settings
+# (one per node, and one in the control plane's namespace).
+write_kube_proxy_config() {
+  write_kubeconfig "$2" "$3" kube-proxy
+  cat >"$1" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $2}
+mode: nftables
+clusterCIDR: $cluster_cidr
+# Default sync periods, as on users' clusters (minSyncPeriod 1s), unless
+# BATON_KUBE_PROXY_MIN_SYNC says otherwise (the bench's tuned-cluster run).
+${BATON_KUBE_PROXY_MIN_SYNC:+nftables: {minSyncPeriod: $BATON_KUBE_PROXY_MIN_SYNC\}}
+oomScoreAdj: 0
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+# The conntrack sysctls are read-only inside a network namespace.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One real node: containerd, kubelet and kube-proxy as one process tree.
 # up.sh starts it as
-#   nsenter --net=<the cluster's netns> -- unshare --mount --propagation slave -- node.sh
+#   nsenter --net=<the node's netns> -- unshare --mount --propagation slave -- node.sh
 # so that everything here shares one private mount namespace (containerd's
 # and kubelet's mounts must see each other) and nothing is mounted on the
 # host. Settings come from the environment up.sh exports (NODE_*).
@@ -38,6 +38,10 @@ for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_
   mount --bind "$file" "/proc/sys/$key"
 done
 
+# The launcher's pid: its mount namespace sees the host's cgroup mounts,
+# which the harness's faults write to (tests/src/harness/nodes.rs).
+echo $$ >"$NODE_DIR/launcher.pid"
+
 pids=()
 stop() {
   log "stopping"
@@ -51,6 +55,8 @@ export PATH="$NODE_BIN:$PATH"
 log "starting containerd"
 containerd --config "$NODE_DIR/containerd.toml" >"$NODE_DIR/logs/containerd.log" 2>&1 &
 pids+=($!)
+# Each component's pid, for the harness's faults (stop only kubelet, ...).
+echo $! >"$NODE_DIR/containerd.pid"
 for _ in $(seq 100); do
   ctr --address "$NODE_DIR/containerd.sock" version >/dev/null 2>&1 && break
   sleep 0.1
@@ -70,11 +76,13 @@ log "starting kubelet"
   --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1 \
   >"$NODE_DIR/logs/kubelet.log" 2>&1 &
 pids+=($!)
+echo $! >"$NODE_DIR/kubelet.pid"
 
 log "starting kube-proxy"
 "$K8S_BIN/kube-proxy" --config "$NODE_DIR/kube-proxy.yaml" --hostname-override "$NODE_NAME" \
   >"$NODE_DIR/logs/kube-proxy.log" 2>&1 &
 pids+=($!)
+echo $! >"$NODE_DIR/kube-proxy.pid"
 
 # Run until told to stop; if a component dies, say so and stop the rest.
 wait -n "${pids[@]}" || true

@@ -91,7 +91,7 @@ cleanup() {
   show "tests/cluster/down.sh"
   "$cluster/down.sh" 2>&1 | sed 's/^/  /' || true
   if [ "$rc" -ne 0 ]; then
-    say "The demo failed (exit $rc). Logs: $BATON_CLUSTER_DIR/logs/ (control plane), $BATON_CLUSTER_DIR/node/logs/ (containerd, kubelet, kube-proxy) and $BATON_CLUSTER_DIR/node/pod-logs/ (containers)."
+    say "The demo failed (exit $rc). Logs: $BATON_CLUSTER_DIR/logs/ (control plane), $BATON_CLUSTER_DIR/baton-node-0/logs/ (containerd, kubelet, kube-proxy) and $BATON_CLUSTER_DIR/baton-node-0/pod-logs/ (containers)."
   fi
   printf '\n%sDone in %ss.%s\n' "$bold" "$(elapsed "$started" "$(now)")" "$reset"
   exit "$rc"

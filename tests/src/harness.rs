@@ -1,8 +1,9 @@
 //! What the end-to-end tests share: a connection to the local cluster
 //! (`make cluster-up`, or `make test` which starts one), a namespace per
 //! test, waits on watches with timeouts, and access to the containers that
-//! the real node runs (their host pids through containerd, their logs and
-//! emptyDir volumes through kubelet's folders).
+//! the real nodes run (their host pids through containerd, their logs and
+//! emptyDir volumes through kubelet's folders), and faults on those nodes
+//! ([`nodes`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -46,6 +47,8 @@ pub struct Cluster {
     pub kubectl: PathBuf,
     /// containerd's own client, `ctr`, when the cluster has a real node.
     pub ctr: Option<PathBuf>,
+    /// The real nodes, as up.sh recorded them.
+    pub nodes: Vec<nodes::RealNode>,
 }
 
 impl Cluster {
@@ -69,29 +72,39 @@ impl Cluster {
         let ctr = std::fs::read_to_string(dir.join("node-bin-dir"))
             .ok()
             .map(|d| PathBuf::from(d.trim()).join("ctr"));
+        let nodes = nodes::real_nodes(&dir).expect("the cluster's record of its real nodes");
         Cluster {
             client: Client::try_from(config.clone()).expect("a client"),
             config,
             kubectl: PathBuf::from(bin_dir.trim()).join("kubectl"),
             dir,
             ctr,
+            nodes,
         }
     }
 
-    /// The real node's folder (tests/cluster/node-config.sh).
-    pub fn node_dir(&self) -> PathBuf {
-        self.dir.join("node")
+    /// The real node named `name`.
+    pub fn node(&self, name: &str) -> &nodes::RealNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("{name} is not a real node of this cluster"))
     }
 
-    /// `ctr -n k8s.io ARGS` against the real node's containerd.
-    pub fn ctr(&self, args: &[&str]) -> Output {
+    /// A real node's folder (tests/cluster/node-config.sh).
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.node(name).dir.clone()
+    }
+
+    /// `ctr -n k8s.io ARGS` against the containerd of the real node `node`.
+    pub fn ctr(&self, node: &str, args: &[&str]) -> Output {
         let ctr = self
             .ctr
             .as_ref()
             .expect("this cluster has no real node (BATON_REAL_NODES=0)");
         Command::new(ctr)
             .arg("--address")
-            .arg(self.node_dir().join("containerd.sock"))
+            .arg(self.node_dir(node).join("containerd.sock"))
             .args(["-n", "k8s.io"])
             .args(args)
             .output()
@@ -315,7 +328,8 @@ impl TestNamespace {
         })
         .await;
         let id = running_container_id(&p, container).expect("the container the wait ended on");
-        let out = self.cluster.ctr(&["tasks", "ls"]);
+        let node = pod_node(&p);
+        let out = self.cluster.ctr(&node, &["tasks", "ls"]);
         let tasks = String::from_utf8_lossy(&out.stdout);
         // TASK  PID  STATUS
         tasks
@@ -340,14 +354,23 @@ impl TestNamespace {
     /// Where kubelet keeps an emptyDir volume of a pod, seen from the host.
     pub async fn empty_dir(&self, pod: &str, volume: &str) -> PathBuf {
         let p = self.api::<Pod>().get(pod).await.expect("getting the pod");
+        let node = pod_node(&p);
         let uid = p.metadata.uid.expect("a pod has a uid");
         self.cluster
-            .node_dir()
+            .node_dir(&node)
             .join("kubelet/pods")
             .join(uid)
             .join("volumes/kubernetes.io~empty-dir")
             .join(volume)
     }
+}
+
+/// The node a (scheduled) pod runs on.
+pub fn pod_node(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_else(|| panic!("pod {} is not scheduled", pod.name_any()))
 }
 
 /// The containerd id of a container (init, sidecar or app) kubelet reports running.
@@ -898,6 +921,9 @@ impl Drop for LeaseHistory {
 
 /// The chaos tests' additions (tests/tests/chaos.rs).
 pub mod outage;
+
+/// The real nodes and faults on them (tests/tests/nodes.rs, the bench).
+pub mod nodes;
 
 /// Waits (bounded) until `pod`'s sidecar reports its app healthy.
 pub async fn wait_app_healthy(ns: &TestNamespace, pod: &str) {

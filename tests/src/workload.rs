@@ -39,6 +39,33 @@ pub const ON_REAL_NODE: &str = concat!(
     "      tolerations: [{key: baton.dev/real-node, operator: Exists, effect: NoSchedule}]\n",
 );
 
+/// Pod-spec lines that spread the pods of the group `name` over the real
+/// nodes, one per node while there are enough: a cordoned node does not
+/// count (a drain then places the evicted pod beside the other).
+pub fn spread_over_nodes(name: &str) -> String {
+    format!(
+        "      topologySpreadConstraints:\n      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, \
+         whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor, \
+         labelSelector: {{matchLabels: {{app: {name}}}}}}}\n"
+    )
+}
+
+/// A PodDisruptionBudget that keeps one pod of the group `name` available:
+/// evictions (a drain) take one pod at a time.
+pub fn pod_disruption_budget(name: &str) -> String {
+    format!(
+        r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {name}
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels: {{app: {name}}}
+"#
+    )
+}
+
 /// [`statefulset`] with `pod_spec` (YAML lines at the pod spec's indent)
 /// added to the pod template's spec, e.g. [`ON_REAL_NODE`].
 pub fn statefulset_placed(

@@ -1,5 +1,6 @@
-//! The harness is real: pods of a StatefulSet become Ready on the real node
-//! (kubelet, containerd, CNI), EndpointSlices follow the role label,
+//! The harness is real: pods of a StatefulSet become Ready on the real nodes
+//! (kubelet, containerd, CNI, each node's pod range from node IPAM),
+//! EndpointSlices follow the role label,
 //! and kube-proxy routes a Service's ClusterIP to its endpoint. (That the
 //! API server refuses a stale resourceVersion, through baton's own Lease
 //! client, is tests/tests/election_race.rs's.)
@@ -10,8 +11,11 @@ use baton_e2e::{
     harness::{Cluster, http, labelled, pod_ip, pod_ready, wait_endpoints, wait_until},
     workload,
 };
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
@@ -27,21 +31,35 @@ async fn endpoints_follow_the_role_label_across_pods() {
         ns.api(),
         "app=web",
         T,
-        "2 Ready pods on the real node",
+        "2 Ready pods on the real nodes",
         |pods| pods.len() == 2 && pods.iter().all(pod_ready),
     )
     .await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
     for p in &pods {
         let spec = p.spec.as_ref().expect("spec");
-        assert_eq!(spec.node_name.as_deref(), Some("baton-node-0"));
+        let node = spec.node_name.as_deref().expect("a scheduled pod");
+        assert!(
+            cluster.nodes.iter().any(|n| n.name == node),
+            "{node} is a real node"
+        );
+        // Node IPAM gives each node a /24; its CNI bridge hands them out.
+        let range = nodes
+            .get(node)
+            .await
+            .expect("the pod's node")
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .expect("node IPAM gave the node a pod range");
+        let prefix = range.trim_end_matches("0/24");
         let ip = p
             .status
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .expect("pod IP");
         assert!(
-            ip.starts_with("10.245.0."),
-            "pod IPs come from the node's CNI range: {ip}"
+            range.ends_with(".0/24") && ip.starts_with(prefix),
+            "pod IPs come from the node's range {range}: {ip}"
         );
     }
 

@@ -1,0 +1,543 @@
+//! Node events, on two real nodes: the holder's node partitioned then
+//! healed, frozen whole then thawed, its kubelet alone stopped for longer
+//! than the node lifecycle controller's grace period, and `kubectl drain` of
+//! one node then the other under a PodDisruptionBudget. Each with both
+//! Service kinds (the role label, and the holder's endpoint of
+//! `baton.dev/service`), the two pods spread over the nodes, a client of the
+//! ClusterIP in the control plane's network namespace (a node that survives
+//! every fault here), under the never-two-active guard and a
+//! never-two-ready-endpoints guard.
+//!
+//! A fault on a node hits every pod there, so these tests run one at a time
+//! (and cargo runs this file alone, after or before the others). They run on
+//! a multi-threaded runtime: the client keeps sending while a test waits on
+//! a blocking call (kubectl drain).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use baton_e2e::{
+    clients::{self, Connections},
+    harness::{
+        Cluster, LeaseHistory, NeverTwoActive, ReadyEndpointsHistory, TestNamespace,
+        nodes::{Fault, RealNode},
+        pod_ip, pod_node, pod_ready, poll_status, wait_app_healthy, wait_endpoints,
+        wait_for_holder, wait_for_object, wait_roles, wait_until,
+    },
+    workload,
+};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Pod, Service},
+};
+use kube::{Api, ResourceExt};
+
+const T: Duration = Duration::from_secs(60);
+/// kube-controller-manager's default node-monitor-grace-period (50 s), with
+/// room for its 5 s monitor period and a busy machine.
+const NODE_GRACE: Duration = Duration::from_secs(120);
+const SERVICE: &str = "web-active";
+
+/// One node event at a time on the cluster.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// The Service selects `role: active`.
+    Labels,
+    /// A Service without a selector; the holder writes its endpoint.
+    HolderEndpoint,
+}
+
+/// A group of two pods on two nodes, its Service, watchers and a client.
+struct Spread {
+    cluster: Cluster,
+    ns: TestNamespace,
+    guard: NeverTwoActive,
+    endpoints: ReadyEndpointsHistory,
+    leases: LeaseHistory,
+    client: clients::Client,
+    holder: String,
+    standby: String,
+    /// Each pod's node.
+    node_of: BTreeMap<String, String>,
+    _one: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Spread {
+    async fn deploy(test: &str, kind: Kind) -> Spread {
+        let one = ONE_AT_A_TIME.lock().await;
+        let cluster = Cluster::connect().await;
+        assert!(
+            cluster.nodes.len() >= 2,
+            "these tests need two real nodes (BATON_REAL_NODES=2, as make test starts)"
+        );
+        wait_nodes_healthy(&cluster).await;
+        let ns = cluster.namespace(test).await;
+        let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+        let leases = LeaseHistory::start(ns.api(), "web").await;
+        let role_file = format!("{}/role.json", workload::RUN_DIR);
+        let mut env = vec![("BATON_ROLE_FILE", role_file.as_str())];
+        let service = match kind {
+            Kind::Labels => workload::active_service("web"),
+            Kind::HolderEndpoint => {
+                env.push(("BATON_SERVICE", SERVICE));
+                workload::holder_endpoint_service("web")
+            }
+        };
+        ns.apply(&service);
+        let endpoints = ReadyEndpointsHistory::start(&ns, SERVICE).await;
+        // The sidecar's probes as the webhook injects them: the pod is Ready
+        // (for the PodDisruptionBudget, the Service) once /readyz answers.
+        let sts =
+            workload::statefulset_placed("web", 2, true, &env, &workload::spread_over_nodes("web"));
+        let probed = sts.replacen(
+            "        restartPolicy: Always\n",
+            "        restartPolicy: Always\n        \
+             livenessProbe: {httpGet: {path: /healthz, port: baton-status}, periodSeconds: 10}\n        \
+             readinessProbe: {httpGet: {path: /readyz, port: baton-status}, periodSeconds: 2}\n",
+            1,
+        );
+        assert_ne!(probed, sts, "the sidecar's spec has its restartPolicy line");
+        ns.apply(&probed);
+        ns.apply(&workload::pod_disruption_budget("web"));
+        let holder = wait_for_holder(&ns, "web", None).await;
+        let pods = wait_until::<Pod, _>(ns.api(), "app=web", T, "2 pods with an IP", |pods| {
+            pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+        })
+        .await;
+        let node_of: BTreeMap<String, String> =
+            pods.iter().map(|p| (p.name_any(), pod_node(p))).collect();
+        assert_eq!(
+            node_of.values().collect::<BTreeSet<_>>().len(),
+            2,
+            "the pods are spread over two nodes: {node_of:?}"
+        );
+        let standby = node_of
+            .keys()
+            .find(|p| **p != holder)
+            .expect("two pods")
+            .clone();
+        for pod in node_of.keys() {
+            wait_app_healthy(&ns, pod).await;
+        }
+        wait_roles(&ns, "app=web", &holder, 1).await;
+        wait_endpoints(&ns, SERVICE, &[&holder], T).await;
+        let svc: Service = ns.api().get(SERVICE).await.expect("the Service");
+        let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+        let client = clients::Client::start(Connections::New, format!("http://{ip}/"), 20)
+            .expect("a client");
+        client
+            .wait_steady_on(&holder, 20)
+            .await
+            .expect("the client reaches the holder through the ClusterIP");
+        Spread {
+            cluster,
+            ns,
+            guard,
+            endpoints,
+            leases,
+            client,
+            holder,
+            standby,
+            node_of,
+            _one: one,
+        }
+    }
+
+    fn holder_node(&self) -> RealNode {
+        self.cluster.node(&self.node_of[&self.holder]).clone()
+    }
+
+    /// Requests sent at or after `t0` that failed.
+    fn failed_since(&self, t0: f64) -> usize {
+        self.client
+            .samples()
+            .iter()
+            .filter(|s| s.sent >= t0 && s.answer.is_err())
+            .count()
+    }
+
+    /// The never-two-active and never-two-ready-endpoints guards hold; the
+    /// Lease's holders; the sets of ready endpoints seen. Deletes the
+    /// namespace and waits until both nodes are healthy again.
+    async fn finish(self) -> (Vec<Option<String>>, Vec<BTreeSet<String>>) {
+        let holders = self.leases.holders();
+        let most = self.guard.assert_held().await;
+        assert_eq!(most, 1, "some pod was active at some point");
+        let views = self.endpoints.views();
+        assert!(
+            views.iter().all(|v| v.len() <= 1),
+            "the Service listed two ready endpoints at once: {views:?}"
+        );
+        self.ns.delete().await;
+        wait_nodes_healthy(&self.cluster).await;
+        (holders, views)
+    }
+}
+
+/// Waits until every real node is Ready, schedulable and untainted (a
+/// fault's aftermath: the node lifecycle controller lifts its taints once
+/// the node reports again).
+async fn wait_nodes_healthy(cluster: &Cluster) {
+    let names: BTreeSet<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let api: Api<Node> = Api::all(cluster.client.clone());
+    wait_until::<Node, _>(
+        api,
+        "",
+        NODE_GRACE,
+        "every real node Ready, schedulable and untainted",
+        |nodes| {
+            names.iter().all(|name| {
+                nodes.iter().any(|n| {
+                    n.name_any() == *name
+                        && node_ready(n)
+                        && n.spec.as_ref().is_none_or(|s| {
+                            s.unschedulable != Some(true)
+                                && s.taints.as_ref().is_none_or(|t| t.is_empty())
+                        })
+                })
+            })
+        },
+    )
+    .await;
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// When the Lease's current holder acquired it.
+async fn acquired(ns: &TestNamespace) -> k8s_openapi::jiff::Timestamp {
+    let lease: Lease = ns.api().get("web").await.expect("the Lease");
+    lease
+        .spec
+        .and_then(|s| s.acquire_time)
+        .expect("an acquired Lease")
+        .0
+}
+
+/// The role file of `pod` (read through kubelet's folder on the host, also
+/// while the pod's node is cut off), and when it was last written.
+async fn role_file(
+    ns: &TestNamespace,
+    pod: &str,
+) -> (serde_json::Value, k8s_openapi::jiff::Timestamp) {
+    let path = ns
+        .empty_dir(pod, workload::RUN_VOLUME)
+        .await
+        .join("role.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{pod}'s role file {}: {e}", path.display()));
+    let written = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("the role file's mtime");
+    (
+        serde_json::from_str(&text).expect("the role file is JSON"),
+        k8s_openapi::jiff::Timestamp::try_from(written).expect("a time after the epoch"),
+    )
+}
+
+/// The holder's node loses its link: the holder cannot renew and tells its
+/// app passive at renew-deadline; the standby on the other node takes the
+/// Lease once it expired, relabels the old pod passive through the API
+/// server and serves the client. Healed, the old pod stays passive: the
+/// Lease changed hands once.
+async fn partition_then_heal(kind: Kind) {
+    let s = Spread::deploy("nodes-partition", kind).await;
+    let (old, new) = (s.holder.clone(), s.standby.clone());
+    let t0 = clients::now();
+    let cut = s
+        .holder_node()
+        .inject(Fault::Partition)
+        .expect("partitioning the node");
+    assert_eq!(wait_for_holder(&s.ns, "web", Some(&old)).await, new);
+    wait_roles(&s.ns, "app=web", &new, 1).await;
+    wait_endpoints(&s.ns, SERVICE, &[&new], T).await;
+    s.client
+        .wait_steady_on(&new, 20)
+        .await
+        .expect("the client moves to the new holder");
+    // The old holder told its app passive before the new Lease began.
+    let began = acquired(&s.ns).await;
+    let (role, written) = role_file(&s.ns, &old).await;
+    assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
+    assert!(
+        written < began,
+        "{old}'s role file said passive at {written}, after the new Lease began at {began}"
+    );
+    let first = s.client.first_answer_by(&new, t0).expect("an answer");
+    let failed = s.failed_since(t0);
+    cut.undo().expect("healing the partition");
+    // Healed: the old sidecar sees the new holder and stays passive.
+    let ip = pod_ip(&s.ns, &old).await;
+    let status = poll_status(&ip, T, |st| st["holder"] == new.as_str()).await;
+    assert_eq!(
+        status["holder"],
+        new.as_str(),
+        "{old} after healing: {status}"
+    );
+    assert_eq!(status["role"], "passive", "{old} after healing: {status}");
+    wait_roles(&s.ns, "app=web", &new, 1).await;
+    s.client
+        .wait_steady_on(&new, 20)
+        .await
+        .expect("the new holder alone serves after healing");
+    eprintln!(
+        "partition ({kind:?}): first answer by {new} {:.2} s after the cut; {failed} failed requests",
+        first - t0
+    );
+    let (holders, _) = s.finish().await;
+    assert_eq!(holders, [Some(old), Some(new)], "one change of hands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_node_partitioned_then_healed_role_label() {
+    partition_then_heal(Kind::Labels).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_node_partitioned_then_healed_holder_endpoint() {
+    partition_then_heal(Kind::HolderEndpoint).await;
+}
+
+/// The holder's node freezes whole (kubelet, containerd, shims and
+/// containers): the standby takes over after the Lease expires and
+/// relabels the frozen pod passive. Thawed, the old holder finds the Lease
+/// another's and stays passive.
+async fn freeze_then_thaw(kind: Kind) {
+    let s = Spread::deploy("nodes-freeze", kind).await;
+    let (old, new) = (s.holder.clone(), s.standby.clone());
+    let t0 = clients::now();
+    let frozen = s
+        .holder_node()
+        .inject(Fault::Freeze)
+        .expect("freezing the node");
+    assert_eq!(wait_for_holder(&s.ns, "web", Some(&old)).await, new);
+    wait_roles(&s.ns, "app=web", &new, 1).await;
+    wait_endpoints(&s.ns, SERVICE, &[&new], T).await;
+    s.client
+        .wait_steady_on(&new, 20)
+        .await
+        .expect("the client moves to the new holder");
+    let first = s.client.first_answer_by(&new, t0).expect("an answer");
+    let failed = s.failed_since(t0);
+    frozen.undo().expect("thawing the node");
+    let ip = pod_ip(&s.ns, &old).await;
+    let status = poll_status(&ip, T, |st| st["holder"] == new.as_str()).await;
+    assert_eq!(status["role"], "passive", "{old} after the thaw: {status}");
+    let (role, _) = role_file(&s.ns, &old).await;
+    assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
+    s.client
+        .wait_steady_on(&new, 20)
+        .await
+        .expect("the new holder alone serves after the thaw");
+    eprintln!(
+        "node frozen ({kind:?}): first answer by {new} {:.2} s after the freeze; {failed} failed requests",
+        first - t0
+    );
+    let (holders, _) = s.finish().await;
+    assert_eq!(holders, [Some(old), Some(new)], "one change of hands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_node_frozen_then_thawed_role_label() {
+    freeze_then_thaw(Kind::Labels).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_node_frozen_then_thawed_holder_endpoint() {
+    freeze_then_thaw(Kind::HolderEndpoint).await;
+}
+
+/// kubelet alone stops on the holder's node, while its containers and
+/// network live: the holder keeps renewing. After node-monitor-grace-period
+/// the node lifecycle controller marks the node NotReady and the holder's
+/// pod Ready=False. Returns the sets of ready endpoints seen, and checks
+/// that the holder kept the Lease throughout and serves again once kubelet
+/// is back.
+async fn kubelet_stopped(kind: Kind) -> Vec<BTreeSet<String>> {
+    let s = Spread::deploy("nodes-kubelet", kind).await;
+    let old = s.holder.clone();
+    let node = s.holder_node();
+    let t0 = clients::now();
+    let stopped = node
+        .inject(Fault::StopKubelet)
+        .expect("stopping the node's kubelet");
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    wait_for_object::<Node, _>(
+        nodes.clone(),
+        &node.name,
+        NODE_GRACE,
+        "the node NotReady",
+        |n| !node_ready(n),
+    )
+    .await;
+    wait_for_object::<Pod, _>(s.ns.api(), &old, T, "the holder's pod not Ready", |p| {
+        !pod_ready(p)
+    })
+    .await;
+    // The controller's verdict has reached the EndpointSlices (or not, for
+    // the holder's own endpoint): a fresh view of the Service's endpoints
+    // after the pod turned not Ready.
+    let pods_failed = s.failed_since(t0);
+    stopped.undo().expect("continuing kubelet");
+    wait_for_object::<Node, _>(
+        nodes,
+        &node.name,
+        NODE_GRACE,
+        "the node Ready again",
+        node_ready,
+    )
+    .await;
+    wait_for_object::<Pod, _>(
+        s.ns.api(),
+        &old,
+        T,
+        "the holder's pod Ready again",
+        pod_ready,
+    )
+    .await;
+    wait_endpoints(&s.ns, SERVICE, &[&old], T).await;
+    s.client
+        .wait_steady_on(&old, 20)
+        .await
+        .expect("the holder serves again");
+    let failed = s.failed_since(t0);
+    eprintln!(
+        "kubelet stopped ({kind:?}): {pods_failed} requests failed until kubelet returned, {failed} in all"
+    );
+    let (holders, views) = s.finish().await;
+    assert_eq!(holders, [Some(old)], "the holder kept the Lease throughout");
+    views
+}
+
+/// With the role label, the Service's only endpoint is the holder's pod,
+/// which the node lifecycle controller marks not Ready: the Service has no
+/// ready endpoint until kubelet returns, although a healthy standby waits
+/// on the other node (docs/operations.md, "Node events").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_kubelet_stopped_leaves_the_role_label_service_without_a_ready_endpoint() {
+    let views = kubelet_stopped(Kind::Labels).await;
+    assert!(
+        views.iter().any(BTreeSet::is_empty),
+        "the holder's endpoint turned not ready while kubelet was stopped: {views:?}"
+    );
+}
+
+/// The holder's own endpoint of `baton.dev/service` does not follow the
+/// pod's Ready condition: the Service keeps its ready endpoint throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_kubelet_stopped_keeps_the_holder_endpoint_ready() {
+    let views = kubelet_stopped(Kind::HolderEndpoint).await;
+    assert!(
+        views.iter().skip(1).all(|v| v.len() == 1),
+        "the holder's endpoint stayed ready: {views:?}"
+    );
+}
+
+/// `kubectl drain` of the holder's node, then (once it is back in service,
+/// as an upgrade does it) of the other node, which by then hosts both pods:
+/// the PodDisruptionBudget lets one pod go at a time, the holder hands over
+/// when evicted, and no request fails. The Lease changes hands once per
+/// drained node that hosted the holder (measured: see below).
+async fn drain_both(kind: Kind) {
+    let s = Spread::deploy("nodes-drain", kind).await;
+    let t0 = clients::now();
+    let first = s.node_of[&s.holder].clone();
+    let second = s.node_of[&s.standby].clone();
+    let mut switches = 0;
+    for node in [&first, &second] {
+        let pods =
+            s.ns.api::<Pod>()
+                .list(&Default::default())
+                .await
+                .expect("pods");
+        let holder = s
+            .leases
+            .holders()
+            .last()
+            .cloned()
+            .flatten()
+            .expect("a holder");
+        let hosted_holder = pods
+            .items
+            .iter()
+            .any(|p| p.name_any() == holder && pod_node(p) == *node);
+        let out = s.cluster.kubectl(
+            &[
+                "drain",
+                node,
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+                "--timeout=180s",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "kubectl drain {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Both pods Ready again (elsewhere), a holder among them.
+        wait_until::<Pod, _>(s.ns.api(), "app=web", T, "2 Ready pods", |pods| {
+            pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none())
+        })
+        .await;
+        let now_holder = wait_for_holder(&s.ns, "web", None).await;
+        let other = if now_holder == "web-0" {
+            "web-1"
+        } else {
+            "web-0"
+        };
+        wait_app_healthy(&s.ns, other).await;
+        wait_roles(&s.ns, "app=web", &now_holder, 1).await;
+        wait_endpoints(&s.ns, SERVICE, &[&now_holder], T).await;
+        s.client
+            .wait_steady_on(&now_holder, 20)
+            .await
+            .expect("the client reaches the holder after the drain");
+        if hosted_holder {
+            switches += 1;
+        }
+        let out = s.cluster.kubectl(&["uncordon", node], None);
+        assert!(out.status.success(), "kubectl uncordon {node}");
+    }
+    let failed = s.failed_since(t0);
+    let sent = s.client.samples().iter().filter(|x| x.sent >= t0).count();
+    eprintln!("drain of both nodes ({kind:?}): {failed} of {sent} requests failed");
+    let (holders, _) = s.finish().await;
+    assert_eq!(failed, 0, "no request failed through both drains");
+    // A handover releases the Lease between two holders (None). Measured,
+    // not asserted: once the first drain has put both pods on the second
+    // node, its drain may evict the holder first, hand over to the pod
+    // beside it and evict that one next, two switches for one node
+    // (docs/operations.md, "Node events").
+    let mut held: Vec<&String> = holders.iter().flatten().collect();
+    held.dedup();
+    eprintln!(
+        "drain ({kind:?}): {} switches, {switches} drained nodes hosted the holder: {holders:?}",
+        held.len() - 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_of_each_node_in_turn_fails_no_request_role_label() {
+    drain_both(Kind::Labels).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_of_each_node_in_turn_fails_no_request_holder_endpoint() {
+    drain_both(Kind::HolderEndpoint).await;
+}
