@@ -108,7 +108,11 @@ impl Candidate {
                 );
                 return;
             }
-            self.state.enforce(now);
+            // A holder that stops leading here (rule 4) shows it before
+            // its first call, the release included.
+            if self.state.enforce(now) {
+                self.show_role(now).await;
+            }
             let action = decide(&self.state, now);
             // An action waits on the API server, up to its bound, again and
             // again while it hangs: SIGTERM cuts it short (rule 6).
@@ -177,6 +181,12 @@ impl Candidate {
     /// Carries out `action` and settles its outcome; false when nothing
     /// was sent after all (rule 9's write, no longer holder by then).
     pub(super) async fn carry_out(&mut self, action: Action) -> bool {
+        if matches!(action, Action::HandOver(_)) {
+            // Passive outward before the write can land: the new holder's
+            // term begins with it (rules 10 and 11).
+            self.state.begin_handover_write();
+            self.show_role(Instant::now()).await;
+        }
         let Some(outcome) = self.call(action).await else {
             return false;
         };

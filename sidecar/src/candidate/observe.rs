@@ -163,16 +163,19 @@ impl State {
     /// Before deciding, unless backing off: whoever is not eligible does
     /// not lead (rule 4 as an invariant), and a holder no longer leading
     /// will write the Service's endpoint afresh when it leads again.
-    pub fn enforce(&mut self, now: Instant) {
+    /// Returns whether it stopped our lead.
+    pub fn enforce(&mut self, now: Instant) -> bool {
         if self.api.retry_at.is_some_and(|t| now < t) {
-            return;
+            return false;
         }
-        if !self.eligible() && self.leading(now) {
+        let stopped = !self.eligible() && self.leading(now);
+        if stopped {
             self.stop_leading(now);
         }
         if !self.leading(now) {
             self.endpoint.current = false;
         }
+        stopped
     }
 
     pub fn observe_lease(&mut self, lease: Option<&Lease>, now: Instant, n: &mut Vec<Notice>) {

@@ -138,6 +138,8 @@ pub fn settle(s: &mut State, outcome: Outcome, now: Instant, jitter: f64) -> Vec
             sent,
             result,
         } => {
+            // Landed, the handover ended our lead; refused, we still lead.
+            s.controls.handover_sending = false;
             let result = result.map(|l| s.handed_over(handover, sent, &l, now, &mut n));
             call(s, "hand over lease", result.map_err(Into::into), &mut n);
         }

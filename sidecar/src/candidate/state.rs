@@ -122,6 +122,10 @@ pub struct Endpoint {
 pub struct Controls {
     /// Our switchover in flight, or just ended.
     pub handing_over: Option<HandingOver>,
+    /// The handover's write is being sent: everything we show (and serve,
+    /// through the proxy, rule 11) says passive from before the write, so
+    /// that nothing of this holder outlives the Lease it hands on.
+    pub handover_sending: bool,
     /// A cordoned holder whose handover nobody took tries again then.
     pub handover_retry_at: Option<Instant>,
     /// Whether the group was paused when last said.
@@ -344,7 +348,16 @@ impl State {
 
     /// The role every outward sign shows at `now` (rule 5).
     pub fn outward_role(&self, now: Instant) -> Option<Role> {
-        election::outward_role(self.own.role, self.leading_until(), now)
+        let role = election::outward_role(self.own.role, self.leading_until(), now);
+        match self.controls.handover_sending {
+            true => role.map(|_| Role::Passive),
+            false => role,
+        }
+    }
+
+    /// Right before a handover's write is sent (rule 10): show passive.
+    pub fn begin_handover_write(&mut self) {
+        self.controls.handover_sending = true;
     }
 
     pub fn holder(&self) -> Option<&str> {

@@ -227,3 +227,42 @@ fn a_paused_holder_keeps_the_lease_while_its_app_fails_and_gives_it_up_on_resume
         "{released:?}"
     );
 }
+
+#[test]
+fn a_handing_over_holder_shows_passive_before_its_write_lands() {
+    let t0 = Instant::now();
+    let mut s = holder(t0, &[]);
+    annotate_lease(&mut s, t0, &[(SWITCHOVER_TO, Some("web-1"))]);
+    assert_eq!(s.outward_role(t0), Some(Role::Active));
+    let action = decide(&s, t0).expect("hands over");
+    assert!(matches!(action, Action::HandOver(_)), "{action:?}");
+
+    // What the driver does right before the write: the proxy and the role
+    // file must not outlive the Lease handed on (rule 11).
+    s.begin_handover_write();
+    assert_eq!(s.outward_role(t0), Some(Role::Passive));
+
+    // Someone wrote first: the flag goes, and what it shows is the
+    // Lease's story again (a re-read after the 409, rule 1).
+    let Action::HandOver(handover) = action else {
+        unreachable!("matched above")
+    };
+    let refused = Outcome::HandedOver {
+        handover,
+        sent: t0,
+        result: Err(WriteError::Conflict {
+            lease: "web".into(),
+        }),
+    };
+    settle(&mut s, refused, t0, JITTER);
+    assert!(!s.controls.handover_sending);
+
+    // Landed: passive for good (the label stays until the new holder).
+    let mut s2 = holder(t0, &[]);
+    annotate_lease(&mut s2, t0, &[(SWITCHOVER_TO, Some("web-1"))]);
+    let handover = decide(&s2, t0).expect("hands over");
+    s2.begin_handover_write();
+    accepted(&mut s2, &handover, t0);
+    assert_eq!(s2.outward_role(t0), Some(Role::Passive));
+    assert!(!s2.leading(t0));
+}
