@@ -251,9 +251,14 @@ impl TestNamespace {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+        self.client_with_token(token.expect("a token for the service account"))
+    }
+
+    /// A client of this cluster that authenticates with `token` alone.
+    fn client_with_token(&self, token: String) -> Client {
         let mut config = self.cluster.config.clone();
         config.auth_info = kube::config::AuthInfo {
-            token: Some(token.expect("a token for the service account").into()),
+            token: Some(token.into()),
             ..Default::default()
         };
         Client::try_from(config).expect("a client")
@@ -295,12 +300,7 @@ impl TestNamespace {
             .status
             .expect("the token")
             .token;
-        let mut config = self.cluster.config.clone();
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(token.into()),
-            ..Default::default()
-        };
-        Client::try_from(config).expect("a client")
+        self.client_with_token(token)
     }
 
     pub fn apply(&self, yaml: &str) {
