@@ -151,9 +151,9 @@ impl State {
             let note = handed_over_note(&self.lease_name, why);
             n.push(Notice::event(false, "HandedOver", note));
         }
-        let shutting_down = self.shutting_down();
-        if let Some(started) = self.life.handover_started.take()
-            && !shutting_down
+        // On shutdown the driver observes the handover when it is done.
+        if !self.shutting_down()
+            && let Some(started) = self.life.handover_started.take()
         {
             n.push(Notice::HandoverTook(now - started));
         }

@@ -409,7 +409,17 @@ impl State {
 
     /// Done handing over: not the holder (as last seen), not labelled active.
     pub fn handover_done(&self) -> bool {
-        let holds = self.holder() == Some(self.me());
+        // A call cut short by SIGTERM leaves the Lease to be read again: as
+        // last observed, it may still name us, and then it is released
+        // first (rule 6), not left to expire.
+        let holds = match &self.lease.view {
+            LeaseView::Unknown => self
+                .lease
+                .last_observed
+                .as_ref()
+                .is_some_and(|o| o.holder.as_deref() == Some(self.me())),
+            _ => self.holder() == Some(self.me()),
+        };
         let labelled_active = !self.own.deleted && self.label_role() == Some(Role::Active);
         !holds && !labelled_active
     }

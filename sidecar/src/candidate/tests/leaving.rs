@@ -221,3 +221,42 @@ fn a_lease_held_by_a_stranger_is_said_once_everywhere_until_it_goes() {
     assert_eq!(s.note(t0), [Notice::Stranger(None)]);
     assert_eq!(status(&s, t0).lease_problem, None);
 }
+
+/// SIGTERM cut a call short (it may have renewed): the holder reads the
+/// Lease again and releases it before it is done, rather than exiting on
+/// a Lease it no longer knows and leaving it to expire.
+#[test]
+fn sigterm_cutting_a_call_short_reads_the_lease_again_and_releases_it() {
+    let t0 = Instant::now();
+    let mut s = holder(t0, &[]);
+    s.cut_short(t0);
+    assert!(!s.handover_done(), "the Lease may still name us");
+    let mut actions = Vec::new();
+    while !s.handover_done() && actions.len() < 6 {
+        s.note(t0);
+        s.enforce(t0);
+        let Some(action) = decide(&s, t0) else { break };
+        accepted(&mut s, &action, t0);
+        actions.push(action);
+    }
+    assert!(s.handover_done());
+    let kinds = kinds(&actions);
+    let read = kinds.iter().position(|k| *k == "read lease");
+    let release = kinds.iter().position(|k| *k == "release lease");
+    assert!(
+        read.is_some() && release > read,
+        "read, then released: {kinds:?}"
+    );
+}
+
+/// The handover on SIGTERM is timed: the driver observes it once done.
+#[test]
+fn a_release_on_shutdown_keeps_its_start_for_the_handover_metric() {
+    let t0 = Instant::now();
+    let mut s = holder(t0, &[]);
+    s.begin_shutdown(t0);
+    let (actions, _) = turns(&mut s, t0, 5, |s, a| accept(s, a, t0));
+    assert!(kinds(&actions).contains(&"release lease"), "{actions:?}");
+    assert!(s.handover_done());
+    assert_eq!(s.life.handover_started, Some(t0));
+}
