@@ -226,12 +226,46 @@ impl TestNamespace {
 
     /// A client that authenticates as a service account of this namespace.
     pub async fn client_as(&self, service_account: &str) -> Client {
+        self.client_with_token_for(service_account, serde_json::json!({}))
+            .await
+    }
+
+    /// A client with a token of `service_account` bound to `pod`: what
+    /// kubelet mounts into the pod (and `kubectl create token ACCOUNT
+    /// --bound-object-kind Pod --bound-object-name POD` prints). The API
+    /// server names the pod in the requests it authenticates
+    /// (`authentication.kubernetes.io/pod-name`), which the sidecar's
+    /// admission policies key on.
+    pub async fn client_of_pod(&self, service_account: &str, pod: &str) -> Client {
+        use k8s_openapi::api::core::v1::Pod;
+        let uid = self
+            .api::<Pod>()
+            .get(pod)
+            .await
+            .expect("the pod to bind a token to")
+            .metadata
+            .uid;
+        let bound = serde_json::json!({
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
+        });
+        self.client_with_token_for(service_account, bound).await
+    }
+
+    /// A client with a token of `service_account` (a TokenRequest whose
+    /// spec is `extra` besides an hour's expiry), and nothing else.
+    async fn client_with_token_for(
+        &self,
+        service_account: &str,
+        extra: serde_json::Value,
+    ) -> Client {
         use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+        let mut spec = serde_json::json!({"audiences": [], "expirationSeconds": 3600});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let request: TokenRequest =
+            serde_json::from_value(serde_json::json!({ "spec": spec })).expect("a token request");
         let api: Api<ServiceAccount> = self.api();
-        let request: TokenRequest = serde_json::from_value(serde_json::json!({
-            "spec": {"audiences": [], "expirationSeconds": 3600}
-        }))
-        .expect("a token request");
         // The namespace's default service account appears shortly after it.
         let mut token = None;
         for _ in 0..100 {
@@ -251,56 +285,12 @@ impl TestNamespace {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
-        self.client_with_token(token.expect("a token for the service account"))
-    }
-
-    /// A client of this cluster that authenticates with `token` alone.
-    fn client_with_token(&self, token: String) -> Client {
         let mut config = self.cluster.config.clone();
         config.auth_info = kube::config::AuthInfo {
-            token: Some(token.into()),
+            token: Some(token.expect("a token for the service account").into()),
             ..Default::default()
         };
         Client::try_from(config).expect("a client")
-    }
-
-    /// A client with a token of `service_account` bound to `pod`: what
-    /// kubelet mounts into the pod (and `kubectl create token ACCOUNT
-    /// --bound-object-kind Pod --bound-object-name POD` prints). The API
-    /// server names the pod in the requests it authenticates
-    /// (`authentication.kubernetes.io/pod-name`), which the sidecar's
-    /// admission policies key on.
-    pub async fn client_of_pod(&self, service_account: &str, pod: &str) -> Client {
-        use k8s_openapi::api::{
-            authentication::v1::TokenRequest,
-            core::v1::{Pod, ServiceAccount},
-        };
-        let uid = self
-            .api::<Pod>()
-            .get(pod)
-            .await
-            .expect("the pod to bind a token to")
-            .metadata
-            .uid;
-        let request: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {
-            "audiences": [], "expirationSeconds": 3600,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
-        }}))
-        .expect("a token request");
-        let token = self
-            .api::<ServiceAccount>()
-            .create_subresource::<_, TokenRequest>(
-                "token",
-                service_account,
-                &PostParams::default(),
-                &request,
-            )
-            .await
-            .expect("a token bound to the pod")
-            .status
-            .expect("the token")
-            .token;
-        self.client_with_token(token)
     }
 
     pub fn apply(&self, yaml: &str) {
