@@ -246,19 +246,30 @@ async fn role_file(
     )
 }
 
-/// The holder's node loses its link: the holder cannot renew and tells its
-/// app passive at renew-deadline; the standby on the other node takes the
-/// Lease once it expired, relabels the old pod passive through the API
-/// server and serves the client. Healed, the old pod stays passive: the
-/// Lease changed hands once.
-async fn partition_then_heal(kind: Kind) {
-    let s = Spread::deploy("nodes-partition", kind).await;
+/// The holder's node is lost to `fault` and comes back; in between, the
+/// standby on the other node takes the Lease once it expired, relabels the
+/// old pod passive through the API server and serves the client. Back,
+/// the old pod finds the Lease another's and stays passive: the Lease
+/// changed hands once.
+///
+/// - `Partition`, the node's link down: the holder cannot renew and tells
+///   its app passive at renew-deadline, before the new Lease begins.
+/// - `Freeze`, everything of the node frozen (kubelet, containerd, shims
+///   and containers): the frozen sidecar tells its app nothing until it is
+///   thawed, and then passive.
+async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
+    let what = match fault {
+        Fault::Partition => "partition",
+        Fault::Freeze => "node frozen",
+        Fault::StopKubelet => unreachable!("kubelet_stopped covers it"),
+    };
+    let s = Spread::deploy(&format!("nodes-{}", what.replace(' ', "-")), kind).await;
     let (old, new) = (s.holder.clone(), s.standby.clone());
     let t0 = clients::now();
-    let cut = s
+    let lost = s
         .holder_node()
-        .inject(Fault::Partition)
-        .expect("partitioning the node");
+        .inject(fault)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(wait_for_holder(&s.ns, "web", Some(&old)).await, new);
     wait_roles(&s.ns, "app=web", &new, 1).await;
     wait_endpoints(&s.ns, SERVICE, &[&new], T).await;
@@ -266,33 +277,41 @@ async fn partition_then_heal(kind: Kind) {
         .wait_steady_on(&new, 20)
         .await
         .expect("the client moves to the new holder");
-    // The old holder told its app passive before the new Lease began.
-    let began = acquired(&s.ns).await;
-    let (role, written) = role_file(&s.ns, &old).await;
-    assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
-    assert!(
-        written < began,
-        "{old}'s role file said passive at {written}, after the new Lease began at {began}"
-    );
+    if fault == Fault::Partition {
+        // The old holder told its app passive before the new Lease began.
+        let began = acquired(&s.ns).await;
+        let (role, written) = role_file(&s.ns, &old).await;
+        assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
+        assert!(
+            written < began,
+            "{old}'s role file said passive at {written}, after the new Lease began at {began}"
+        );
+    }
     let first = s.client.first_answer_by(&new, t0).expect("an answer");
     let failed = s.failed_since(t0);
-    cut.undo().expect("healing the partition");
-    // Healed: the old sidecar sees the new holder and stays passive.
+    lost.undo()
+        .unwrap_or_else(|e| panic!("undoing the {what}: {e}"));
+    // Back: the old sidecar sees the new holder and stays passive.
     let ip = pod_ip(&s.ns, &old).await;
     let status = poll_status(&ip, T, |st| st["holder"] == new.as_str()).await;
     assert_eq!(
         status["holder"],
         new.as_str(),
-        "{old} after healing: {status}"
+        "{old} after the {what}: {status}"
     );
-    assert_eq!(status["role"], "passive", "{old} after healing: {status}");
+    assert_eq!(
+        status["role"], "passive",
+        "{old} after the {what}: {status}"
+    );
+    let (role, _) = role_file(&s.ns, &old).await;
+    assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
     wait_roles(&s.ns, "app=web", &new, 1).await;
     s.client
         .wait_steady_on(&new, 20)
         .await
-        .expect("the new holder alone serves after healing");
+        .expect("the new holder alone serves after the fault is undone");
     eprintln!(
-        "partition ({kind:?}): first answer by {new} {:.2} s after the cut; {failed} failed requests",
+        "{what} ({kind:?}): first answer by {new} {:.2} s after the fault; {failed} failed requests",
         first - t0
     );
     let (holders, _) = s.finish().await;
@@ -301,61 +320,22 @@ async fn partition_then_heal(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_node_partitioned_then_healed_role_label() {
-    partition_then_heal(Kind::Labels).await;
+    holders_node_lost_then_back(Kind::Labels, Fault::Partition).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_node_partitioned_then_healed_holder_endpoint() {
-    partition_then_heal(Kind::HolderEndpoint).await;
-}
-
-/// The holder's node freezes whole (kubelet, containerd, shims and
-/// containers): the standby takes over after the Lease expires and
-/// relabels the frozen pod passive. Thawed, the old holder finds the Lease
-/// another's and stays passive.
-async fn freeze_then_thaw(kind: Kind) {
-    let s = Spread::deploy("nodes-freeze", kind).await;
-    let (old, new) = (s.holder.clone(), s.standby.clone());
-    let t0 = clients::now();
-    let frozen = s
-        .holder_node()
-        .inject(Fault::Freeze)
-        .expect("freezing the node");
-    assert_eq!(wait_for_holder(&s.ns, "web", Some(&old)).await, new);
-    wait_roles(&s.ns, "app=web", &new, 1).await;
-    wait_endpoints(&s.ns, SERVICE, &[&new], T).await;
-    s.client
-        .wait_steady_on(&new, 20)
-        .await
-        .expect("the client moves to the new holder");
-    let first = s.client.first_answer_by(&new, t0).expect("an answer");
-    let failed = s.failed_since(t0);
-    frozen.undo().expect("thawing the node");
-    let ip = pod_ip(&s.ns, &old).await;
-    let status = poll_status(&ip, T, |st| st["holder"] == new.as_str()).await;
-    assert_eq!(status["role"], "passive", "{old} after the thaw: {status}");
-    let (role, _) = role_file(&s.ns, &old).await;
-    assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
-    s.client
-        .wait_steady_on(&new, 20)
-        .await
-        .expect("the new holder alone serves after the thaw");
-    eprintln!(
-        "node frozen ({kind:?}): first answer by {new} {:.2} s after the freeze; {failed} failed requests",
-        first - t0
-    );
-    let (holders, _) = s.finish().await;
-    assert_eq!(holders, [Some(old), Some(new)], "one change of hands");
+    holders_node_lost_then_back(Kind::HolderEndpoint, Fault::Partition).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_node_frozen_then_thawed_role_label() {
-    freeze_then_thaw(Kind::Labels).await;
+    holders_node_lost_then_back(Kind::Labels, Fault::Freeze).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_node_frozen_then_thawed_holder_endpoint() {
-    freeze_then_thaw(Kind::HolderEndpoint).await;
+    holders_node_lost_then_back(Kind::HolderEndpoint, Fault::Freeze).await;
 }
 
 /// kubelet alone stops on the holder's node, while its containers and
