@@ -143,6 +143,96 @@ impl Client {
         Client { samples, task }
     }
 
+    /// An HTTP/2 client with prior knowledge, as gRPC's channels are: one
+    /// connection to `authority` (`ip:port`) carrying every request as a
+    /// stream of its own, `rate` a second. A connection that closes is
+    /// opened again at the next tick; requests on it in flight fail and are
+    /// recorded as errors.
+    pub fn start_h2(authority: String, rate: u32) -> Client {
+        use http_body_util::{BodyExt, Empty};
+        use hyper::{
+            body::Bytes,
+            client::conn::http2::{self, SendRequest},
+        };
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        async fn connect(authority: &str) -> Result<SendRequest<Empty<Bytes>>, String> {
+            let stream = tokio::net::TcpStream::connect(authority)
+                .await
+                .map_err(|e| format!("connect error: {e}"))?;
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            tokio::spawn(connection);
+            Ok(sender)
+        }
+
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let s = samples.clone();
+        let uri = format!("http://{authority}/");
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+            loop {
+                tick.tick().await;
+                let sent = now();
+                if conn.as_ref().is_none_or(SendRequest::is_closed) {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, connect(&authority)).await {
+                        Ok(Ok(sender)) => conn = Some(sender),
+                        failed => {
+                            let answer = Err(failed
+                                .map_or("timeout".to_owned(), |r| r.err().unwrap_or_default()));
+                            let done = now();
+                            s.lock()
+                                .expect("not poisoned")
+                                .push(Sample { sent, done, answer });
+                            continue;
+                        }
+                    }
+                }
+                let mut sender = conn.clone().expect("just connected");
+                let (uri, s) = (uri.clone(), s.clone());
+                tokio::spawn(async move {
+                    let request = hyper::Request::get(uri)
+                        .body(Empty::new())
+                        .expect("a valid request");
+                    let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                        sender
+                            .ready()
+                            .await
+                            .map_err(|e| format!("connection: {e}"))?;
+                        let response = sender
+                            .send_request(request)
+                            .await
+                            .map_err(|e| format!("request: {e}"))?;
+                        if !response.status().is_success() {
+                            return Err(format!("HTTP {}", response.status().as_u16()));
+                        }
+                        let body = response
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_err(|e| format!("body: {e}"))?
+                            .to_bytes();
+                        let body = String::from_utf8_lossy(&body);
+                        body.trim()
+                            .strip_prefix("hello from ")
+                            .map(str::to_string)
+                            .ok_or(format!("unexpected answer {body:?}"))
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err("timeout".to_owned()));
+                    let done = now();
+                    s.lock()
+                        .expect("not poisoned")
+                        .push(Sample { sent, done, answer });
+                });
+            }
+        });
+        Client { samples, task }
+    }
+
     pub fn samples(&self) -> Vec<Sample> {
         self.samples.lock().expect("not poisoned").clone()
     }

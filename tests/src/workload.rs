@@ -13,10 +13,11 @@ pub const DEMO_APP_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-/// The demo app's HTTP port, and the port of its line protocol (a plain
-/// long-lived TCP client's).
+/// The demo app's HTTP port, the port of its line protocol (a plain
+/// long-lived TCP client's), and its cleartext HTTP/2 port (gRPC's transport).
 pub const APP_PORT: u16 = 8080;
 pub const LINES_PORT: u16 = 8081;
+pub const H2C_PORT: u16 = 8082;
 /// The sidecar's proxy port (its default), which a proxied Service targets.
 pub const PROXY_PORT: u16 = 9096;
 
@@ -143,6 +144,7 @@ spec:
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
         - {{name: LISTEN_ADDR, value: "0.0.0.0:{APP_PORT}"}}
         - {{name: TCP_LISTEN_ADDR, value: "0.0.0.0:{LINES_PORT}"}}
+        - {{name: H2C_LISTEN_ADDR, value: "0.0.0.0:{H2C_PORT}"}}
 {pre_stop}{volumes}"#
     )
 }

@@ -231,6 +231,39 @@ async fn a_long_lived_tcp_client_follows_every_switch() {
     group.finish().await;
 }
 
+/// One HTTP/2 connection multiplexing every request, as a gRPC channel
+/// does: the proxy cuts it at a switch and the client's next connection
+/// lands on the holder.
+async fn http2_through(test: &str, role_label: bool) {
+    let port = workload::H2C_PORT.to_string();
+    let (group, first) = Group::deploy_with(test, 2, &[("BATON_PROXY_APP_PORT", &port)]).await;
+    group
+        .ns
+        .apply(&workload::proxied_service(&group.name, role_label));
+    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
+    let client = Client::start_h2(format!("{ip}:80"), RATE);
+    client
+        .wait_steady_on(&first, 20)
+        .await
+        .expect("steady on the holder");
+    let outcomes = three_switches(&group, &first, &client).await;
+    if !role_label {
+        assert_few_failed(&outcomes);
+    }
+    drop(client);
+    group.finish().await;
+}
+
+#[tokio::test]
+async fn a_multiplexed_http2_client_follows_every_switch_through_a_service_of_the_whole_group() {
+    http2_through("conn-h2-group", false).await;
+}
+
+#[tokio::test]
+async fn a_multiplexed_http2_client_follows_every_switch_through_the_role_label_service() {
+    http2_through("conn-h2-role", true).await;
+}
+
 /// The proxy needs no capability: under the restricted Pod Security
 /// profile (which the namespace enforces: a privileged pod is refused) a
 /// kept-alive client follows a switchover.

@@ -37,6 +37,11 @@ struct Settings {
     /// long-lived TCP client of the tests).
     #[arg(long, env = "TCP_LISTEN_ADDR")]
     tcp_addr: Option<SocketAddr>,
+    /// Also serve the HTTP routes over cleartext HTTP/2 with prior
+    /// knowledge here, as gRPC servers do (a multiplexing client of the
+    /// tests).
+    #[arg(long, env = "H2C_LISTEN_ADDR")]
+    h2c_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -82,6 +87,11 @@ async fn main() -> anyhow::Result<()> {
             stopping.clone(),
             say_goodbye,
         ));
+    if let Some(addr) = settings.h2c_addr {
+        let socket = tokio::net::TcpListener::bind(addr).await?;
+        eprintln!("demo app serving HTTP/2 (prior knowledge) on {addr}");
+        tokio::spawn(serve_h2c(socket, router.clone()));
+    }
     let socket = tokio::net::TcpListener::bind(settings.listen_addr).await?;
     let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
     let listener = ClosingListener {
@@ -134,6 +144,26 @@ async fn serve_lines(socket: tokio::net::TcpListener, name: String) {
                 if write.write_all(answer.as_bytes()).await.is_err() {
                     return;
                 }
+            }
+        });
+    }
+}
+
+/// The HTTP routes over HTTP/2 with prior knowledge, a connection per task.
+async fn serve_h2c(socket: tokio::net::TcpListener, router: Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let Ok((conn, _)) = socket.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
+            if let Err(e) = served {
+                eprintln!("HTTP/2 connection: {e}");
             }
         });
     }
