@@ -4,10 +4,11 @@
 //! images `make image` built. Two clients call the ClusterIP at a fixed
 //! rate: one opens a new connection per request, one keeps its connections
 //! alive (as most HTTP clients do). Each run measures, from the moment the
-//! driver acts: when the Service's EndpointSlice lists only the new pod,
-//! when each client is first answered by the new pod, the requests each
-//! client lost meanwhile, and the answers the old pod still gave after the
-//! Service stopped listing it.
+//! driver acts: when the switch happened (the Service's EndpointSlice lists
+//! only the new pod, or, for a Service of the whole group through the
+//! sidecars' proxy, the Lease names the new holder), when each client is
+//! first answered by the new pod, the requests each client lost meanwhile,
+//! and the answers the old pod still gave after the switch.
 
 use std::{fmt::Write as _, sync::Arc, time::Duration};
 
@@ -30,7 +31,14 @@ use super::{
 };
 
 const GROUP: &str = "web";
-const SERVICE: &str = "web-active";
+/// The Service that selects the role label or holds the holder's endpoint
+/// (and, for the proxy mode, the proxy cost's path straight to the app).
+const ACTIVE_SERVICE: &str = "web-active";
+/// The Service of the whole group that targets the sidecars' proxy.
+const PROXIED_SERVICE: &str = "web-proxied";
+/// The goal for a Service through the proxy: no answer by another pod
+/// than the holder to a request sent later than this after the switch.
+const BOUND: f64 = 0.1;
 /// How long each client goes on after the EndpointSlice switched, to see
 /// whether it reaches the new pod at all.
 const AFTER_SWITCH: Duration = Duration::from_secs(5);
@@ -47,9 +55,12 @@ pub struct ClientFigures {
     pub first_new: Option<f64>,
     pub requests: usize,
     pub failed: usize,
-    /// Answers by the old pod to requests sent after the EndpointSlice no
-    /// longer listed it.
+    /// Answers by the old pod to requests sent later than [`BOUND`] after
+    /// the switch.
     pub old_after_switch: usize,
+    /// The old pod's last answer, s after the switch (negative: before);
+    /// `None` without a switch or without any answer by it since the act.
+    pub last_old: Option<f64>,
     /// The kinds of failure, counted.
     pub errors: Vec<(String, usize)>,
 }
@@ -59,11 +70,13 @@ pub struct SwitchRun {
     pub scenario: &'static str,
     /// Whether another pod took over (always, but for a sidecar kill).
     pub switched: bool,
-    /// From the act until the EndpointSlice listed the new pod alone, s
-    /// (for `sidecar-kill`: until it listed the holder again; `None` if it
-    /// never stopped listing it).
+    /// From the act until the switch, s: the EndpointSlice listed the new
+    /// pod alone (for `sidecar-kill`: listed the holder again; `None` if it
+    /// never stopped listing it), or through the proxy the Lease named the
+    /// new holder (`None` without a new holder).
     pub slice: Option<f64>,
-    /// The most ready endpoints the Service had at once during the run.
+    /// The most ready endpoints the Service had at once during the run
+    /// (through the proxy: the most pods labelled active at once).
     pub most_endpoints: usize,
     pub clients: Vec<(Connections, ClientFigures)>,
 }
@@ -81,8 +94,12 @@ pub struct RolloutRun {
 /// How the Service follows the active pod.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceMode {
-    /// The Service selects the app's pods labelled `role: active`.
+    /// A Service of the whole group targets the sidecars' proxy
+    /// (`baton-proxy`), which passes every connection to the holder's app
+    /// and cuts them at a switch (design rule 11): README's install.
     #[default]
+    Proxy,
+    /// The Service selects the app's pods labelled `role: active`.
     Labels,
     /// A Service without a selector whose one endpoint the holder writes
     /// (`baton.dev/service`, design rule 9).
@@ -92,10 +109,36 @@ pub enum ServiceMode {
 impl ServiceMode {
     pub fn title(self) -> &'static str {
         match self {
+            ServiceMode::Proxy => {
+                "a Service of the whole group targets the sidecars' proxy (baton-proxy)"
+            }
             ServiceMode::Labels => "the Service selects the role label",
             ServiceMode::HolderEndpoint => {
                 "the holder writes the Service's endpoint (baton.dev/service)"
             }
+        }
+    }
+
+    /// The Service the clients call.
+    fn service(self) -> &'static str {
+        match self {
+            ServiceMode::Proxy => PROXIED_SERVICE,
+            ServiceMode::Labels | ServiceMode::HolderEndpoint => ACTIVE_SERVICE,
+        }
+    }
+
+    /// The Service serves `holder` as it should: through the proxy both
+    /// pods are its endpoints and `holder` is the one labelled active;
+    /// otherwise `holder` is its only endpoint.
+    fn serves(self, s: &State, holder: &str) -> bool {
+        let endpoints = s.endpoint_pods(self.service());
+        match self {
+            ServiceMode::Proxy => {
+                s.active(GROUP) == [holder]
+                    && endpoints.len() == 2
+                    && endpoints.contains(&holder.to_owned())
+            }
+            ServiceMode::Labels | ServiceMode::HolderEndpoint => endpoints == [holder],
         }
     }
 }
@@ -120,6 +163,8 @@ pub struct ClusterIpResult {
     pub idle_secs: f64,
     pub runs: Vec<SwitchRun>,
     pub rollouts: Vec<RolloutRun>,
+    /// What the proxy costs (the proxy mode only).
+    pub proxy_cost: Option<super::proxy_cost::ProxyCost>,
     pub errors: Vec<String>,
 }
 
@@ -128,11 +173,30 @@ impl ClusterIpResult {
     pub fn markdown(&self) -> String {
         let mut md = self.idle_markdown();
         md += &format!(
-            "A group of two pods (demo app and sidecar, release builds in the images `make image` built) on the **real node**: kubelet, containerd, runc and kube-proxy (versions above) in nftables mode with its default settings. Two clients in the cluster's network namespace call the Service's ClusterIP, {} requests/s each: one opens a new connection per request, one keeps its connections alive. Times run from the driver's act: the active app's health check set to fail (failover), the active pod deleted (planned), a switchover to the standby asked on the Lease as `kubectl baton switchover --to` asks it (switchover), the holder's sidecar SIGKILLed and restarted by kubelet (sidecar-kill: no switch when kubelet restarts it at once; kills soon after one another meet kubelet's restart back-off, and the standby takes over), the active app's process SIGKILLed (app-kill, as an OOM kill or a crash: the probe's kept connection closes and the next connect is refused; the EndpointSlice column is then detection plus the writes, the next one adds kube-proxy). A run's requests are those sent from the act until the client was answered by the new pod (at most {} s after the EndpointSlice switched). Median / p99 (nearest rank) over runs.\n\n",
+            "A group of two pods (demo app and sidecar, release builds in the images `make image` built) on the **real node**: kubelet, containerd, runc and kube-proxy (versions above) in nftables mode with its default settings. Two clients in the cluster's network namespace call the Service's ClusterIP, {} requests/s each: one opens a new connection per request, one keeps its connections alive. Times run from the driver's act: the active app's health check set to fail (failover), the active pod deleted (planned), a switchover to the standby asked on the Lease as `kubectl baton switchover --to` asks it (switchover), the holder's sidecar SIGKILLed and restarted by kubelet (sidecar-kill: no switch when kubelet restarts it at once; kills soon after one another meet kubelet's restart back-off, and the standby takes over), the active app's process SIGKILLed (app-kill, as an OOM kill or a crash: the probe's kept connection closes and the next connect is refused; the switch column is then detection plus the writes, the next one adds kube-proxy). {} A run's requests are those sent from the act until the client was answered by the new pod (at most {} s after the switch). \"Answers by the old pod\" counts answers to requests sent later than {BOUND} s after the switch; \"last answer by the old pod\" is the latest of them all, s after the switch (negative: before it). Median / p99 (nearest rank) over runs.\n\n",
             self.rate,
+            match self.mode {
+                ServiceMode::Proxy =>
+                    "The switch is the moment the Lease names the new holder (its `acquireTime`, stamped by the machine's one clock): the Service's EndpointSlice lists both pods throughout, and each sidecar's proxy passes connections to the holder's app and cuts those it carries when its pod stops being the holder.",
+                ServiceMode::Labels | ServiceMode::HolderEndpoint =>
+                    "The switch is the moment the Service's EndpointSlice lists the new pod alone.",
+            },
             AFTER_SWITCH.as_secs()
         );
-        md.push_str("| scenario | client | runs (with a switch) | EndpointSlice lists the new pod alone, s | first answer by the new pod, s | requests per run | failed requests per run | answers by the old pod after the switch, per run | most ready endpoints at once |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        let switch_column = match self.mode {
+            ServiceMode::Proxy => "the Lease names the new holder, s",
+            ServiceMode::Labels | ServiceMode::HolderEndpoint => {
+                "EndpointSlice lists the new pod alone, s"
+            }
+        };
+        let most_column = match self.mode {
+            ServiceMode::Proxy => "most pods labelled active at once",
+            ServiceMode::Labels | ServiceMode::HolderEndpoint => "most ready endpoints at once",
+        };
+        let _ = writeln!(
+            md,
+            "| scenario | client | runs (with a switch) | {switch_column} | first answer by the new pod, s | requests per run | failed requests per run | answers by the old pod after the switch, per run | last answer by the old pod, s after the switch | {most_column} |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
         for scenario in [
             "failover",
             "planned",
@@ -178,9 +242,15 @@ impl ClusterIpResult {
                         AFTER_SWITCH.as_secs()
                     ),
                 };
+                let lasts: Vec<f64> = seen.iter().filter_map(|x| x.last_old).collect();
+                let last = match seen.len() - lasts.len() {
+                    0 => summary(&lasts).cell(3),
+                    n if n == seen.len() => "none".to_owned(),
+                    n => format!("{}; none in {n}", summary(&lasts).cell(3)),
+                };
                 let _ = writeln!(
                     md,
-                    "| {scenario} | {} | {} ({switches}) | {slice_cell} | {first} | {} | {} | {} | {most} |",
+                    "| {scenario} | {} | {} ({switches}) | {slice_cell} | {first} | {} | {} | {} | {last} | {most} |",
                     c.label(),
                     runs.len(),
                     cell(&|x| x.requests as f64, 0),
@@ -243,6 +313,10 @@ impl ClusterIpResult {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        if let Some(cost) = &self.proxy_cost {
+            md.push('\n');
+            md.push_str(&cost.markdown());
         }
         for e in &self.errors {
             let _ = writeln!(md, "\n- error: {e}");
@@ -307,6 +381,7 @@ pub async fn run(
     kills: usize,
     rollouts: usize,
     idle: Duration,
+    cost: Duration,
     say: impl Fn(&str),
 ) -> ClusterIpResult {
     let mut result = ClusterIpResult {
@@ -316,6 +391,7 @@ pub async fn run(
     };
     let ns = cluster
         .namespace(match mode {
+            ServiceMode::Proxy => "bench-clusterip-proxy",
             ServiceMode::Labels => "bench-clusterip",
             ServiceMode::HolderEndpoint => "bench-clusterip-endpoint",
         })
@@ -408,6 +484,12 @@ pub async fn run(
             Err(panic) => result.errors.push(format!("rollout {i}: {panic}")),
         }
     }
+    if mode == ServiceMode::Proxy && !cost.is_zero() {
+        match group.proxy_cost(cost, &say).await {
+            Ok(c) => result.proxy_cost = Some(c),
+            Err(e) => result.errors.push(format!("proxy cost: {e:#}")),
+        }
+    }
     drop(group);
     ns.delete().await;
     result
@@ -417,6 +499,7 @@ pub async fn run(
 struct Group {
     ns: Arc<TestNamespace>,
     rec: Arc<Recorder>,
+    mode: ServiceMode,
     url: String,
 }
 
@@ -424,9 +507,10 @@ impl Group {
     async fn deploy(ns: &TestNamespace, mode: ServiceMode) -> anyhow::Result<Group> {
         let rec = Recorder::start(ns.api(), ns.api()).await;
         let (env, service): (&[(&str, &str)], _) = match mode {
+            ServiceMode::Proxy => (&[], workload::proxied_service(GROUP, false)),
             ServiceMode::Labels => (&[], workload::active_service(GROUP)),
             ServiceMode::HolderEndpoint => (
-                &[("BATON_SERVICE", SERVICE)],
+                &[("BATON_SERVICE", ACTIVE_SERVICE)],
                 workload::holder_endpoint_service(GROUP),
             ),
         };
@@ -438,11 +522,11 @@ impl Group {
             workload::ON_REAL_NODE,
         ));
         ns.apply(&service);
-        let svc: k8s_openapi::api::core::v1::Service = ns.api().get(SERVICE).await?;
-        let ip = svc
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .context("the Service has no ClusterIP")?;
+        if mode == ServiceMode::Proxy {
+            // The proxy cost's ClusterIP path that skips the proxy.
+            ns.apply(&workload::active_service(GROUP));
+        }
+        let ip = cluster_ip(ns, mode.service()).await?;
         let ns = Arc::new(TestNamespace {
             name: ns.name.clone(),
             cluster: ns.cluster.clone(),
@@ -450,6 +534,7 @@ impl Group {
         Ok(Group {
             ns,
             rec: Arc::new(rec),
+            mode,
             url: format!("http://{ip}/"),
         })
     }
@@ -461,10 +546,10 @@ impl Group {
         let st = self
             .rec
             .wait(Duration::from_secs(180), "a steady group", |s| {
-                steady(s).is_some()
+                steady(s, self.mode).is_some()
             })
             .await?;
-        let (a, b) = steady(&st).context("steady")?;
+        let (a, b) = steady(&st, self.mode).context("steady")?;
         for pod in [&a, &b] {
             let ip = pod_ip(&self.ns, pod).await;
             poll_status(&format!("http://{ip}:9095/status"), &a).await?;
@@ -535,13 +620,19 @@ impl Group {
             .rec
             .wait(
                 Duration::from_secs(60),
-                &format!("the Service listing {target} alone"),
-                |s| s.endpoint_pods(SERVICE) == [target.clone()],
+                &format!("the Service serving {target}"),
+                |s| self.mode.serves(s, &target),
             )
             .await?;
-        // From the history, not `st.t`: after a sidecar kill this wait
-        // starts late, and the state's time is its latest event's.
-        let slice = switch_time(&self.rec.history(GROUP, t0, st.t), &target).map(|t| t - t0);
+        let slice = match self.mode {
+            ServiceMode::Proxy if target != old => Some(self.acquired(&target).await? - t0),
+            ServiceMode::Proxy => None,
+            // From the history, not `st.t`: after a sidecar kill this wait
+            // starts late, and the state's time is its latest event's.
+            ServiceMode::Labels | ServiceMode::HolderEndpoint => {
+                switch_time(&self.rec.history(GROUP, t0, st.t), &target).map(|t| t - t0)
+            }
+        };
         let switched = t0 + slice.unwrap_or_default();
         // Each client has until AFTER_SWITCH past the switch to reach the
         // target; then every request sent before the end has its answer.
@@ -557,11 +648,16 @@ impl Group {
             })
             .collect();
         drop(clients);
+        // Through the proxy the clients' Service lists both pods all along:
+        // what counts is how many pods were labelled active at once.
         let most_endpoints = self
             .rec
             .history(GROUP, t0, now())
             .iter()
-            .map(|c| c.view.endpoints.len())
+            .map(|c| match self.mode {
+                ServiceMode::Proxy => c.view.active_count(),
+                ServiceMode::Labels | ServiceMode::HolderEndpoint => c.view.endpoints.len(),
+            })
             .max()
             .unwrap_or_default();
         // Back to two healthy pods for the next run.
@@ -598,6 +694,69 @@ impl Group {
 }
 
 impl Group {
+    /// When the Lease says its holder `holder` took it, s since the epoch.
+    async fn acquired(&self, holder: &str) -> anyhow::Result<f64> {
+        let lease: k8s_openapi::api::coordination::v1::Lease = self.ns.api().get(GROUP).await?;
+        let spec = lease.spec.context("the Lease has no spec")?;
+        anyhow::ensure!(
+            spec.holder_identity.as_deref() == Some(holder),
+            "the Lease names {:?}, not {holder}",
+            spec.holder_identity
+        );
+        let t = spec
+            .acquire_time
+            .context("a held Lease without acquireTime")?
+            .0;
+        Ok(t.as_millisecond() as f64 / 1000.0)
+    }
+
+    /// What the proxy costs on every path to the holder's app.
+    async fn proxy_cost(
+        &self,
+        window: Duration,
+        say: &impl Fn(&str),
+    ) -> anyhow::Result<super::proxy_cost::ProxyCost> {
+        use super::proxy_cost::{Path, measure};
+        let (holder, standby) = self.stable().await?;
+        let (holder_ip, standby_ip) = (
+            pod_ip(&self.ns, &holder).await,
+            pod_ip(&self.ns, &standby).await,
+        );
+        let pid = |pod: String| {
+            let ns = self.ns.clone();
+            async move { ns.pid(&pod, "baton-sidecar", Duration::from_secs(10)).await }
+        };
+        let sidecars = (pid(holder.clone()).await, pid(standby.clone()).await);
+        let (app, proxy) = (workload::APP_PORT, workload::PROXY_PORT);
+        let paths = [
+            Path {
+                name: "straight to the holder's app (pod IP, app port)",
+                url: format!("http://{holder_ip}:{app}/"),
+            },
+            Path {
+                name: "the holder's proxy (pod IP, baton-proxy)",
+                url: format!("http://{holder_ip}:{proxy}/"),
+            },
+            Path {
+                name: "a standby's proxy, forwarding to the holder's",
+                url: format!("http://{standby_ip}:{proxy}/"),
+            },
+            Path {
+                name: "ClusterIP of the role-label Service to the app port (no proxy)",
+                url: format!("http://{}/", cluster_ip(&self.ns, ACTIVE_SERVICE).await?),
+            },
+            Path {
+                name: "ClusterIP of the whole group's Service to baton-proxy",
+                url: self.url.clone(),
+            },
+        ];
+        let rate = 2000;
+        let cost = measure(&paths, &holder, sidecars, rate, window, say).await?;
+        let (after, _) = self.stable().await?;
+        anyhow::ensure!(after == holder, "the holder changed during the measure");
+        Ok(cost)
+    }
+
     /// Both sidecars' memory and CPU over `window` with nothing happening
     /// but the holder's renewals.
     async fn idle(&self, window: Duration) -> anyhow::Result<Vec<IdleSidecar>> {
@@ -721,14 +880,21 @@ fn app_ready(pod: &Pod) -> bool {
     app_status(pod).is_some_and(|c| c.ready)
 }
 
-fn steady(s: &State) -> Option<(String, String)> {
+async fn cluster_ip(ns: &TestNamespace, service: &str) -> anyhow::Result<String> {
+    let svc: k8s_openapi::api::core::v1::Service = ns.api().get(service).await?;
+    svc.spec
+        .and_then(|s| s.cluster_ip)
+        .with_context(|| format!("the Service {service} has no ClusterIP"))
+}
+
+fn steady(s: &State, mode: ServiceMode) -> Option<(String, String)> {
     let pods = s.group_pods(GROUP);
     let live: Vec<_> = pods
         .iter()
         .filter(|(_, p)| !p.terminating && p.ip.is_some())
         .collect();
     let act = s.active(GROUP);
-    if pods.len() != 2 || live.len() != 2 || act.len() != 1 || s.endpoint_pods(SERVICE) != act {
+    if pods.len() != 2 || live.len() != 2 || act.len() != 1 || !mode.serves(s, &act[0]) {
         return None;
     }
     let standby = live
@@ -756,7 +922,7 @@ async fn poll_status(url: &str, holder: &str) -> anyhow::Result<()> {
 }
 
 /// One client's figures for requests sent in [t0, until): `switched` is
-/// when the EndpointSlice listed `new` alone.
+/// the switch to `new` (see [`SwitchRun::slice`]).
 fn figures(
     samples: &[Sample],
     t0: f64,
@@ -783,18 +949,23 @@ fn figures(
         .filter(|s| s.answer.as_deref() == Ok(new) && (new != old || s.sent >= switched))
         .map(|s| s.done - t0)
         .min_by(f64::total_cmp);
+    let by_old: Vec<&&Sample> = if new == old {
+        Vec::new()
+    } else {
+        window
+            .iter()
+            .filter(|s| s.answer.as_deref() == Ok(old))
+            .collect()
+    };
     ClientFigures {
         first_new,
         requests: window.len(),
         failed: window.iter().filter(|s| s.answer.is_err()).count(),
-        old_after_switch: if new == old {
-            0
-        } else {
-            window
-                .iter()
-                .filter(|s| s.sent > switched && s.answer.as_deref() == Ok(old))
-                .count()
-        },
+        old_after_switch: by_old.iter().filter(|s| s.sent > switched + BOUND).count(),
+        last_old: by_old
+            .iter()
+            .map(|s| s.done - switched)
+            .max_by(f64::total_cmp),
         errors,
     }
 }
@@ -819,15 +990,18 @@ mod tests {
             s(10.0, Ok("a")), // old pod, before the switch
             s(10.2, Err("connect error")),
             s(10.3, Err("connect error")),
-            s(10.6, Ok("a")), // old pod after the switch (kept alive)
-            s(11.0, Ok("b")), // first answer by the new pod
+            s(10.55, Ok("a")), // old pod within the bound after the switch
+            s(10.7, Ok("a")),  // old pod after the bound (kept alive)
+            s(11.0, Ok("b")),  // first answer by the new pod
             s(11.1, Err("timeout")),
             s(20.0, Err("timeout")), // after the window
         ];
         let f = figures(&samples, 10.0, 15.0, 10.5, "a", "b");
-        assert_eq!(f.requests, 6);
+        assert_eq!(f.requests, 7);
         assert_eq!(f.failed, 3);
         assert_eq!(f.old_after_switch, 1);
+        // Answered at 10.71, 0.21 s after the switch.
+        assert_eq!(f.last_old.map(|t| (t * 100.0).round()), Some(21.0));
         assert_eq!(f.first_new.map(|t| (t * 100.0).round()), Some(101.0));
         assert_eq!(
             f.errors,
@@ -891,6 +1065,7 @@ mod tests {
         let f = figures(&samples, 10.0, 12.0, 10.6, "a", "a");
         assert_eq!(f.first_new.map(|t| (t * 100.0).round()), Some(81.0));
         assert_eq!(f.old_after_switch, 0);
+        assert_eq!(f.last_old, None, "no other pod, no old one");
         assert_eq!(f.failed, 1);
     }
 }

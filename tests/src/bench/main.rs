@@ -7,6 +7,7 @@ mod clusterip;
 mod kle;
 mod load;
 mod measure;
+mod proxy_cost;
 mod recorder;
 mod scale;
 mod scenario;
@@ -91,20 +92,25 @@ struct Args {
     /// and later meet kubelet's restart back-off).
     #[arg(long, default_value_t = 1)]
     clusterip_kills: usize,
-    /// How the Service follows the active pod, each measured in turn: the
-    /// role label (labels), or the holder writing its endpoint
-    /// (holder-endpoint, `baton.dev/service`).
+    /// How the Service follows the active pod, each measured in turn: a
+    /// Service of the whole group through the sidecars' proxy (proxy,
+    /// README's install), the role label (labels), or the holder writing
+    /// its endpoint (holder-endpoint, `baton.dev/service`).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "labels,holder-endpoint"
+        default_value = "proxy,labels,holder-endpoint"
     )]
     clusterip_modes: Vec<clusterip::ServiceMode>,
     /// Seconds the group's sidecars rest, measured, before the switches
     /// (each kind of Service); 0 skips it.
     #[arg(long, default_value_t = 60)]
     clusterip_idle_secs: u64,
+    /// Seconds of fixed-rate load on each path of the proxy cost measure
+    /// (the proxy mode; throughput runs half as long); 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    proxy_cost_secs: u64,
     /// Requests per second of each ClusterIP client.
     #[arg(long, default_value_t = 200)]
     clusterip_rate: u32,
@@ -182,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
                     args.clusterip_kills,
                     args.clusterip_rollouts,
                     Duration::from_secs(args.clusterip_idle_secs),
+                    Duration::from_secs(args.proxy_cost_secs),
                     say,
                 )
                 .await,
