@@ -9,6 +9,7 @@ pub mod certs;
 pub mod events;
 pub mod health;
 pub mod inject;
+pub mod keys;
 pub mod metrics;
 pub mod owner;
 pub mod quantity;
