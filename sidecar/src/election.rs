@@ -22,7 +22,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
-use crate::status::Role;
+use crate::contract::Role;
 
 /// What a candidate knows of the Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 pub mod backoff;
 pub mod candidate;
-pub mod controls;
+pub mod contract;
 pub mod election;
 pub mod endpoints;
 pub mod events;
@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 pub use settings::Settings;
+// The bench and the end-to-end tests name the control annotations by
+// this path.
+pub use contract::controls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,7 +65,7 @@ pub async fn run(
     let span = info_span!("sidecar", pod = %settings.pod_name, namespace = %settings.pod_namespace, lease = %settings.lease_name);
     let stop = CancellationToken::new();
     let metrics = metrics::Metrics::new();
-    let (status_tx, status_rx) = watch::channel(status::Status::default());
+    let (status_tx, status_rx) = watch::channel(contract::Status::default());
 
     let listener = tokio::net::TcpListener::bind(settings.status_addr)
         .await
@@ -136,16 +139,7 @@ pub async fn run(
         );
     }
 
-    let labeller = labels::Labeller::new(
-        pods,
-        labels::RoleLabels {
-            key: settings.role_label.clone(),
-            active: settings.active_value.clone(),
-            passive: settings.passive_value.clone(),
-            group_key: settings.group_label.clone(),
-            group: settings.lease_name.clone(),
-        },
-    );
+    let labeller = labels::Labeller::new(pods, settings.labels.for_group(&settings.lease_name));
     let candidate = candidate::Candidate::new(
         settings.clone(),
         election::LeaseClient::new(leases, settings.lease_name.clone()),
@@ -160,7 +154,10 @@ pub async fn run(
             client,
             ns,
             service,
-            (settings.group_label.clone(), settings.lease_name.clone()),
+            (
+                settings.labels.group_label.clone(),
+                settings.lease_name.clone(),
+            ),
         )
     }))
     .with_health_condition(true);

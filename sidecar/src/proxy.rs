@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
+    contract::{Role, Status},
     metrics::Metrics,
-    status::{Role, Status},
 };
 
 /// Which of the proxy's two listeners a connection came in on.

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use baton_sidecar::settings::{ANNOTATION_PREFIX, Settings as SidecarSettings};
+use baton_sidecar::{contract::ANNOTATION_PREFIX, settings::Settings as SidecarSettings};
 use clap::{ColorChoice, CommandFactory, FromArgMatches, error::ContextKind, error::ContextValue};
 use k8s_openapi::api::core::v1::Pod;
 

@@ -8,9 +8,9 @@ use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 
 use super::state::{CallBound, State};
 use crate::{
-    controls::{self, SWITCH_REASON, SWITCHOVER_TO, Target},
+    contract::Role,
+    contract::controls::{self, SWITCH_REASON, SWITCHOVER_TO, Target},
     election::{self, LeaseView, Step},
-    status::Role,
 };
 
 /// One thing for the driver to do, with everything it needs to do it.

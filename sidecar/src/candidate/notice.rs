@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::status::Role;
+use crate::contract::Role;
 
 /// One thing to say, once, where the core decided it is news.
 #[derive(Debug, Clone, PartialEq, Eq)]
