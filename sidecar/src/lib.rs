@@ -1,20 +1,20 @@
 //! baton's sidecar: probes the app beside it, competes for the group's Lease
 //! and labels its own Pod active or passive.
 
-pub mod backoff;
-pub mod candidate;
+pub(crate) mod backoff;
+pub(crate) mod candidate;
 pub mod contract;
 pub mod election;
-pub mod endpoints;
+pub(crate) mod endpoints;
 pub mod events;
-pub mod labels;
+pub(crate) mod labels;
 pub mod metrics;
-pub mod probe;
-pub mod proxy;
+pub(crate) mod probe;
+pub(crate) mod proxy;
 pub mod rolefile;
 pub mod settings;
-pub mod status;
-pub mod tasks;
+pub(crate) mod status;
+pub(crate) mod tasks;
 pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]

@@ -51,13 +51,6 @@ pub enum Action {
     AdoptRole(Role),
 }
 
-impl Action {
-    /// Whether the driver has nothing to call for it.
-    pub fn is_internal(&self) -> bool {
-        matches!(self, Action::AdoptHealth(_) | Action::AdoptRole(_))
-    }
-}
-
 /// A conditional write of the Lease (rule 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseWrite {

@@ -121,6 +121,7 @@ impl Notice {
     }
 
     /// The reason, if this is an Event.
+    #[cfg(test)]
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             Notice::Event { reason, .. } => Some(reason),
