@@ -16,7 +16,7 @@ use kube::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {
-    #[error("labelling pod {pod} {role:?}: {source}")]
+    #[error("labelling pod {pod} {role:?}")]
     Patch {
         pod: String,
         role: Role,
@@ -33,13 +33,13 @@ pub enum LabelError {
         role: Role,
         message: String,
     },
-    #[error("listing the active pods of group {group}: {source}")]
+    #[error("listing the active pods of group {group}")]
     List {
         group: String,
         #[source]
         source: kube::Error,
     },
-    #[error("setting the app-healthy condition of pod {pod}: {source}")]
+    #[error("setting the app-healthy condition of pod {pod}")]
     Condition {
         pod: String,
         #[source]

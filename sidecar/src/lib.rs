@@ -39,11 +39,11 @@ pub use contract::controls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid settings: {0}")]
+    #[error("invalid settings")]
     Settings(#[from] settings::SettingsError),
-    #[error("setting up the app probe: {0}")]
+    #[error("setting up the app probe")]
     Probe(#[from] probe::SetupError),
-    #[error("serving status on {addr}: {source}")]
+    #[error("serving status on {addr}")]
     Status {
         addr: std::net::SocketAddr,
         #[source]

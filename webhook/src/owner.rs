@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use baton_sidecar::telemetry::ErrorChain;
 use futures::{StreamExt as _, future::BoxFuture};
 use k8s_openapi::{
     api::{
@@ -62,7 +63,7 @@ impl Owner {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
-    #[error("looking up {kind} {namespace}/{name}: {source}")]
+    #[error("looking up {kind} {namespace}/{name}")]
     Get {
         kind: String,
         namespace: String,
@@ -235,7 +236,7 @@ where
         match event {
             Err(error) if !failing => {
                 failing = true;
-                tracing::warn!(%kind, %error, "owner cache: watch failed; retrying with back-off, owners are read from the API server meanwhile");
+                tracing::warn!(%kind, error = %ErrorChain(&error), "owner cache: watch failed; retrying with back-off, owners are read from the API server meanwhile");
             }
             Err(_) => {}
             Ok(watcher::Event::InitDone) => {

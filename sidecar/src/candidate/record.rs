@@ -9,7 +9,7 @@ use super::{
     HandingOver, Handover, LeaseWrite, Notice, handed_over_note, settle::ActionError,
     settle::Labelled, state::State,
 };
-use crate::{contract::Role, election::Step, labels::LabelError};
+use crate::{contract::Role, election::Step, labels::LabelError, telemetry::ErrorChain};
 
 impl State {
     /// Our role label patched (or not): what it changes.
@@ -56,7 +56,7 @@ impl State {
         match result {
             Err(e) if self.api.passive_label_failures.failed() => {
                 n.push(Notice::PassiveLabelFailing {
-                    error: e.to_string(),
+                    error: ErrorChain(e).to_string(),
                 });
             }
             Err(_) => {}
