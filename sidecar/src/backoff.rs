@@ -78,6 +78,7 @@ impl ApiState {
         self.failing_since_errors.take()
     }
 
+    #[cfg(test)]
     pub fn failures(&self) -> u32 {
         self.failing_since_errors.unwrap_or(0)
     }

@@ -22,7 +22,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
-use crate::status::Role;
+use crate::contract::Role;
 
 /// What a candidate knows of the Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,7 +309,7 @@ pub enum WriteError {
     /// No answer in time: the write may have committed, so re-read.
     #[error("writing lease {lease} timed out after {after:?}")]
     Timeout { lease: String, after: Duration },
-    #[error("writing lease {lease}: {source}")]
+    #[error("writing lease {lease}")]
     Api {
         lease: String,
         #[source]

@@ -62,7 +62,7 @@ pub enum EndpointError {
     /// cached Lease may lag our write, as for the role label.
     #[error("EndpointSlice {slice} refused at admission: {message}")]
     Refused { slice: String, message: String },
-    #[error("writing EndpointSlice {slice}: {source}")]
+    #[error("writing EndpointSlice {slice}")]
     Api {
         slice: String,
         #[source]

@@ -167,7 +167,7 @@ impl Events {
         let recorder = self.recorder.clone();
         let task = async move {
             if let Err(err) = recorder.send(&event).await {
-                debug!(error = %err, reason, "event not published");
+                debug!(error = %crate::telemetry::ErrorChain(&err), reason, "event not published");
             }
         };
         let mut set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,64 +7,16 @@
 
 use std::time::Duration;
 
+use crate::contract::{Role, role_labels::RoleLabels};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
-use serde_json::json;
-
-use crate::status::Role;
-
-/// Names of the role label and its values, and of the group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleLabels {
-    pub key: String,
-    pub active: String,
-    pub passive: String,
-    pub group_key: String,
-    pub group: String,
-}
-
-impl RoleLabels {
-    pub fn value(&self, role: Role) -> &str {
-        match role {
-            Role::Active => &self.active,
-            Role::Passive => &self.passive,
-        }
-    }
-
-    /// The role a pod's labels say it has; None for no or a foreign value.
-    pub fn role_of(&self, pod: &Pod) -> Option<Role> {
-        match pod.labels().get(&self.key) {
-            Some(v) if *v == self.active => Some(Role::Active),
-            Some(v) if *v == self.passive => Some(Role::Passive),
-            _ => None,
-        }
-    }
-
-    /// Selects the other pods of the group that are labelled active.
-    pub fn active_selector(&self) -> String {
-        format!(
-            "{}={},{}={}",
-            self.group_key, self.group, self.key, self.active
-        )
-    }
-
-    /// The merge patch that sets `role`; with a resourceVersion it is a
-    /// precondition: the patch fails with 409 if the pod changed since.
-    pub fn patch(&self, role: Role, resource_version: Option<&str>) -> serde_json::Value {
-        let mut meta = json!({ "labels": { self.key.as_str(): self.value(role) } });
-        if let Some(rv) = resource_version {
-            meta["resourceVersion"] = json!(rv);
-        }
-        json!({ "metadata": meta })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {
-    #[error("labelling pod {pod} {role:?}: {source}")]
+    #[error("labelling pod {pod} {role:?}")]
     Patch {
         pod: String,
         role: Role,
@@ -81,13 +33,13 @@ pub enum LabelError {
         role: Role,
         message: String,
     },
-    #[error("listing the active pods of group {group}: {source}")]
+    #[error("listing the active pods of group {group}")]
     List {
         group: String,
         #[source]
         source: kube::Error,
     },
-    #[error("setting the app-healthy condition of pod {pod}: {source}")]
+    #[error("setting the app-healthy condition of pod {pod}")]
     Condition {
         pod: String,
         #[source]
@@ -282,34 +234,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn promotion_patch_carries_the_resource_version_precondition() {
-        let p = labels().patch(Role::Active, Some("42"));
-        assert_eq!(
-            p,
-            json!({"metadata": {"labels": {"role": "active"}, "resourceVersion": "42"}})
-        );
-        let d = labels().patch(Role::Passive, None);
-        assert_eq!(d, json!({"metadata": {"labels": {"role": "passive"}}}));
-    }
-
-    #[test]
-    fn role_is_read_from_the_configured_key_and_values() {
-        let l = RoleLabels {
-            key: "tier".into(),
-            active: "primary".into(),
-            passive: "standby".into(),
-            ..labels()
-        };
-        let mut pod = Pod::default();
-        assert_eq!(l.role_of(&pod), None);
-        pod.metadata.labels = Some([("tier".to_string(), "primary".to_string())].into());
-        assert_eq!(l.role_of(&pod), Some(Role::Active));
-        pod.metadata.labels = Some([("tier".to_string(), "other".to_string())].into());
-        assert_eq!(l.role_of(&pod), None);
-        assert_eq!(l.active_selector(), "baton.dev/group=web,tier=primary");
-    }
-
     /// A new holder demotes the other active pods, but not one being
     /// deleted: that one drains (docs/design.md, rule 8), and demoting it
     /// first would leave the Service with no endpoint at all until our own
@@ -317,6 +241,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_holder_demotes_active_pods_but_not_a_draining_one() {
         use crate::testing::ScriptedApi;
+        use serde_json::json;
         let api = ScriptedApi::new(|req| {
             if req.method == "GET" {
                 let item = |name: &str, deleted: bool| {

@@ -1,20 +1,20 @@
 //! baton's sidecar: probes the app beside it, competes for the group's Lease
 //! and labels its own Pod active or passive.
 
-pub mod backoff;
-pub mod candidate;
-pub mod controls;
+pub(crate) mod backoff;
+pub(crate) mod candidate;
+pub mod contract;
 pub mod election;
-pub mod endpoints;
+pub(crate) mod endpoints;
 pub mod events;
-pub mod labels;
+pub(crate) mod labels;
 pub mod metrics;
-pub mod probe;
-pub mod proxy;
+pub(crate) mod probe;
+pub(crate) mod proxy;
 pub mod rolefile;
 pub mod settings;
-pub mod status;
-pub mod tasks;
+pub(crate) mod status;
+pub(crate) mod tasks;
 pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]
@@ -33,14 +33,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 pub use settings::Settings;
+// The bench and the end-to-end tests name the control annotations by
+// this path.
+pub use contract::controls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid settings: {0}")]
+    #[error("invalid settings")]
     Settings(#[from] settings::SettingsError),
-    #[error("setting up the app probe: {0}")]
+    #[error("setting up the app probe")]
     Probe(#[from] probe::SetupError),
-    #[error("serving status on {addr}: {source}")]
+    #[error("serving status on {addr}")]
     Status {
         addr: std::net::SocketAddr,
         #[source]
@@ -62,7 +65,7 @@ pub async fn run(
     let span = info_span!("sidecar", pod = %settings.pod_name, namespace = %settings.pod_namespace, lease = %settings.lease_name);
     let stop = CancellationToken::new();
     let metrics = metrics::Metrics::new();
-    let (status_tx, status_rx) = watch::channel(status::Status::default());
+    let (status_tx, status_rx) = watch::channel(contract::Status::default());
 
     let listener = tokio::net::TcpListener::bind(settings.status_addr)
         .await
@@ -136,16 +139,7 @@ pub async fn run(
         );
     }
 
-    let labeller = labels::Labeller::new(
-        pods,
-        labels::RoleLabels {
-            key: settings.role_label.clone(),
-            active: settings.active_value.clone(),
-            passive: settings.passive_value.clone(),
-            group_key: settings.group_label.clone(),
-            group: settings.lease_name.clone(),
-        },
-    );
+    let labeller = labels::Labeller::new(pods, settings.labels.for_group(&settings.lease_name));
     let candidate = candidate::Candidate::new(
         settings.clone(),
         election::LeaseClient::new(leases, settings.lease_name.clone()),
@@ -160,7 +154,10 @@ pub async fn run(
             client,
             ns,
             service,
-            (settings.group_label.clone(), settings.lease_name.clone()),
+            (
+                settings.labels.group_label.clone(),
+                settings.lease_name.clone(),
+            ),
         )
     }))
     .with_health_condition(true);

@@ -35,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
+    contract::{Role, Status},
     metrics::Metrics,
-    status::{Role, Status},
+    telemetry::ErrorChain,
 };
 
 /// Which of the proxy's two listeners a connection came in on.
@@ -163,7 +164,7 @@ impl Default for Routes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("binding the proxy's {listener} port {addr}: {source}")]
+    #[error("binding the proxy's {listener} port {addr}")]
     Bind {
         listener: &'static str,
         addr: SocketAddr,
@@ -310,7 +311,7 @@ async fn follow(
                     }
                     warn!(%holder, "the holder has no pod IP yet");
                 }
-                Ok(Err(e)) => warn!(%holder, error = %e, "looking up the holder's IP"),
+                Ok(Err(e)) => warn!(%holder, error = %ErrorChain(&e), "looking up the holder's IP"),
                 Err(_) => warn!(%holder, "looking up the holder's IP timed out"),
             }
             // New connections wait meanwhile; retry soon.

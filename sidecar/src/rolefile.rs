@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::status::Role;
+use crate::contract::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoleRecord<'a> {

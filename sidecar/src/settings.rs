@@ -9,11 +9,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-/// Help heading that marks the settings a pod may set by annotation.
-pub const ANNOTATION_HEADING: &str = "Settable by pod annotation baton.dev/<flag>";
-
-/// Prefix of baton's own annotations and labels.
-pub const ANNOTATION_PREFIX: &str = "baton.dev/";
+use crate::contract::{
+    ANNOTATION_HEADING, env,
+    role_labels::{LabelFlags, SameRoleValues},
+};
 
 #[derive(Parser, Debug, Clone, PartialEq)]
 #[command(
@@ -23,19 +22,19 @@ pub const ANNOTATION_PREFIX: &str = "baton.dev/";
 )]
 pub struct Settings {
     /// Name of this Pod (downward API: metadata.name); the Lease holder identity.
-    #[arg(long, env = "BATON_POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pub pod_name: String,
 
     /// Namespace of this Pod (downward API: metadata.namespace).
-    #[arg(long, env = "BATON_POD_NAMESPACE")]
+    #[arg(long, env = env::POD_NAMESPACE)]
     pub pod_namespace: String,
 
     /// IP of this Pod (downward API: status.podIP), reported in /status.
-    #[arg(long, env = "BATON_POD_IP")]
+    #[arg(long, env = env::POD_IP)]
     pub pod_ip: Option<String>,
 
     /// Name of the group's Lease; also the value of the group label.
-    #[arg(long, env = "BATON_LEASE_NAME", help_heading = ANNOTATION_HEADING)]
+    #[arg(long, env = env::LEASE_NAME, help_heading = ANNOTATION_HEADING)]
     pub lease_name: String,
 
     /// How long a Lease stays valid without renewal, judged on the local monotonic clock.
@@ -67,7 +66,7 @@ pub struct Settings {
     pub probe_scheme: ProbeScheme,
 
     /// Host the probe connects to: the app shares the Pod's network namespace.
-    #[arg(long, env = "BATON_PROBE_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = env::PROBE_HOST, default_value = "127.0.0.1")]
     pub probe_host: String,
 
     /// Port of the app to probe.
@@ -94,24 +93,12 @@ pub struct Settings {
     #[arg(long, env = "BATON_SUCCESS_THRESHOLD", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), help_heading = ANNOTATION_HEADING)]
     pub success_threshold: u32,
 
-    /// Key of the role label the Service selects on.
-    #[arg(long, env = "BATON_ROLE_LABEL", default_value = "role", value_parser = parse_label_key, help_heading = ANNOTATION_HEADING)]
-    pub role_label: String,
-
-    /// Role label value of the one pod that serves.
-    #[arg(long, env = "BATON_ACTIVE_VALUE", default_value = "active", value_parser = parse_label_value, help_heading = ANNOTATION_HEADING)]
-    pub active_value: String,
-
-    /// Role label value of the standby pods.
-    #[arg(long, env = "BATON_PASSIVE_VALUE", default_value = "passive", value_parser = parse_label_value, help_heading = ANNOTATION_HEADING)]
-    pub passive_value: String,
-
-    /// Label whose value (the Lease name) marks the pods of one group.
-    #[arg(long, env = "BATON_GROUP_LABEL", default_value = "baton.dev/group", value_parser = parse_label_key)]
-    pub group_label: String,
+    // The role label's key and values, and the group label.
+    #[command(flatten)]
+    pub labels: LabelFlags,
 
     /// Address of the status server (/healthz, /readyz, /status, /metrics).
-    #[arg(long, env = "BATON_STATUS_ADDR", default_value = "0.0.0.0:9095")]
+    #[arg(long, env = env::STATUS_ADDR, default_value = "0.0.0.0:9095")]
     pub status_addr: SocketAddr,
 
     /// File the app may read: the role and leaseTransitions (a fencing token), replaced atomically.
@@ -139,11 +126,11 @@ pub struct Settings {
     pub proxy_route_wait: Duration,
 
     /// Address of the proxy's front port (the container port `baton-proxy`, which the Service targets).
-    #[arg(long, env = "BATON_PROXY_ADDR", default_value = "0.0.0.0:9096")]
+    #[arg(long, env = env::PROXY_ADDR, default_value = "0.0.0.0:9096")]
     pub proxy_addr: SocketAddr,
 
     /// Address of the proxy's peer port (the container port `baton-peer`): connections forwarded by other pods of the group, served only while this pod is active.
-    #[arg(long, env = "BATON_PROXY_PEER_ADDR", default_value = "0.0.0.0:9097")]
+    #[arg(long, env = env::PROXY_PEER_ADDR, default_value = "0.0.0.0:9097")]
     pub proxy_peer_addr: SocketAddr,
 
     /// Log format.
@@ -193,8 +180,8 @@ pub enum SettingsError {
     },
     #[error("--probe-timeout ({timeout:?}) must not be longer than --probe-period ({period:?})")]
     ProbeTimeoutLongerThanPeriod { timeout: Duration, period: Duration },
-    #[error("--active-value and --passive-value must differ (both {0:?})")]
-    SameRoleValues(String),
+    #[error(transparent)]
+    SameRoleValues(#[from] SameRoleValues),
     #[error(
         "--status-addr, --proxy-addr and --proxy-peer-addr need three different ports (port {0} twice)"
     )]
@@ -252,9 +239,7 @@ impl Settings {
                 }
             }
         }
-        if self.active_value == self.passive_value {
-            return Err(SettingsError::SameRoleValues(self.active_value.clone()));
-        }
+        self.labels.validate()?;
         Ok(())
     }
 
@@ -286,20 +271,6 @@ fn parse_path(s: &str) -> Result<String, String> {
     }
 }
 
-/// A label value: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
-fn parse_label_value(s: &str) -> Result<String, String> {
-    let ok_chars = s
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let ok_ends = s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if !s.is_empty() && s.len() <= 63 && ok_chars && ok_ends {
-        Ok(s.to_owned())
-    } else {
-        Err("must be 1-63 of [A-Za-z0-9._-], starting and ending alphanumeric".to_owned())
-    }
-}
-
 /// A Service name: a DNS-1035 label (lowercase alphanumerics and '-',
 /// starting with a letter, at most 63).
 fn parse_service_name(s: &str) -> Result<String, String> {
@@ -314,28 +285,6 @@ fn parse_service_name(s: &str) -> Result<String, String> {
     } else {
         Err("must be a Service name: 1-63 of [a-z0-9-], starting with a letter and ending alphanumeric".to_owned())
     }
-}
-
-/// A label key: an optional DNS-subdomain prefix and '/', then a name like a value.
-fn parse_label_key(s: &str) -> Result<String, String> {
-    let name = match s.split_once('/') {
-        Some((prefix, name)) => {
-            let ok = !prefix.is_empty()
-                && prefix.len() <= 253
-                && prefix.split('.').all(|part| {
-                    !part.is_empty()
-                        && part
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                });
-            if !ok {
-                return Err(format!("prefix {prefix:?} is not a DNS subdomain"));
-            }
-            name
-        }
-        None => s,
-    };
-    parse_label_value(name).map(|_| s.to_owned())
 }
 
 #[cfg(test)]
@@ -360,7 +309,7 @@ mod tests {
         assert!(s.lease_duration > s.renew_deadline);
         assert!(s.renew_deadline > s.renew_period + s.retry_period);
         assert_eq!(
-            (s.role_label.as_str(), s.active_value.as_str()),
+            (s.labels.role_label.as_str(), s.labels.active_value.as_str()),
             ("role", "active")
         );
     }
@@ -415,7 +364,7 @@ mod tests {
         let s = parse(&["--active-value=same", "--passive-value=same"]).expect("each parses");
         assert_eq!(
             s.validate(),
-            Err(SettingsError::SameRoleValues("same".into()))
+            Err(SettingsError::SameRoleValues(SameRoleValues("same".into())))
         );
     }
 

@@ -12,57 +12,12 @@ use axum::{
 };
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
-
-/// The role a pod carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Active,
-    Passive,
-}
-
-/// What `/status` shows.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Status {
-    pub pod: String,
-    pub namespace: String,
-    pub pod_ip: Option<String>,
-    pub lease: String,
-    /// The role to act on: active only while labelled active and within the
-    /// leadership deadline (`election::outward_role`), so a holder past its
-    /// deadline says passive even while its label cannot be changed. None
-    /// until the first decision.
-    pub role: Option<Role>,
-    /// The role label on the pod as last seen (None: no or a foreign value).
-    /// It lags `role` while the API server refuses or misses the relabel.
-    pub label_role: Option<Role>,
-    pub holder: Option<String>,
-    /// Why no pod of the group can hold the Lease now, if that is so: it is
-    /// held by something that is not a pod of the group.
-    pub lease_problem: Option<String>,
-    pub app_healthy: bool,
-    pub app_last_failure: Option<String>,
-    pub lease_transitions: i32,
-    /// Whether the last Kubernetes API call succeeded.
-    pub api_reachable: bool,
-    /// Wall-clock time of the last role change (RFC 3339), for people.
-    pub last_change: Option<String>,
-    pub terminating: bool,
-    /// Deleted while active: the app serves on until the new holder has
-    /// had time to reach kube-proxy (`docs/design.md`, rule 8); the
-    /// injected preStop hook (`/prestop`) waits for this to end.
-    pub draining: bool,
-    /// The group's Lease says `baton.dev/paused=true` (rule 10).
-    pub paused: bool,
-    /// Our Pod says `baton.dev/cordoned=true` (rule 10).
-    pub cordoned: bool,
-    /// The switchover asked for on the Lease, while it is under way.
-    pub switchover: Option<String>,
-}
+use crate::{
+    contract::{Role, Status},
+    metrics::Metrics,
+};
 
 #[derive(Clone)]
 struct AppState {

@@ -68,13 +68,13 @@ pub fn router(state: Arc<Admission>) -> Router {
 /// A request that is not a well-formed AdmissionReview of the expected kind: HTTP 400.
 #[derive(Debug, thiserror::Error)]
 pub enum BadRequest {
-    #[error("body is not JSON: {0}")]
+    #[error("body is not JSON")]
     NotJson(#[source] serde_json::Error),
     #[error(
         "body is not an {REVIEW_API_VERSION} AdmissionReview (apiVersion {api_version:?}, kind {kind:?})"
     )]
     NotReview { api_version: String, kind: String },
-    #[error("body is not a valid AdmissionReview: {0}")]
+    #[error("body is not a valid AdmissionReview")]
     Malformed(#[source] serde_json::Error),
     #[error("AdmissionReview has no request")]
     NoRequest,
@@ -82,7 +82,7 @@ pub enum BadRequest {
     WrongKind { expected: &'static str, got: String },
     #[error("{operation:?} request has no object")]
     NoObject { operation: Op },
-    #[error("object is not a valid {kind}: {source}")]
+    #[error("object is not a valid {kind}")]
     BadObject {
         kind: &'static str,
         #[source]
@@ -93,9 +93,9 @@ pub enum BadRequest {
 /// The webhook failed to build its answer: HTTP 500, the API server applies its failurePolicy.
 #[derive(Debug, thiserror::Error)]
 pub enum Internal {
-    #[error("serializing the pod: {0}")]
+    #[error("serializing the pod")]
     Serialize(#[source] serde_json::Error),
-    #[error("serializing the patch: {0}")]
+    #[error("serializing the patch")]
     Patch(#[source] kube::core::admission::SerializePatchError),
 }
 
@@ -120,10 +120,14 @@ impl Answer {
                 Ok(review) => Json(review).into_response(),
                 Err(err) => Answer::Failed(Internal::Serialize(err)).into_response(),
             },
-            Answer::Bad(err) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+            // The reason goes back to the API server's caller: with its causes.
+            Answer::Bad(err) => {
+                (StatusCode::BAD_REQUEST, ErrorChain(&err).to_string()).into_response()
+            }
             Answer::Failed(err) => {
-                tracing::error!(error = %err, "answering an admission failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
+                let error = ErrorChain(&err).to_string();
+                tracing::error!(%error, "answering an admission failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, error).into_response()
             }
         }
     }

@@ -5,20 +5,18 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use baton_sidecar::settings::{ANNOTATION_PREFIX, Settings as SidecarSettings};
+use baton_sidecar::{contract::ANNOTATION_PREFIX, settings::Settings as SidecarSettings};
 use clap::{ColorChoice, CommandFactory, FromArgMatches, error::ContextKind, error::ContextValue};
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::{owner::Owner, quantity};
-
-/// Opts a pod in (`"true"`) or out (`"false"`).
-pub const INJECT: &str = "baton.dev/inject";
-/// Native sidecar (`"true"`) or regular container (`"false"`); the webhook's flag decides otherwise.
-pub const NATIVE_SIDECAR: &str = "baton.dev/native-sidecar";
-pub const SIDECAR_CPU_REQUEST: &str = "baton.dev/sidecar-cpu-request";
-pub const SIDECAR_MEMORY_REQUEST: &str = "baton.dev/sidecar-memory-request";
-pub const SIDECAR_CPU_LIMIT: &str = "baton.dev/sidecar-cpu-limit";
-pub const SIDECAR_MEMORY_LIMIT: &str = "baton.dev/sidecar-memory-limit";
+use crate::{
+    keys::{
+        INJECT, NATIVE_SIDECAR, SIDECAR_CPU_LIMIT, SIDECAR_CPU_REQUEST, SIDECAR_MEMORY_LIMIT,
+        SIDECAR_MEMORY_REQUEST,
+    },
+    owner::Owner,
+    quantity,
+};
 
 const LEASE_NAME_FLAG: &str = "lease-name";
 const PROBE_PORT_FLAG: &str = "probe-port";

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use baton_sidecar::telemetry::ErrorChain;
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::{
     ByteString,
@@ -72,13 +73,13 @@ const PASS_CALLS: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("generating a certificate: {0}")]
+    #[error("generating a certificate")]
     Generate(#[from] rcgen::Error),
-    #[error("loading the generated certificate: {0}")]
+    #[error("loading the generated certificate")]
     Load(#[source] rustls::Error),
     #[error("the Secret's {0} is not a usable PEM")]
     Pem(&'static str),
-    #[error("{action} Secret {namespace}/{name}: {source}")]
+    #[error("{action} Secret {namespace}/{name}")]
     Secret {
         action: &'static str,
         namespace: String,
@@ -86,7 +87,7 @@ pub enum CertError {
         #[source]
         source: Box<kube::Error>,
     },
-    #[error("{action} {kind} {name}: {source}")]
+    #[error("{action} {kind} {name}")]
     Configuration {
         action: &'static str,
         kind: &'static str,

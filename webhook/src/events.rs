@@ -1,7 +1,10 @@
 //! Events on the owner workload: "Injected" and "InjectionSkipped", so that
 //! `kubectl describe statefulset web` tells whether its pods got the sidecar.
 
-use baton_sidecar::events::{Occurrence, Recorder, Reporter};
+use baton_sidecar::{
+    events::{Occurrence, Recorder, Reporter},
+    telemetry::ErrorChain,
+};
 
 use crate::owner::Owner;
 
@@ -78,7 +81,7 @@ impl EventSink for KubeEvents {
         tokio::spawn(async move {
             if let Err(error) = recorder.send(&ev).await {
                 tracing::warn!(
-                    %error,
+                    error = %ErrorChain(&error),
                     kind = reference.kind.as_deref().unwrap_or_default(),
                     name = reference.name.as_deref().unwrap_or_default(),
                     "recording an event failed"

@@ -14,6 +14,8 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 
+use baton_sidecar::contract::env;
+
 use crate::{
     annotations::{self, Denial, OptIn, Plan, Resources, Sources},
     owner::Owner,
@@ -167,11 +169,11 @@ fn is_injected(spec: &PodSpec) -> bool {
 fn mutate(pod: &Pod, plan: &Plan, image: &str) -> Pod {
     let mut pod = pod.clone();
     let labels = pod.metadata.labels.get_or_insert_default();
-    labels.insert(plan.sidecar.group_label.clone(), plan.lease.clone());
+    labels.insert(plan.sidecar.labels.group_label.clone(), plan.lease.clone());
     // Passive until the sidecar decides: a new pod is never selected by accident.
     labels.insert(
-        plan.sidecar.role_label.clone(),
-        plan.sidecar.passive_value.clone(),
+        plan.sidecar.labels.role_label.clone(),
+        plan.sidecar.labels.passive_value.clone(),
     );
     pod.metadata.annotations.get_or_insert_default().insert(
         INJECTED.to_owned(),
@@ -345,14 +347,14 @@ fn quantities(pairs: [(&str, &Option<String>); 2]) -> Option<BTreeMap<String, Qu
 fn container(plan: &Plan, image: &str) -> Container {
     let s = &plan.sidecar;
     let mut env = vec![
-        env_from_field("BATON_POD_NAME", "metadata.name"),
-        env_from_field("BATON_POD_NAMESPACE", "metadata.namespace"),
-        env_from_field("BATON_POD_IP", "status.podIP"),
-        env_value("BATON_LEASE_NAME", plan.lease.clone()),
+        env_from_field(env::POD_NAME, "metadata.name"),
+        env_from_field(env::POD_NAMESPACE, "metadata.namespace"),
+        env_from_field(env::POD_IP, "status.podIP"),
+        env_value(env::LEASE_NAME, plan.lease.clone()),
         // Explicit, not the sidecar's defaults: the end-to-end harness runs
         // "pods" as local processes and rewrites these addresses to the pod IP.
-        env_value("BATON_PROBE_HOST", s.probe_host.clone()),
-        env_value("BATON_STATUS_ADDR", s.status_addr.to_string()),
+        env_value(env::PROBE_HOST, s.probe_host.clone()),
+        env_value(env::STATUS_ADDR, s.status_addr.to_string()),
     ];
     let port = |name: &str, port: u16| ContainerPort {
         name: Some(name.to_owned()),
@@ -362,9 +364,9 @@ fn container(plan: &Plan, image: &str) -> Container {
     };
     let mut ports = vec![port(STATUS_PORT_NAME, s.status_addr.port())];
     if s.proxy {
-        env.push(env_value("BATON_PROXY_ADDR", s.proxy_addr.to_string()));
+        env.push(env_value(env::PROXY_ADDR, s.proxy_addr.to_string()));
         env.push(env_value(
-            "BATON_PROXY_PEER_ADDR",
+            env::PROXY_PEER_ADDR,
             s.proxy_peer_addr.to_string(),
         ));
         ports.push(port(PROXY_PORT_NAME, s.proxy_addr.port()));

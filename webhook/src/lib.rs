@@ -9,6 +9,7 @@ pub mod certs;
 pub mod events;
 pub mod health;
 pub mod inject;
+pub mod keys;
 pub mod metrics;
 pub mod owner;
 pub mod quantity;
@@ -24,13 +25,13 @@ pub use settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
+    #[error("no Kubernetes client configuration (in-cluster or KUBECONFIG)")]
     Client(#[source] kube::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
-    #[error("self-managed certificates: {0}")]
+    #[error("self-managed certificates")]
     Certs(#[from] certs::CertError),
-    #[error("self-managed certificates: {0}")]
+    #[error("self-managed certificates")]
     Tls(#[from] tls::TlsError),
 }
 

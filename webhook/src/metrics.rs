@@ -12,8 +12,6 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::owner::LookupSource;
-
 /// Which endpoint answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -81,6 +79,17 @@ struct AdmissionLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OperationLabels {
     operation: Operation,
+}
+
+/// Where an owner's metadata came from (counted in
+/// `baton_webhook_owner_lookups_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LookupSource {
+    /// The webhook's metadata cache: no API call.
+    Cache,
+    /// A GET: not cached yet (an owner created a moment ago), or cached
+    /// with another uid (deleted and created again under the same name).
+    Api,
 }
 
 impl EncodeLabelValue for LookupSource {

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use baton_sidecar::telemetry::ErrorChain;
 use futures::{StreamExt as _, future::BoxFuture};
 use k8s_openapi::{
     api::{
@@ -17,7 +18,7 @@ use kube::{
     runtime::{WatchStreamExt as _, reflector, reflector::ObjectRef, watcher},
 };
 
-use crate::metrics::Metrics;
+use crate::metrics::{LookupSource, Metrics};
 
 /// The owner workload of a pod, as far as injection cares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -62,7 +63,7 @@ impl Owner {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
-    #[error("looking up {kind} {namespace}/{name}: {source}")]
+    #[error("looking up {kind} {namespace}/{name}")]
     Get {
         kind: String,
         namespace: String,
@@ -115,17 +116,6 @@ pub fn follow(controller: &OwnerReference) -> Follow {
         "ReplicaSet" => Follow::ReplicaSet,
         _ => Follow::Ignore,
     }
-}
-
-/// Where an owner's metadata came from (counted in
-/// `baton_webhook_owner_lookups_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LookupSource {
-    /// The webhook's metadata cache: no API call.
-    Cache,
-    /// A GET: not cached yet (an owner created a moment ago), or cached
-    /// with another uid (deleted and created again under the same name).
-    Api,
 }
 
 /// Whether a read may be answered by the cache.
@@ -246,7 +236,7 @@ where
         match event {
             Err(error) if !failing => {
                 failing = true;
-                tracing::warn!(%kind, %error, "owner cache: watch failed; retrying with back-off, owners are read from the API server meanwhile");
+                tracing::warn!(%kind, error = %ErrorChain(&error), "owner cache: watch failed; retrying with back-off, owners are read from the API server meanwhile");
             }
             Err(_) => {}
             Ok(watcher::Event::InitDone) => {
@@ -349,7 +339,7 @@ impl KubeOwners {
             .resolve(namespace, controller, Read::CacheFirst)
             .await?;
         match owner {
-            Some(o) if from_cache && !o.annotations.contains_key(crate::annotations::INJECT) => {
+            Some(o) if from_cache && !o.annotations.contains_key(crate::keys::INJECT) => {
                 Ok(self.resolve(namespace, controller, Read::Api).await?.0)
             }
             other => Ok(other),

@@ -3,6 +3,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use baton_sidecar::telemetry::ErrorChain;
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -27,15 +28,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] TlsError),
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("serving HTTP on {addr}: {source}")]
+    #[error("serving HTTP on {addr}")]
     Http {
         addr: SocketAddr,
         #[source]
@@ -188,7 +189,7 @@ async fn serve_tls(
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(conn).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+                tracing::debug!(%peer, error = %ErrorChain(&error), "connection ended with an error");
             }
         });
     }

@@ -10,6 +10,7 @@ use std::{
     time::SystemTime,
 };
 
+use baton_sidecar::telemetry::ErrorChain;
 use rustls::{
     ServerConfig,
     crypto::CryptoProvider,
@@ -26,13 +27,13 @@ const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}", path = path.display())]
+    #[error("reading {path}", path = path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not valid PEM: {source}", path = path.display())]
+    #[error("{path} is not valid PEM", path = path.display())]
     Pem {
         path: PathBuf,
         #[source]
@@ -42,22 +43,22 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{path} holds no PEM private key", path = path.display())]
     NoKey { path: PathBuf },
-    #[error("certificate {cert} and key {key} do not make a usable pair: {source}", cert = cert.display(), key = key.display())]
+    #[error("certificate {cert} and key {key} do not make a usable pair", cert = cert.display(), key = key.display())]
     Pair {
         cert: PathBuf,
         key: PathBuf,
         #[source]
         source: rustls::Error,
     },
-    #[error("generating the self-signed certificate: {0}")]
+    #[error("generating the self-signed certificate")]
     Generate(#[from] rcgen::Error),
-    #[error("writing the CA certificate to {path}: {source}", path = path.display())]
+    #[error("writing the CA certificate to {path}", path = path.display())]
     WriteCa {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("building the TLS configuration: {0}")]
+    #[error("building the TLS configuration")]
     Config(#[source] rustls::Error),
 }
 
@@ -237,7 +238,7 @@ impl ReloadingCert {
                     loaded.key = Arc::new(key);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "new certificate does not load; serving the previous one");
+                    tracing::warn!(error = %ErrorChain(&error), "new certificate does not load; serving the previous one");
                 }
             }
             // Remember the stamps either way: a bad pair is not re-read on every handshake.

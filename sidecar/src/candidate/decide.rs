@@ -8,9 +8,9 @@ use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 
 use super::state::{CallBound, State};
 use crate::{
-    controls::{self, SWITCH_REASON, SWITCHOVER_TO, Target},
+    contract::Role,
+    contract::controls::{self, SWITCH_REASON, SWITCHOVER_TO, Target},
     election::{self, LeaseView, Step},
-    status::Role,
 };
 
 /// One thing for the driver to do, with everything it needs to do it.
@@ -49,13 +49,6 @@ pub enum Action {
     AdoptHealth(bool),
     /// Item 11, no call: the label already on the Pod is our role.
     AdoptRole(Role),
-}
-
-impl Action {
-    /// Whether the driver has nothing to call for it.
-    pub fn is_internal(&self) -> bool {
-        matches!(self, Action::AdoptHealth(_) | Action::AdoptRole(_))
-    }
 }
 
 /// A conditional write of the Lease (rule 1).

@@ -16,7 +16,8 @@ use super::{
     Action, Labelled, Outcome, decide, decide::next_wake, settle, state::CallBound, state::State,
 };
 use crate::{
-    controls,
+    contract::controls,
+    contract::{Role, Status},
     election::LeaseClient,
     endpoints::ServiceEndpoints,
     events::Events,
@@ -24,7 +25,6 @@ use crate::{
     metrics::Metrics,
     probe::Health,
     settings::Settings,
-    status::{Role, Status},
 };
 
 /// The loop's state and the handles it acts through.

@@ -31,10 +31,7 @@ pub use decide::{Action, Handover, LeaseWrite, decide};
 pub use driver::Candidate;
 pub use notice::Notice;
 pub use settle::{Labelled, Outcome, settle};
-pub use state::{
-    ApiHealth, CallBound, Controls, Endpoint, HandingOver, LeaseKnowledge, Lifecycle, OwnPod, Said,
-    State,
-};
+pub use state::HandingOver;
 
 use crate::labels::Membership;
 

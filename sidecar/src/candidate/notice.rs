@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::status::Role;
+use crate::contract::Role;
 
 /// One thing to say, once, where the core decided it is news.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +121,7 @@ impl Notice {
     }
 
     /// The reason, if this is an Event.
+    #[cfg(test)]
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             Notice::Event { reason, .. } => Some(reason),

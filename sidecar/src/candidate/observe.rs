@@ -9,10 +9,10 @@ use kube::runtime::watcher;
 
 use super::{Drain, GiveUp, Notice, Phase, is_newer, state::State, stranger_reason};
 use crate::{
-    controls::{self, CORDONED, PAUSED},
+    contract::Role,
+    contract::controls::{self, CORDONED, PAUSED},
     election::{LeaseView, Observed},
     probe::Health,
-    status::Role,
 };
 
 impl State {

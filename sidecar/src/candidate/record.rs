@@ -9,7 +9,7 @@ use super::{
     HandingOver, Handover, LeaseWrite, Notice, handed_over_note, settle::ActionError,
     settle::Labelled, state::State,
 };
-use crate::{election::Step, labels::LabelError, status::Role};
+use crate::{contract::Role, election::Step, labels::LabelError, telemetry::ErrorChain};
 
 impl State {
     /// Our role label patched (or not): what it changes.
@@ -56,7 +56,7 @@ impl State {
         match result {
             Err(e) if self.api.passive_label_failures.failed() => {
                 n.push(Notice::PassiveLabelFailing {
-                    error: e.to_string(),
+                    error: ErrorChain(e).to_string(),
                 });
             }
             Err(_) => {}
@@ -87,15 +87,12 @@ impl State {
         if self.own.pod.is_none() || (role == Role::Passive && was != Some(Role::Active)) {
             return;
         }
-        let key = &self.settings.role_label;
+        let label = self.labels.label(role);
         n.push(match role {
             Role::Active => Notice::event(
                 false,
                 "Promoted",
-                format!(
-                    "holds lease {lease} (transition {transitions}); labelled {key}={}",
-                    self.settings.active_value
-                ),
+                format!("holds lease {lease} (transition {transitions}); labelled {label}"),
             ),
             Role::Passive => {
                 let why = match self.holder() {
@@ -103,8 +100,7 @@ impl State {
                     Some(_) => format!("lease {lease} held by {holder}"),
                     None => format!("lease {lease} not held"),
                 };
-                let value = &self.settings.passive_value;
-                Notice::event(false, "Demoted", format!("{why}; labelled {key}={value}"))
+                Notice::event(false, "Demoted", format!("{why}; labelled {label}"))
             }
         });
     }

@@ -8,9 +8,9 @@ use tracing::{debug, info, warn};
 
 use super::{Notice, driver::Candidate, state::State};
 use crate::{
+    contract::{Role, Status},
     election::LeaseView,
     rolefile::{self, RoleRecord},
-    status::{Role, Status},
 };
 
 /// `/status` as of `now`, but for `last_change` (wall time, the driver's).

@@ -9,10 +9,10 @@ use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use super::{Handover, LeaseWrite, Notice, Phase, REFUSED_RETRY_BASE, state::State};
 use crate::{
     backoff,
+    contract::Role,
     election::{LeaseView, Step, WriteError},
     endpoints::{EndpointError, Pointed},
     labels::{LabelError, Membership},
-    status::Role,
     telemetry::ErrorChain,
 };
 

@@ -8,12 +8,13 @@ use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use super::{Phase, SHUTDOWN_CALL_TIMEOUT};
 use crate::{
     backoff::{ApiState, Streak},
-    controls::{self, CORDONED, PAUSED, Target},
+    contract::Role,
+    contract::controls::{self, CORDONED, PAUSED, Target},
+    contract::role_labels::RoleLabels,
     election::{self, LeaseView, Observed, Situation, Step},
-    labels::{Membership, RoleLabels},
+    labels::Membership,
     probe::Health,
     settings::Settings,
-    status::Role,
 };
 
 /// Everything the loop knows. The driver feeds it events and outcomes with

@@ -110,7 +110,7 @@ impl SelfManaged {
                     None => return,
                     Some(Err(error)) => {
                         // The watcher retries with backoff; the timer still renews.
-                        tracing::warn!(%error, secret = %self.secret, "watching the certificate Secret failed");
+                        tracing::warn!(error = %ErrorChain(&error), secret = %self.secret, "watching the certificate Secret failed");
                         continue;
                     }
                     Some(Ok(_)) => {}
@@ -137,7 +137,7 @@ impl SelfManaged {
                 // A conflict is another replica's write: read it at once.
                 Err(CertError::Conflict { .. }) => Duration::ZERO,
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?retry, "certificate maintenance failed");
+                    tracing::warn!(error = %ErrorChain(&error), retry_in = ?retry, "certificate maintenance failed");
                     let wait = retry;
                     retry = (retry * 2).min(RETRY_MAX);
                     wait

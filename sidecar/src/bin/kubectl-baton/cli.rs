@@ -2,9 +2,16 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use baton_sidecar::contract::role_labels::LabelFlags;
+use clap::{Arg, Args, Parser, Subcommand, ValueEnum};
 
 const GLOBAL_HEADING: &str = "Global Options";
+
+/// Every option before the subcommand, the sidecars' label flags included
+/// (declared under their own heading), goes after it too, like kubectl's.
+fn as_global_option(arg: Arg) -> Arg {
+    arg.global(true).help_heading(GLOBAL_HEADING)
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,14 +36,17 @@ const GLOBAL_HEADING: &str = "Global Options";
   # Keep the pod web-0 from ever becoming active
   kubectl baton cordon web-0",
     subcommand_required = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    mut_args = as_global_option
 )]
 pub struct Cli {
     #[command(flatten)]
     pub connection: Connection,
 
+    // The label keys and values the sidecars were configured with (their
+    // own flags and env vars).
     #[command(flatten)]
-    pub labels: LabelKeys,
+    pub labels: LabelFlags,
 
     #[command(subcommand)]
     pub command: Command,
@@ -67,40 +77,6 @@ impl Connection {
     /// The bound of one request, if any ("0" means none, as for kubectl).
     pub fn request_timeout(&self) -> Option<Duration> {
         self.request_timeout.filter(|d| !d.is_zero())
-    }
-}
-
-/// The label keys and values the sidecars were configured with (their
-/// `--role-label`, `--active-value`, `--passive-value`, `--group-label`).
-#[derive(Args, Debug, Clone, PartialEq, Eq)]
-pub struct LabelKeys {
-    /// Key of the role label the sidecars set.
-    #[arg(long, global = true, env = "BATON_ROLE_LABEL", default_value = "role", help_heading = GLOBAL_HEADING)]
-    pub role_label: String,
-
-    /// Role label value of the one pod that serves.
-    #[arg(long, global = true, env = "BATON_ACTIVE_VALUE", default_value = "active", help_heading = GLOBAL_HEADING)]
-    pub active_value: String,
-
-    /// Role label value of the standby pods.
-    #[arg(long, global = true, env = "BATON_PASSIVE_VALUE", default_value = "passive", help_heading = GLOBAL_HEADING)]
-    pub passive_value: String,
-
-    /// Label whose value (the Lease name) marks the pods of one group.
-    #[arg(long, global = true, env = "BATON_GROUP_LABEL", default_value = "baton.dev/group", help_heading = GLOBAL_HEADING)]
-    pub group_label: String,
-}
-
-impl LabelKeys {
-    /// Checks what clap cannot: the two role values must tell roles apart.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.active_value == self.passive_value {
-            return Err(format!(
-                "--active-value and --passive-value must differ (both {:?})",
-                self.active_value
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -329,16 +305,29 @@ mod tests {
     }
 
     #[test]
-    fn the_role_values_must_differ() {
-        let mut labels = LabelKeys {
-            role_label: "role".into(),
-            active_value: "active".into(),
-            passive_value: "passive".into(),
-            group_label: "baton.dev/group".into(),
-        };
-        assert_eq!(labels.validate(), Ok(()));
-        labels.passive_value = "active".into();
-        assert!(labels.validate().is_err());
+    fn the_label_flags_are_the_sidecars_as_global_options() {
+        let cli = Cli::try_parse_from(["kubectl-baton", "status"]).unwrap();
+        assert_eq!(
+            cli.labels.for_group("web").active_selector(),
+            "baton.dev/group=web,role=active"
+        );
+        let command = Cli::command();
+        let flag = command
+            .get_arguments()
+            .find(|a| a.get_id() == "active_value")
+            .expect("--active-value");
+        assert!(flag.is_global_set());
+        assert_eq!(flag.get_help_heading(), Some(GLOBAL_HEADING));
+        let cli = Cli::try_parse_from([
+            "kubectl-baton",
+            "status",
+            "--active-value",
+            "on",
+            "--passive-value",
+            "on",
+        ])
+        .unwrap();
+        assert!(cli.labels.validate().is_err());
     }
 
     #[test]

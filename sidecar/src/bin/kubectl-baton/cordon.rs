@@ -2,12 +2,11 @@
 //! from becoming active.
 
 use anyhow::Context;
-use baton_sidecar::controls::CORDONED;
+use baton_sidecar::contract::{controls::CORDONED, role_labels::LabelFlags};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, api::Patch};
 
 use crate::{
-    cli::LabelKeys,
     cluster::{Cluster, annotation_patch, patch_params},
     group::{LeaseState, PodState},
     output,
@@ -65,7 +64,7 @@ pub async fn run(
     cluster: &Cluster,
     name: &str,
     cordon: bool,
-    keys: &LabelKeys,
+    keys: &LabelFlags,
 ) -> anyhow::Result<()> {
     let namespace = cluster.namespace.as_str();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);

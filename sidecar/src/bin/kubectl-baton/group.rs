@@ -1,10 +1,13 @@
 //! What a group's pods and Lease say, read from the API objects once, in
-//! the terms of the contract with the sidecars (`baton_sidecar::controls`).
+//! the terms of the contract with the sidecars (`baton_sidecar::contract::controls`).
 
 use std::collections::BTreeMap;
 
-use baton_sidecar::controls::{
-    self, APP_HEALTHY_CONDITION, CORDONED, ControlError, PAUSED, SWITCH_REASON, SWITCHOVER_TO,
+use baton_sidecar::contract::{
+    controls::{
+        self, APP_HEALTHY_CONDITION, CORDONED, ControlError, PAUSED, SWITCH_REASON, SWITCHOVER_TO,
+    },
+    role_labels::LabelFlags,
 };
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
@@ -13,8 +16,6 @@ use k8s_openapi::{
 use kube::ResourceExt;
 use serde::Serialize;
 
-use crate::cli::LabelKeys;
-
 /// One pod of a group (or one that was named as if it were).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -22,7 +23,8 @@ pub struct PodState {
     pub name: String,
     /// The value of its role label.
     pub role: Option<String>,
-    /// Its sidecar's verdict on the app; None when it has given none.
+    /// Its sidecar's verdict on the app, read as the sidecars read it
+    /// (any status but "True" is unhealthy); None when it has given none.
     pub healthy: Option<bool>,
     /// Why the app last failed its probe.
     pub health_message: Option<String>,
@@ -60,7 +62,7 @@ impl Health {
 }
 
 impl PodState {
-    pub fn from_pod(pod: &Pod, keys: &LabelKeys) -> Self {
+    pub fn from_pod(pod: &Pod, keys: &LabelFlags) -> Self {
         let conditions = pod
             .status
             .as_ref()
@@ -68,11 +70,6 @@ impl PodState {
             .unwrap_or_default();
         let condition = |type_: &str| conditions.iter().find(|c| c.type_ == type_);
         let app = condition(APP_HEALTHY_CONDITION);
-        let healthy = app.and_then(|c| match c.status.as_str() {
-            "True" => Some(true),
-            "False" => Some(false),
-            _ => None,
-        });
         let mut problems = Vec::new();
         let cordoned =
             controls::flag(pod.metadata.annotations.as_ref(), CORDONED).unwrap_or_else(|problem| {
@@ -82,7 +79,8 @@ impl PodState {
         PodState {
             name: pod.name_any(),
             role: pod.labels().get(&keys.role_label).cloned(),
-            healthy,
+            // The sidecars' own reading: only "True" is healthy.
+            healthy: controls::app_healthy_condition(pod),
             health_message: app
                 .and_then(|c| c.message.clone())
                 .filter(|m| !m.is_empty()),
@@ -159,13 +157,12 @@ pub mod fixtures {
         jiff::Timestamp,
     };
 
-    pub fn keys() -> LabelKeys {
-        LabelKeys {
-            role_label: "role".into(),
-            active_value: "active".into(),
-            passive_value: "passive".into(),
-            group_label: "baton.dev/group".into(),
-        }
+    /// The sidecars' default labels, as the command line gives them.
+    pub fn keys() -> LabelFlags {
+        use clap::Parser;
+        crate::cli::Cli::try_parse_from(["kubectl-baton", "status"])
+            .expect("the defaults parse")
+            .labels
     }
 
     pub fn time(s: &str) -> Timestamp {
@@ -295,11 +292,21 @@ mod tests {
         let s = state(&with_conditions(pod("web-0"), vec![]));
         assert_eq!(s.health(), Health::Unknown);
         assert_eq!(s.healthy, None);
-        let s = state(&with_conditions(
+    }
+
+    /// The sidecars take any status but "True" as unhealthy (a standby
+    /// whose condition is "Unknown" is not offered the Lease): so does the
+    /// plugin.
+    #[test]
+    fn an_unknown_condition_is_unhealthy_as_for_the_sidecars() {
+        let p = with_conditions(
             pod("web-0"),
             vec![condition(APP_HEALTHY_CONDITION, "Unknown", None)],
-        ));
-        assert_eq!(s.health(), Health::Unknown);
+        );
+        assert_eq!(controls::app_healthy_condition(&p), Some(false));
+        let s = state(&p);
+        assert_eq!(s.healthy, Some(false));
+        assert_eq!(s.health(), Health::Unhealthy);
     }
 
     #[test]

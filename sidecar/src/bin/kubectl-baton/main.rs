@@ -1,6 +1,6 @@
 //! `kubectl baton`: a kubectl plugin to inspect and steer baton's groups
 //! (docs/kubectl-baton.md). It writes only the annotations of
-//! `baton_sidecar::controls`; the sidecars act on them.
+//! `baton_sidecar::contract::controls`; the sidecars act on them.
 
 mod cli;
 mod cluster;
@@ -47,7 +47,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    cli.labels.validate().map_err(anyhow::Error::msg)?;
+    cli.labels.validate()?;
     let cluster = Cluster::connect(&cli.connection).await?;
     let keys = &cli.labels;
     match &cli.command {

@@ -2,7 +2,7 @@
 //! automatic failover.
 
 use anyhow::Context;
-use baton_sidecar::controls::PAUSED;
+use baton_sidecar::contract::controls::PAUSED;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, api::Patch};
 

@@ -1,7 +1,7 @@
 //! Why a command will not do what it was asked: each says what is wrong in
 //! the user's terms, and is printed as `error: <it>` with exit code 1.
 
-use baton_sidecar::controls::APP_HEALTHY_CONDITION;
+use baton_sidecar::contract::controls::APP_HEALTHY_CONDITION;
 
 use crate::group::{Health, PodState};
 
@@ -88,7 +88,7 @@ impl Unfit {
 mod tests {
     use super::*;
     use crate::group::fixtures::*;
-    use baton_sidecar::controls::CORDONED;
+    use baton_sidecar::contract::controls::CORDONED;
 
     #[test]
     fn a_pod_is_unfit_when_terminating_cordoned_unhealthy_or_unknown_in_that_order() {

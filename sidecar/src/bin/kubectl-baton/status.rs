@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
+use baton_sidecar::contract::role_labels::LabelFlags;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
@@ -12,7 +13,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use serde::Serialize;
 
 use crate::{
-    cli::{LabelKeys, Output, StatusArgs},
+    cli::{Output, StatusArgs},
     cluster::Cluster,
     group::{LeaseState, PodState},
     output,
@@ -68,7 +69,7 @@ impl GroupStatus {
 
 /// The group's pods, by namespace and group, from a list of pods that
 /// carry the group label.
-pub fn by_group(pods: &[Pod], keys: &LabelKeys) -> BTreeMap<(String, String), Vec<PodState>> {
+pub fn by_group(pods: &[Pod], keys: &LabelFlags) -> BTreeMap<(String, String), Vec<PodState>> {
     let mut groups: BTreeMap<(String, String), Vec<PodState>> = BTreeMap::new();
     for pod in pods {
         let state = PodState::from_pod(pod, keys);
@@ -186,7 +187,7 @@ pub fn warnings(groups: &[GroupStatus]) -> Vec<String> {
     lines
 }
 
-pub async fn run(cluster: &Cluster, args: &StatusArgs, keys: &LabelKeys) -> anyhow::Result<()> {
+pub async fn run(cluster: &Cluster, args: &StatusArgs, keys: &LabelFlags) -> anyhow::Result<()> {
     let client = cluster.client.clone();
     let pods: Api<Pod> = if args.all_namespaces {
         Api::all(client.clone())
@@ -274,7 +275,9 @@ pub async fn run(cluster: &Cluster, args: &StatusArgs, keys: &LabelKeys) -> anyh
 mod tests {
     use super::*;
     use crate::group::fixtures::*;
-    use baton_sidecar::controls::{APP_HEALTHY_CONDITION, CORDONED, PAUSED, SWITCH_REASON};
+    use baton_sidecar::contract::controls::{
+        APP_HEALTHY_CONDITION, CORDONED, PAUSED, SWITCH_REASON,
+    };
 
     fn now() -> Timestamp {
         time("2025-01-01T12:00:00Z")

@@ -4,18 +4,22 @@
 use std::pin::pin;
 
 use anyhow::Context;
-use baton_sidecar::controls::{SWITCHOVER_TO, Target};
+use baton_sidecar::contract::{
+    Role,
+    controls::{SWITCHOVER_TO, Target},
+    role_labels::LabelFlags,
+};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{
-    Api, ResourceExt,
+    Api,
     api::{ListParams, Patch},
     runtime::{WatchStreamExt, watcher, watcher::watch_object},
 };
 use tokio::time::Instant;
 
 use crate::{
-    cli::{LabelKeys, SwitchoverArgs},
+    cli::SwitchoverArgs,
     cluster::{Cluster, annotation_patch, patch_params},
     group::{LeaseState, PodState},
     output,
@@ -158,11 +162,6 @@ pub fn outcome(lease: &LeaseState, old_holder: &str, target: &Target) -> Outcome
     }
 }
 
-/// Whether `pod` carries the active role label.
-pub fn is_active(pod: &Pod, keys: &LabelKeys) -> bool {
-    pod.labels().get(&keys.role_label) == Some(&keys.active_value)
-}
-
 /// How waiting for a requested switchover can end badly.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -207,7 +206,11 @@ pub enum WaitError {
     },
 }
 
-pub async fn run(cluster: &Cluster, args: &SwitchoverArgs, keys: &LabelKeys) -> anyhow::Result<()> {
+pub async fn run(
+    cluster: &Cluster,
+    args: &SwitchoverArgs,
+    keys: &LabelFlags,
+) -> anyhow::Result<()> {
     let name = args.group.as_str();
     let namespace = cluster.namespace.as_str();
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), namespace);
@@ -274,7 +277,7 @@ pub async fn run(cluster: &Cluster, args: &SwitchoverArgs, keys: &LabelKeys) -> 
                 what: cut.describe(&timed_out),
                 pod: new_holder,
                 group: name.to_owned(),
-                label: format!("{}={}", keys.role_label, keys.active_value),
+                label: keys.for_group(name).label(Role::Active),
             }
             .into());
         }
@@ -289,7 +292,7 @@ pub async fn run(cluster: &Cluster, args: &SwitchoverArgs, keys: &LabelKeys) -> 
 async fn plan(
     cluster: &Cluster,
     args: &SwitchoverArgs,
-    keys: &LabelKeys,
+    keys: &LabelFlags,
     leases: &Api<Lease>,
     pods: &Api<Pod>,
 ) -> anyhow::Result<(Option<LeaseState>, Plan)> {
@@ -406,18 +409,19 @@ async fn labelled_active(
     pods: Api<Pod>,
     group: &str,
     holder: &str,
-    keys: &LabelKeys,
+    keys: &LabelFlags,
 ) -> anyhow::Result<()> {
+    let labels = keys.for_group(group);
     let mut states = pin!(watched(watch_object(pods, holder)));
     while let Some(state) = states.next().await {
         match state.with_context(|| format!("watching pod {holder}"))? {
-            Some(pod) if is_active(&pod, keys) => return Ok(()),
+            Some(pod) if labels.role_of(&pod) == Some(Role::Active) => return Ok(()),
             Some(_) => {}
             None => {
                 return Err(WaitError::PodDeleted {
                     pod: holder.to_owned(),
                     group: group.to_owned(),
-                    label: format!("{}={}", keys.role_label, keys.active_value),
+                    label: labels.label(Role::Active),
                 }
                 .into());
             }
@@ -458,7 +462,7 @@ fn is_lasting(err: &watcher::Error) -> bool {
 mod tests {
     use super::*;
     use crate::group::fixtures::*;
-    use baton_sidecar::controls::{APP_HEALTHY_CONDITION, CORDONED, SWITCH_REASON};
+    use baton_sidecar::contract::controls::{APP_HEALTHY_CONDITION, CORDONED, SWITCH_REASON};
     use kube::core::Status;
 
     const WEB: GroupRef<'static> = GroupRef {
@@ -684,15 +688,6 @@ mod tests {
             err.to_string(),
             "timed out after 30s waiting for the switchover of web; the request stays on lease web (withdraw it: kubectl annotate lease web -n shop baton.dev/switchover-to-)"
         );
-    }
-
-    #[test]
-    fn the_new_holder_is_done_once_labelled_active() {
-        assert!(!is_active(&pod("web-1"), &keys()));
-        assert!(is_active(
-            &with_label(pod("web-1"), "role", "active"),
-            &keys()
-        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::*;
 use crate::{
     candidate::{decide::next_wake, say::status},
-    controls::{
+    contract::controls::{
         self, APP_HEALTHY_CONDITION, CORDONED, PAUSED, SWITCH_REASON, SWITCHOVER_TO, Target,
     },
 };

@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use super::*;
 use crate::{
     candidate::Candidate,
+    contract::Status,
     election::LeaseClient,
     events::Events,
     labels::Labeller,
     metrics::Metrics,
-    status::Status,
     testing::{self, ScriptedApi},
 };
 

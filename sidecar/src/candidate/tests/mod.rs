@@ -25,12 +25,13 @@ use k8s_openapi::{
 
 use super::{Action, Labelled, Notice, Outcome, decide, settle, state::State};
 use crate::{
+    contract::Role,
+    contract::role_labels::RoleLabels,
     election::{self, LeaseView, WriteError},
     endpoints::Pointed,
-    labels::{LabelError, Membership, RoleLabels},
+    labels::{LabelError, Membership},
     probe::{Health, Outcome as Probe},
     settings::Settings,
-    status::Role,
 };
 
 pub const S: Duration = Duration::from_secs(1);
@@ -49,13 +50,7 @@ pub fn settings(flags: &[&str]) -> Settings {
 }
 
 pub fn labels(settings: &Settings) -> RoleLabels {
-    RoleLabels {
-        key: settings.role_label.clone(),
-        active: settings.active_value.clone(),
-        passive: settings.passive_value.clone(),
-        group_key: settings.group_label.clone(),
-        group: settings.lease_name.clone(),
-    }
+    settings.labels.for_group(&settings.lease_name)
 }
 
 pub fn healthy() -> Health {
