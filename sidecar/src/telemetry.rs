@@ -45,14 +45,22 @@ pub async fn shutdown_signal() {
 
 /// Displays an error with its sources, `a: b: c`. Our errors say what
 /// failed and leave why to their source, so each text is printed once.
+/// Some errors of other crates (kube's `ServiceError: {0}`) print their
+/// source inside their own text as well: a source whose text ends the
+/// one before it is not printed again.
 pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut before = self.0.to_string();
+        f.write_str(&before)?;
         let mut source = self.0.source();
         while let Some(s) = source {
-            write!(f, ": {s}")?;
+            let text = s.to_string();
+            if !before.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            before = text;
             source = s.source();
         }
         Ok(())
@@ -75,6 +83,22 @@ mod tests {
         assert_eq!(
             ErrorChain(&top).to_string(),
             "GET /healthz: error sending request: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_foreign_error_that_prints_its_source_is_not_repeated() {
+        let root = E("connection refused".into(), None);
+        let connect = E("client error (Connect)".into(), Some(Box::new(root)));
+        // As kube's `ServiceError: {0}` does.
+        let service = E(
+            "ServiceError: client error (Connect)".into(),
+            Some(Box::new(connect)),
+        );
+        let top = E("writing lease web".into(), Some(Box::new(service)));
+        assert_eq!(
+            ErrorChain(&top).to_string(),
+            "writing lease web: ServiceError: client error (Connect): connection refused"
         );
     }
 }
