@@ -12,6 +12,7 @@ use kube::{
 };
 
 use crate::cli::Connection;
+use baton_sidecar::telemetry::ErrorChain;
 
 /// Recorded as the manager of the fields we write (`managedFields`).
 pub const FIELD_MANAGER: &str = "kubectl-baton";
@@ -124,26 +125,8 @@ pub fn annotation_patch(key: &str, value: Option<&str>) -> serde_json::Value {
 pub fn describe(err: &anyhow::Error) -> String {
     match err.chain().find_map(server_status) {
         Some(status) => from_server(status),
-        None => format!("error: {}", causes(err)),
+        None => format!("error: {}", ErrorChain(err.as_ref())),
     }
-}
-
-/// An error and its causes, `: `-separated like anyhow's `{:#}`, but
-/// without the causes that an error already printed in its own message
-/// (kube's and hyper's errors do).
-fn causes(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let cause = cause.to_string();
-        if text.contains(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
 }
 
 /// The API server's answer inside one error of a chain, if it holds one.
