@@ -198,12 +198,14 @@ pub fn already_so(slice: &EndpointSlice, desired: &EndpointSlice) -> bool {
     slice.endpoints == desired.endpoints && slice.ports == desired.ports && has_labels
 }
 
-/// The number of the container port named `name` in the pod's app containers.
+/// The number of the container port named `name` in the pod's containers,
+/// the sidecar's among them (a native sidecar is an init container): a
+/// Service may target the sidecar's proxy, `baton-proxy` (rule 11).
 fn named_port(pod: &Pod, name: &str) -> Option<i32> {
-    pod.spec
-        .as_ref()?
-        .containers
+    let spec = pod.spec.as_ref()?;
+    spec.containers
         .iter()
+        .chain(spec.init_containers.iter().flatten())
         .flat_map(|c| c.ports.iter().flatten())
         .find(|p| p.name.as_deref() == Some(name))
         .map(|p| p.container_port)
@@ -308,7 +310,8 @@ mod tests {
         service(serde_json::json!({"ports": [
             {"name": "http", "port": 80, "targetPort": "http"},
             {"name": "admin", "port": 81, "targetPort": 9000, "protocol": "TCP"},
-            {"name": "plain", "port": 82}
+            {"name": "plain", "port": 82},
+            {"name": "proxied", "port": 83, "targetPort": "baton-proxy"}
         ]}))
     }
 
@@ -316,7 +319,9 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1"},
             "spec": {"nodeName": "node-a", "containers": [
-                {"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}]},
+                {"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}],
+                "initContainers": [{"name": "baton-sidecar", "restartPolicy": "Always",
+                    "ports": [{"name": "baton-proxy", "containerPort": 9096}]}]},
             "status": {"podIP": "10.1.0.7"}
         }))
         .expect("a Pod")
@@ -355,7 +360,8 @@ mod tests {
             [
                 ("http".to_owned(), 8080),
                 ("admin".to_owned(), 9000),
-                ("plain".to_owned(), 82)
+                ("plain".to_owned(), 82),
+                ("proxied".to_owned(), 9096)
             ]
         );
         let labels = slice.labels();

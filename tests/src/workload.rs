@@ -87,7 +87,10 @@ pub fn statefulset_placed(
         image: {SIDECAR_IMAGE}
         restartPolicy: Always
         volumeMounts: [{{name: {RUN_VOLUME}, mountPath: {RUN_DIR}}}]
-        ports: [{{name: baton-status, containerPort: 9095}}]
+        ports:
+        - {{name: baton-status, containerPort: 9095}}
+        - {{name: baton-proxy, containerPort: {PROXY_PORT}}}
+        - {{name: baton-peer, containerPort: 9097}}
         env:
         - name: BATON_POD_NAME
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
@@ -188,20 +191,46 @@ pub fn restricted(statefulset: &str) -> String {
         .replace("      - name: app\n", &format!("      - name: app\n{LOCKED}"))
 }
 
+/// How a Service through the sidecars' proxy finds the group's pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxiedService {
+    /// Every pod of the group; the proxies pass connections to the holder.
+    WholeGroup,
+    /// The pods labelled `role: active` as well.
+    RoleLabel,
+    /// No selector: the holder writes its endpoint (`baton.dev/service`
+    /// names [`proxied_service_name`]); the port is the proxy's by name.
+    HolderEndpoint,
+}
+
+/// The name of [`proxied_service`]'s Service for the group `name`.
+pub fn proxied_service_name(name: &str) -> String {
+    format!("{name}-proxied")
+}
+
 /// A Service of the group's pods through the sidecar's proxy (its port
 /// `baton-proxy`, 9096 by default): port 80 goes to whatever app port the
-/// sidecars proxy. `role_label`: select `role: active` as well; else every
-/// pod of the group, and the proxies forward to the holder.
-pub fn proxied_service(name: &str, role_label: bool) -> String {
-    let role = if role_label { ", role: active" } else { "" };
+/// sidecars proxy.
+pub fn proxied_service(name: &str, kind: ProxiedService) -> String {
+    let (selector, target) = match kind {
+        ProxiedService::WholeGroup => (
+            format!("  selector: {{app: {name}}}\n"),
+            PROXY_PORT.to_string(),
+        ),
+        ProxiedService::RoleLabel => (
+            format!("  selector: {{app: {name}, role: active}}\n"),
+            PROXY_PORT.to_string(),
+        ),
+        ProxiedService::HolderEndpoint => (String::new(), "baton-proxy".to_owned()),
+    };
+    let service = proxied_service_name(name);
     format!(
         r#"apiVersion: v1
 kind: Service
 metadata:
-  name: {name}-proxied
+  name: {service}
 spec:
-  selector: {{app: {name}{role}}}
-  ports: [{{name: proxy, port: 80, targetPort: {PROXY_PORT}}}]
+{selector}  ports: [{{name: proxy, port: 80, targetPort: {target}}}]
 "#
     )
 }

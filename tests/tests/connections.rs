@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use baton_e2e::{
     clients::{Client, Connections, Sample, now},
     group::Group,
-    harness, workload,
+    harness,
+    workload::{self, ProxiedService},
 };
 use baton_sidecar::controls::SWITCHOVER_TO;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service};
@@ -178,11 +179,17 @@ fn assert_few_failed(outcomes: &[Outcome]) {
     }
 }
 
-async fn keep_alive_http_through(test: &str, role_label: bool) {
-    let (group, first) = Group::deploy(test, 2).await;
+async fn keep_alive_http_through(test: &str, kind: ProxiedService) {
+    // Every test's group is named `web`.
+    let service = workload::proxied_service_name("web");
+    let env: &[(&str, &str)] = match kind {
+        ProxiedService::HolderEndpoint => &[("BATON_SERVICE", &service)],
+        ProxiedService::WholeGroup | ProxiedService::RoleLabel => &[],
+    };
+    let (group, first) = Group::deploy_with(test, 2, env).await;
     group
         .ns
-        .apply(&workload::proxied_service(&group.name, role_label));
+        .apply(&workload::proxied_service(&group.name, kind));
     let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
     let _ = harness::http(); // installs the TLS provider reqwest needs
     let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
@@ -192,7 +199,7 @@ async fn keep_alive_http_through(test: &str, role_label: bool) {
         .await
         .expect("steady on the holder");
     let outcomes = three_switches(&group, &first, &client).await;
-    if !role_label {
+    if kind == ProxiedService::WholeGroup {
         // No EndpointSlice changes at all: only requests in flight fail.
         assert_few_failed(&outcomes);
     }
@@ -202,12 +209,20 @@ async fn keep_alive_http_through(test: &str, role_label: bool) {
 
 #[tokio::test]
 async fn keep_alive_http_follows_every_switch_through_a_service_of_the_whole_group() {
-    keep_alive_http_through("conn-http-group", false).await;
+    keep_alive_http_through("conn-http-group", ProxiedService::WholeGroup).await;
 }
 
 #[tokio::test]
 async fn keep_alive_http_follows_every_switch_through_the_role_label_service() {
-    keep_alive_http_through("conn-http-role", true).await;
+    keep_alive_http_through("conn-http-role", ProxiedService::RoleLabel).await;
+}
+
+/// The holder's endpoint (`baton.dev/service`) with the proxy's port by
+/// name: the slice moves in one write, and the proxy cuts what the old
+/// holder carried.
+#[tokio::test]
+async fn keep_alive_http_follows_every_switch_through_the_holders_endpoint() {
+    keep_alive_http_through("conn-http-endpoint", ProxiedService::HolderEndpoint).await;
 }
 
 /// A plain long-lived TCP protocol: the proxy knows nothing of it.
@@ -216,9 +231,10 @@ async fn a_long_lived_tcp_client_follows_every_switch() {
     let port = workload::LINES_PORT.to_string();
     let (group, first) =
         Group::deploy_with("conn-tcp", 2, &[("BATON_PROXY_APP_PORT", &port)]).await;
-    group
-        .ns
-        .apply(&workload::proxied_service(&group.name, false));
+    group.ns.apply(&workload::proxied_service(
+        &group.name,
+        ProxiedService::WholeGroup,
+    ));
     let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
     let client = Client::start_tcp(format!("{ip}:80"), RATE);
     client
@@ -234,12 +250,12 @@ async fn a_long_lived_tcp_client_follows_every_switch() {
 /// One HTTP/2 connection multiplexing every request, as a gRPC channel
 /// does: the proxy cuts it at a switch and the client's next connection
 /// lands on the holder.
-async fn http2_through(test: &str, role_label: bool) {
+async fn http2_through(test: &str, kind: ProxiedService) {
     let port = workload::H2C_PORT.to_string();
     let (group, first) = Group::deploy_with(test, 2, &[("BATON_PROXY_APP_PORT", &port)]).await;
     group
         .ns
-        .apply(&workload::proxied_service(&group.name, role_label));
+        .apply(&workload::proxied_service(&group.name, kind));
     let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
     let client = Client::start_h2(format!("{ip}:80"), RATE);
     client
@@ -247,7 +263,7 @@ async fn http2_through(test: &str, role_label: bool) {
         .await
         .expect("steady on the holder");
     let outcomes = three_switches(&group, &first, &client).await;
-    if !role_label {
+    if kind == ProxiedService::WholeGroup {
         assert_few_failed(&outcomes);
     }
     drop(client);
@@ -256,12 +272,12 @@ async fn http2_through(test: &str, role_label: bool) {
 
 #[tokio::test]
 async fn a_multiplexed_http2_client_follows_every_switch_through_a_service_of_the_whole_group() {
-    http2_through("conn-h2-group", false).await;
+    http2_through("conn-h2-group", ProxiedService::WholeGroup).await;
 }
 
 #[tokio::test]
 async fn a_multiplexed_http2_client_follows_every_switch_through_the_role_label_service() {
-    http2_through("conn-h2-role", true).await;
+    http2_through("conn-h2-role", ProxiedService::RoleLabel).await;
 }
 
 /// The proxy needs no capability: under the restricted Pod Security
@@ -282,9 +298,10 @@ async fn the_proxy_works_under_the_restricted_pod_security_profile() {
         "the namespace enforces the restricted profile: {}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    group
-        .ns
-        .apply(&workload::proxied_service(&group.name, false));
+    group.ns.apply(&workload::proxied_service(
+        &group.name,
+        ProxiedService::WholeGroup,
+    ));
     let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
     let _ = harness::http(); // installs the TLS provider reqwest needs
     let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)

@@ -507,7 +507,10 @@ impl Group {
     async fn deploy(ns: &TestNamespace, mode: ServiceMode) -> anyhow::Result<Group> {
         let rec = Recorder::start(ns.api(), ns.api()).await;
         let (env, service): (&[(&str, &str)], _) = match mode {
-            ServiceMode::Proxy => (&[], workload::proxied_service(GROUP, false)),
+            ServiceMode::Proxy => (
+                &[],
+                workload::proxied_service(GROUP, workload::ProxiedService::WholeGroup),
+            ),
             ServiceMode::Labels => (&[], workload::active_service(GROUP)),
             ServiceMode::HolderEndpoint => (
                 &[("BATON_SERVICE", ACTIVE_SERVICE)],
