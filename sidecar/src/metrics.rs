@@ -139,7 +139,7 @@ impl Metrics {
         );
         registry.register(
             "proxy_connections",
-            "Connections the proxy accepted, by listener (front: the Service's port, peer: forwarded by another pod of the group) and what became of them (local: spliced to the app, forward: sent to the holder, no_route: closed after waiting for a route, unreachable: the app or the holder refused)",
+            "Connections the proxy accepted, by listener (front: the Service's port, peer: forwarded by another pod of the group) and what became of them (local: spliced to the app, forward: sent to the holder, no_route: closed after waiting for a route, unreachable: the app or the holder refused, rerouted: forwarded to a pod that did not serve it, sent on by the next route)",
             m.proxy_connections.clone(),
         );
         registry.register(

@@ -18,6 +18,13 @@
 //! connection that took the old one is closed at once, both directions, so
 //! no byte of a demoted app reaches a client afterwards; the client's next
 //! connection takes the new route.
+//!
+//! A forwarded connection is served once the holder's peer port sends one
+//! byte ([`SERVED`]) after connecting it to its app. Before that the
+//! forwarding side has read nothing from the client, so a connection that
+//! reached a pod which is not (or no longer) the holder is sent on by the
+//! next route instead of being closed: at a switch only the connections
+//! that were being served are cut.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -28,6 +35,7 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{Notify, watch},
 };
@@ -359,42 +367,68 @@ async fn accept(listener: TcpListener, which: Listener, shared: Shared) {
     }
 }
 
-/// One connection: wait for a route, connect, splice until done or cut.
+/// The byte the holder's peer port sends once it has connected a forwarded
+/// connection to its app. Until it comes, the forwarding side has read
+/// nothing from its client, so it may still take another route: a
+/// connection forwarded to a pod that stopped being the holder (or never
+/// became it) is rerouted instead of failed.
+const SERVED: u8 = 1;
+
+/// What opening a route gave.
+enum Opened {
+    /// Spliced from here on.
+    Served(TcpStream),
+    /// The holder's peer closed before serving it, or the route changed
+    /// first: the client's bytes are untouched, take the next route.
+    NotServed,
+    /// Nothing listens there: the connection is closed.
+    Unreachable,
+}
+
+/// One connection: wait for a route, connect (and, forwarded, wait for the
+/// holder to serve it), splice until done or cut.
 async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
     let mut routes = shared.routes.clone();
-    let waited = tokio::time::timeout(
-        shared.config.route_wait,
-        routes.wait_for(|r| r.get(which) != Route::Wait),
-    )
-    .await
-    .map(|r| r.map(|r| r.get(which)));
-    let taken = match waited {
-        Ok(Ok(r)) => r,
-        _ => {
-            shared.metrics.proxy_connection(which.label(), "no_route");
-            debug!("no route within the wait; closed");
-            return;
-        }
-    };
-    let upstream = match taken {
-        Route::Local => format!("{}:{}", shared.config.app.0, shared.config.app.1),
-        Route::Forward(ip) => SocketAddr::new(ip, shared.config.peer.port()).to_string(),
-        Route::Wait => unreachable!("waited for a route"),
-    };
-    let mut server =
-        match tokio::time::timeout(shared.config.route_wait, TcpStream::connect(&upstream)).await {
-            Ok(Ok(s)) => s,
-            failed => {
+    let deadline = tokio::time::Instant::now() + shared.config.route_wait;
+    let (taken, mut server) = loop {
+        let waited =
+            tokio::time::timeout_at(deadline, routes.wait_for(|r| r.get(which) != Route::Wait))
+                .await
+                .map(|r| r.map(|r| r.get(which)));
+        let taken = match waited {
+            Ok(Ok(r)) => r,
+            _ => {
+                shared.metrics.proxy_connection(which.label(), "no_route");
+                debug!("no route within the wait; closed");
+                return;
+            }
+        };
+        match open(taken, which, &shared, &mut routes, deadline).await {
+            Opened::Served(server) => break (taken, server),
+            Opened::Unreachable => {
                 shared
                     .metrics
                     .proxy_connection(which.label(), "unreachable");
-                debug!(%upstream, ?failed, "upstream unreachable; closed");
                 if matches!(taken, Route::Forward(_)) {
                     shared.stale.notify_one();
                 }
                 return;
             }
-        };
+            Opened::NotServed if shared.stop.is_cancelled() => return,
+            Opened::NotServed => {
+                shared.metrics.proxy_connection(which.label(), "rerouted");
+                debug!(?taken, "not served there; taking the next route");
+                // Not at once again to the same peer: until the route
+                // changes, or briefly.
+                let _ =
+                    tokio::time::timeout(REROUTE_PAUSE, routes.wait_for(|r| r.get(which) != taken))
+                        .await;
+            }
+        }
+    };
+    if which == Listener::Peer && client.write_all(&[SERVED]).await.is_err() {
+        return;
+    }
     let kind = if taken == Route::Local {
         "local"
     } else {
@@ -413,6 +447,46 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
         _ = shared.stop.cancelled() => {}
     }
     // Both sockets drop here: the client and the app see the close at once.
+}
+
+/// How long a connection that a peer closed unserved waits for another
+/// route before it tries the same one again.
+const REROUTE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Connects `taken`; a forwarded connection is served only once the
+/// holder's peer port says so ([`SERVED`]).
+async fn open(
+    taken: Route,
+    which: Listener,
+    shared: &Shared,
+    routes: &mut watch::Receiver<Routes>,
+    deadline: tokio::time::Instant,
+) -> Opened {
+    let upstream = match taken {
+        Route::Local => format!("{}:{}", shared.config.app.0, shared.config.app.1),
+        Route::Forward(ip) => SocketAddr::new(ip, shared.config.peer.port()).to_string(),
+        Route::Wait => unreachable!("waited for a route"),
+    };
+    let mut server = match tokio::time::timeout_at(deadline, TcpStream::connect(&upstream)).await {
+        Ok(Ok(s)) => s,
+        failed => {
+            debug!(%upstream, ?failed, "upstream unreachable; closed");
+            return Opened::Unreachable;
+        }
+    };
+    if taken == Route::Local {
+        return Opened::Served(server);
+    }
+    let mut served = [0u8];
+    tokio::select! {
+        read = server.read(&mut served) => match read {
+            Ok(1) if served[0] == SERVED => Opened::Served(server),
+            _ => Opened::NotServed,
+        },
+        _ = routes.wait_for(|r| r.get(which) != taken) => Opened::NotServed,
+        () = tokio::time::sleep_until(deadline) => Opened::NotServed,
+        () = shared.stop.cancelled() => Opened::NotServed,
+    }
 }
 
 #[cfg(test)]
@@ -672,6 +746,51 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    /// A forwarded connection that the holder's peer port has not served
+    /// yet (it closed it, or the holder changed while it waited there) is
+    /// not failed: nothing of the client's was read, so it takes the next
+    /// route, here this pod's own app once it is the holder.
+    #[tokio::test]
+    async fn a_forwarded_connection_not_yet_served_takes_the_next_route_instead_of_failing() {
+        let metrics = Metrics::new();
+        // web-0's peer port: a stand-in that accepts and never serves, as
+        // the peer port of a pod that is not (or no longer) the holder.
+        let web0_peer = TcpListener::bind("127.0.0.2:0").await.expect("bind");
+        let peer = web0_peer.local_addr().expect("addr").port();
+        let web1 = side("web-1", "127.0.0.1", peer, &metrics).await;
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        let front = web1.front;
+        let asking = tokio::spawn(async move {
+            let mut c = connect(front).await;
+            ask(&mut c).await
+        });
+        // Forwarded to web-0, which closes it unserved: tried again.
+        let (unserved, _) = web0_peer.accept().await.expect("forwarded");
+        drop(unserved);
+        let (waiting, _) = web0_peer.accept().await.expect("forwarded again");
+        // The Lease goes to web-1 while the connection waits at web-0.
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+        assert_eq!(
+            asking.await.expect("joined").as_deref(),
+            Some("web-1"),
+            "answered by the new holder, not failed"
+        );
+        drop(waiting);
+        let text = metrics.encode();
+        for needle in [
+            "baton_proxy_connections_total{listener=\"front\",result=\"rerouted\"} 2",
+            "baton_proxy_connections_total{listener=\"front\",result=\"local\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(
+            !text.contains("baton_proxy_cuts_total{listener=\"front\"} 1"),
+            "{text}"
+        );
     }
 
     /// An HTTP app answering every GET with its name, kept-alive.
