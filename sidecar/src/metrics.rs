@@ -139,7 +139,7 @@ impl Metrics {
         );
         registry.register(
             "proxy_connections",
-            "Connections the proxy accepted, by listener (front: the Service's port, peer: forwarded by another pod of the group) and what became of them (local: spliced to the app, forward: sent to the holder, no_route: closed after waiting for a route, unreachable: the app or the holder refused, rerouted: forwarded to a pod that did not serve it, sent on by the next route)",
+            "What became of the connections the proxy accepted, by listener (front: the Service's port, peer: forwarded by another pod of the group): local: spliced to the app; forward: sent to the holder; no_route: closed, not served within the route wait; and, before one of those, each try that was not served: unreachable: the app or the holder refused; rerouted: the pod forwarded to did not serve it",
             m.proxy_connections.clone(),
         );
         registry.register(

@@ -381,7 +381,7 @@ enum Opened {
     /// The holder's peer closed before serving it, or the route changed
     /// first: the client's bytes are untouched, take the next route.
     NotServed,
-    /// Nothing listens there: the connection is closed.
+    /// Nothing listens there.
     Unreachable,
 }
 
@@ -390,7 +390,16 @@ enum Opened {
 async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
     let mut routes = shared.routes.clone();
     let deadline = tokio::time::Instant::now() + shared.config.route_wait;
+    let mut tried = false;
     let (taken, mut server) = loop {
+        // A route that is there is taken even past the deadline (a timeout
+        // polls its future first): the tries end here.
+        if tried && tokio::time::Instant::now() >= deadline {
+            shared.metrics.proxy_connection(which.label(), "no_route");
+            debug!("not served within the wait; closed");
+            return;
+        }
+        tried = true;
         let waited =
             tokio::time::timeout_at(deadline, routes.wait_for(|r| r.get(which) != Route::Wait))
                 .await
@@ -405,26 +414,28 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
         };
         match open(taken, which, &shared, &mut routes, deadline).await {
             Opened::Served(server) => break (taken, server),
+            _ if shared.stop.is_cancelled() => return,
             Opened::Unreachable => {
+                // Nothing listens there: the app is down (killed, or
+                // stopping as its pod is deleted), or the holder's pod has
+                // another IP now. Nothing of the client's was read: it
+                // waits for the next route, as a connection without one.
                 shared
                     .metrics
                     .proxy_connection(which.label(), "unreachable");
                 if matches!(taken, Route::Forward(_)) {
                     shared.stale.notify_one();
                 }
-                return;
             }
-            Opened::NotServed if shared.stop.is_cancelled() => return,
             Opened::NotServed => {
                 shared.metrics.proxy_connection(which.label(), "rerouted");
                 debug!(?taken, "not served there; taking the next route");
-                // Not at once again to the same peer: until the route
-                // changes, or briefly.
-                let _ =
-                    tokio::time::timeout(REROUTE_PAUSE, routes.wait_for(|r| r.get(which) != taken))
-                        .await;
             }
         }
+        // Not at once again to the same place: until the route changes,
+        // or briefly.
+        let _ =
+            tokio::time::timeout(REROUTE_PAUSE, routes.wait_for(|r| r.get(which) != taken)).await;
     };
     if which == Listener::Peer && client.write_all(&[SERVED]).await.is_err() {
         return;
@@ -449,8 +460,8 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
     // Both sockets drop here: the client and the app see the close at once.
 }
 
-/// How long a connection that a peer closed unserved waits for another
-/// route before it tries the same one again.
+/// How long a connection that was not served where it went waits for
+/// another route before it tries the same one again.
 const REROUTE_PAUSE: Duration = Duration::from_millis(100);
 
 /// Connects `taken`; a forwarded connection is served only once the
@@ -791,6 +802,46 @@ mod tests {
             !text.contains("baton_proxy_cuts_total{listener=\"front\"} 1"),
             "{text}"
         );
+    }
+
+    /// The holder's app refuses (killed, or stopping as its pod is
+    /// deleted): a new connection is not failed but waits for the next
+    /// route, and is forwarded once the Lease has moved on.
+    #[tokio::test]
+    async fn a_connection_the_local_app_refuses_waits_for_the_next_holder() {
+        let metrics = Metrics::new();
+        let peer = TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("a free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
+        let dead_app = {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let web1 = side_of("web-1", "127.0.0.1", dead_app, peer, &metrics).await;
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+        web0.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        let front = web1.front;
+        let asking = tokio::spawn(async move {
+            let mut c = connect(front).await;
+            ask(&mut c).await
+        });
+        wait_metric(
+            &metrics,
+            "baton_proxy_connections_total{listener=\"front\",result=\"unreachable\"}",
+        )
+        .await;
+        // web-1 hands over to web-0.
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        assert_eq!(asking.await.expect("joined").as_deref(), Some("web-0"));
     }
 
     /// An HTTP app answering every GET with its name, kept-alive.
