@@ -147,7 +147,7 @@ keepalive_report() {
   show "awk '{ n += \$1 } END { print n }' connects.txt"
   (cd "$ka_dir" && awk '{ n += $1 } END { print n }' connects.txt)
   local runs answered connections
-  runs=$(awk '$0 != last { if (n) printf "%s%d x %s", sep, n, last; sep = ", then "; last = $0; n = 0 } { n++ }
+  runs=$(awk 'n && $0 != last { printf "%s%d x %s", sep, n, last; sep = ", then "; n = 0 } { last = $0; n++ }
               END { if (n) printf "%s%d x %s", sep, n, last }' "$ka_dir/answers.txt")
   answered=$(grep -c '^hello from ' "$ka_dir/answers.txt" || true)
   connections=$(awk '{ n += $1 } END { print n + 0 }' "$ka_dir/connects.txt")
