@@ -7,9 +7,13 @@
 # as the README says (kubectl apply -k manifests/webhook, images built by
 # `make image`), installs manifests/examples/helloworld with kubectl, then
 # tells the story with real commands and their real output, calling the
-# Service through its ClusterIP: one pod serves, its app fails, the Service
-# moves to the standby; the serving pod is deleted, it moves again.
-# Everything is stopped at the end, and checked to be gone.
+# Service through its ClusterIP. The Service selects both pods and targets
+# the sidecars' proxies, which pass every connection to the Lease holder:
+# one pod serves, its app fails, the Lease and the answers move to the
+# standby (the EndpointSlice does not change), and a kept-alive client
+# follows; the serving pod is deleted, they move again; a switchover with
+# `kubectl baton` moves them back. Everything is stopped at the end, and
+# checked to be gone.
 #
 # Commands are printed as you would type them against a real cluster
 # (`kubectl ...`, `curl ...`); they run through tests/cluster/kubectl and
@@ -61,28 +65,95 @@ kb() {
 # curl inside the cluster's network namespace, where pod IPs are reachable.
 c() { show "curl $(quoted "$@")"; ip netns exec "$BATON_NETNS" curl -sS --max-time 5 "$@"; }
 
-# switch_to POD CMD...: runs CMD, then times how long until the Service's
-# EndpointSlice lists POD and until a client of the ClusterIP is answered
-# by POD (a request every 20 ms, each on a new connection).
+# The Service's EndpointSlice as a user would look at it: its pods, whether
+# each is ready, the port (the sidecar's proxy).
+show_slice() {
+  k -n "$ns" get endpointslices -l kubernetes.io/service-name=helloworld \
+    -o custom-columns='PODS:.endpoints[*].targetRef.name,READY:.endpoints[*].conditions.ready,PORT:.ports[*].port'
+}
+# The same for the script: "POD ready|not ready|terminating, ...", by name.
+slice_state() {
+  kq -n "$ns" get endpointslices -l kubernetes.io/service-name=helloworld \
+    -o jsonpath='{range .items[*].endpoints[*]}{.targetRef.name} {.conditions.ready} {.conditions.terminating}{"\n"}{end}' |
+    sort | awk '{ s = ($3 == "true") ? "terminating" : ($2 == "true") ? "ready" : "not ready"
+                  printf "%s%s %s", sep, $1, s; sep = ", " }'
+}
+# Each slice's resourceVersion: equal before and after means no change.
+slice_version() {
+  kq -n "$ns" get endpointslices -l kubernetes.io/service-name=helloworld \
+    -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}'
+}
+# Waits until the EndpointSlice lists both pods, ready.
+wait_slice_ready() {
+  for i in $(seq 300); do
+    [ "$(slice_state)" = "helloworld-0 ready, helloworld-1 ready" ] && return
+    [ "$i" -lt 300 ] || { echo "the EndpointSlice never listed both pods ready: $(slice_state)" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+
+# switch_to POD CMD...: runs CMD, then times how long until the Lease names
+# POD and until a client of the ClusterIP is answered by POD (a request
+# every 20 ms, each on a new connection; a request the proxy holds while it
+# waits for the new holder counts as answered when it is), and says whether
+# the Service's EndpointSlice changed meanwhile. Appends a line to `seen`.
+seen=()
 switch_to() {
   local want=$1; shift
   # Watch first (kubectl wait lists, then watches: no change is missed).
   local marks; marks=$(mktemp)
-  { kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$want" endpointslice \
-      -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null && now >"$marks"; } &
-  local waiter=$! t0 t1 t2 failed=0 body
+  { kq -n "$ns" wait --for=jsonpath='{.spec.holderIdentity}'="$want" lease/helloworld \
+      --timeout=60s >/dev/null && now >"$marks"; } &
+  local waiter=$! t0 t1 t2="" failed=0 body v0 v1 s0 s1 slice
+  v0=$(slice_version); s0=$(slice_state)
   t0=$(now)
   "$@"
-  t2=""
-  for _ in $(seq 1000); do
-    body=$(ip netns exec "$BATON_NETNS" curl -sS --max-time 1 "http://$service_ip/" 2>/dev/null) || failed=$((failed + 1))
+  while [ "$(elapsed "$t0" "$(now)" | cut -d. -f1)" -lt 30 ]; do
+    body=$(ip netns exec "$BATON_NETNS" curl -sS --max-time 5 "http://$service_ip/" 2>/dev/null) || failed=$((failed + 1))
     if [ "$body" = "hello from $want" ]; then t2=$(now); break; fi
     sleep 0.02
   done
-  wait "$waiter" || { echo "the EndpointSlice never listed $want" >&2; exit 1; }
+  [ -n "$t2" ] || { echo "no answer by $want through the ClusterIP within 30s" >&2; exit 1; }
+  wait "$waiter" || { echo "the Lease never named $want" >&2; exit 1; }
   t1=$(cat "$marks"); rm -f "$marks"
-  printf '%sThe Service switched to %s: its EndpointSlice in %ss; the first answer through the ClusterIP after %ss (%d requests failed meanwhile).%s\n' \
-    "$bold" "$want" "$(elapsed "$t0" "$t1")" "$(elapsed "$t0" "${t2:-$t1}")" "$failed" "$reset"
+  v1=$(slice_version); s1=$(slice_state)
+  if [ "$v0" = "$v1" ]; then
+    slice="its EndpointSlice did not change ($s1)"
+  else
+    slice="its EndpointSlice changed meanwhile, from ($s0) to ($s1)"
+  fi
+  printf '%sThe Lease named %s after %ss; the first answer through the ClusterIP by %s came after %ss (%d requests failed meanwhile); %s.%s\n' \
+    "$bold" "$want" "$(elapsed "$t0" "$t1")" "$want" "$(elapsed "$t0" "$t2")" "$failed" "$slice" "$reset"
+  seen+=("$(elapsed "$t0" "$t1") s to the Lease, $(elapsed "$t0" "$t2") s to the first answer by $want, $failed failed requests; $slice")
+}
+
+# A kept-alive client: curl given 100 URLs sends them one after another on
+# one connection (20 a second, answers to answers.txt, how many connections
+# each request opened to connects.txt). keepalive_start starts it in the
+# background; keepalive_report waits for it and shows what it got.
+ka_dir=""
+keepalive_start() {
+  ka_dir=$(mktemp -d)
+  show "curl -s --rate 20/s -w '%{stderr}%{num_connects}\\n' 'http://$service_ip/?[1-100]' >answers.txt 2>connects.txt &"
+  (cd "$ka_dir" && exec ip netns exec "$BATON_NETNS" curl -s --rate 20/s -w '%{stderr}%{num_connects}\n' \
+    "http://$service_ip/?[1-100]" >answers.txt 2>connects.txt) &
+  ka_pid=$!
+}
+keepalive_report() {
+  show "wait"
+  wait "$ka_pid" || true
+  show "uniq -c answers.txt"
+  (cd "$ka_dir" && uniq -c answers.txt)
+  show "awk '{ n += \$1 } END { print n }' connects.txt"
+  (cd "$ka_dir" && awk '{ n += $1 } END { print n }' connects.txt)
+  local runs answered connections
+  runs=$(awk 'n && $0 != last { printf "%s%d x %s", sep, n, last; sep = ", then "; n = 0 } { last = $0; n++ }
+              END { if (n) printf "%s%d x %s", sep, n, last }' "$ka_dir/answers.txt")
+  answered=$(grep -c '^hello from ' "$ka_dir/answers.txt" || true)
+  connections=$(awk '{ n += $1 } END { print n + 0 }' "$ka_dir/connects.txt")
+  ka_summary="$runs; $((100 - answered)) of 100 requests failed; $connections connections opened"
+  ka_connections=$connections
+  printf '%sThe kept-alive client got %s.%s\n' "$bold" "$ka_summary" "$reset"
 }
 
 cleanup() {
@@ -90,6 +161,7 @@ cleanup() {
   step "Clean up"
   show "tests/cluster/down.sh"
   "$cluster/down.sh" 2>&1 | sed 's/^/  /' || true
+  [ -z "$ka_dir" ] || rm -rf "$ka_dir"
   if [ "$rc" -ne 0 ]; then
     say "The demo failed (exit $rc). Logs: $BATON_CLUSTER_DIR/logs/ (control plane), $BATON_CLUSTER_DIR/baton-node-0/logs/ (containerd, kubelet, kube-proxy) and $BATON_CLUSTER_DIR/baton-node-0/pod-logs/ (containers)."
   fi
@@ -98,7 +170,7 @@ cleanup() {
 }
 
 printf '%sbaton demo: one Service, two pods, exactly one of them serving.%s\n' "$bold" "$reset"
-say "A sidecar in each pod probes its app and competes for a Lease; the holder labels its pod role=active, and the Service selects role=active. Watch the Service's single endpoint move when the active app fails and when its pod is deleted."
+say "A sidecar in each pod probes its app and competes for a Lease; the holder labels its pod role=active. The Service selects both pods and targets each sidecar's proxy, which passes every connection to the Lease holder and cuts the connections it carries at a switch. Watch the Lease and the answers move when the active app fails, when its pod is deleted and on a switchover, while the Service's EndpointSlice keeps listing both pods; and a kept-alive client follow a switch."
 
 step "Build baton's images and the local cluster"
 show "make image"
@@ -139,7 +211,7 @@ for i in $(seq 300); do
 done
 
 step "Install the example: a 2-replica StatefulSet annotated baton.dev/inject=true"
-say "manifests/examples/helloworld holds the StatefulSet (the demo app, a hello-world HTTP server whose /healthz can be told to fail), the Service 'helloworld' that selects app=helloworld AND role=active, a headless Service, and the sidecar's Role and RoleBinding."
+say "manifests/examples/helloworld holds the StatefulSet (the demo app, a hello-world HTTP server whose /healthz can be told to fail), the Service 'helloworld' that selects app=helloworld (both pods) with targetPort baton-proxy (the sidecar's proxy), a headless Service, and the sidecar's Role and RoleBinding."
 k -n "$ns" apply -k manifests/examples/helloworld
 k -n "$ns" wait --for=create pod/helloworld-0 pod/helloworld-1 --timeout=60s >/dev/null
 say "The webhook injected the sidecar (a native sidecar: an init container that keeps running):"
@@ -150,37 +222,54 @@ step "Who serves? The Lease, the pods' role labels, the Service"
 kq -n "$ns" wait --for=create lease/helloworld --timeout=60s >/dev/null
 kq -n "$ns" wait --for=jsonpath='{.spec.holderIdentity}' lease/helloworld --timeout=60s >/dev/null
 active=$(kq -n "$ns" get lease helloworld -o jsonpath='{.spec.holderIdentity}')
-kq -n "$ns" wait --for=jsonpath='{.endpoints[0].targetRef.name}'="$active" endpointslice -l kubernetes.io/service-name=helloworld --timeout=60s >/dev/null
+wait_slice_ready
 k -n "$ns" get lease helloworld
 k -n "$ns" get pods -L role
 k -n "$ns" describe service helloworld
-k -n "$ns" get endpointslices -l kubernetes.io/service-name=helloworld
-say "One endpoint: $active, the Lease holder. The other pod runs, warm, as passive."
+show_slice
+say "Two endpoints, both pods, both ready, on the proxy's port 9096: the Service does not pick the active pod, and a switch needs no change to this list. Who serves is the Lease holder, $active, labelled role=active; the other pod runs, warm, as passive, and its proxy passes the connections it gets to $active."
 other=$( [ "$active" = helloworld-0 ] && echo helloworld-1 || echo helloworld-0 )
 active_ip=$(kq -n "$ns" get pod "$active" -o jsonpath='{.status.podIP}')
 other_ip=$(kq -n "$ns" get pod "$other" -o jsonpath='{.status.podIP}')
 service_ip=$(kq -n "$ns" get service helloworld -o jsonpath='{.spec.clusterIP}')
-say "A client calls the Service's ClusterIP; kube-proxy sends it to the one endpoint:"
-# kube-proxy applies a new endpoint at its next sync (at most a second).
+# kube-proxy applies a new Service at its next sync (at most a second).
 for _ in $(seq 50); do
   ip netns exec "$BATON_NETNS" curl -sS --max-time 1 "http://$service_ip/" 2>/dev/null | grep -q "$active" && break
   sleep 0.1
 done
+say "A client calls the Service's ClusterIP; kube-proxy sends it to either pod, and either pod's proxy passes it to $active. Each pod's proxy, called directly, answers the same:"
 c "http://$service_ip/"
+c "http://$active_ip:9096/"
+c "http://$other_ip:9096/"
 c "http://$active_ip:9095/status"; echo
 
 step "The active app's health check starts failing"
-say "The demo app's /healthz returns 500 from now on. The sidecar sees two failed probes (one every 500ms), labels its pod passive and releases the Lease; the other sidecar, watching the Lease, takes it and labels its own pod active. We time it twice: until the Service's EndpointSlice lists the other pod, and until a client of the ClusterIP is answered by it."
+say "The demo app's /healthz returns 500 from now on. The sidecar sees two failed probes (one every 500ms), labels its pod passive, cuts the connections its proxy carries and releases the Lease; the other sidecar, watching the Lease, takes it and labels its own pod active. We time it twice: until the Lease names the other pod, and until a client of the ClusterIP (a new connection every 20 ms) is answered by it."
+say "First, a kept-alive client: curl given 100 URLs sends them all on one connection, 20 a second, and we let it run across the switch:"
+keepalive_start
+sleep 1
 switch_to "$other" c -X POST "http://$active_ip:8080/control?health=fail"
+keepalive_report
+# The story above is told only if it is what the client got.
+[ "$(head -n1 "$ka_dir/answers.txt")" = "hello from $active" ] && [ "$(tail -n1 "$ka_dir/answers.txt")" = "hello from $other" ] &&
+  [ "$ka_connections" -ge 2 ] ||
+  { echo "the kept-alive client did not go from $active to $other" >&2; exit 1; }
+say "Its connection was answered by $active until the switch; the proxy carrying it cut it then, and curl's next connection, to whichever pod kube-proxy picked, was answered by $other."
 c "http://$active_ip:8080/healthz" || true
 k -n "$ns" get lease helloworld -o custom-columns=HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions
 k -n "$ns" get pods -L role
-k -n "$ns" describe service helloworld
 show "kubectl -n $ns get events --sort-by=.eventTime | grep -E 'Promoted|Demoted|AppUnhealthy|HandedOver'"
 kq -n "$ns" get events --sort-by=.eventTime | grep -E 'REASON|Promoted|Demoted|AppUnhealthy|HandedOver' || true
 say "leaseTransitions grew by one: the app can use it as a fencing token (the sidecar also writes it to a file with --role-file)."
 
 step "The failed app recovers; it stays passive"
+say "Some seconds after the switch, kubelet's own readinessProbe on the app (the StatefulSet's: /healthz every 2 s, three failures) marks $active not ready, and the EndpointSlice lists it so. The switch did not wait for it: the proxies had passed every connection to $other before."
+kq -n "$ns" wait --for=condition=Ready=false pod/"$active" --timeout=60s >/dev/null
+for _ in $(seq 100); do
+  case "$(slice_state)" in *"$active not ready"*) break ;; esac
+  sleep 0.2
+done
+show_slice
 c -X POST "http://$active_ip:8080/control?health=ok"
 # The sidecar probes every 500ms; one good probe makes the app healthy again.
 for _ in $(seq 50); do
@@ -188,7 +277,10 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 c "http://$active_ip:9095/status"; echo
-say "A healthy pod does not take the Lease back: the holder keeps it while it stays healthy. $active is a warm standby again."
+k -n "$ns" wait --for=condition=Ready pod/"$active" --timeout=60s
+wait_slice_ready
+show_slice
+say "A healthy pod does not take the Lease back: the holder keeps it while it stays healthy. $active is a warm standby again, listed ready, and its proxy passes connections to $other."
 old_active=$active; active=$other; other=$old_active
 active_ip=$other_ip
 
@@ -197,7 +289,6 @@ say "On SIGTERM (or once its pod has a deletionTimestamp) the holder labels itse
 old_uid=$(kq -n "$ns" get pod "$active" -o jsonpath='{.metadata.uid}')
 switch_to "$other" k -n "$ns" delete pod "$active" --wait=false
 k -n "$ns" get lease helloworld -o custom-columns=HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions
-k -n "$ns" describe service helloworld
 say "The StatefulSet re-creates $active (a new pod with the same name):"
 # Until the pod of that name is a new one (another uid), Ready and labelled.
 for i in $(seq 300); do
@@ -208,7 +299,9 @@ for i in $(seq 300); do
   sleep 0.2
 done
 k -n "$ns" get pods -L role
-say "$active is back, passive; $other keeps serving."
+wait_slice_ready
+show_slice
+say "$active is back, passive, and listed ready again; $other keeps serving."
 
 step "An operator's view, and a switchover on request: kubectl baton"
 say "kubectl baton, a kubectl plugin built with the workspace (make plugin), shows every group at a glance: the holder, healthy pods, transitions, when and why the active pod last changed. With -o wide, every pod's role, health (the condition baton.dev/app-healthy its sidecar keeps) and cordon mark."
@@ -222,6 +315,8 @@ kb status -n "$ns"
 say "Also: kubectl baton cordon POD (a pod never becomes active; an active one hands over), and kubectl baton pause GROUP (a failing app is reported, not failed over) with resume. docs/kubectl-baton.md has the reference."
 
 step "What you saw"
-say "- The Service 'helloworld' always had exactly one endpoint: the pod holding the Lease."
-say "- A failing health check moved it to the standby within about a second (kube-proxy then applies the change at its next sync, at most a second later); so did deleting the pod, and a switchover asked with kubectl baton."
-say "- Install on a real cluster: docs/install.md. Timings and failure modes: docs/operations.md."
+say "- The Service 'helloworld' selects both pods, and its EndpointSlice listed both: no switch needed it to change (it changed only with the pods themselves: kubelet's readiness probe of the failed app, the deleted pod and its successor). Who served was the Lease holder, labelled role=active; whichever pod a connection reached, its proxy passed it to the holder."
+say "- A failing health check moved the Lease to the standby, and the ClusterIP answered from it: ${seen[0]}."
+say "- A kept-alive client across that switch got $ka_summary: its connection was cut at the switch and the next one reached the new holder."
+say "- Deleting the active pod: ${seen[1]}. A switchover asked with kubectl baton: ${seen[2]}."
+say "- Selecting role=active as well also works, with refused new connections while kube-proxy syncs the moved endpoint at an unplanned switch. Install on a real cluster: docs/install.md. Timings and failure modes: docs/operations.md."

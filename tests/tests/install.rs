@@ -2,8 +2,10 @@
 //! `kubectl apply -k manifests/webhook` (the webhook as a Deployment, with
 //! self-managed certificates, called by the API server through its
 //! ClusterIP), then the helloworld example with `kubectl apply -k`. The
-//! injected sidecars elect one active pod; a client of the Service's
-//! ClusterIP reaches that pod; the dashboards and alert rules name metrics
+//! injected sidecars elect one active pod; the Service (the whole group,
+//! through the sidecars' proxies) lists both pods, and a client of its
+//! ClusterIP, or of either pod's proxy, is answered by the holder; the
+//! dashboards and alert rules name metrics
 //! that the running sidecar and webhook expose. Then the self-managed
 //! certificates of an install whose validity an overlay shortened: shared by
 //! the replicas, published as the caBundle, renewed without a gap. Alone in
@@ -20,10 +22,11 @@ use baton_e2e::{
     install::{InstalledWebhook, kubectl_ok},
     prometheus::{exposed, referenced},
     webhook::{CERT_SECRET, base64, der_of, openssl_pair, served_certificate_as, sidecars},
-    workload,
+    workload::{self, PROXY_PORT},
 };
 use k8s_openapi::api::{
     core::v1::{Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
     events::v1::Event,
 };
 use kube::{Api, ResourceExt};
@@ -73,7 +76,9 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
     let holder = wait_for_holder(&ns, "helloworld", None).await;
     let pods = wait_roles(&ns, "app=helloworld", &holder, 1).await;
     assert!(pods.iter().any(|p| p.name_any() == holder));
-    wait_endpoints(&ns, "helloworld", &[&holder], T).await;
+    // The Service selects the whole group: both pods are its endpoints,
+    // the holder and the standby alike, on the sidecar's proxy port.
+    wait_endpoints(&ns, "helloworld", &["helloworld-0", "helloworld-1"], T).await;
     wait_endpoints(
         &ns,
         "helloworld-headless",
@@ -81,27 +86,55 @@ async fn installed_as_the_readme_says_the_example_serves_through_one_active_pod(
         T,
     )
     .await;
+    let slices = ns
+        .api::<EndpointSlice>()
+        .list(&kube::api::ListParams::default().labels("kubernetes.io/service-name=helloworld"))
+        .await
+        .expect("the Service's EndpointSlices");
+    let ports: Vec<Option<i32>> = slices
+        .items
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(
+        ports,
+        [Some(i32::from(PROXY_PORT))],
+        "the Service targets the sidecar's proxy"
+    );
 
     // What a client of the Service gets through its ClusterIP (kube-proxy
-    // applies a new endpoint at its next sync, at most a second later).
+    // applies a new Service at its next sync, at most a second later).
     let svc: Service = ns.api().get("helloworld").await.expect("the Service");
     let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    let answer = |url: String| async move {
+        match http().get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let hello = format!("hello from {holder}\n");
     let mut body = String::new();
     for _ in 0..100 {
-        match http().get(format!("http://{cluster_ip}/")).send().await {
-            Ok(r) => body = r.text().await.unwrap_or_default(),
-            Err(e) => body = e.to_string(),
-        }
-        if body == format!("hello from {holder}\n") {
+        body = answer(format!("http://{cluster_ip}/")).await;
+        if body == hello {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        body,
-        format!("hello from {holder}\n"),
-        "through {cluster_ip}"
-    );
+    assert_eq!(body, hello, "through {cluster_ip}");
+    // Each request on a new connection (a new client each): kube-proxy
+    // sends about half of them to the standby, whose proxy passes them on.
+    for i in 0..20 {
+        let body = answer(format!("http://{cluster_ip}/")).await;
+        assert_eq!(body, hello, "request {i} through {cluster_ip}");
+    }
+    // Straight to each pod's proxy: the standby's too answers for the holder.
+    for pod in ["helloworld-0", "helloworld-1"] {
+        let ip = pod_ip(&ns, pod).await;
+        let body = answer(format!("http://{ip}:{PROXY_PORT}/")).await;
+        assert_eq!(body, hello, "through {pod}'s proxy at {ip}:{PROXY_PORT}");
+    }
     let ip = pod_ip(&ns, &holder).await;
 
     // The dashboard and the alert rules name metrics the processes expose.
