@@ -300,8 +300,16 @@ async fn follow(
     stop: CancellationToken,
 ) {
     let mut looked_up: Option<(String, IpAddr)> = None;
+    let mut holder_before: Option<String> = None;
     loop {
-        let view = View::of(&status.borrow_and_update(), &config.me, looked_up.clone());
+        let current = status.borrow_and_update().clone();
+        looked_up = still_valid(
+            looked_up,
+            holder_before.as_deref(),
+            current.holder.as_deref(),
+        );
+        holder_before.clone_from(&current.holder);
+        let view = View::of(&current, &config.me, looked_up.clone());
         // At once, lookup or not: connections forwarded to a former holder
         // are cut now, and new ones wait for the lookup.
         routes.send_if_modified(|r| publish(r, Routes::of(&view)));
@@ -337,6 +345,17 @@ async fn follow(
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// The holder's looked-up IP, kept only while the Lease names the same
+/// holder: a StatefulSet pod deleted and re-created under the same name
+/// has another IP, so each time the holder changes it is looked up again.
+fn still_valid(
+    looked_up: Option<(String, IpAddr)>,
+    holder_before: Option<&str>,
+    holder: Option<&str>,
+) -> Option<(String, IpAddr)> {
+    looked_up.filter(|_| holder_before == holder)
 }
 
 fn publish(current: &mut Routes, new: Routes) -> bool {
@@ -579,6 +598,27 @@ mod tests {
         assert_eq!(v.lookup_needed(), None, "no lookup of ourselves");
         assert_eq!(route(&v, Listener::Front), Route::Wait);
         assert_eq!(route(&v, Listener::Peer), Route::Wait);
+    }
+
+    #[test]
+    fn a_holder_is_looked_up_again_each_time_the_lease_names_it_anew() {
+        let web0 = Some(("web-0".to_owned(), ip("10.0.0.7")));
+        assert_eq!(
+            still_valid(web0.clone(), Some("web-0"), Some("web-0")),
+            web0,
+            "the same holder: one lookup is enough"
+        );
+        // web-0 handed over to web-1, was re-created with another IP and
+        // took the Lease back: its old IP is forgotten on each change.
+        assert_eq!(
+            still_valid(web0.clone(), Some("web-0"), Some("web-1")),
+            None
+        );
+        assert_eq!(
+            still_valid(web0.clone(), Some("web-1"), Some("web-0")),
+            None
+        );
+        assert_eq!(still_valid(web0, Some("web-0"), None), None);
     }
 
     #[test]
