@@ -3,7 +3,9 @@
 //! than the node lifecycle controller's grace period, and `kubectl drain` of
 //! one node then the other under a PodDisruptionBudget. Each with both
 //! Service kinds (the role label, and the holder's endpoint of
-//! `baton.dev/service`), the two pods spread over the nodes, a client of the
+//! `baton.dev/service`), the partition and the drain also through a Service
+//! of the whole group that targets the sidecars' proxy (README's install),
+//! the two pods spread over the nodes, a client of the
 //! ClusterIP in the control plane's network namespace (a node that survives
 //! every fault here), under the never-two-active guard and a
 //! never-two-ready-endpoints guard.
@@ -49,6 +51,9 @@ enum Kind {
     Labels,
     /// A Service without a selector; the holder writes its endpoint.
     HolderEndpoint,
+    /// A Service of the whole group through the sidecars' proxy (README's
+    /// install); the role-label Service beside it keeps the guards' view.
+    Proxy,
 }
 
 /// A group of two pods on two nodes, its Service, watchers and a client.
@@ -81,13 +86,22 @@ impl Spread {
         let role_file = format!("{}/role.json", workload::RUN_DIR);
         let mut env = vec![("BATON_ROLE_FILE", role_file.as_str())];
         let service = match kind {
-            Kind::Labels => workload::active_service("web"),
+            Kind::Labels | Kind::Proxy => workload::active_service("web"),
             Kind::HolderEndpoint => {
                 env.push(("BATON_SERVICE", SERVICE));
                 workload::holder_endpoint_service("web")
             }
         };
         ns.apply(&service);
+        let client_service = if kind == Kind::Proxy {
+            ns.apply(&workload::proxied_service(
+                "web",
+                workload::ProxiedService::WholeGroup,
+            ));
+            workload::proxied_service_name("web")
+        } else {
+            SERVICE.to_owned()
+        };
         let endpoints = ReadyEndpointsHistory::start(&ns, SERVICE).await;
         // The sidecar's probes as the webhook injects them: the pod is Ready
         // (for the PodDisruptionBudget, the Service) once /readyz answers.
@@ -128,7 +142,7 @@ impl Spread {
         }
         wait_roles(&ns, "app=web", &holder, 1).await;
         wait_endpoints(&ns, SERVICE, &[&holder], T).await;
-        let svc: Service = ns.api().get(SERVICE).await.expect("the Service");
+        let svc: Service = ns.api().get(&client_service).await.expect("the Service");
         let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
         let client = clients::Client::start(Connections::New, format!("http://{ip}/"), 20)
             .expect("a client");
@@ -328,6 +342,14 @@ async fn holders_node_partitioned_then_healed_holder_endpoint() {
     holders_node_lost_then_back(Kind::HolderEndpoint, Fault::Partition).await;
 }
 
+/// Through the proxy the partitioned pod stays an endpoint of the Service
+/// until the node lifecycle controller marks it not ready: the connections
+/// kube-proxy still sends to it fail meanwhile (counted, not bounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_node_partitioned_then_healed_whole_group_through_the_proxy() {
+    holders_node_lost_then_back(Kind::Proxy, Fault::Partition).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_node_frozen_then_thawed_role_label() {
     holders_node_lost_then_back(Kind::Labels, Fault::Freeze).await;
@@ -520,4 +542,9 @@ async fn drain_of_each_node_in_turn_fails_no_request_role_label() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_of_each_node_in_turn_fails_no_request_holder_endpoint() {
     drain_both(Kind::HolderEndpoint).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_of_each_node_in_turn_fails_no_request_whole_group_through_the_proxy() {
+    drain_both(Kind::Proxy).await;
 }
