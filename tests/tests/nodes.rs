@@ -363,10 +363,11 @@ async fn holders_node_frozen_then_thawed_holder_endpoint() {
 /// kubelet alone stops on the holder's node, while its containers and
 /// network live: the holder keeps renewing. After node-monitor-grace-period
 /// the node lifecycle controller marks the node NotReady and the holder's
-/// pod Ready=False. Returns the sets of ready endpoints seen, and checks
-/// that the holder kept the Lease throughout and serves again once kubelet
-/// is back.
-async fn kubelet_stopped(kind: Kind) -> Vec<BTreeSet<String>> {
+/// pod Ready=False. Returns the sets of ready endpoints seen (of the
+/// role-label or holder's-endpoint Service) and the client's failed
+/// requests, and checks that the holder kept the Lease throughout and
+/// serves again once kubelet is back.
+async fn kubelet_stopped(kind: Kind) -> (Vec<BTreeSet<String>>, usize) {
     let s = Spread::deploy("nodes-kubelet", kind).await;
     let old = s.holder.clone();
     let node = s.holder_node();
@@ -419,7 +420,7 @@ async fn kubelet_stopped(kind: Kind) -> Vec<BTreeSet<String>> {
     );
     let (holders, views) = s.finish().await;
     assert_eq!(holders, [Some(old)], "the holder kept the Lease throughout");
-    views
+    (views, failed)
 }
 
 /// With the role label, the Service's only endpoint is the holder's pod,
@@ -428,7 +429,7 @@ async fn kubelet_stopped(kind: Kind) -> Vec<BTreeSet<String>> {
 /// on the other node (docs/operations.md, "Node events").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_kubelet_stopped_leaves_the_role_label_service_without_a_ready_endpoint() {
-    let views = kubelet_stopped(Kind::Labels).await;
+    let (views, _) = kubelet_stopped(Kind::Labels).await;
     assert!(
         views.iter().any(BTreeSet::is_empty),
         "the holder's endpoint turned not ready while kubelet was stopped: {views:?}"
@@ -439,11 +440,20 @@ async fn holders_kubelet_stopped_leaves_the_role_label_service_without_a_ready_e
 /// pod's Ready condition: the Service keeps its ready endpoint throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_kubelet_stopped_keeps_the_holder_endpoint_ready() {
-    let views = kubelet_stopped(Kind::HolderEndpoint).await;
+    let (views, _) = kubelet_stopped(Kind::HolderEndpoint).await;
     assert!(
         views.iter().skip(1).all(|v| v.len() == 1),
         "the holder's endpoint stayed ready: {views:?}"
     );
+}
+
+/// Through a Service of the whole group, the holder's pod turning not
+/// Ready leaves the standby's pod as the endpoint, and its proxy forwards
+/// to the holder, which still serves: no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_kubelet_stopped_is_served_through_the_standbys_proxy() {
+    let (_, failed) = kubelet_stopped(Kind::Proxy).await;
+    assert_eq!(failed, 0, "requests failed while kubelet was stopped");
 }
 
 /// `kubectl drain` of the holder's node, then (once it is back in service,
