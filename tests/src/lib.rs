@@ -1,16 +1,16 @@
 //! The end-to-end harness: the helpers the tests in `tests/tests/` use
 //! against the local cluster and its real node, the installed webhook, and
-//! (for the bench's KWOK nodes) the pod runner and the env its processes get;
-//! and what `make release` decides from the repository's files (`release`).
+//! (for the bench's KWOK nodes) the pod runner and the env its processes get
+//! (`kwok`); and what `make release` decides from the repository's files
+//! (`release`).
 
 pub mod clients;
 pub mod group;
 pub mod harness;
 pub mod install;
-pub mod podenv;
+pub mod kwok;
 pub mod prometheus;
 pub mod release;
-pub mod runner;
 pub mod webhook;
 pub mod workload;
 

@@ -1,7 +1,8 @@
 //! Workloads the tests create: the demo app in a StatefulSet, with the
-//! sidecar written into the spec by hand as the webhook injects it, and the
-//! user's Service that selects the app plus `role: active`. The images are
-//! the ones `make image` built and the local node imported.
+//! sidecar written into the spec by hand as the webhook injects it (a unit
+//! test below holds it to the webhook's injection code), and the user's
+//! Service that selects the app plus `role: active`. The images are the
+//! ones `make image` built and the local node imported.
 
 /// Our images as `make image` tags them (with the workspace version).
 pub const SIDECAR_IMAGE: &str = concat!(
@@ -91,6 +92,8 @@ pub fn statefulset_placed(
         - {{name: baton-status, containerPort: 9095}}
         - {{name: baton-proxy, containerPort: {PROXY_PORT}}}
         - {{name: baton-peer, containerPort: 9097}}
+        livenessProbe: {{httpGet: {{path: /healthz, port: baton-status}}, periodSeconds: 10}}
+        readinessProbe: {{httpGet: {{path: /readyz, port: baton-status}}, periodSeconds: 2}}
         env:
         - name: BATON_POD_NAME
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
@@ -256,5 +259,243 @@ mod tests {
         let yaml = super::holder_endpoint_service("web");
         assert!(yaml.contains("name: web-active") && yaml.contains("targetPort: 8080"));
         assert!(!yaml.contains("selector"), "{yaml}");
+    }
+}
+
+/// The sidecar that [`statefulset`] writes by hand, held to what the
+/// webhook's injection code (`baton_webhook::inject::decide`) makes of the
+/// same pod written without it: the tests that run without the webhook
+/// must run the sidecar as users get it.
+#[cfg(test)]
+mod as_the_webhook_injects {
+    use std::{collections::BTreeMap, fmt::Debug};
+
+    use baton_webhook::{
+        annotations::Resources,
+        inject::{self, Decision, SERVICE_ACCOUNT_DIR, SIDECAR_NAME},
+        owner::Owner,
+        settings::DEFAULT_SIDECAR_IMAGE,
+    };
+    use k8s_openapi::{
+        api::{
+            apps::v1::StatefulSet,
+            core::v1::{Container, HTTPGetAction, Pod, Probe, VolumeMount},
+        },
+        apimachinery::pkg::util::intstr::IntOrString,
+    };
+
+    /// What the ServiceAccount admission plugin mounts into every container
+    /// of a pod, before the webhooks run.
+    const TOKEN_MOUNT: &str = "kube-api-access-test";
+
+    /// The pod template of [`super::statefulset`]'s `web`, as the API server
+    /// admits it: the ServiceAccount plugin has mounted the pod's token into
+    /// each container.
+    fn admitted(sidecar: bool) -> Pod {
+        let yaml = super::statefulset("web", 2, sidecar, &[]);
+        let set: StatefulSet =
+            serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let template = set.spec.expect("a StatefulSet spec").template;
+        let mut pod = Pod {
+            metadata: template.metadata.unwrap_or_default(),
+            spec: template.spec,
+            status: None,
+        };
+        pod.metadata.name = Some("web-0".into());
+        pod.metadata.namespace = Some("default".into());
+        let spec = pod.spec.as_mut().expect("a pod spec");
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.volume_mounts.get_or_insert_default().push(VolumeMount {
+                name: TOKEN_MOUNT.into(),
+                mount_path: SERVICE_ACCOUNT_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        pod
+    }
+
+    /// The same pod without the hand-written sidecar, through the webhook:
+    /// opted in on its StatefulSet, with the webhook's default image and a
+    /// native sidecar (its defaults).
+    fn injected() -> Pod {
+        let owner = Owner {
+            kind: "StatefulSet".into(),
+            api_version: "apps/v1".into(),
+            name: "web".into(),
+            namespace: "default".into(),
+            uid: None,
+            annotations: BTreeMap::from([("baton.dev/inject".into(), "true".into())]),
+        };
+        let config = inject::Config {
+            image: DEFAULT_SIDECAR_IMAGE.into(),
+            native: true,
+            resources: Resources::default(),
+        };
+        match inject::decide(&admitted(false), Some(&owner), &config) {
+            Decision::Inject(injection) => *injection.pod,
+            other => panic!("the webhook did not inject the demo pod: {other:?}"),
+        }
+    }
+
+    fn sidecar(pod: &Pod) -> &Container {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .find(|c| c.name == SIDECAR_NAME)
+            .unwrap_or_else(|| panic!("no native sidecar {SIDECAR_NAME}: {pod:?}"))
+    }
+
+    fn app(pod: &Pod) -> &Container {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .find(|c| c.name == "app")
+            .expect("the app container")
+    }
+
+    /// Env by name: its value, or the field it is read from.
+    fn env(c: &Container) -> BTreeMap<String, String> {
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| {
+                let from = e.value_from.as_ref().and_then(|f| f.field_ref.as_ref());
+                let value = match (&e.value, from) {
+                    (Some(v), _) => v.clone(),
+                    (None, Some(f)) => format!("fieldRef {}", f.field_path),
+                    (None, None) => String::new(),
+                };
+                (e.name.clone(), value)
+            })
+            .collect()
+    }
+
+    fn ports(c: &Container) -> Vec<(Option<String>, i32)> {
+        let mut ports: Vec<_> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.container_port))
+            .collect();
+        ports.sort();
+        ports
+    }
+
+    /// Mounts by path, leaving out the tests' own: the emptyDir at
+    /// [`super::RUN_DIR`], for the role file some tests ask for (the webhook
+    /// sets none: not settable by annotation).
+    fn mounts(c: &Container) -> BTreeMap<String, (String, Option<bool>)> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path != super::RUN_DIR)
+            .map(|m| (m.mount_path.clone(), (m.name.clone(), m.read_only)))
+            .collect()
+    }
+
+    /// An HTTP GET's path and port.
+    type Get = (Option<String>, IntOrString);
+
+    fn http_get(get: Option<&HTTPGetAction>) -> Option<Get> {
+        get.map(|g| (g.path.clone(), g.port.clone()))
+    }
+
+    /// A probe's path, port and period.
+    fn probe(p: &Option<Probe>) -> Option<(Option<Get>, Option<i32>)> {
+        p.as_ref()
+            .map(|p| (http_get(p.http_get.as_ref()), p.period_seconds))
+    }
+
+    /// Notes `field` in `drift` unless both sides agree on it.
+    fn agree<T: PartialEq + Debug>(drift: &mut Vec<String>, field: &str, hand: T, webhook: T) {
+        if hand != webhook {
+            drift.push(format!(
+                "{field}:\n  workload.rs writes   {hand:?}\n  the webhook injects {webhook:?}"
+            ));
+        }
+    }
+
+    #[test]
+    fn the_hand_written_sidecar_is_the_one_the_webhook_injects() {
+        let (hand_pod, webhook_pod) = (admitted(true), injected());
+        let (hand, webhook) = (sidecar(&hand_pod), sidecar(&webhook_pod));
+        let mut drift = Vec::new();
+        agree(&mut drift, "name", &hand.name, &webhook.name);
+        agree(&mut drift, "image", &hand.image, &webhook.image);
+        agree(
+            &mut drift,
+            "restartPolicy",
+            &hand.restart_policy,
+            &webhook.restart_policy,
+        );
+        agree(
+            &mut drift,
+            "ports (name, number)",
+            ports(hand),
+            ports(webhook),
+        );
+        let (hand_env, webhook_env) = (env(hand), env(webhook));
+        agree(
+            &mut drift,
+            "env names",
+            hand_env.keys().collect::<Vec<_>>(),
+            webhook_env.keys().collect(),
+        );
+        for (name, value) in &hand_env {
+            if let Some(injected) = webhook_env.get(name) {
+                agree(&mut drift, &format!("env {name}"), value, injected);
+            }
+        }
+        agree(
+            &mut drift,
+            "volumeMounts (path: name, readOnly)",
+            mounts(hand),
+            mounts(webhook),
+        );
+        agree(
+            &mut drift,
+            "livenessProbe (path, port; period)",
+            probe(&hand.liveness_probe),
+            probe(&webhook.liveness_probe),
+        );
+        agree(
+            &mut drift,
+            "readinessProbe (path, port; period)",
+            probe(&hand.readiness_probe),
+            probe(&webhook.readiness_probe),
+        );
+        agree(
+            &mut drift,
+            "startupProbe (path, port; period)",
+            probe(&hand.startup_probe),
+            probe(&webhook.startup_probe),
+        );
+        let pre_stop = |c: &Container| {
+            let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+            http_get(hook.and_then(|h| h.http_get.as_ref()))
+        };
+        agree(
+            &mut drift,
+            "the app's preStop hook (path, port)",
+            pre_stop(app(&hand_pod)),
+            pre_stop(app(&webhook_pod)),
+        );
+        agree(
+            &mut drift,
+            "the pod's labels",
+            &hand_pod.metadata.labels,
+            &webhook_pod.metadata.labels,
+        );
+        assert!(
+            drift.is_empty(),
+            "workload::statefulset's sidecar has drifted from the webhook's \
+             (webhook/src/inject.rs):\n{}",
+            drift.join("\n")
+        );
     }
 }

@@ -1,4 +1,4 @@
-use baton_e2e::runner::{self, RunnerSettings};
+use baton_e2e::kwok::runner::{self, RunnerSettings};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, runtime::watcher};
 
-use super::{Listed, NeverTwoActive, labelled};
+use super::{NeverTwoActive, labelled, waits::Listed};
 
 /// A declared outage of the control plane, from [`NeverTwoActive::outage_begins`].
 #[must_use = "end the outage with NeverTwoActive::outage_over"]

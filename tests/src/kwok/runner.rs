@@ -1,7 +1,7 @@
 //! The pod runner: stands in for kubelet's container runtime on the KWOK
 //! nodes. It watches pods and, for each container whose image is one of the
 //! project's own, runs the matching local binary with the env the API server
-//! stored (see [`crate::podenv`]), bound to the pod's IP, and with API
+//! stored (see [`super::podenv`]), bound to the pod's IP, and with API
 //! credentials of the pod's own service account (a bound token, as kubelet
 //! would project), so RBAC applies as in a real cluster.
 //!
@@ -29,7 +29,8 @@ use tokio::{process::Command, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::{harness::signal, podenv};
+use super::podenv;
+use crate::harness::signal;
 
 /// Images of ours, by repository name; each is a binary of the workspace.
 pub const OUR_IMAGES: [&str; 2] = ["baton-sidecar", "baton-demo-app"];
