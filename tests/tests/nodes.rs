@@ -103,19 +103,16 @@ impl Spread {
             SERVICE.to_owned()
         };
         let endpoints = ReadyEndpointsHistory::start(&ns, SERVICE).await;
-        // The sidecar's probes as the webhook injects them: the pod is Ready
-        // (for the PodDisruptionBudget, the Service) once /readyz answers.
-        let sts =
-            workload::statefulset_placed("web", 2, true, &env, &workload::spread_over_nodes("web"));
-        let probed = sts.replacen(
-            "        restartPolicy: Always\n",
-            "        restartPolicy: Always\n        \
-             livenessProbe: {httpGet: {path: /healthz, port: baton-status}, periodSeconds: 10}\n        \
-             readinessProbe: {httpGet: {path: /readyz, port: baton-status}, periodSeconds: 2}\n",
-            1,
-        );
-        assert_ne!(probed, sts, "the sidecar's spec has its restartPolicy line");
-        ns.apply(&probed);
+        // The sidecar's probes are the webhook's (workload.rs is checked
+        // against it): the pod is Ready (for the PodDisruptionBudget, the
+        // Service) once /readyz answers.
+        ns.apply(&workload::statefulset_placed(
+            "web",
+            2,
+            true,
+            &env,
+            &workload::spread_over_nodes("web"),
+        ));
         ns.apply(&workload::pod_disruption_budget("web"));
         let holder = wait_for_holder(&ns, "web", None).await;
         let pods = wait_until::<Pod, _>(ns.api(), "app=web", T, "2 pods with an IP", |pods| {
