@@ -16,8 +16,8 @@ use anyhow::Context as _;
 use baton_e2e::{
     clients::{Client, Connections, REQUEST_TIMEOUT, Sample, both_steady_on},
     harness::{
-        Cluster, TestNamespace, http, pod_ip, pod_ready, set_app_health, sidecar_restarts, signal,
-        wait_for_holder,
+        Cluster, TestNamespace, pod_ip, pod_ready, poll_status, set_app_health, sidecar_restarts,
+        signal, wait_for_holder,
     },
     workload,
 };
@@ -396,7 +396,7 @@ pub async fn run(
             ServiceMode::HolderEndpoint => "bench-clusterip-endpoint",
         })
         .await;
-    let group = match Group::deploy(&ns, mode).await {
+    let group = match RealNodeGroup::deploy(&ns, mode).await {
         Ok(g) => g,
         Err(e) => {
             result.errors.push(format!("deploy: {e:#}"));
@@ -496,15 +496,15 @@ pub async fn run(
 }
 
 #[derive(Clone)]
-struct Group {
+struct RealNodeGroup {
     ns: Arc<TestNamespace>,
     rec: Arc<Recorder>,
     mode: ServiceMode,
     url: String,
 }
 
-impl Group {
-    async fn deploy(ns: &TestNamespace, mode: ServiceMode) -> anyhow::Result<Group> {
+impl RealNodeGroup {
+    async fn deploy(ns: &TestNamespace, mode: ServiceMode) -> anyhow::Result<RealNodeGroup> {
         let rec = Recorder::start(ns.api(), ns.api()).await;
         let (env, service): (&[(&str, &str)], _) = match mode {
             ServiceMode::Proxy => (
@@ -534,7 +534,7 @@ impl Group {
             name: ns.name.clone(),
             cluster: ns.cluster.clone(),
         });
-        Ok(Group {
+        Ok(RealNodeGroup {
             ns,
             rec: Arc::new(rec),
             mode,
@@ -555,7 +555,13 @@ impl Group {
         let (a, b) = steady(&st, self.mode).context("steady")?;
         for pod in [&a, &b] {
             let ip = pod_ip(&self.ns, pod).await;
-            poll_status(&format!("http://{ip}:9095/status"), &a).await?;
+            let knows =
+                |v: &serde_json::Value| v["app_healthy"] == true && v["holder"] == a.as_str();
+            let last = poll_status(&ip, Duration::from_secs(60), knows).await;
+            anyhow::ensure!(
+                knows(&last),
+                "{pod}: not healthy with holder {a} within 60 s; last: {last}"
+            );
         }
         Ok((a, b))
     }
@@ -696,7 +702,7 @@ impl Group {
     }
 }
 
-impl Group {
+impl RealNodeGroup {
     /// When the Lease says its holder `holder` took it, s since the epoch.
     async fn acquired(&self, holder: &str) -> anyhow::Result<f64> {
         let lease: k8s_openapi::api::coordination::v1::Lease = self.ns.api().get(GROUP).await?;
@@ -904,24 +910,6 @@ fn steady(s: &State, mode: ServiceMode) -> Option<(String, String)> {
         .iter()
         .find(|(n, p)| *n != act[0] && p.role.as_deref() == Some("passive"))?;
     Some((act[0].clone(), standby.0.clone()))
-}
-
-/// Polls a sidecar's `/status` until its app is healthy and it knows
-/// `holder`: a process, not an API object, so there is nothing to watch.
-async fn poll_status(url: &str, holder: &str) -> anyhow::Result<()> {
-    let deadline = now() + 60.0;
-    let mut last = String::new();
-    while now() < deadline {
-        if let Ok(r) = http().get(url).timeout(REQUEST_TIMEOUT).send().await {
-            last = r.text().await.unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
-            if v["app_healthy"] == true && v["holder"] == holder {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("{url}: not healthy with holder {holder} within 60 s; last: {last}")
 }
 
 /// One client's figures for requests sent in [t0, until): `switched` is

@@ -24,7 +24,7 @@ use clap::Parser;
 
 use load::Window;
 use measure::kubectl_costs;
-use scenario::{Group, Run, System};
+use scenario::{Run, System, SystemGroup};
 use stats::{now, summary};
 
 #[derive(Parser, Debug, Clone)]
@@ -387,7 +387,7 @@ async fn measure_system(
         _ => system.label(),
     };
     say(&format!("{label}: deploying a group of two pods"));
-    let group = match Group::deploy(cluster, system, timing, out).await {
+    let group = match SystemGroup::deploy(cluster, system, timing, out).await {
         Ok(g) => g,
         Err(e) => {
             r.errors.push(format!("deploy: {e:#}"));

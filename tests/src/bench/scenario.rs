@@ -75,7 +75,9 @@ pub struct Run {
     pub history: Vec<Change>,
 }
 
-pub struct Group {
+/// A group of pods on KWOK nodes run by one [`System`] (baton, or the
+/// polling baseline against the same pods): what the comparison measures.
+pub struct SystemGroup {
     pub ns: TestNamespace,
     pub name: String,
     pub system: System,
@@ -87,13 +89,13 @@ pub struct Group {
     pub cost_file: PathBuf,
 }
 
-impl Group {
+impl SystemGroup {
     pub async fn deploy(
         cluster: &Cluster,
         system: System,
         timing: &'static Timing,
         out: &std::path::Path,
-    ) -> anyhow::Result<Group> {
+    ) -> anyhow::Result<SystemGroup> {
         let slug = match system {
             System::Baton if timing.name != DEFAULT_TIMING.name => format!("baton-{}", timing.name),
             _ => system.slug(),
@@ -110,7 +112,7 @@ impl Group {
         ns.apply(&workload::active_service(&name));
         let controller_log = out.join(format!("{}-controller.log", system.slug()));
         let cost_file = out.join(format!("{}-kubectl-cost.txt", system.slug()));
-        let mut group = Group {
+        let mut group = SystemGroup {
             ns,
             name,
             system,
