@@ -130,6 +130,9 @@ pub struct Situation<'a> {
     /// we take it back if it is still that version (rule 10).
     pub handed_over: Option<(&'a str, Instant)>,
     pub lease: &'a LeaseView,
+    /// The Lease as last observed before it went missing (rule 12): whose
+    /// it was, and when that version would expire.
+    pub last_seen: Option<&'a Observed>,
     /// When our last successful write was sent, if we hold the Lease.
     pub last_renew_sent: Option<Instant>,
     pub renew_period: Duration,
@@ -140,8 +143,7 @@ pub struct Situation<'a> {
 pub fn next_step(s: &Situation<'_>) -> Step {
     let observed = match s.lease {
         LeaseView::Unknown => return Step::Read,
-        LeaseView::Absent if s.may_take => return Step::Create,
-        LeaseView::Absent => return Step::WaitUntil(None),
+        LeaseView::Absent => return missing(s),
         LeaseView::Present(o) => o,
     };
     match observed.holder.as_deref() {
@@ -189,16 +191,38 @@ pub fn next_step(s: &Situation<'_>) -> Step {
     }
 }
 
+/// Rule 12: a missing Lease. Deleting it does not end a claim: the pod it
+/// named when last seen creates it again at once (eligible suffices, as for
+/// a renewal), and the others wait until that version would have expired
+/// (rule 2's clock, kept across the deletion), then create it if nobody
+/// has. A Lease never seen, or seen released, is created at once.
+fn missing(s: &Situation<'_>) -> Step {
+    let claim = s
+        .last_seen
+        .and_then(|o| o.holder.as_deref().map(|h| (h, o.expires_at())));
+    match claim {
+        Some((h, _)) if h == s.me && s.eligible => Step::Create,
+        _ if !s.may_take => Step::WaitUntil(None),
+        Some((h, expires)) if h != s.me && s.now < expires => Step::WaitUntil(Some(expires)),
+        _ => Step::Create,
+    }
+}
+
 /// Until when we may act as holder: the deadline of our last successful
-/// renewal, if the Lease as last seen names us.
+/// renewal, if the Lease as last seen names us (also when it has since been
+/// deleted, `last_seen`: the holder keeps its role while it re-creates it,
+/// rule 12).
 pub fn leading_until(
     lease: &LeaseView,
+    last_seen: Option<&Observed>,
     me: &str,
     last_renew_sent: Option<Instant>,
     renew_deadline: Duration,
 ) -> Option<Instant> {
+    let named = |o: &Observed| o.holder.as_deref() == Some(me);
     match lease {
-        LeaseView::Present(o) if o.holder.as_deref() == Some(me) => {
+        LeaseView::Present(o) if named(o) => last_renew_sent.map(|sent| sent + renew_deadline),
+        LeaseView::Absent if last_seen.is_some_and(named) => {
             last_renew_sent.map(|sent| sent + renew_deadline)
         }
         _ => None,
@@ -440,6 +464,7 @@ mod tests {
             offered: false,
             handed_over: None,
             lease,
+            last_seen: None,
             last_renew_sent,
             renew_period: RENEW,
             now,
@@ -663,14 +688,17 @@ mod tests {
         let deadline = Duration::from_secs(4);
         let mine = observed(Some("web-0"), sent);
         assert_eq!(
-            leading_until(&mine, "web-0", Some(sent), deadline),
+            leading_until(&mine, None, "web-0", Some(sent), deadline),
             Some(sent + deadline)
         );
-        assert_eq!(leading_until(&mine, "web-0", None, deadline), None);
+        assert_eq!(leading_until(&mine, None, "web-0", None, deadline), None);
         let theirs = observed(Some("web-1"), sent);
-        assert_eq!(leading_until(&theirs, "web-0", Some(sent), deadline), None);
         assert_eq!(
-            leading_until(&LeaseView::Absent, "web-0", Some(sent), deadline),
+            leading_until(&theirs, None, "web-0", Some(sent), deadline),
+            None
+        );
+        assert_eq!(
+            leading_until(&LeaseView::Absent, None, "web-0", Some(sent), deadline),
             None
         );
     }

@@ -64,6 +64,7 @@ async fn baton_candidate(client: LeaseClient, me: String, start: Arc<Barrier>) -
             offered: false,
             handed_over: None,
             lease: &view,
+            last_seen: None,
             last_renew_sent: None,
             renew_period: Duration::from_millis(200),
             now,

@@ -62,6 +62,9 @@ pub struct LeaseWrite {
     pub reason: Option<String>,
     /// The write ends the switchover asked for: its annotation goes.
     pub ends_switchover: bool,
+    /// A Create of a deleted Lease: its `leaseTransitions` carried on
+    /// (I6; rule 12), one more unless it named us.
+    pub transitions: Option<i32>,
     pub bound: CallBound,
 }
 
@@ -81,6 +84,9 @@ impl LeaseWrite {
         }
         if self.ends_switchover {
             election::annotate(&mut desired, SWITCHOVER_TO, None);
+        }
+        if let (Some(t), Some(spec)) = (self.transitions, desired.spec.as_mut()) {
+            spec.lease_transitions = Some(t);
         }
         desired
     }
@@ -246,8 +252,21 @@ fn lease_write(s: &State, step: Step, bound: CallBound) -> LeaseWrite {
         taking_back,
         reason: switch_reason(s, step, current, taking_back),
         ends_switchover: ends_switchover(s, step, taking_back),
+        transitions: carried_transitions(s, step),
         bound,
     }
+}
+
+/// Rule 12: a deleted Lease created again keeps counting changes of holder
+/// from where it was (I6): the same count when its holder re-creates it,
+/// one more when another pod does.
+fn carried_transitions(s: &State, step: Step) -> Option<i32> {
+    if step != Step::Create || s.lease.view != LeaseView::Absent {
+        return None;
+    }
+    let last = s.lease.last_observed.as_ref()?;
+    let same = last.holder.as_deref() == Some(s.me());
+    Some(last.transitions + i32::from(!same))
 }
 
 /// Why the holder changes with this write, for `baton.dev/switch-reason`
@@ -260,7 +279,15 @@ fn switch_reason(
 ) -> Option<String> {
     let me = s.me();
     match step {
-        Step::Create => Some(format!("{me} created the lease")),
+        // Rule 12: a deleted Lease is re-created by its holder, or by a
+        // standby once the holder's claim would have expired.
+        Step::Create => Some(match s.last_holder() {
+            Some(h) if h == me => format!("{me} re-created the deleted lease it held"),
+            Some(h) => format!(
+                "{me} created the deleted lease; its holder {h} did not re-create it before its claim expired"
+            ),
+            None => format!("{me} created the lease"),
+        }),
         Step::Acquire if taking_back => {
             let h = s.controls.handing_over.as_ref()?;
             Some(format!(

@@ -114,7 +114,7 @@ impl State {
         now: Instant,
         n: &mut Vec<Notice>,
     ) {
-        let before = self.holder().map(str::to_owned);
+        let before = self.last_holder().map(str::to_owned);
         self.observe_lease(Some(lease), now, n);
         if write.taking_back {
             let reason = write.reason.clone().unwrap_or_default();

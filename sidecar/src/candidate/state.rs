@@ -211,6 +211,7 @@ impl State {
     pub fn leading_until(&self) -> Option<Instant> {
         election::leading_until(
             &self.lease.view,
+            self.lease.last_observed.as_ref(),
             self.me(),
             self.lease.last_renew_sent,
             self.settings.renew_deadline,
@@ -368,6 +369,19 @@ impl State {
         }
     }
 
+    /// The holder the Lease named when last seen, also once it has been
+    /// deleted (rule 12).
+    pub fn last_holder(&self) -> Option<&str> {
+        match &self.lease.view {
+            LeaseView::Absent => self
+                .lease
+                .last_observed
+                .as_ref()
+                .and_then(|o| o.holder.as_deref()),
+            _ => self.holder(),
+        }
+    }
+
     pub fn transitions(&self) -> i32 {
         match &self.lease.view {
             LeaseView::Present(o) => o.transitions,
@@ -389,6 +403,7 @@ impl State {
                 .as_ref()
                 .map(|h| (h.version.as_str(), h.until)),
             lease: &self.lease.view,
+            last_seen: self.lease.last_observed.as_ref(),
             last_renew_sent: self.lease.last_renew_sent,
             renew_period: self.settings.renew_period,
             now,

@@ -4,6 +4,7 @@
 //! order and counts, never a wall-clock window.
 
 mod controls;
+mod deleted;
 mod driver;
 mod ladder;
 mod leaving;
