@@ -3,6 +3,7 @@
 //! (for the bench's KWOK nodes) the pod runner and the env its processes get;
 //! and what `make release` decides from the repository's files (`release`).
 
+pub mod app_env;
 pub mod clients;
 pub mod group;
 pub mod harness;
