@@ -4,6 +4,7 @@
 //! (`kwok`); and what `make release` decides from the repository's files
 //! (`release`).
 
+pub mod app_env;
 pub mod clients;
 pub mod group;
 pub mod harness;

@@ -11,6 +11,7 @@ mod proxy_cost;
 mod recorder;
 mod scale;
 mod scenario;
+mod soak;
 mod stats;
 mod svg;
 mod timing;
@@ -133,7 +134,11 @@ struct Args {
     /// The kube-leader-election racer `make bench` builds outside the workspace.
     #[arg(long, default_value = "target/kle-race/debug/baton-kle-race")]
     kle_racer: PathBuf,
-    /// Parts to skip: clusterip, baton, fast, slow, timing, webhook, scale, kle.
+    /// Seconds of the soak: apps that close every connection every second,
+    /// each sidecar killed once, on the real node.
+    #[arg(long, default_value_t = 600)]
+    soak_secs: u64,
+    /// Parts to skip: clusterip, soak, baton, fast, slow, timing, webhook, scale, kle.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Where the binaries the bench measures are: the webhook's, and (up.sh,
@@ -195,6 +200,17 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+
+    let soak = if skip("soak") {
+        None
+    } else {
+        say(&format!(
+            "soak: apps closing every connection every {} for {} s, on the real node",
+            soak::CLOSE_EVERY,
+            args.soak_secs
+        ));
+        Some(soak::run(&cluster, args.soak_secs, say).await)
+    };
 
     let mut systems: Vec<(System, SystemResult)> = Vec::new();
     let plan = [
@@ -349,6 +365,7 @@ async fn main() -> anyhow::Result<()> {
         webhook: webhook.as_ref(),
         kle: kle.as_ref(),
         clusterip: &clusterip,
+        soak: soak.as_ref(),
         timings: &timings,
         scales: &scales,
         minutes: (now() - started) / 60.0,
@@ -453,6 +470,7 @@ struct Report<'a> {
     webhook: Option<&'a Result<webhook::WebhookResult, String>>,
     kle: Option<&'a kle::KleRace>,
     clusterip: &'a [clusterip::ClusterIpResult],
+    soak: Option<&'a soak::SoakResult>,
     timings: &'a [(&'static timing::Timing, SystemResult)],
     scales: &'a [scale::ScaleResult],
     minutes: f64,
@@ -683,6 +701,13 @@ impl Report<'_> {
                 c.mode.title()
             );
             md.push_str(&c.markdown());
+        }
+        if let Some(s) = self.soak {
+            let _ = writeln!(
+                md,
+                "\n## Soak: apps that close every connection, on the real node\n"
+            );
+            md.push_str(&s.markdown());
         }
         let a = self.args;
         let _ = writeln!(md, "\n## baton vs the baseline controller\n");

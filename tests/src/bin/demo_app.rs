@@ -42,6 +42,20 @@ struct Settings {
     /// tests).
     #[arg(long, env = "H2C_LISTEN_ADDR")]
     h2c_addr: Option<SocketAddr>,
+    /// Close every HTTP/1.1 connection this often (e.g. `1s`), gracefully:
+    /// after the request in flight, as a server with a short idle timeout
+    /// or a maximum connection age does. Unset: connections are kept as
+    /// long as clients keep them.
+    #[arg(long, env = "CLOSE_CONNECTIONS_EVERY", value_parser = positive_duration)]
+    close_connections_every: Option<Duration>,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -109,22 +123,33 @@ async fn main() -> anyhow::Result<()> {
     // sends a request on an idle connection just as the server closes it
     // gets an error, and most HTTP clients (reqwest among them) do not
     // retry it.
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            stopping.store(true, Ordering::Relaxed);
-            let _ = stop_accepting.send(true);
-            eprintln!("demo app stopping: no new connections; asking keep-alive clients to leave");
-            tokio::time::sleep(GOODBYE).await;
-            eprintln!("demo app stopping: finishing requests in flight");
-        })
-        .await?;
+    let shutdown = async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stopping.store(true, Ordering::Relaxed);
+        let _ = stop_accepting.send(true);
+        eprintln!("demo app stopping: no new connections; asking keep-alive clients to leave");
+        tokio::time::sleep(GOODBYE).await;
+        eprintln!("demo app stopping: finishing requests in flight");
+    };
+    match settings.close_connections_every {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some(every) => {
+            eprintln!(
+                "demo app closing every HTTP/1.1 connection every {}",
+                humantime::format_duration(every)
+            );
+            serve_closing(listener, router, every, shutdown).await;
+        }
+    }
     Ok(())
 }
 
@@ -167,6 +192,54 @@ async fn serve_h2c(socket: tokio::net::TcpListener, router: Router) {
             }
         });
     }
+}
+
+/// Serves the HTTP routes over HTTP/1.1 as `axum::serve` does (the same
+/// listener, the same graceful shutdown), and besides closes every
+/// connection gracefully every `every`: each ends once the request in
+/// flight, if any, is answered. hyper's per-connection graceful shutdown,
+/// which `axum::serve` only offers for the whole server.
+async fn serve_closing(
+    mut listener: ClosingListener,
+    router: Router,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use axum::serve::Listener as _;
+    use hyper_util::rt::TokioIo;
+    // Each round bumps the number; every connection watches it.
+    let (close_all, _) = tokio::sync::watch::channel(0u64);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut rounds = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (io, _) = listener.accept() => {
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                let mut told = close_all.subscribe();
+                connections.spawn(async move {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), service);
+                    tokio::pin!(connection);
+                    loop {
+                        tokio::select! {
+                            // Errors are the clients' (a reset, a bad
+                            // request): not logged, as `axum::serve` does.
+                            _ = connection.as_mut() => return,
+                            Ok(()) = told.changed() => connection.as_mut().graceful_shutdown(),
+                        }
+                    }
+                });
+            }
+            _ = rounds.tick() => close_all.send_modify(|round| *round += 1),
+            Some(_) = connections.join_next() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    // As `axum::serve`'s graceful shutdown: close them all, wait for them.
+    close_all.send_modify(|round| *round += 1);
+    while connections.join_next().await.is_some() {}
 }
 
 /// The app's listening socket, closed as soon as the app is told to stop:
