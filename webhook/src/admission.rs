@@ -30,6 +30,7 @@ use tracing::Instrument;
 use crate::{
     annotations::{self, OptIn, Sources},
     events::{AdmissionEvent, EventSink},
+    group::{self, CheckError, GroupPods, Member},
     inject::{self, Config, Decision},
     metrics::{Metrics, Operation, Outcome},
     owner::{self, Owner, OwnerLookup},
@@ -43,6 +44,7 @@ const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 pub struct Admission {
     pub config: Config,
     pub owners: Arc<dyn OwnerLookup>,
+    pub groups: Arc<dyn GroupPods>,
     pub events: Arc<dyn EventSink>,
     pub metrics: Metrics,
 }
@@ -414,6 +416,35 @@ impl Admission {
                 Ok(Answer::Review(Box::new(response), Outcome::Skipped))
             }
             Decision::Inject(injection) => {
+                let admitted =
+                    group::Workload::of(owner.as_ref(), owner::controller_of(&pod.metadata));
+                match self
+                    .group_conflict(namespace, &pod, admitted.as_ref(), &injection.lease)
+                    .await
+                {
+                    Ok(None) => {}
+                    Ok(Some(conflict)) => {
+                        tracing::info!(reason = %conflict, "denied");
+                        return Ok(Answer::Review(
+                            Box::new(response.deny(conflict.to_string())),
+                            Outcome::Denied,
+                        ));
+                    }
+                    Err(err) => {
+                        // As for a failed owner lookup: refused with the
+                        // cause, and the controller retries.
+                        let message = format!(
+                            "baton: cannot check group {:?} for pods of another workload: {}",
+                            injection.lease,
+                            ErrorChain(&err)
+                        );
+                        tracing::warn!(error = %message, "group check failed");
+                        return Ok(Answer::Review(
+                            Box::new(response.deny(message)),
+                            Outcome::Denied,
+                        ));
+                    }
+                }
                 let before = serde_json::to_value(&pod).map_err(Internal::Serialize)?;
                 let after = serde_json::to_value(&injection.pod).map_err(Internal::Serialize)?;
                 let Some(patch) = patch_for(raw, &before, &after) else {
@@ -435,6 +466,52 @@ impl Admission {
                 Ok(Answer::Review(Box::new(response), Outcome::Injected))
             }
         }
+    }
+
+    /// Lists the group's pods and finds each one's workload (one lookup per
+    /// distinct controller; none for the admitted pod's own), then
+    /// [`group::conflict`] decides. A bare pod is never in conflict: no list.
+    async fn group_conflict(
+        &self,
+        namespace: &str,
+        pod: &Pod,
+        admitted: Option<&group::Workload>,
+        group: &str,
+    ) -> Result<Option<group::Conflict>, CheckError> {
+        let Some(admitted) = admitted else {
+            return Ok(None);
+        };
+        let own = owner::controller_of(&pod.metadata).map(|c| c.uid.as_str());
+        let listed = self.groups.pods(namespace, group).await?;
+        let mut known: Vec<(String, Option<group::Workload>)> = Vec::new();
+        let mut members = Vec::with_capacity(listed.len());
+        for pod in listed {
+            let workload = match &pod.controller {
+                _ if pod.terminating => None, // ignored: not looked up
+                None => None,
+                Some(c) if Some(c.uid.as_str()) == own => Some(admitted.clone()),
+                Some(c) => match known.iter().find(|(uid, _)| *uid == c.uid) {
+                    Some((_, w)) => w.clone(),
+                    None => {
+                        let found = self.owners.owner(namespace, c).await.map_err(|source| {
+                            CheckError::Owner {
+                                pod: pod.pod.clone(),
+                                source,
+                            }
+                        })?;
+                        let w = group::Workload::of(found.as_ref(), Some(c));
+                        known.push((c.uid.clone(), w.clone()));
+                        w
+                    }
+                },
+            };
+            members.push(Member {
+                pod: pod.pod,
+                workload,
+                terminating: pod.terminating,
+            });
+        }
+        Ok(group::conflict(Some(admitted), group, &members))
     }
 
     fn validate(&self, body: &[u8], injection: NamespaceInjection) -> Result<Answer, Answer> {
@@ -534,9 +611,11 @@ mod tests {
         testing::{Annotated, owner},
     };
 
-    /// Answers every lookup with one owner (or an error), counting the calls.
+    /// Answers every lookup with one owner (or an error), counting the
+    /// calls; a controller whose uid is in `by_uid` gets that owner.
     struct FakeOwners {
         answer: Option<Owner>,
+        by_uid: Mutex<Vec<(String, Owner)>>,
         fail: bool,
         calls: AtomicUsize,
     }
@@ -559,8 +638,56 @@ mod tests {
                         timeout: Duration::from_secs(3),
                     });
                 }
-                Ok(self.answer.clone())
+                let by_uid = self.by_uid.lock().expect("not poisoned");
+                match by_uid.iter().find(|(uid, _)| *uid == controller.uid) {
+                    Some((_, o)) => Ok(Some(o.clone())),
+                    None => Ok(self.answer.clone()),
+                }
             })
+        }
+    }
+
+    /// Lists the same pods for every group (or fails), counting the calls.
+    #[derive(Default)]
+    struct FakeGroups {
+        listed: Mutex<Vec<group::Listed>>,
+        fail: std::sync::atomic::AtomicBool,
+        calls: AtomicUsize,
+    }
+
+    impl GroupPods for FakeGroups {
+        fn pods<'a>(
+            &'a self,
+            namespace: &'a str,
+            group: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<group::Listed>, group::GroupError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err(group::GroupError::Timeout {
+                        namespace: namespace.to_owned(),
+                        group: group.to_owned(),
+                        timeout: Duration::from_secs(3),
+                    });
+                }
+                Ok(self.listed.lock().expect("not poisoned").clone())
+            })
+        }
+    }
+
+    /// A listed pod of the group, controlled by `kind/name` with `uid`.
+    fn listed(pod: &str, kind: &str, name: &str, uid: &str) -> group::Listed {
+        group::Listed {
+            pod: pod.into(),
+            controller: Some(OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: kind.into(),
+                name: name.into(),
+                uid: uid.into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }),
+            terminating: false,
         }
     }
 
@@ -583,15 +710,18 @@ mod tests {
     struct Harness {
         state: Arc<Admission>,
         owners: Arc<FakeOwners>,
+        groups: Arc<FakeGroups>,
         events: Arc<FakeEvents>,
     }
 
     fn harness_with(answer: Option<Owner>, fail: bool) -> Harness {
         let owners = Arc::new(FakeOwners {
             answer,
+            by_uid: Mutex::default(),
             fail,
             calls: AtomicUsize::new(0),
         });
+        let groups = Arc::new(FakeGroups::default());
         let events = Arc::new(FakeEvents::default());
         let state = Arc::new(Admission {
             config: Config {
@@ -605,12 +735,14 @@ mod tests {
                 },
             },
             owners: owners.clone(),
+            groups: groups.clone(),
             events: events.clone(),
             metrics: Metrics::new(),
         });
         Harness {
             state,
             owners,
+            groups,
             events,
         }
     }
@@ -879,7 +1011,95 @@ mod tests {
             Some("solo")
         );
         assert_eq!(h.owners.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            h.groups.calls.load(Ordering::SeqCst),
+            0,
+            "a bare pod joins any group"
+        );
         assert!(h.events.taken().is_empty(), "no owner, no event");
+    }
+
+    /// The uid of the StatefulSet in pod-of-statefulset.json.
+    const WEB_STS_UID: &str = "9a1d8c52-3b7e-4f0a-8e61-2f4c5d6e7f80";
+
+    #[tokio::test]
+    async fn pod_joining_a_group_of_another_workload_is_denied_naming_both() {
+        let h = harness();
+        let mut deploy = owner("Deployment", "web");
+        deploy.namespace = "shop".into();
+        h.owners
+            .by_uid
+            .lock()
+            .expect("not poisoned")
+            .push(("rs-uid".into(), deploy));
+        *h.groups.listed.lock().expect("not poisoned") = vec![
+            listed(
+                "web-6b7f9c8d4-abcde",
+                "ReplicaSet",
+                "web-6b7f9c8d4",
+                "rs-uid",
+            ),
+            listed(
+                "web-6b7f9c8d4-fghij",
+                "ReplicaSet",
+                "web-6b7f9c8d4",
+                "rs-uid",
+            ),
+        ];
+        let r = review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().expect("message");
+        for part in [
+            "StatefulSet/web cannot join group \"web\"",
+            "pods of Deployment/web (e.g. web-6b7f9c8d4-abcde)",
+            "baton.dev/lease-name: web-sts on StatefulSet/web",
+        ] {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+        assert_eq!(
+            h.owners.calls.load(Ordering::SeqCst),
+            2,
+            "the pod's owner, then one lookup for the ReplicaSet's two pods"
+        );
+        assert!(h.events.taken().is_empty(), "{r}");
+        let text = h.state.metrics.encode().expect("encodes");
+        let line = "baton_webhook_admissions_total{operation=\"mutate\",result=\"denied\"} 1";
+        assert!(text.contains(line), "{line} missing in\n{text}");
+    }
+
+    #[tokio::test]
+    async fn pod_joining_its_own_workloads_group_is_injected_without_a_lookup() {
+        let h = harness();
+        let mut leaving = listed("web-2", "StatefulSet", "old", "gone-uid");
+        leaving.terminating = true;
+        *h.groups.listed.lock().expect("not poisoned") =
+            vec![listed("web-1", "StatefulSet", "web", WEB_STS_UID), leaving];
+        let r = review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        assert_eq!(r["allowed"], true, "{r}");
+        assert!(r.get("patch").is_some(), "{r}");
+        assert_eq!(h.groups.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            h.owners.calls.load(Ordering::SeqCst),
+            1,
+            "only the pod's own owner: its sibling shares the controller, the terminating pod is ignored"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_group_list_denies_with_the_cause() {
+        let h = harness();
+        h.groups.fail.store(true, Ordering::SeqCst);
+        let r = review(&h, "/mutate", fixture("pod-of-statefulset.json")).await;
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().expect("message");
+        assert!(
+            message.starts_with("baton: cannot check group \"web\""),
+            "{message}"
+        );
+        assert!(
+            message.contains("listing the pods of group web in shop: no answer within 3s"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

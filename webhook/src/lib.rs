@@ -7,6 +7,7 @@ pub mod admission;
 pub mod annotations;
 pub mod certs;
 pub mod events;
+pub mod group;
 pub mod health;
 pub mod inject;
 pub mod keys;
@@ -54,12 +55,16 @@ pub async fn run(
         caches,
         metrics.clone(),
     ));
+    let groups = Arc::new(group::KubeGroupPods::new(
+        client.clone(),
+        settings.api_timeout,
+    ));
     let events = Arc::new(events::KubeEvents::new(
         client.clone(),
         settings.pod_name.clone(),
     ));
     let Some(_) = &settings.cert_secret else {
-        Webhook::bind(&settings, owners, events, metrics)
+        Webhook::bind(&settings, owners, groups, events, metrics)
             .await?
             .serve(shutdown)
             .await?;
@@ -67,7 +72,7 @@ pub async fn run(
     };
     let certs = certs::SelfManaged::start(client, &settings).await?;
     let tls = tls::from_resolver(certs.resolver())?;
-    let webhook = Webhook::bind_with(&settings, tls, owners, events, metrics).await?;
+    let webhook = Webhook::bind_with(&settings, tls, owners, groups, events, metrics).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let maintenance = tokio::spawn(certs.run(stop.clone()));
     let result = webhook.serve(shutdown).await;

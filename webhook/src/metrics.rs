@@ -28,7 +28,8 @@ pub enum Outcome {
     Skipped,
     /// Allowed by /validate.
     Allowed,
-    /// Denied: invalid annotations, or the owner could not be looked up.
+    /// Denied: invalid annotations, a group that already has pods of another
+    /// workload, or the owner (or the group's pods) could not be looked up.
     Denied,
     /// A malformed request, answered with HTTP 400.
     Invalid,

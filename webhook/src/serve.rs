@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admission::{self, Admission},
     events::EventSink,
+    group::GroupPods,
     health,
     inject::Config,
     metrics::Metrics,
@@ -60,6 +61,7 @@ impl Webhook {
     pub async fn bind(
         settings: &Settings,
         owners: Arc<dyn OwnerLookup>,
+        groups: Arc<dyn GroupPods>,
         events: Arc<dyn EventSink>,
         metrics: Metrics,
     ) -> Result<Self, ServeError> {
@@ -67,7 +69,7 @@ impl Webhook {
             (Some(cert), Some(key)) => tls::from_files(cert, key)?,
             _ => tls::from_self_signed(&settings.tls_san, settings.ca_out_file.as_deref())?,
         };
-        Self::bind_with(settings, tls, owners, events, metrics).await
+        Self::bind_with(settings, tls, owners, groups, events, metrics).await
     }
 
     /// Binds both addresses, serving HTTPS with `tls` (e.g. self-managed
@@ -76,6 +78,7 @@ impl Webhook {
         settings: &Settings,
         tls: Arc<ServerConfig>,
         owners: Arc<dyn OwnerLookup>,
+        groups: Arc<dyn GroupPods>,
         events: Arc<dyn EventSink>,
         metrics: Metrics,
     ) -> Result<Self, ServeError> {
@@ -93,6 +96,7 @@ impl Webhook {
         let admission = Arc::new(Admission {
             config: Config::from(settings),
             owners,
+            groups,
             events,
             metrics: metrics.clone(),
         });
@@ -211,7 +215,7 @@ mod tests {
     use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
     use super::*;
-    use crate::testing::{NoEvents, StaticOwners, owner};
+    use crate::testing::{NoEvents, NoGroupPods, StaticOwners, owner};
 
     async fn exchange(
         mut stream: impl AsyncRead + AsyncWrite + Unpin,
@@ -249,6 +253,7 @@ mod tests {
         let webhook = Webhook::bind(
             &settings,
             Arc::new(StaticOwners(Some(web))),
+            Arc::new(NoGroupPods),
             Arc::new(NoEvents),
             Metrics::new(),
         )
