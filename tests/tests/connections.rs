@@ -179,21 +179,49 @@ fn assert_few_failed(outcomes: &[Outcome]) {
     }
 }
 
-async fn keep_alive_http_through(test: &str, kind: ProxiedService) {
+/// The kinds of client that keep their connections.
+#[derive(Clone, Copy, PartialEq)]
+enum Kept {
+    /// HTTP/1.1 keep-alive (reqwest's pool).
+    Http1,
+    /// One HTTP/2 connection multiplexing every request, as a gRPC channel
+    /// does.
+    Http2,
+    /// A plain long-lived TCP protocol: the proxy knows nothing of it.
+    Tcp,
+}
+
+/// A group of two, a Service of `kind` through the proxy, and a client of
+/// `kept` through it across [`three_switches`].
+async fn follows_every_switch(test: &str, kind: ProxiedService, kept: Kept) {
     // Every test's group is named `web`.
     let service = workload::proxied_service_name("web");
-    let env: &[(&str, &str)] = match kind {
-        ProxiedService::HolderEndpoint => &[("BATON_SERVICE", &service)],
-        ProxiedService::WholeGroup | ProxiedService::RoleLabel => &[],
+    let app_port = match kept {
+        Kept::Http1 => None,
+        Kept::Http2 => Some(workload::H2C_PORT.to_string()),
+        Kept::Tcp => Some(workload::LINES_PORT.to_string()),
     };
-    let (group, first) = Group::deploy_with(test, 2, env).await;
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    if kind == ProxiedService::HolderEndpoint {
+        env.push(("BATON_SERVICE", &service));
+    }
+    if let Some(port) = &app_port {
+        env.push(("BATON_PROXY_APP_PORT", port));
+    }
+    let (group, first) = Group::deploy_with(test, 2, &env).await;
     group
         .ns
         .apply(&workload::proxied_service(&group.name, kind));
-    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
-    let _ = harness::http(); // installs the TLS provider reqwest needs
-    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
-        .expect("an HTTP client");
+    let ip = cluster_ip(&group, &service).await;
+    let client = match kept {
+        Kept::Http1 => {
+            let _ = harness::http(); // installs the TLS provider reqwest needs
+            Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
+                .expect("an HTTP client")
+        }
+        Kept::Http2 => Client::start_h2(format!("{ip}:80"), RATE),
+        Kept::Tcp => Client::start_tcp(format!("{ip}:80"), RATE),
+    };
     client
         .wait_steady_on(&first, 20)
         .await
@@ -209,12 +237,12 @@ async fn keep_alive_http_through(test: &str, kind: ProxiedService) {
 
 #[tokio::test]
 async fn keep_alive_http_follows_every_switch_through_a_service_of_the_whole_group() {
-    keep_alive_http_through("conn-http-group", ProxiedService::WholeGroup).await;
+    follows_every_switch("conn-http-group", ProxiedService::WholeGroup, Kept::Http1).await;
 }
 
 #[tokio::test]
 async fn keep_alive_http_follows_every_switch_through_the_role_label_service() {
-    keep_alive_http_through("conn-http-role", ProxiedService::RoleLabel).await;
+    follows_every_switch("conn-http-role", ProxiedService::RoleLabel, Kept::Http1).await;
 }
 
 /// The holder's endpoint (`baton.dev/service`) with the proxy's port by
@@ -222,62 +250,27 @@ async fn keep_alive_http_follows_every_switch_through_the_role_label_service() {
 /// holder carried.
 #[tokio::test]
 async fn keep_alive_http_follows_every_switch_through_the_holders_endpoint() {
-    keep_alive_http_through("conn-http-endpoint", ProxiedService::HolderEndpoint).await;
+    follows_every_switch(
+        "conn-http-endpoint",
+        ProxiedService::HolderEndpoint,
+        Kept::Http1,
+    )
+    .await;
 }
 
-/// A plain long-lived TCP protocol: the proxy knows nothing of it.
 #[tokio::test]
 async fn a_long_lived_tcp_client_follows_every_switch() {
-    let port = workload::LINES_PORT.to_string();
-    let (group, first) =
-        Group::deploy_with("conn-tcp", 2, &[("BATON_PROXY_APP_PORT", &port)]).await;
-    group.ns.apply(&workload::proxied_service(
-        &group.name,
-        ProxiedService::WholeGroup,
-    ));
-    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
-    let client = Client::start_tcp(format!("{ip}:80"), RATE);
-    client
-        .wait_steady_on(&first, 20)
-        .await
-        .expect("steady on the holder");
-    let outcomes = three_switches(&group, &first, &client).await;
-    assert_few_failed(&outcomes);
-    drop(client);
-    group.finish().await;
-}
-
-/// One HTTP/2 connection multiplexing every request, as a gRPC channel
-/// does: the proxy cuts it at a switch and the client's next connection
-/// lands on the holder.
-async fn http2_through(test: &str, kind: ProxiedService) {
-    let port = workload::H2C_PORT.to_string();
-    let (group, first) = Group::deploy_with(test, 2, &[("BATON_PROXY_APP_PORT", &port)]).await;
-    group
-        .ns
-        .apply(&workload::proxied_service(&group.name, kind));
-    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
-    let client = Client::start_h2(format!("{ip}:80"), RATE);
-    client
-        .wait_steady_on(&first, 20)
-        .await
-        .expect("steady on the holder");
-    let outcomes = three_switches(&group, &first, &client).await;
-    if kind == ProxiedService::WholeGroup {
-        assert_few_failed(&outcomes);
-    }
-    drop(client);
-    group.finish().await;
+    follows_every_switch("conn-tcp", ProxiedService::WholeGroup, Kept::Tcp).await;
 }
 
 #[tokio::test]
 async fn a_multiplexed_http2_client_follows_every_switch_through_a_service_of_the_whole_group() {
-    http2_through("conn-h2-group", ProxiedService::WholeGroup).await;
+    follows_every_switch("conn-h2-group", ProxiedService::WholeGroup, Kept::Http2).await;
 }
 
 #[tokio::test]
 async fn a_multiplexed_http2_client_follows_every_switch_through_the_role_label_service() {
-    http2_through("conn-h2-role", ProxiedService::RoleLabel).await;
+    follows_every_switch("conn-h2-role", ProxiedService::RoleLabel, Kept::Http2).await;
 }
 
 /// The proxy needs no capability: under the restricted Pod Security
