@@ -654,6 +654,17 @@ mod tests {
         port
     }
 
+    /// A port nothing listens on at `ip` (bound, then released): a peer
+    /// port both pods of a test can take, or an app that refuses.
+    async fn free_port(ip: &str) -> u16 {
+        TcpListener::bind((ip, 0))
+            .await
+            .expect("a free port")
+            .local_addr()
+            .expect("addr")
+            .port()
+    }
+
     /// Sends a line, reads the answer: the app's name, or None once closed.
     async fn ask(c: &mut tokio::io::BufReader<TcpStream>) -> Option<String> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -744,12 +755,7 @@ mod tests {
         let metrics = Metrics::new();
         // web-0's peer port is free on 127.0.0.2; web-1's peer listener
         // takes the same number on 127.0.0.1.
-        let peer = TcpListener::bind("127.0.0.2:0")
-            .await
-            .expect("a free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let peer = free_port("127.0.0.2").await;
         let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
         let web1 = side("web-1", "127.0.0.1", peer, &metrics).await;
         web0.status
@@ -850,17 +856,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_local_app_refuses_waits_for_the_next_holder() {
         let metrics = Metrics::new();
-        let peer = TcpListener::bind("127.0.0.2:0")
-            .await
-            .expect("a free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let peer = free_port("127.0.0.2").await;
         let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
-        let dead_app = {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            l.local_addr().expect("addr").port()
-        };
+        let dead_app = free_port("127.0.0.1").await;
         let web1 = side_of("web-1", "127.0.0.1", dead_app, peer, &metrics).await;
         web1.status
             .send_replace(status(Role::Active, Some("web-1")));
@@ -913,12 +911,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_alive_http_client_is_answered_by_the_new_holder_alone_after_a_handover() {
         let metrics = Metrics::new();
-        let peer = TcpListener::bind("127.0.0.2:0")
-            .await
-            .expect("a free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let peer = free_port("127.0.0.2").await;
         let web0_app = http_app("web-0", "127.0.0.2").await;
         let web1_app = http_app("web-1", "127.0.0.1").await;
         let web0 = side_of("web-0", "127.0.0.2", web0_app, peer, &metrics).await;

@@ -9,8 +9,8 @@ use kube::Api;
 
 use crate::{
     harness::{
-        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip,
-        wait_endpoints, wait_for_object, wait_until,
+        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, labelled, wait_endpoints,
+        wait_for_object, wait_until,
     },
     workload,
 };
@@ -151,15 +151,7 @@ impl Group {
 
     /// The body of a GET of `path` on the pod's sidecar status server.
     pub async fn sidecar_get(&self, pod: &str, path: &str) -> String {
-        let ip = pod_ip(&self.ns, pod).await;
-        http()
-            .get(format!("http://{ip}:9095{path}"))
-            .send()
-            .await
-            .expect("the sidecar's status server answers")
-            .text()
-            .await
-            .expect("a body")
+        crate::harness::sidecar_get(&self.ns, pod, path).await
     }
 
     pub async fn sidecar_status(&self, pod: &str) -> serde_json::Value {

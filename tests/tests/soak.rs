@@ -14,7 +14,7 @@ use std::{
 use baton_e2e::{
     app_env,
     harness::{
-        Cluster, LeaseHistory, NeverTwoActive, TestNamespace, http, labelled, pod_ip, pod_ready,
+        self, Cluster, LeaseHistory, NeverTwoActive, TestNamespace, labelled, pod_ip, pod_ready,
         poll_status, sidecar_restarts, signal, wait_app_healthy, wait_endpoints, wait_for_holder,
         wait_for_object, wait_until,
     },
@@ -83,15 +83,7 @@ impl Drop for EverActive {
 }
 
 async fn metrics(ns: &TestNamespace, pod: &str) -> String {
-    let ip = pod_ip(ns, pod).await;
-    http()
-        .get(format!("http://{ip}:9095/metrics"))
-        .send()
-        .await
-        .expect("the sidecar's status server answers")
-        .text()
-        .await
-        .expect("a body")
+    harness::sidecar_get(ns, pod, "/metrics").await
 }
 
 /// Waits until `pod`'s sidecar has counted `n` successful probes started by

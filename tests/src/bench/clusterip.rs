@@ -896,7 +896,9 @@ async fn cluster_ip(ns: &TestNamespace, service: &str) -> anyhow::Result<String>
         .with_context(|| format!("the Service {service} has no ClusterIP"))
 }
 
-fn steady(s: &State, mode: ServiceMode) -> Option<(String, String)> {
+/// (holder, standby) once both pods run with an IP, one labelled active
+/// and the other passive, and the Service of `mode` serves the holder.
+pub(super) fn steady(s: &State, mode: ServiceMode) -> Option<(String, String)> {
     let pods = s.group_pods(GROUP);
     let live: Vec<_> = pods
         .iter()

@@ -21,8 +21,9 @@ use baton_e2e::{
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 
 use super::{
+    clusterip::{ServiceMode, steady},
     measure::samples,
-    recorder::{Change, Recorder, State},
+    recorder::{Change, Recorder},
     stats::now,
 };
 
@@ -169,10 +170,10 @@ async fn soak(
     ));
     let st = rec
         .wait(Duration::from_secs(180), "a steady group", |s| {
-            steady(s).is_some()
+            steady(s, ServiceMode::Proxy).is_some()
         })
         .await?;
-    let (holder, standby) = steady(&st).context("steady")?;
+    let (holder, standby) = steady(&st, ServiceMode::Proxy).context("steady")?;
     let settled = settle(ns, [&holder, &standby]).await?;
     anyhow::ensure!(
         settled == holder,
@@ -368,24 +369,6 @@ async fn settle(ns: &TestNamespace, group: [&str; 2]) -> anyhow::Result<String> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("the sidecars did not settle on a holder within 60 s: {last:?}")
-}
-
-/// (holder, standby) once both pods run with an IP, one labelled active
-/// and the other passive.
-fn steady(s: &State) -> Option<(String, String)> {
-    let pods = s.group_pods(GROUP);
-    let live: Vec<_> = pods
-        .iter()
-        .filter(|(_, p)| !p.terminating && p.ip.is_some())
-        .collect();
-    let act = s.active(GROUP);
-    if pods.len() != 2 || live.len() != 2 || act.len() != 1 {
-        return None;
-    }
-    let standby = live
-        .iter()
-        .find(|(n, p)| *n != act[0] && p.role.as_deref() == Some("passive"))?;
-    Some((act[0].clone(), standby.0.clone()))
 }
 
 impl SoakResult {

@@ -15,6 +15,19 @@ pub fn http() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// The body of a GET of `path` on `pod`'s sidecar status server.
+pub async fn sidecar_get(ns: &TestNamespace, pod: &str, path: &str) -> String {
+    let ip = pod_ip(ns, pod).await;
+    http()
+        .get(format!("http://{ip}:9095{path}"))
+        .send()
+        .await
+        .expect("the sidecar's status server answers")
+        .text()
+        .await
+        .expect("a body")
+}
+
 /// The `/status` of `pod`'s sidecar, once it answers.
 pub async fn sidecar_status(ns: &TestNamespace, pod: &str) -> serde_json::Value {
     let ip = pod_ip(ns, pod).await;
