@@ -24,6 +24,7 @@ pub struct Metrics {
     role_changes: Family<Labels, Counter>,
     probes: Family<Labels, Counter>,
     probe_duration: Histogram,
+    api_calls: Family<Labels, Counter>,
     api_errors: Family<Labels, Counter>,
     promotions_refused: Counter,
     handover_duration: Histogram,
@@ -64,6 +65,7 @@ impl Metrics {
             probe_duration: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
+            api_calls: Family::default(),
             api_errors: Family::default(),
             promotions_refused: Counter::default(),
             handover_duration: Histogram::new([
@@ -106,6 +108,11 @@ impl Metrics {
             "probe_duration_seconds",
             "Time an app probe took",
             m.probe_duration.clone(),
+        );
+        registry.register(
+            "api_calls",
+            "Kubernetes API calls the sidecar's loop started, by operation (a promotion, which lists the group and patches labels, counts once; watches are not counted)",
+            m.api_calls.clone(),
         );
         registry.register(
             "api_errors",
@@ -215,6 +222,12 @@ impl Metrics {
         self.lease_held_by_stranger.set(i64::from(stranger));
     }
 
+    pub fn api_call(&self, operation: &'static str) {
+        self.api_calls
+            .get_or_create(&vec![("operation", operation)])
+            .inc();
+    }
+
     pub fn api_error(&self, operation: &'static str) {
         self.api_errors
             .get_or_create(&vec![("operation", operation)])
@@ -249,12 +262,14 @@ mod tests {
         m.observe_probe("period", "success", Duration::from_millis(3));
         m.set_role(true, true);
         m.api_error("renew");
+        m.api_call("renew lease");
         let text = m.encode();
         for needle in [
             "baton_probes_total{trigger=\"period\",result=\"success\"} 1",
             "baton_role_active 1",
             "baton_role_changes_total{role=\"active\"} 1",
             "baton_api_errors_total{operation=\"renew\"} 1",
+            "baton_api_calls_total{operation=\"renew lease\"} 1",
             "baton_probe_duration_seconds_count 1",
             "# EOF",
         ] {

@@ -51,6 +51,37 @@ pub enum Action {
     AdoptRole(Role),
 }
 
+impl Action {
+    /// The API operation this action calls, in logs and the
+    /// `baton_api_calls_total` and `baton_api_errors_total` metrics; None
+    /// for the actions that call nothing.
+    pub fn operation(&self) -> Option<&'static str> {
+        Some(match self {
+            Action::LabelPassive { .. } => op::LABEL_PASSIVE,
+            Action::ReadLease { .. } => super::settle::step_name(Step::Read),
+            Action::WriteLease(w) => super::settle::step_name(w.step),
+            Action::HandOver(_) => op::HAND_OVER,
+            Action::PointService { .. } => op::POINT_SERVICE,
+            Action::Promote { .. } => op::PROMOTE,
+            Action::CountGroup { .. } => op::COUNT_GROUP,
+            Action::CheckHolder { .. } => op::CHECK_HOLDER,
+            Action::PublishHealth { .. } => op::SET_HEALTH,
+            Action::AdoptHealth(_) | Action::AdoptRole(_) => return None,
+        })
+    }
+}
+
+/// The names of the calls other than the Lease's steps.
+pub mod op {
+    pub const LABEL_PASSIVE: &str = "label passive";
+    pub const HAND_OVER: &str = "hand over lease";
+    pub const POINT_SERVICE: &str = "point service";
+    pub const PROMOTE: &str = "promote";
+    pub const COUNT_GROUP: &str = "count the group";
+    pub const CHECK_HOLDER: &str = "check lease holder";
+    pub const SET_HEALTH: &str = "set health condition";
+}
+
 /// A conditional write of the Lease (rule 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseWrite {

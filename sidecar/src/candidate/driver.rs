@@ -187,9 +187,13 @@ impl Candidate {
             self.state.begin_handover_write();
             self.show_role(Instant::now()).await;
         }
+        let operation = action.operation();
         let Some(outcome) = self.call(action).await else {
             return false;
         };
+        if let Some(operation) = operation {
+            self.metrics.api_call(operation);
+        }
         let notices = settle(&mut self.state, outcome, Instant::now(), fastrand::f64());
         self.say(notices);
         true

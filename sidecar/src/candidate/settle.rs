@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 
-use super::{Handover, LeaseWrite, Notice, Phase, REFUSED_RETRY_BASE, state::State};
+use super::{Handover, LeaseWrite, Notice, Phase, REFUSED_RETRY_BASE, decide::op, state::State};
 use crate::{
     backoff,
     contract::Role,
@@ -118,7 +118,7 @@ pub fn settle(s: &mut State, outcome: Outcome, now: Instant, jitter: f64) -> Vec
         Outcome::LabelledPassive(result) => {
             let result = s.labelled(Role::Passive, None, result, now, &mut n);
             s.note_passive_label(&result, &mut n);
-            call(s, "label passive", result, &mut n);
+            call(s, op::LABEL_PASSIVE, result, &mut n);
         }
         Outcome::LeaseRead(result) => {
             let result = result.map(|l| s.observe_lease(l.as_ref(), now, &mut n));
@@ -141,7 +141,7 @@ pub fn settle(s: &mut State, outcome: Outcome, now: Instant, jitter: f64) -> Vec
             // Landed, the handover ended our lead; refused, we still lead.
             s.controls.handover_sending = false;
             let result = result.map(|l| s.handed_over(handover, sent, &l, now, &mut n));
-            call(s, "hand over lease", result.map_err(Into::into), &mut n);
+            call(s, op::HAND_OVER, result.map_err(Into::into), &mut n);
         }
         Outcome::ServicePointed(result) => s.settle_endpoint(result, now, jitter, &mut n),
         Outcome::Promoted {
@@ -156,7 +156,7 @@ pub fn settle(s: &mut State, outcome: Outcome, now: Instant, jitter: f64) -> Vec
                 }
                 Err(e) => Err(e.into()),
             };
-            call(s, "promote", result, &mut n);
+            call(s, op::PROMOTE, result, &mut n);
         }
         Outcome::GroupCounted(result) => {
             let result = result.map(|count| {
@@ -167,11 +167,11 @@ pub fn settle(s: &mut State, outcome: Outcome, now: Instant, jitter: f64) -> Vec
                     d.standbys = Some(count);
                 }
             });
-            call(s, "count the group", result.map_err(Into::into), &mut n);
+            call(s, op::COUNT_GROUP, result.map_err(Into::into), &mut n);
         }
         Outcome::HolderChecked { holder, result } => {
             let result = result.map(|m| s.lease.holder_pod = Some((holder, m)));
-            call(s, "check lease holder", result.map_err(Into::into), &mut n);
+            call(s, op::CHECK_HOLDER, result.map_err(Into::into), &mut n);
         }
         Outcome::HealthPublished { healthy, result } => {
             s.settle_health(healthy, result, now, jitter, &mut n);
@@ -285,7 +285,7 @@ impl State {
                 self.observe_pod(*pod, now, n);
             }
             Err(error) => {
-                n.push(Notice::ApiError("set health condition"));
+                n.push(Notice::ApiError(op::SET_HEALTH));
                 if c.health_failures.failed() {
                     let error = ErrorChain(&error).to_string();
                     n.push(Notice::HealthConditionFailing { error });
@@ -335,7 +335,7 @@ impl State {
             e.failures.failed();
             REFUSED_RETRY_BASE
         } else {
-            n.push(Notice::ApiError("point service"));
+            n.push(Notice::ApiError(op::POINT_SERVICE));
             if e.failures.failed() {
                 let error = ErrorChain(&error).to_string();
                 n.push(Notice::EndpointFailing { error });

@@ -54,7 +54,7 @@ fn a_switchover_hands_the_lease_on_keeps_the_label_and_takes_it_back_if_nobody_t
     // Not leading, yet the label stays active: no passive label, no Lease
     // write (the new holder, looked up once, is all it does).
     let (actions, _) = turns(&mut s, t0 + S, 5, |s, a| accept(s, a, t0 + S));
-    assert_eq!(kinds(&actions), ["check holder"]);
+    assert_eq!(kinds(&actions), ["check lease holder"]);
     let h = s.controls.handing_over.clone().expect("in flight");
     assert_eq!(h.until - h.began, s.settings.lease_duration / 2);
     assert_eq!(next_wake(&s, t0 + S), Some(h.until));

@@ -83,6 +83,8 @@ async fn a_call_is_cut_at_the_holders_deadline() {
     assert_eq!(c.state.lease.view, LeaseView::Unknown, "re-read next");
     assert!(!c.state.api.calls.reachable());
     assert_eq!(c.state.outward_role(Instant::now()), Some(Role::Passive));
+    let counted = "baton_api_calls_total{operation=\"renew lease\"} 1";
+    assert!(c.metrics.encode().contains(counted), "{counted}");
 }
 
 /// Rule 6 during an outage: SIGTERM cuts short a call that hangs, and no

@@ -153,7 +153,7 @@ fn a_re_read_of_an_unchanged_lease_keeps_its_expiry_clock() {
     assert_eq!(o.seen_at, t0, "expires 6 s after it was first seen");
     assert_eq!(
         decide(&s, t0 + 5 * S).map(|a| kinds(&[a])),
-        Some(vec!["check holder"])
+        Some(vec!["check lease holder"])
     );
 }
 

@@ -37,7 +37,7 @@ fn a_deleted_holder_releases_first_and_keeps_its_label_while_it_drains() {
     let (actions, n) = turns(&mut s, t0, 5, |s, a| accept(s, a, t0));
     assert_eq!(
         kinds(&actions),
-        ["release lease", "count group"],
+        ["release lease", "count the group"],
         "released, not labelled passive first; nothing more while draining"
     );
     assert_eq!(events(&n), ["HandedOver"]);
@@ -57,7 +57,11 @@ fn a_deleted_holder_releases_first_and_keeps_its_label_while_it_drains() {
     assert!(matches!(&n[..], [Notice::TakenOver { .. }]), "{n:?}");
     // (It reads who web-1 is, once: a pod of the group.)
     let (actions, _) = turns(&mut s, taken, 5, |s, a| accept(s, a, taken));
-    assert_eq!(kinds(&actions), ["check holder"], "still labelled active");
+    assert_eq!(
+        kinds(&actions),
+        ["check lease holder"],
+        "still labelled active"
+    );
     assert_eq!(
         next_wake(&s, taken),
         Some(taken + drain),
@@ -78,7 +82,7 @@ fn sigterm_while_draining_ends_the_drain_and_labels_passive_at_once() {
     let t0 = Instant::now();
     let mut s = deleted_holder(t0);
     let (actions, _) = turns(&mut s, t0, 5, |s, a| accept(s, a, t0));
-    assert_eq!(kinds(&actions), ["release lease", "count group"]);
+    assert_eq!(kinds(&actions), ["release lease", "count the group"]);
     assert!(s.draining(t0), "draining, web-1 may take over");
 
     assert_eq!(s.begin_shutdown(t0), [Notice::ShutdownRequested]);
@@ -104,7 +108,7 @@ fn a_deleted_holder_alone_in_its_group_does_not_drain() {
     });
     assert_eq!(
         kinds(&actions),
-        ["release lease", "count group", "label passive"],
+        ["release lease", "count the group", "label passive"],
         "the passive label at once"
     );
     assert!(n.contains(&Notice::NoStandby), "{n:?}");
@@ -193,7 +197,11 @@ fn a_lease_held_by_a_stranger_is_said_once_everywhere_until_it_goes() {
         },
         other => panic!("only the look-up: {other:?}"),
     });
-    assert_eq!(kinds(&actions), ["check holder"], "it looked the holder up");
+    assert_eq!(
+        kinds(&actions),
+        ["check lease holder"],
+        "it looked the holder up"
+    );
     // The Event regards our Pod: none goes out while it is unseen.
     let own_pod = s.own.pod.take();
     let mut n = s.note(t0);

@@ -231,17 +231,9 @@ pub fn kinds(actions: &[Action]) -> Vec<&'static str> {
     actions
         .iter()
         .map(|a| match a {
-            Action::LabelPassive { .. } => "label passive",
-            Action::ReadLease { .. } => "read lease",
-            Action::WriteLease(w) => super::settle::step_name(w.step),
-            Action::HandOver(_) => "hand over",
-            Action::PointService { .. } => "point service",
-            Action::Promote { .. } => "promote",
-            Action::CountGroup { .. } => "count group",
-            Action::CheckHolder { .. } => "check holder",
-            Action::PublishHealth { .. } => "publish health",
             Action::AdoptHealth(_) => "adopt health",
             Action::AdoptRole(_) => "adopt role",
+            a => a.operation().expect("an action that calls"),
         })
         .collect()
 }
