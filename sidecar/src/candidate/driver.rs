@@ -216,12 +216,14 @@ impl Candidate {
             Action::WriteLease(write) => {
                 let current = s.write_base(write.step).cloned();
                 let desired = write.desired(current.as_ref(), &me, duration, Timestamp::now());
+                let renew_time = desired.spec.as_ref().and_then(|s| s.renew_time.clone());
                 let sent = Instant::now();
                 let timeout = write.bound.at(sent);
                 let result = self.leases.write(current.as_ref(), desired, timeout).await;
                 Outcome::LeaseWritten {
                     write,
                     sent,
+                    renew_time,
                     result,
                 }
             }

@@ -27,6 +27,9 @@ pub enum Notice {
         operation: &'static str,
         error: String,
     },
+    /// A renewal that got no answer was seen landed: it counts from when it
+    /// was sent (rule 5).
+    RenewalLandedLate,
     /// The first call that answered after an outage.
     ApiRecovered {
         failed_calls: u32,

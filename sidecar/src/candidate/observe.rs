@@ -203,6 +203,7 @@ impl State {
             // A new holder is checked afresh (a pod may come back).
             self.lease.holder_pod = None;
         }
+        self.credit_landed_renewal(l, &observed, n);
         let taken_over = observed.holder.as_deref().is_some_and(|h| h != self.me());
         if let Phase::GivenUp { drain: Some(d), .. } = &mut self.life.phase
             && d.taken_over_at.is_none()
@@ -215,6 +216,28 @@ impl State {
         }
         self.lease.view = LeaseView::Present(observed);
         self.lease.object = Some(l.clone());
+    }
+
+    /// Rule 5 for a renewal that got no answer (a slow API server): seen
+    /// landed, with the `renewTime` it carried under our name, it counts
+    /// from when it was sent. Every other pod saw it land after that, so
+    /// none can take the Lease before it was sent plus the lease duration.
+    fn credit_landed_renewal(&mut self, l: &Lease, observed: &Observed, n: &mut Vec<Notice>) {
+        let Some((sent, renew_time)) = &self.lease.unanswered_renewal else {
+            return;
+        };
+        let spec = l.spec.as_ref();
+        if observed.holder.as_deref() != Some(self.me())
+            || spec.and_then(|s| s.renew_time.as_ref()) != Some(renew_time)
+        {
+            return;
+        }
+        let sent = *sent;
+        self.lease.unanswered_renewal = None;
+        if self.lease.last_renew_sent.is_none_or(|t| t < sent) {
+            self.lease.last_renew_sent = Some(sent);
+            n.push(Notice::RenewalLandedLate);
+        }
     }
 
     pub fn observe_pod(&mut self, pod: Pod, now: Instant, n: &mut Vec<Notice>) {

@@ -65,6 +65,9 @@ impl Candidate {
                 Notice::ApiRecovered { failed_calls } => {
                     info!(failed_calls, "Kubernetes API reachable again")
                 }
+                Notice::RenewalLandedLate => debug!(
+                    "a renewal that timed out had landed; the lead counts from when it was sent"
+                ),
                 Notice::ProbeStopped => warn!("probe stopped; handing over"),
                 Notice::ShutdownRequested => info!("shutdown requested; handing over"),
                 Notice::PodDeleted => info!("pod deleted; handing over"),

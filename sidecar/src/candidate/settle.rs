@@ -4,7 +4,10 @@
 
 use std::time::Instant;
 
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+};
 
 use super::{Handover, LeaseWrite, Notice, Phase, REFUSED_RETRY_BASE, decide::op, state::State};
 use crate::{
@@ -36,6 +39,9 @@ pub enum Outcome {
         write: LeaseWrite,
         /// When the write was sent: leadership runs from then (rule 5).
         sent: Instant,
+        /// The `renewTime` it carried: a renewal that got no answer is
+        /// known by it if it is later seen to have landed.
+        renew_time: Option<MicroTime>,
         result: Result<Lease, WriteError>,
     },
     HandedOver {
@@ -127,8 +133,15 @@ pub fn settle(s: &mut State, outcome: Outcome, now: Instant, jitter: f64) -> Vec
         Outcome::LeaseWritten {
             write,
             sent,
+            renew_time,
             result,
         } => {
+            if write.step == Step::Renew {
+                s.lease.unanswered_renewal = match (&result, renew_time) {
+                    (Err(WriteError::Timeout { .. }), Some(t)) => Some((sent, t)),
+                    _ => None,
+                };
+            }
             let result = result.map(|l| s.written(&write, sent, &l, now, &mut n));
             let op = step_name(write.step);
             s.settle_call(op, true, result.map_err(Into::into), now, jitter, &mut n);
@@ -194,6 +207,10 @@ impl State {
         n: &mut Vec<Notice>,
     ) {
         match &result {
+            // A conflict may be our own renewal that landed unanswered: it
+            // says nothing of whether we are cut off; the re-read decides
+            // (a Lease that names another pod ends rule 7's exception).
+            Err(ActionError::Lease(WriteError::Conflict { .. })) => {}
             Err(e) => self.api.out_of_reach = e.unanswered(),
             // Reads and other calls say nothing of whether we still hold it.
             Ok(()) if lease_write => self.api.out_of_reach = false,

@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+};
 
 use super::{Phase, SHUTDOWN_CALL_TIMEOUT};
 use crate::{
@@ -46,6 +49,10 @@ pub struct LeaseKnowledge {
     pub object: Option<Lease>,
     /// When our last successful write was sent (rule 5).
     pub last_renew_sent: Option<Instant>,
+    /// Our last renewal, if it got no answer: when it was sent and the
+    /// `renewTime` it carried. Seen landed later, it counts from when it was
+    /// sent, as an answered one does (rule 5).
+    pub unanswered_renewal: Option<(Instant, MicroTime)>,
     /// Lease events seen since the watch (re)listed.
     pub listed: bool,
     /// The Lease's holder (not us) as a pod, checked once per holder.
@@ -62,6 +69,7 @@ impl Default for LeaseKnowledge {
             last_observed: None,
             object: None,
             last_renew_sent: None,
+            unanswered_renewal: None,
             listed: false,
             holder_pod: None,
             holder_since: None,

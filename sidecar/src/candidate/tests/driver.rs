@@ -227,6 +227,7 @@ async fn status_metrics_and_logs_follow_the_core() {
     let refused = Outcome::LeaseWritten {
         write,
         sent: t0 + 2 * S,
+        renew_time: None,
         result: Err(WriteError::Api {
             lease: "web".into(),
             source: api_error(403, "Forbidden"),

@@ -21,6 +21,7 @@ fn renews_when_due_and_a_timeout_shows_passive_at_the_deadline() {
     let timed_out = Outcome::LeaseWritten {
         write,
         sent: t0 + 2 * S,
+        renew_time: None,
         result: Err(write_timeout()),
     };
     let n = settle(&mut s, timed_out, t0 + 2200 * MS, JITTER);
@@ -121,6 +122,7 @@ fn a_renewal_that_times_out_ends_at_the_deadline_and_shows_passive() {
     let outcome = Outcome::LeaseWritten {
         write: renew,
         sent: now,
+        renew_time: None,
         result: Err(write_timeout()),
     };
     settle(&mut s, outcome, deadline, JITTER);
@@ -171,6 +173,7 @@ fn a_holder_back_from_an_outage_renews_before_relabelling_and_keeps_its_label() 
     let outcome = Outcome::LeaseWritten {
         write: renew,
         sent: due,
+        renew_time: None,
         result: Err(write_timeout()),
     };
     settle(&mut s, outcome, due + 100 * MS, JITTER);
@@ -205,6 +208,7 @@ fn a_holder_that_lost_its_rbac_shows_passive_at_its_deadline_and_says_why_once()
         Action::WriteLease(w) => Outcome::LeaseWritten {
             write: w.clone(),
             sent: due,
+            renew_time: None,
             result: Err(WriteError::Api {
                 lease: "web".into(),
                 source: api_error(403, "Forbidden"),

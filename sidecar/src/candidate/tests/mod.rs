@@ -9,6 +9,7 @@ mod driver;
 mod ladder;
 mod leaving;
 mod pure;
+mod slow;
 
 use std::{
     collections::BTreeMap,
@@ -168,6 +169,7 @@ pub fn accept(s: &State, action: &Action, at: Instant) -> Outcome {
         Action::WriteLease(write) => Outcome::LeaseWritten {
             write: write.clone(),
             sent: at,
+            renew_time: None,
             result: Ok(bumped(sent(s, action))),
         },
         Action::HandOver(handover) => Outcome::HandedOver {
