@@ -32,13 +32,19 @@ impl Group {
 
     /// [`Group::deploy`] with more env for the sidecars.
     pub async fn deploy_with(test: &str, replicas: u32, env: &[(&str, &str)]) -> (Group, String) {
-        Self::deploy_as(test, replicas, env, false).await
+        Self::deploy_as(test, replicas, env, false, "").await
+    }
+
+    /// [`Group::deploy`] with pod-spec lines that place the pods (such as
+    /// [`workload::ON_REAL_NODE`] where KWOK nodes run beside the real one).
+    pub async fn deploy_placed(test: &str, replicas: u32, placement: &str) -> (Group, String) {
+        Self::deploy_as(test, replicas, &[], false, placement).await
     }
 
     /// [`Group::deploy`] in a namespace that enforces the restricted Pod
     /// Security profile, with pods written to meet it.
     pub async fn deploy_restricted(test: &str, replicas: u32) -> (Group, String) {
-        Self::deploy_as(test, replicas, &[], true).await
+        Self::deploy_as(test, replicas, &[], true, "").await
     }
 
     async fn deploy_as(
@@ -46,6 +52,7 @@ impl Group {
         replicas: u32,
         env: &[(&str, &str)],
         restricted: bool,
+        placement: &str,
     ) -> (Group, String) {
         let cluster = Cluster::connect().await;
         let ns = cluster.namespace(test).await;
@@ -68,7 +75,7 @@ impl Group {
         let role_file = format!("{}/role.json", workload::RUN_DIR);
         let mut env = env.to_vec();
         env.push(("BATON_ROLE_FILE", &role_file));
-        let set = workload::statefulset(&name, replicas, true, &env);
+        let set = workload::statefulset_placed(&name, replicas, true, &env, placement);
         ns.apply(&if restricted {
             workload::restricted(&set)
         } else {

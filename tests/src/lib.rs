@@ -5,6 +5,7 @@
 //! (`release`).
 
 pub mod app_env;
+pub mod brownout;
 pub mod clients;
 pub mod group;
 pub mod harness;

@@ -54,9 +54,34 @@ pub fn sample_sum(text: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// The sum of every sample of a counter or gauge family, whatever its
+/// labels (`name{...} v` and `name v`).
+pub fn family_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn family_sum_adds_every_label_set_of_one_family_only() {
+        let text = "baton_api_calls_total{operation=\"renew lease\"} 3\n\
+                    baton_api_calls_total{operation=\"promote\"} 1\n\
+                    baton_api_calls_total_other 9\n\
+                    baton_api_errors_total{operation=\"renew lease\"} 2\n";
+        assert_eq!(family_sum(text, "baton_api_calls_total"), 4.0);
+        assert_eq!(family_sum("x 2\nx{a=\"b\"} 1\n", "x"), 3.0);
+    }
 
     #[test]
     fn referenced_finds_whole_metric_names_only() {

@@ -3,6 +3,7 @@
 //! writes target/bench/{report.md, *.svg, *.csv}. `make bench` runs it
 //! inside the network namespace of a fresh cluster of its own.
 
+mod brownout;
 mod clusterip;
 mod kle;
 mod load;
@@ -140,7 +141,14 @@ struct Args {
     /// each sidecar killed once, on the real node.
     #[arg(long, default_value_t = 600)]
     soak_secs: u64,
-    /// Parts to skip: clusterip, soak, baton, fast, slow, timing, webhook, scale, kle.
+    /// The API latencies of the brownout, seconds (each the freeze of a
+    /// duty cycle of the API server).
+    #[arg(long, value_delimiter = ',', default_value = "1,1.5,2.5,4")]
+    brownout_latencies: Vec<f64>,
+    /// Seconds each brownout lasts.
+    #[arg(long, default_value_t = 120)]
+    brownout_secs: u64,
+    /// Parts to skip: clusterip, soak, brownout, baton, fast, slow, timing, webhook, scale, kle.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Where the binaries the bench measures are: the webhook's, and (up.sh,
@@ -212,6 +220,12 @@ async fn main() -> anyhow::Result<()> {
             args.soak_secs
         ));
         Some(soak::run(&cluster, args.soak_secs, say).await)
+    };
+
+    let brownout = if skip("brownout") {
+        None
+    } else {
+        Some(brownout::run(&cluster, &args.brownout_latencies, args.brownout_secs, say).await)
     };
 
     let mut systems: Vec<(System, SystemResult)> = Vec::new();
@@ -368,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
         kle: kle.as_ref(),
         clusterip: &clusterip,
         soak: soak.as_ref(),
+        brownout: brownout.as_ref(),
         timings: &timings,
         scales: &scales,
         minutes: (now() - started) / 60.0,

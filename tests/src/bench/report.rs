@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use baton_e2e::harness::repo_root;
 
 use super::{
-    Args, SystemResult, clusterip, kle,
+    Args, SystemResult, brownout, clusterip, kle,
     load::{self, Window},
     measure, mib, scale,
     scenario::{Run, System},
@@ -23,6 +23,7 @@ pub(super) struct Report<'a> {
     pub(super) kle: Option<&'a kle::KleRace>,
     pub(super) clusterip: &'a [clusterip::ClusterIpResult],
     pub(super) soak: Option<&'a soak::SoakResult>,
+    pub(super) brownout: Option<&'a brownout::BrownoutResult>,
     pub(super) timings: &'a [(&'static timing::Timing, SystemResult)],
     pub(super) scales: &'a [scale::ScaleResult],
     pub(super) minutes: f64,
@@ -256,6 +257,10 @@ impl Report<'_> {
                 "\n## Soak: apps that close every connection, on the real node\n"
             );
             md.push_str(&s.markdown());
+        }
+        if let Some(b) = self.brownout {
+            let _ = writeln!(md, "\n## Brownout: a slow API server, on the real node\n");
+            md.push_str(&b.markdown());
         }
         let a = self.args;
         let _ = writeln!(md, "\n## baton vs the baseline controller\n");

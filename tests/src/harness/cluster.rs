@@ -78,6 +78,15 @@ impl Cluster {
             .unwrap_or_else(|| panic!("{name} is not a real node of this cluster"))
     }
 
+    /// The host pid of a control-plane process (kube-apiserver, etcd, ...),
+    /// from up.sh's pid file.
+    pub fn component_pid(&self, name: &str) -> u32 {
+        let path = self.dir.join(format!("pids/{name}.pid"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.trim().parse().expect("a pid")
+    }
+
     /// A real node's folder (tests/cluster/node-config.sh).
     pub fn node_dir(&self, name: &str) -> PathBuf {
         self.node(name).dir.clone()

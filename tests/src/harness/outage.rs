@@ -1,6 +1,7 @@
-//! What the chaos tests (`tests/tests/chaos.rs`) add to the harness: the
-//! never-two-active guard through a declared outage of the control plane,
-//! and a record of when a group had an active pod.
+//! What the chaos tests (`tests/tests/chaos.rs`, `brownout.rs`) add to the
+//! harness: the never-two-active guard through a declared outage of the
+//! control plane, a record of when a group had an active pod, and an API
+//! server made slow rather than dead.
 
 use std::{
     sync::{Arc, Mutex},
@@ -140,6 +141,149 @@ impl ActiveTimeline {
 }
 
 impl Drop for ActiveTimeline {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A slow API server: the process frozen (SIGSTOP) for `frozen`, then
+/// resumed (SIGCONT) for `running`, over and over, until stopped or
+/// dropped. A request that arrives during a freeze waits for its end, so
+/// every client of the API server (baton, kubelet, controllers, kube-proxy)
+/// sees answers up to `frozen` late, as under an overloaded server, while
+/// nothing fails outright. It always ends resumed, also when a test panics.
+pub struct Brownout {
+    pid: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    cycles: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl Brownout {
+    pub fn start(pid: u32, frozen: Duration, running: Duration) -> Brownout {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        // A thread of its own: a busy test runtime must not stretch the freeze.
+        let cycles = std::thread::spawn(move || {
+            let mut cycles = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                send(pid, "STOP");
+                std::thread::sleep(frozen);
+                send(pid, "CONT");
+                cycles += 1;
+                std::thread::sleep(running);
+            }
+            cycles
+        });
+        Brownout {
+            pid,
+            stop,
+            cycles: Some(cycles),
+        }
+    }
+
+    /// Ends the brownout with the API server running; the cycles it ran.
+    pub fn stop(mut self) -> u32 {
+        self.end()
+    }
+
+    fn end(&mut self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let cycles = self
+            .cycles
+            .take()
+            .map_or(0, |t| t.join().unwrap_or_default());
+        send(self.pid, "CONT");
+        cycles
+    }
+}
+
+impl Drop for Brownout {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// `kill -SIG pid`, from a thread that may not await.
+fn send(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// What the pods of a group tell their apps, sampled from each sidecar's
+/// `/status` every 100 ms by pod IP (the status server needs no API server,
+/// so this keeps seeing through a control-plane outage).
+pub struct ToldActive {
+    task: tokio::task::JoinHandle<()>,
+    samples: Arc<Mutex<Vec<(Instant, usize)>>>,
+    changes: Arc<Mutex<usize>>,
+}
+
+impl ToldActive {
+    /// Samples the sidecars at these pod IPs until dropped.
+    pub fn start(ips: Vec<String>) -> ToldActive {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let changes = Arc::new(Mutex::new(0));
+        let (record, count) = (samples.clone(), changes.clone());
+        let task = tokio::spawn(async move {
+            let http = super::http();
+            let mut last: Vec<Option<bool>> = vec![None; ips.len()];
+            loop {
+                let mut active = 0;
+                for (ip, last) in ips.iter().zip(last.iter_mut()) {
+                    let url = format!("http://{ip}:9095/status");
+                    let Ok(r) = http.get(url).send().await else {
+                        continue;
+                    };
+                    let Ok(status) = r.json::<baton_sidecar::contract::Status>().await else {
+                        continue;
+                    };
+                    let is_active = status.role == Some(baton_sidecar::contract::Role::Active);
+                    active += usize::from(is_active);
+                    if last.is_some_and(|was| was != is_active) {
+                        *count.lock().expect("not poisoned") += 1;
+                    }
+                    *last = Some(is_active);
+                }
+                record
+                    .lock()
+                    .expect("not poisoned")
+                    .push((Instant::now(), active));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        ToldActive {
+            task,
+            samples,
+            changes,
+        }
+    }
+
+    /// How many times a sidecar's role, as told to its app, changed.
+    pub fn changes(&self) -> usize {
+        *self.changes.lock().expect("not poisoned")
+    }
+
+    /// The most sidecars that told their apps active in one sample.
+    pub fn most_active(&self) -> usize {
+        let samples = self.samples.lock().expect("not poisoned");
+        samples.iter().map(|(_, n)| *n).max().unwrap_or(0)
+    }
+
+    /// The total time, from sample to sample, during which no sidecar told
+    /// its app active.
+    pub fn without_active(&self) -> Duration {
+        let samples = self.samples.lock().expect("not poisoned");
+        samples
+            .windows(2)
+            .filter(|w| w[0].1 == 0)
+            .map(|w| w[1].0 - w[0].0)
+            .sum()
+    }
+}
+
+impl Drop for ToldActive {
     fn drop(&mut self) {
         self.task.abort();
     }
