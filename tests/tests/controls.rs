@@ -9,8 +9,9 @@ use baton_e2e::{
     group::{Group, wait_for_events},
     harness::{pod_ip, poll_status, wait_for_object},
 };
-use baton_sidecar::controls::{
-    APP_HEALTHY_CONDITION, SWITCH_REASON, SWITCHOVER_TO, app_healthy_condition,
+use baton_sidecar::{
+    contract::Status,
+    controls::{APP_HEALTHY_CONDITION, SWITCH_REASON, SWITCHOVER_TO, app_healthy_condition},
 };
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{
@@ -240,10 +241,11 @@ async fn a_cordoned_active_pod_hands_over_and_takes_nothing_until_uncordoned() {
     // does not take it.
     group.set_app_health(&new, "fail").await;
     let ip = pod_ip(&group.ns, &holder).await;
-    let seen = poll_status(&ip, T, |s| s["holder"].is_null() && s["cordoned"] == true).await;
+    let released_while_cordoned = |s: &Status| s.holder.is_none() && s.cordoned;
+    let seen = poll_status(&ip, T, released_while_cordoned).await;
     assert!(
-        seen["holder"].is_null() && seen["cordoned"] == true,
-        "{holder} never saw the Lease released while cordoned: {seen}"
+        seen.as_ref().is_some_and(released_while_cordoned),
+        "{holder} never saw the Lease released while cordoned: {seen:?}"
     );
     let lease: Lease = group.ns.api().get("web").await.expect("lease");
     assert_eq!(holder_of(&lease), None, "nobody may take it");
@@ -271,8 +273,8 @@ async fn a_paused_group_keeps_a_failing_holder_switches_over_on_request_and_fail
     let out = baton_ok(&group, &["pause", "web"]);
     assert!(out.contains("group web paused"), "{out}");
     let ip = pod_ip(&group.ns, &first).await;
-    let seen = poll_status(&ip, T, |s| s["paused"] == true).await;
-    assert_eq!(seen["paused"], true, "{seen}");
+    let seen = poll_status(&ip, T, |s| s.paused).await;
+    assert!(seen.as_ref().is_some_and(|s| s.paused), "{seen:?}");
     wait_for_events(&group.ns, &[("Paused", first.as_str())]).await;
 
     // A switchover still works while paused.

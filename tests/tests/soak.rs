@@ -21,6 +21,7 @@ use baton_e2e::{
     prometheus::sample_sum,
     workload,
 };
+use baton_sidecar::contract::Role;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
@@ -204,8 +205,15 @@ async fn an_app_that_closes_every_connection_is_never_failed_over() {
     // (design rule 2's own-name case; tests/tests/sidecar.rs asserts the same).
     kill_sidecar(&ns, &holder).await;
     let ip = pod_ip(&ns, &holder).await;
-    let last = poll_status(&ip, Duration::from_secs(10), |s| s["role"] == "active").await;
-    assert_eq!(last["role"], "active", "the restarted holder: {last}");
+    let last = poll_status(&ip, Duration::from_secs(10), |s| {
+        s.role == Some(Role::Active)
+    })
+    .await;
+    assert_eq!(
+        last.as_ref().and_then(|s| s.role),
+        Some(Role::Active),
+        "the restarted holder: {last:?}"
+    );
     wait_endpoints(&ns, &format!("{GROUP}-active"), &[&holder], T).await;
     assert_eq!(
         history.holders(),
