@@ -8,8 +8,8 @@ use std::time::Duration;
 use baton_e2e::{
     group::{Group, wait_for_events},
     harness::{
-        Cluster, NeverTwoActive, http, labelled, pod_ip, poll_status, sidecar_status, signal,
-        wait_endpoints, wait_for_object, wait_until,
+        Cluster, NeverTwoActive, http, labelled, pod_ip, sidecar_status, signal, wait_endpoints,
+        wait_for_object, wait_role, wait_until,
     },
     workload,
 };
@@ -210,15 +210,7 @@ async fn sigkilled_sidecar_is_restarted_by_kubelet_and_rejoins_without_two_activ
     assert_ne!(new_pid, pid, "a new sidecar process");
     // The restarted sidecar reports itself active once it has renewed.
     let ip = pod_ip(&group.ns, &old).await;
-    let last = poll_status(&ip, Duration::from_secs(10), |s| {
-        s.role == Some(Role::Active)
-    })
-    .await;
-    assert_eq!(
-        last.as_ref().and_then(|s| s.role),
-        Some(Role::Active),
-        "the restarted holder: {last:?}"
-    );
+    wait_role(&ip, Role::Active, Duration::from_secs(10)).await;
     group.wait_active(&old).await;
     let holders = group.finish().await;
     assert_eq!(holders, [Some(old)], "no switch: {holders:?}");

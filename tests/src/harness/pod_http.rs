@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use baton_sidecar::contract::Status;
+use baton_sidecar::contract::{Role, Status};
 
 use super::{TestNamespace, pod_ip};
 
@@ -82,11 +82,29 @@ pub async fn set_app_health(ns: &TestNamespace, pod: &str, health: &str) {
 pub async fn wait_app_healthy(ns: &TestNamespace, pod: &str) {
     let ip = pod_ip(ns, pod).await;
     // The sidecar may not be listening yet: poll_status keeps asking.
-    let last = poll_status(&ip, Duration::from_secs(20), |s| s.app_healthy).await;
-    assert!(
-        last.as_ref().is_some_and(|s| s.app_healthy),
-        "{pod}'s app never turned healthy: {last:?}"
-    );
+    let what = format!("{pod}'s app healthy");
+    wait_status(&ip, Duration::from_secs(20), &what, |s| s.app_healthy).await;
+}
+
+/// Waits (bounded) until the sidecar at `ip` reports `role`.
+pub async fn wait_role(ip: &str, role: Role, timeout: Duration) {
+    let what = format!("the sidecar at {ip} reporting {role:?}");
+    wait_status(ip, timeout, &what, |s| s.role == Some(role)).await;
+}
+
+/// Polls the sidecar at `ip` ([`poll_status`]) until `done` holds for its
+/// `/status`, and returns that status; panics with `what` and the last
+/// status it answered if that does not happen within `timeout`.
+pub async fn wait_status(
+    ip: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Status) -> bool,
+) -> Status {
+    match poll_status(ip, timeout, &done).await {
+        Some(status) if done(&status) => status,
+        last => panic!("{what}: not within {timeout:?}; the last status of {ip}: {last:?}"),
+    }
 }
 
 /// Asks the sidecar at `ip` for its `/status` until `done` holds for it or
