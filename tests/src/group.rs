@@ -161,7 +161,7 @@ impl Group {
         crate::harness::sidecar_get(&self.ns, pod, path).await
     }
 
-    pub async fn sidecar_status(&self, pod: &str) -> serde_json::Value {
+    pub async fn sidecar_status(&self, pod: &str) -> baton_sidecar::contract::Status {
         crate::harness::sidecar_status(&self.ns, pod).await
     }
 

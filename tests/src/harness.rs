@@ -14,7 +14,7 @@
 //! | `pods.rs` | a pod's node, IP, readiness, sidecar restarts and running containers; [`TestNamespace::pid`], [`TestNamespace::log_tail`], [`TestNamespace::empty_dir`], [`TestNamespace::pod_dir`]; [`signal`] to a host pid; which pods carry a label ([`labelled`], [`serving_active`]) |
 //! | `waits.rs` | bounded waits on watches: [`wait_until`], [`wait_for_object`], [`wait_for_holder`], [`wait_roles`], [`wait_endpoints`] (and [`ready_endpoints`]); the watch state they share (`Listed`) |
 //! | `guards.rs` | watches checked at a test's end: [`NeverTwoActive`] (I1), [`ReadyEndpointsHistory`], [`LeaseHistory`] |
-//! | `pod_http.rs` | HTTP to pods: the shared client [`http`], the sidecar's status server ([`sidecar_get`], [`sidecar_status`], [`poll_status`], [`wait_app_healthy`]), the demo app's [`set_app_health`] |
+//! | `pod_http.rs` | HTTP to pods: the shared client [`http`], the sidecar's status server ([`sidecar_get`]; its `/status` read as the contract's `Status`: [`sidecar_status`], [`get_status`], [`poll_status`], [`wait_status`], [`wait_role`], [`parse_status`], [`wait_app_healthy`]), the demo app's [`set_app_health`] |
 //! | `nodes.rs` | the real nodes and faults on them (public module [`nodes`]) |
 //! | `outage.rs` | the chaos tests' additions: a declared control-plane outage for [`NeverTwoActive`], [`outage::ActiveTimeline`] (public module [`outage`]) |
 
@@ -27,7 +27,8 @@ mod waits;
 pub use cluster::{Cluster, TestNamespace, repo_root};
 pub use guards::{LeaseHistory, NeverTwoActive, ReadyEndpointsHistory};
 pub use pod_http::{
-    http, poll_status, set_app_health, sidecar_get, sidecar_status, wait_app_healthy,
+    get_status, http, parse_status, poll_status, set_app_health, sidecar_get, sidecar_status,
+    wait_app_healthy, wait_role, wait_status,
 };
 pub use pods::{
     labelled, pod_ip, pod_node, pod_ready, running_container_id, serving_active, sidecar_restarts,

@@ -28,6 +28,7 @@ use baton_e2e::{
     },
     workload,
 };
+use baton_sidecar::contract::{Role, Status};
 use k8s_openapi::api::core::v1::Pod;
 
 /// One case at a time.
@@ -133,14 +134,15 @@ impl Chaos {
             .await;
             let active = labelled(&pods, "role", "active").remove(0);
             let ip = pod_ip(&self.ns, &active).await;
-            let status = poll_status(&ip, Duration::from_secs(2), |s| s["role"] == "active").await;
-            if status["role"] == "active" {
+            let active_now = |s: &Status| s.role == Some(Role::Active);
+            let status = poll_status(&ip, Duration::from_secs(2), active_now).await;
+            if status.as_ref().is_some_and(active_now) {
                 break active;
             }
             assert!(
                 Instant::now() < deadline,
                 "no pod both labelled and reporting active within {BOUND:?} of the recovery; \
-                 {active}: {status}\n{}",
+                 {active}: {status:?}\n{}",
                 self.logs()
             );
         };
@@ -183,13 +185,11 @@ impl Chaos {
         for pod in [&self.holder, &self.passive] {
             let ip = pod_ip(&self.ns, pod).await;
             let left = (failed + Duration::from_secs(10)).saturating_duration_since(Instant::now());
-            let status = poll_status(&ip, left, |s| {
-                s["holder"] == new.as_str() && s["api_reachable"] == true
-            })
-            .await;
+            let follows = |s: &Status| s.holder.as_deref() == Some(new.as_str()) && s.api_reachable;
+            let status = poll_status(&ip, left, follows).await;
             assert!(
-                status["holder"] == new.as_str() && status["api_reachable"] == true,
-                "{pod} 10 s after the failover to {new}: {status}\n{}",
+                status.as_ref().is_some_and(follows),
+                "{pod} 10 s after the failover to {new}: {status:?}\n{}",
                 self.logs()
             );
         }
@@ -249,13 +249,14 @@ async fn apiserver_frozen_for_30_s() {
     let frozen = Frozen(apiserver);
 
     let status = poll_status(&holder_ip, Duration::from_secs(10), |s| {
-        s["role"] == "passive"
+        s.role == Some(Role::Passive)
     })
     .await;
     let holder_passive_after = began.elapsed();
     assert_eq!(
-        status["role"], "passive",
-        "the holder past its deadline, API server frozen: {status}"
+        status.as_ref().and_then(|s| s.role),
+        Some(Role::Passive),
+        "the holder past its deadline, API server frozen: {status:?}"
     );
 
     let sigterm = Instant::now();

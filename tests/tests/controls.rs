@@ -7,7 +7,7 @@ use std::{process::Output, time::Duration};
 
 use baton_e2e::{
     group::{Group, wait_for_events},
-    harness::{pod_ip, poll_status, wait_for_object},
+    harness::{pod_ip, wait_for_object, wait_status},
 };
 use baton_sidecar::controls::{
     APP_HEALTHY_CONDITION, SWITCH_REASON, SWITCHOVER_TO, app_healthy_condition,
@@ -240,11 +240,8 @@ async fn a_cordoned_active_pod_hands_over_and_takes_nothing_until_uncordoned() {
     // does not take it.
     group.set_app_health(&new, "fail").await;
     let ip = pod_ip(&group.ns, &holder).await;
-    let seen = poll_status(&ip, T, |s| s["holder"].is_null() && s["cordoned"] == true).await;
-    assert!(
-        seen["holder"].is_null() && seen["cordoned"] == true,
-        "{holder} never saw the Lease released while cordoned: {seen}"
-    );
+    let what = format!("{holder} seeing the Lease released while cordoned");
+    wait_status(&ip, T, &what, |s| s.holder.is_none() && s.cordoned).await;
     let lease: Lease = group.ns.api().get("web").await.expect("lease");
     assert_eq!(holder_of(&lease), None, "nobody may take it");
 
@@ -271,8 +268,8 @@ async fn a_paused_group_keeps_a_failing_holder_switches_over_on_request_and_fail
     let out = baton_ok(&group, &["pause", "web"]);
     assert!(out.contains("group web paused"), "{out}");
     let ip = pod_ip(&group.ns, &first).await;
-    let seen = poll_status(&ip, T, |s| s["paused"] == true).await;
-    assert_eq!(seen["paused"], true, "{seen}");
+    let what = format!("{first} reporting the group paused");
+    wait_status(&ip, T, &what, |s| s.paused).await;
     wait_for_events(&group.ns, &[("Paused", first.as_str())]).await;
 
     // A switchover still works while paused.

@@ -11,6 +11,7 @@ use baton_e2e::{
     webhook::sidecars,
     workload,
 };
+use baton_sidecar::contract::Role;
 use k8s_openapi::api::{
     apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod, events::v1::Event,
 };
@@ -73,7 +74,7 @@ async fn a_deleted_lease_is_recreated_by_its_holder_which_keeps_the_role() {
     );
     group.wait_active(&holder).await;
     let status = group.sidecar_status(&holder).await;
-    assert_eq!(status["role"], "active", "{status}");
+    assert_eq!(status.role, Some(Role::Active), "{status:?}");
 
     let holders = group.finish().await;
     assert_eq!(

@@ -57,20 +57,20 @@ async fn the_probe_reaches_the_pods_own_app_only() {
     }
     assert!(answered, "the neighbour's app serves on 8080");
     // The sidecar has probed (and failed) several times by now.
-    let mut last = serde_json::Value::Null;
-    for _ in 0..100 {
-        last = sidecar_status(&ns, "web-0").await;
-        if !last["app_last_failure"].is_null() {
+    let mut last = sidecar_status(&ns, "web-0").await;
+    for _ in 1..100 {
+        if last.app_last_failure.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        last = sidecar_status(&ns, "web-0").await;
     }
-    assert_eq!(last["app_healthy"], false, "{last}");
+    assert!(!last.app_healthy, "{last:?}");
     assert!(
-        last["app_last_failure"]
-            .as_str()
+        last.app_last_failure
+            .as_deref()
             .is_some_and(|f| f.contains("onnection refused")),
-        "the probe found nothing on its own 127.0.0.1:8080: {last}"
+        "the probe found nothing on its own 127.0.0.1:8080: {last:?}"
     );
     let lease: Api<Lease> = ns.api();
     let held = lease
@@ -114,7 +114,7 @@ async fn clients_of_the_cluster_ip_reach_only_the_active_pod_before_and_after_a_
     for pod in ["web-0", "web-1"] {
         let mut healthy = false;
         for _ in 0..100 {
-            if sidecar_status(&ns, pod).await["app_healthy"] == true {
+            if sidecar_status(&ns, pod).await.app_healthy {
                 healthy = true;
                 break;
             }
@@ -200,7 +200,8 @@ async fn the_native_sidecar_starts_before_the_app_and_outlives_it_on_deletion() 
     ns.apply(&workload::statefulset("web", 1, true, &[]));
     wait_for_holder(&ns, "web", None).await;
     let ip = pod_ip(&ns, "web-0").await;
-    assert_eq!(sidecar_status(&ns, "web-0").await["app_healthy"], true);
+    let status = sidecar_status(&ns, "web-0").await;
+    assert!(status.app_healthy, "{status:?}");
 
     // Start: kubelet launches the app only once the sidecar runs, so the
     // sidecar's first line comes first (a sidecar among the regular
@@ -229,7 +230,12 @@ async fn the_native_sidecar_starts_before_the_app_and_outlives_it_on_deletion() 
     // The hanging request has reached the app once its probe times out too.
     let mut hung = false;
     for _ in 0..100 {
-        if sidecar_status(&ns, "web-0").await["app_last_failure"] == "timed out" {
+        if sidecar_status(&ns, "web-0")
+            .await
+            .app_last_failure
+            .as_deref()
+            == Some("timed out")
+        {
             hung = true;
             break;
         }

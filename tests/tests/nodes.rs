@@ -30,6 +30,7 @@ use baton_e2e::{
     },
     workload,
 };
+use baton_sidecar::contract::Role;
 use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Node, Pod, Service},
@@ -304,15 +305,16 @@ async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
         .unwrap_or_else(|e| panic!("undoing the {what}: {e}"));
     // Back: the old sidecar sees the new holder and stays passive.
     let ip = pod_ip(&s.ns, &old).await;
-    let status = poll_status(&ip, T, |st| st["holder"] == new.as_str()).await;
+    let status = poll_status(&ip, T, |st| st.holder.as_deref() == Some(new.as_str())).await;
     assert_eq!(
-        status["holder"],
-        new.as_str(),
-        "{old} after the {what}: {status}"
+        status.as_ref().and_then(|st| st.holder.as_deref()),
+        Some(new.as_str()),
+        "{old} after the {what}: {status:?}"
     );
     assert_eq!(
-        status["role"], "passive",
-        "{old} after the {what}: {status}"
+        status.as_ref().and_then(|st| st.role),
+        Some(Role::Passive),
+        "{old} after the {what}: {status:?}"
     );
     let (role, _) = role_file(&s.ns, &old).await;
     assert_eq!(role["role"], "passive", "{old}'s role file: {role}");

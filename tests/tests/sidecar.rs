@@ -8,11 +8,12 @@ use std::time::Duration;
 use baton_e2e::{
     group::{Group, wait_for_events},
     harness::{
-        Cluster, NeverTwoActive, http, labelled, pod_ip, poll_status, sidecar_status, signal,
-        wait_endpoints, wait_for_object, wait_until,
+        Cluster, NeverTwoActive, http, labelled, pod_ip, sidecar_status, signal, wait_endpoints,
+        wait_for_object, wait_role, wait_until,
     },
     workload,
 };
+use baton_sidecar::contract::Role;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
 use kube::{
     Api, ResourceExt,
@@ -37,12 +38,12 @@ async fn first_election_makes_one_of_two_active_and_the_other_passive() {
     assert_ne!(passive, holder);
 
     let status = group.sidecar_status(&holder).await;
-    assert_eq!(status["role"], "active", "{status}");
-    assert_eq!(status["holder"], holder.as_str());
-    assert_eq!(status["app_healthy"], true);
+    assert_eq!(status.role, Some(Role::Active), "{status:?}");
+    assert_eq!(status.holder.as_deref(), Some(holder.as_str()));
+    assert!(status.app_healthy, "{status:?}");
     let status = group.sidecar_status(&passive).await;
-    assert_eq!(status["role"], "passive", "{status}");
-    assert_eq!(status["holder"], holder.as_str());
+    assert_eq!(status.role, Some(Role::Passive), "{status:?}");
+    assert_eq!(status.holder.as_deref(), Some(holder.as_str()));
 
     // The app reads its role, with leaseTransitions as a fencing token.
     let lease: Lease = group.ns.api().get("web").await.expect("lease");
@@ -82,8 +83,8 @@ async fn failing_app_hands_the_service_to_a_healthy_pod_of_three() {
     let new = group.wait_for_new_holder(Some(&old)).await;
     assert_ne!(new, old);
     let status = group.sidecar_status(&old).await;
-    assert_eq!(status["role"], "passive", "{status}");
-    assert_eq!(status["app_healthy"], false);
+    assert_eq!(status.role, Some(Role::Passive), "{status:?}");
+    assert!(!status.app_healthy, "{status:?}");
     // kubectl describe pod tells the story.
     let want = [
         ("AppUnhealthy", old.as_str()),
@@ -134,7 +135,11 @@ async fn hung_app_hands_over_like_a_failing_one() {
     let new = group.wait_for_new_holder(Some(&old)).await;
     assert_ne!(new, old);
     let status = group.sidecar_status(&old).await;
-    assert_eq!(status["app_last_failure"], "timed out", "{status}");
+    assert_eq!(
+        status.app_last_failure.as_deref(),
+        Some("timed out"),
+        "{status:?}"
+    );
     group.finish().await;
 }
 
@@ -205,8 +210,7 @@ async fn sigkilled_sidecar_is_restarted_by_kubelet_and_rejoins_without_two_activ
     assert_ne!(new_pid, pid, "a new sidecar process");
     // The restarted sidecar reports itself active once it has renewed.
     let ip = pod_ip(&group.ns, &old).await;
-    let last = poll_status(&ip, Duration::from_secs(10), |s| s["role"] == "active").await;
-    assert_eq!(last["role"], "active", "the restarted holder: {last}");
+    wait_role(&ip, Role::Active, Duration::from_secs(10)).await;
     group.wait_active(&old).await;
     let holders = group.finish().await;
     assert_eq!(holders, [Some(old)], "no switch: {holders:?}");
@@ -221,16 +225,20 @@ async fn frozen_holder_is_demoted_and_stays_passive_when_it_resumes() {
     signal(pid, "CONT").await;
     // The resumed sidecar finds its deadline passed and the lease taken.
     let ip = pod_ip(&group.ns, &old).await;
-    let mut last = serde_json::Value::Null;
-    for _ in 0..100 {
-        last = group.sidecar_status(&old).await;
-        if last["holder"] == new.as_str() {
+    let mut last = group.sidecar_status(&old).await;
+    for _ in 1..100 {
+        if last.holder.as_deref() == Some(new.as_str()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        last = group.sidecar_status(&old).await;
     }
-    assert_eq!(last["role"], "passive", "resumed sidecar at {ip}: {last}");
-    assert_eq!(last["holder"], new.as_str(), "{last}");
+    assert_eq!(
+        last.role,
+        Some(Role::Passive),
+        "resumed sidecar at {ip}: {last:?}"
+    );
+    assert_eq!(last.holder.as_deref(), Some(new.as_str()), "{last:?}");
     group.wait_active(&new).await;
     group.finish().await;
 }
@@ -513,12 +521,13 @@ async fn a_lease_held_by_a_stranger_is_reported_and_counts_for_ten_lease_duratio
     .await;
     let status = sidecar_status(&ns, "web-0").await;
     // (The claim lasts 20 s; the Event came within a few.)
-    assert_eq!(status["holder"], "ghost", "{status}");
+    assert_eq!(status.holder.as_deref(), Some("ghost"), "{status:?}");
     assert!(
-        status["lease_problem"]
-            .as_str()
+        status
+            .lease_problem
+            .as_deref()
             .is_some_and(|p| p.contains("\"ghost\"")),
-        "{status}"
+        "{status:?}"
     );
     // 20 s after it was first seen, the claim is spent: a pod of the group
     // takes the Lease.

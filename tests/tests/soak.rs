@@ -15,12 +15,13 @@ use baton_e2e::{
     app_env,
     harness::{
         self, Cluster, LeaseHistory, NeverTwoActive, TestNamespace, labelled, pod_ip, pod_ready,
-        poll_status, sidecar_restarts, signal, wait_app_healthy, wait_endpoints, wait_for_holder,
-        wait_for_object, wait_until,
+        sidecar_restarts, signal, wait_app_healthy, wait_endpoints, wait_for_holder,
+        wait_for_object, wait_role, wait_until,
     },
     prometheus::sample_sum,
     workload,
 };
+use baton_sidecar::contract::Role;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
@@ -204,8 +205,7 @@ async fn an_app_that_closes_every_connection_is_never_failed_over() {
     // (design rule 2's own-name case; tests/tests/sidecar.rs asserts the same).
     kill_sidecar(&ns, &holder).await;
     let ip = pod_ip(&ns, &holder).await;
-    let last = poll_status(&ip, Duration::from_secs(10), |s| s["role"] == "active").await;
-    assert_eq!(last["role"], "active", "the restarted holder: {last}");
+    wait_role(&ip, Role::Active, Duration::from_secs(10)).await;
     wait_endpoints(&ns, &format!("{GROUP}-active"), &[&holder], T).await;
     assert_eq!(
         history.holders(),

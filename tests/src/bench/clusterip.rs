@@ -21,6 +21,7 @@ use baton_e2e::{
     },
     workload,
 };
+use baton_sidecar::contract::Status;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams};
 
@@ -555,12 +556,11 @@ impl RealNodeGroup {
         let (a, b) = steady(&st, self.mode).context("steady")?;
         for pod in [&a, &b] {
             let ip = pod_ip(&self.ns, pod).await;
-            let knows =
-                |v: &serde_json::Value| v["app_healthy"] == true && v["holder"] == a.as_str();
+            let knows = |s: &Status| s.app_healthy && s.holder.as_deref() == Some(a.as_str());
             let last = poll_status(&ip, Duration::from_secs(60), knows).await;
             anyhow::ensure!(
-                knows(&last),
-                "{pod}: not healthy with holder {a} within 60 s; last: {last}"
+                last.as_ref().is_some_and(knows),
+                "{pod}: not healthy with holder {a} within 60 s; last: {last:?}"
             );
         }
         Ok((a, b))

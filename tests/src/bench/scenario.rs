@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
 use baton_e2e::{
-    harness::{Cluster, TestNamespace, http, repo_root, signal},
+    harness::{Cluster, TestNamespace, http, parse_status, repo_root, signal},
     workload,
 };
 use baton_sidecar::Settings;
@@ -230,10 +230,11 @@ impl SystemGroup {
     /// Waits until the pod's sidecar sees its app healthy and knows `holder`.
     async fn wait_sidecar(&self, pod: &str, holder: &str) -> anyhow::Result<()> {
         let url = format!("http://{}:{STATUS_PORT}/status", self.ip(pod)?);
-        let holder = holder.to_string();
-        self.poll_http(&url, Duration::from_secs(60), move |c, body| {
-            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-            c == 200 && v["app_healthy"] == true && v["holder"] == holder.as_str()
+        self.poll_http(&url, Duration::from_secs(60), |c, body| {
+            c == 200 && {
+                let s = parse_status(&url, body);
+                s.app_healthy && s.holder.as_deref() == Some(holder)
+            }
         })
         .await
     }

@@ -13,11 +13,12 @@ use baton_e2e::{
     app_env,
     clients::{Client, Connections, REQUEST_TIMEOUT, Sample},
     harness::{
-        Cluster, LeaseHistory, TestNamespace, http, pod_ip, pod_ready, sidecar_restarts, signal,
-        wait_for_object,
+        Cluster, LeaseHistory, TestNamespace, http, parse_status, pod_ip, pod_ready,
+        sidecar_restarts, signal, wait_for_object,
     },
     workload,
 };
+use baton_sidecar::contract::Role;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 
 use super::{
@@ -353,15 +354,26 @@ async fn settle(ns: &TestNamespace, group: [&str; 2]) -> anyhow::Result<String> 
         last.clear();
         for url in &urls {
             let status = match http().get(url).timeout(REQUEST_TIMEOUT).send().await {
-                Ok(r) => r.json().await.unwrap_or_default(),
-                Err(_) => serde_json::Value::Null,
+                Ok(r) => r.text().await.ok().map(|body| parse_status(url, &body)),
+                Err(_) => None,
             };
             last.push(status);
         }
-        let holder = last[0]["holder"].as_str().unwrap_or_default().to_owned();
+        let holder = last[0]
+            .as_ref()
+            .and_then(|s| s.holder.clone())
+            .unwrap_or_default();
         let agreed = group.iter().zip(&last).all(|(pod, s)| {
-            let want = if *pod == holder { "active" } else { "passive" };
-            s["app_healthy"] == true && s["holder"] == holder.as_str() && s["role"] == want
+            let want = if *pod == holder {
+                Role::Active
+            } else {
+                Role::Passive
+            };
+            s.as_ref().is_some_and(|s| {
+                s.app_healthy
+                    && s.holder.as_deref() == Some(holder.as_str())
+                    && s.role == Some(want)
+            })
         });
         if agreed && group.contains(&holder.as_str()) {
             return Ok(holder);
