@@ -33,14 +33,18 @@ async fn brownout(test: &str, frozen: Duration) -> Vec<Outcome> {
     outcomes
 }
 
-/// Calls answered up to 1.5 s late, for a minute: every renewal still
-/// lands within the renew deadline (it is sent every 2 s and must land
-/// within 4 s of the last one that did), so nothing changes: the same
-/// holder, no role change told to any app, never a moment without an
-/// active pod, and not one failed request through either Service.
+/// Calls answered up to 1 s late, for a minute: every renewal still lands
+/// well within the renew deadline (it is sent every 2 s and must be
+/// answered within 4 s of the last one that was; the tolerated latency is
+/// 2 s with the defaults, docs/operations.md "Tuning"), so nothing
+/// changes: the same holder, no role change told to any app, never a
+/// moment without an active pod, and not one failed request through either
+/// Service. Half the tolerance, so that a busy test machine's own delays do
+/// not push an answer past it; `make bench` measures the latencies up to
+/// and past it.
 #[tokio::test]
-async fn an_api_server_slow_by_1_5_s_changes_no_role_and_fails_no_request() {
-    for o in brownout("brownout-1500", Duration::from_millis(1500)).await {
+async fn an_api_server_slow_by_1_s_changes_no_role_and_fails_no_request() {
+    for o in brownout("brownout-1000", Duration::from_millis(1000)).await {
         assert_eq!(o.role_changes, 0, "{o}");
         assert_eq!(o.without_active, Duration::ZERO, "{o}");
         assert_eq!(o.most_active, 1, "{o}");
