@@ -53,7 +53,8 @@ pub struct Settings {
     #[arg(long, env = "BATON_RETRY_PERIOD", default_value = "1s", value_parser = parse_duration, help_heading = ANNOTATION_HEADING)]
     pub retry_period: Duration,
 
-    /// Upper bound of one API request; shortened further to the time a holder has left.
+    /// Upper bound of one API request; shortened further to the time a holder has left. A
+    /// renewal may wait longer, until the Lease it renews would expire.
     #[arg(long, env = "BATON_API_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub api_timeout: Duration,
 

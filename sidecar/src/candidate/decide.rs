@@ -184,6 +184,10 @@ pub fn decide(s: &State, now: Instant) -> Option<Action> {
         Step::WaitUntil(_) => {}
         Step::Read => return Some(Action::ReadLease { bound }),
         // A release comes after the passive label above (rule 3).
+        Step::Renew => {
+            let bound = s.renewal_bound(now);
+            return Some(Action::WriteLease(lease_write(s, Step::Renew, bound)));
+        }
         step => return Some(Action::WriteLease(lease_write(s, step, bound))),
     }
 

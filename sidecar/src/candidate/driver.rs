@@ -219,7 +219,9 @@ impl Candidate {
                 let renew_time = desired.spec.as_ref().and_then(|s| s.renew_time.clone());
                 let sent = Instant::now();
                 let timeout = write.bound.at(sent);
-                let result = self.leases.write(current.as_ref(), desired, timeout).await;
+                let leases = self.leases.clone();
+                let written = leases.write(current.as_ref(), desired, timeout);
+                let result = self.showing_role_meanwhile(written).await;
                 Outcome::LeaseWritten {
                     write,
                     sent,
@@ -289,6 +291,20 @@ impl Candidate {
                 Outcome::HealthPublished { healthy, result }
             }
         })
+    }
+
+    /// Awaits `call`, showing the role again whenever the holder's deadline
+    /// passes meanwhile: a renewal may outlast it (`State::renewal_bound`),
+    /// and what we show must not wait for it (rule 5).
+    async fn showing_role_meanwhile<T>(&mut self, call: impl Future<Output = T>) -> T {
+        let mut call = pin!(call);
+        loop {
+            let deadline = self.state.leading_until().filter(|d| *d > Instant::now());
+            tokio::select! {
+                result = &mut call => return result,
+                () = sleep_until(deadline) => self.show_role(Instant::now()).await,
+            }
+        }
     }
 
     /// Sets our own role label; a promotion carries our Pod's version.

@@ -348,6 +348,30 @@ impl State {
         CallBound { cap, deadline }
     }
 
+    /// The bound of a renewal started at `now`: it may wait past the
+    /// holder's deadline and `--api-timeout`, up to when the Lease it
+    /// renews would expire (our last renewal sent plus the lease duration).
+    /// On a slow API server a renewal cut at the deadline never lands, and
+    /// after a lease duration a standby takes over; waited for, it lands,
+    /// and nobody does. The driver shows passive at the deadline meanwhile
+    /// (rule 5), and a shutdown bounds it as any call.
+    pub fn renewal_bound(&self, now: Instant) -> CallBound {
+        let usual = self.call_timeout(now);
+        let Some(sent) = self.lease.last_renew_sent else {
+            return usual;
+        };
+        let expiry = sent + self.settings.lease_duration;
+        if self.shutdown_deadline().is_some()
+            || expiry.saturating_duration_since(now) <= usual.at(now)
+        {
+            return usual;
+        }
+        CallBound {
+            cap: self.settings.lease_duration,
+            deadline: Some(expiry),
+        }
+    }
+
     /// The Lease a write of `step` replaces: none to create.
     pub fn write_base(&self, step: Step) -> Option<&Lease> {
         match step {

@@ -59,23 +59,42 @@ fn calls(api: &ScriptedApi) -> Vec<String> {
         .collect()
 }
 
-/// A renewal the API server never answers is cut at the holder's deadline,
-/// not at `--api-timeout` (an hour here): the call returns, the Lease is to
-/// be re-read, and what it shows is passive.
+/// A renewal the API server never answers waits until the Lease it renews
+/// would expire (not the api-timeout, nor the holder's deadline), and the
+/// holder shows passive at its deadline while it waits (rule 5). Then the
+/// call returns and the Lease is to be re-read.
 #[tokio::test]
-async fn a_call_is_cut_at_the_holders_deadline() {
+async fn a_renewal_shows_passive_at_the_deadline_while_it_waits() {
     let flags = [
+        "--lease-duration=1s",
         "--renew-deadline=400ms",
         "--renew-period=100ms",
-        "--api-timeout=1h",
+        "--retry-period=100ms",
+        "--api-timeout=500ms",
     ];
     let api = frozen();
-    let (mut c, _shown, _health) = driver(&api, holder(Instant::now() - 200 * MS, &flags));
+    let (mut c, mut shown, _health) = driver(&api, holder(Instant::now() - 200 * MS, &flags));
     let renew = decide(&c.state, Instant::now()).expect("a renewal due");
-    let acted = tokio::time::timeout(GUARD, c.carry_out(renew))
-        .await
-        .expect("cut at the deadline, not after the api-timeout");
-    assert!(acted);
+    let expiry = c.state.lease.last_renew_sent.expect("renewed") + S;
+    {
+        let mut call = std::pin::pin!(c.carry_out(renew));
+        let passive_while_waiting = tokio::select! {
+            _ = &mut call => false,
+            _ = shown.wait_for(|s| s.role == Some(Role::Passive)) => true,
+        };
+        assert!(
+            passive_while_waiting,
+            "passive shown before the call returned"
+        );
+        let acted = tokio::time::timeout(GUARD, call)
+            .await
+            .expect("cut when the lease would expire");
+        assert!(acted);
+    }
+    assert!(
+        Instant::now() >= expiry,
+        "not cut before the lease would expire"
+    );
     assert_eq!(
         calls(&api),
         ["PUT /apis/coordination.k8s.io/v1/namespaces/default/leases/web"]

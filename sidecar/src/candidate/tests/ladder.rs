@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::*;
-use crate::candidate::{REFUSED_RETRY_BASE, say::status};
+use crate::candidate::{REFUSED_RETRY_BASE, SHUTDOWN_CALL_TIMEOUT, say::status};
 
 #[test]
 fn renews_when_due_and_a_timeout_shows_passive_at_the_deadline() {
@@ -94,11 +94,13 @@ fn a_lease_read_that_times_out_backs_off_like_any_failed_call() {
     assert!(matches!(decide(&s, retry), Some(Action::ReadLease { .. })));
 }
 
-/// A renewal the API server never answers is bounded by the holder's
-/// deadline (the call is cut to the time left): the holder backs off,
-/// re-reads the Lease, and shows passive from its deadline on.
+/// A renewal the API server does not answer may wait past the holder's
+/// deadline and the api-timeout, until the Lease it renews would expire
+/// (decisions §20): on a slow server it lands, and no standby takes over.
+/// The holder shows passive from its deadline on all the same, and after
+/// the timeout backs off and re-reads the Lease.
 #[test]
-fn a_renewal_that_times_out_ends_at_the_deadline_and_shows_passive() {
+fn a_renewal_waits_until_the_lease_would_expire_and_shows_passive_from_the_deadline() {
     let flags = [
         "--lease-duration=1s",
         "--renew-deadline=400ms",
@@ -114,24 +116,46 @@ fn a_renewal_that_times_out_ends_at_the_deadline_and_shows_passive() {
     };
     assert_eq!(
         renew.bound.at(now),
-        200 * MS,
-        "cut at the deadline, not the api-timeout"
+        800 * MS,
+        "until the lease would expire, not the deadline or the api-timeout"
     );
-    assert_eq!(renew.bound.deadline, Some(t0 + 400 * MS));
+    assert_eq!(renew.bound.deadline, Some(t0 + S));
     let deadline = t0 + 400 * MS;
+    assert_eq!(status(&s, deadline).role, Some(Role::Passive), "meanwhile");
+    let expiry = t0 + S;
     let outcome = Outcome::LeaseWritten {
         write: renew,
         sent: now,
         renew_time: None,
         result: Err(write_timeout()),
     };
-    settle(&mut s, outcome, deadline, JITTER);
+    settle(&mut s, outcome, expiry, JITTER);
     assert_eq!(*lease_view(&s), LeaseView::Unknown, "re-read next");
     assert!(
         s.api.retry_at.is_some() && !s.api.calls.reachable(),
         "backing off"
     );
-    assert_eq!(status(&s, deadline).role, Some(Role::Passive));
+    assert_eq!(status(&s, expiry).role, Some(Role::Passive));
+}
+
+/// Other calls of a holder are still cut at its deadline, and every call
+/// during a shutdown at its bound.
+#[test]
+fn only_a_renewal_outlasts_the_deadline() {
+    let flags = [
+        "--lease-duration=1s",
+        "--renew-deadline=400ms",
+        "--renew-period=100ms",
+        "--retry-period=100ms",
+        "--api-timeout=500ms",
+    ];
+    let t0 = Instant::now();
+    let s = holder(t0, &flags);
+    let now = t0 + 200 * MS;
+    assert_eq!(s.call_timeout(now).at(now), 200 * MS);
+    let mut stopping = holder(t0, &flags);
+    stopping.begin_shutdown(now);
+    assert!(stopping.renewal_bound(now).at(now) <= SHUTDOWN_CALL_TIMEOUT);
 }
 
 #[test]
