@@ -213,7 +213,10 @@ pub fn warnings(groups: &[GroupStatus]) -> Vec<String> {
     let mut lines = Vec::new();
     for g in groups {
         for warning in &g.group_warnings {
-            lines.push(format!("Warning: group {}/{}: {warning}", g.namespace, g.group));
+            lines.push(format!(
+                "Warning: group {}/{}: {warning}",
+                g.namespace, g.group
+            ));
         }
         for problem in &g.lease.problems {
             lines.push(format!(
@@ -360,13 +363,7 @@ mod tests {
 
     #[test]
     fn the_group_table_has_one_line_per_group() {
-        let api = GroupStatus::new(
-            "shop".into(),
-            "api".into(),
-            None,
-            &[&pod("api-0")],
-            &keys(),
-        );
+        let api = GroupStatus::new("shop".into(), "api".into(), None, &[&pod("api-0")], &keys());
         let released = GroupStatus::new(
             "shop".into(),
             "db".into(),
@@ -426,8 +423,9 @@ web     web-0        2/3    3             3m12s         web-2 was cordoned   tru
         let lines = warnings(std::slice::from_ref(&fragile));
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
-            lines[0].starts_with("Warning: group shop/web: every standby of group web (1) runs on node n1")
-                && lines[1].contains("(StatefulSet/api, StatefulSet/web)"),
+            lines[0].starts_with(
+                "Warning: group shop/web: every standby of group web (1) runs on node n1"
+            ) && lines[1].contains("(StatefulSet/api, StatefulSet/web)"),
             "{lines:?}"
         );
         let json = serde_json::to_value(&fragile).unwrap();
