@@ -8,7 +8,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 
 use super::{Notice, state::State};
-use crate::contract::census::{self, Census};
+use crate::{
+    contract::census::{self, Census},
+    telemetry::ErrorChain,
+};
 
 impl State {
     /// An event of the group watch. A (re)list replaces the view only once
@@ -28,7 +31,9 @@ impl State {
             }
             Ok(watcher::Event::InitDone) => {
                 g.pods = Some(g.listing.take().unwrap_or_default());
-                self.api_answered(&mut n);
+                if let Some(failed_attempts) = g.watch_failures.succeeded() {
+                    n.push(Notice::GroupWatchLanded { failed_attempts });
+                }
             }
             Ok(watcher::Event::Apply(p)) => {
                 if let Some(pods) = &mut g.pods {
@@ -40,9 +45,16 @@ impl State {
                     pods.remove(&pod_name(&p));
                 }
             }
+            // Counted and said once per streak, but not an outage of the API
+            // server: the census holds up nothing, and the Lease's calls
+            // say whether the API server answers (a shutdown skips its
+            // handover when they do not).
             Err(err) => {
                 n.push(Notice::ApiError("watch group pods"));
-                self.api_failed("watch group pods", &err, &mut n);
+                if g.watch_failures.failed() {
+                    let error = ErrorChain(&err).to_string();
+                    n.push(Notice::GroupWatchFailing { error });
+                }
             }
         }
         n

@@ -115,6 +115,13 @@ impl Candidate {
                 Notice::GroupOwners(None) => {
                     info!("the group's pods no longer belong to several workloads")
                 }
+                Notice::GroupWatchFailing { error } => warn!(
+                    %error,
+                    "cannot watch the group's pods; whether they share a node or a workload is not reported (retrying; logged again when it works)"
+                ),
+                Notice::GroupWatchLanded { failed_attempts } => {
+                    info!(failed_attempts, "watching the group's pods again")
+                }
                 Notice::NoStandby => {
                     info!("no other pod in the group to take over; the app stops without a drain")
                 }

@@ -158,6 +158,8 @@ pub struct GroupView {
     pub one_node_said: Option<String>,
     /// The owners said to share the group, while there are several.
     pub owners_said: Option<Vec<String>>,
+    /// Failed events of the watch, said once per streak.
+    pub watch_failures: Streak,
 }
 
 /// A switchover we started: the Lease version we wrote, whom it hands the

@@ -171,11 +171,25 @@ fn a_closed_view_shows_nothing_and_the_next_one_says_afresh() {
 }
 
 #[test]
-fn a_failing_group_watch_counts_as_an_api_error() {
+fn a_failing_group_watch_is_counted_said_once_and_no_api_outage() {
     let t0 = Instant::now();
     let mut s = holder(t0, &[]);
-    let err = kube::runtime::watcher::Error::NoResourceVersion;
-    let n = s.handle_group_event(Err(err), t0);
+    let failed = |s: &mut State| {
+        let err = kube::runtime::watcher::Error::NoResourceVersion;
+        s.handle_group_event(Err(err), t0)
+    };
+    let n = failed(&mut s);
     assert!(n.contains(&Notice::ApiError("watch group pods")), "{n:?}");
-    assert!(!s.api.calls.reachable());
+    assert!(
+        n.iter()
+            .any(|n| matches!(n, Notice::GroupWatchFailing { .. })),
+        "{n:?}"
+    );
+    assert_eq!(failed(&mut s), [Notice::ApiError("watch group pods")]);
+    assert!(
+        s.api.calls.reachable(),
+        "the Lease's calls judge the API server, and a shutdown still hands over"
+    );
+    let n = listed(&mut s, &[member("web-0", "n1", "web")], t0);
+    assert_eq!(n, [Notice::GroupWatchLanded { failed_attempts: 2 }]);
 }
