@@ -8,11 +8,15 @@
 use std::time::Duration;
 
 use crate::contract::{Role, role_labels::RoleLabels};
+use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
+    runtime::{WatchStreamExt, watcher},
 };
+
+use crate::backoff::WatchBackoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {
@@ -183,6 +187,20 @@ impl Labeller {
                 after: timeout,
             }),
         }
+    }
+
+    /// The group's pods, watched: the holder's view of its group (the
+    /// census), opened only while it holds the Lease. One watch per group,
+    /// its list served from the API server's watch cache (any version).
+    pub fn group_events(
+        &self,
+        retry_period: Duration,
+    ) -> BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
+        let group = format!("{}={}", self.labels.group_key, self.labels.group);
+        let config = watcher::Config::default().labels(&group).any_semantic();
+        watcher(self.api.clone(), config)
+            .backoff(WatchBackoff::new(retry_period))
+            .boxed()
     }
 
     /// How many pods of the group, other than `me`, exist and are not

@@ -160,7 +160,8 @@ pub async fn run(
             ),
         )
     }))
-    .with_health_condition(true);
+    .with_health_condition(true)
+    .with_group_watch(true);
     info!(parent: &span, status_addr = %settings.status_addr, "sidecar started");
     // A task that ends early ends the sidecar, after the handover that
     // SIGTERM would get (rule 6), with the task and its cause.

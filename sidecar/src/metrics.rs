@@ -29,6 +29,8 @@ pub struct Metrics {
     promotions_refused: Counter,
     handover_duration: Histogram,
     group_paused: Gauge,
+    group_standbys_same_node: Gauge,
+    group_owners: Gauge,
     cordoned: Gauge,
     switchovers: Family<Labels, Counter>,
     proxy_connections: Family<Labels, Counter>,
@@ -72,6 +74,8 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             group_paused: Gauge::default(),
+            group_standbys_same_node: Gauge::default(),
+            group_owners: Gauge::default(),
             cordoned: Gauge::default(),
             switchovers: Family::default(),
             proxy_connections: Family::default(),
@@ -135,6 +139,16 @@ impl Metrics {
             m.group_paused.clone(),
         );
         registry.register(
+            "group_standbys_same_node",
+            "1 on the holder while the group has a standby and every standby runs on the holder's node (a failure of that node takes the whole group), else 0",
+            m.group_standbys_same_node.clone(),
+        );
+        registry.register(
+            "group_owners",
+            "On the holder: how many workloads (StatefulSet, Deployment, ...) the group's pods belong to, more than 1 being a misconfiguration; 0 on the other pods",
+            m.group_owners.clone(),
+        );
+        registry.register(
             "pod_cordoned",
             "1 while this pod says baton.dev/cordoned=true (it never becomes active), else 0",
             m.cordoned.clone(),
@@ -165,6 +179,14 @@ impl Metrics {
 
     pub fn set_group_paused(&self, paused: bool) {
         self.group_paused.set(i64::from(paused));
+    }
+
+    /// The holder's census of its group; (false, 0) on the other pods.
+    pub fn set_group_census(&self, standbys_same_node: bool, owners: usize) {
+        self.group_standbys_same_node
+            .set(i64::from(standbys_same_node));
+        self.group_owners
+            .set(i64::try_from(owners).unwrap_or(i64::MAX));
     }
 
     pub fn set_cordoned(&self, cordoned: bool) {

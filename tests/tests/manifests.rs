@@ -174,10 +174,16 @@ async fn every_kustomize_build_passes_a_server_side_dry_run() {
     let kinds: BTreeSet<String> = documents(&example).into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         kinds,
-        ["Role", "RoleBinding", "Service", "StatefulSet"]
-            .map(String::from)
-            .into(),
-        "the example carries the sidecar's RBAC"
+        [
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "StatefulSet"
+        ]
+        .map(String::from)
+        .into(),
+        "the example carries the sidecar's RBAC and a PodDisruptionBudget"
     );
     ns.delete().await;
 }

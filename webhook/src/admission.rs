@@ -417,7 +417,7 @@ impl Admission {
             }
             Decision::Inject(injection) => {
                 let admitted =
-                    group::Workload::of(owner.as_ref(), owner::controller_of(&pod.metadata));
+                    group::workload_of(owner.as_ref(), owner::controller_of(&pod.metadata));
                 match self
                     .group_conflict(namespace, &pod, admitted.as_ref(), &injection.lease)
                     .await
@@ -499,7 +499,7 @@ impl Admission {
                                 source,
                             }
                         })?;
-                        let w = group::Workload::of(found.as_ref(), Some(c));
+                        let w = group::workload_of(found.as_ref(), Some(c));
                         known.push((c.uid.clone(), w.clone()));
                         w
                     }

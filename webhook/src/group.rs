@@ -4,7 +4,7 @@
 //! Deployment `web` in one namespace). Decided purely ([`conflict`]); the
 //! pods of the group are listed thinly ([`GroupPods`]).
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::{
@@ -18,46 +18,36 @@ use crate::owner::{self, Owner};
 /// The label the webhook puts on every injected pod: its group (the Lease name).
 pub const GROUP_LABEL: &str = "baton.dev/group";
 
-/// The workload a pod belongs to, as the group check compares them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    pub kind: String,
-    pub name: String,
-}
+/// The workload a pod belongs to, as the group check compares them: the
+/// sidecar's own (its holder reports a group of several workloads that
+/// got past this check, `contract::census`).
+pub use baton_sidecar::contract::census::Workload;
 
-impl fmt::Display for Workload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.kind, self.name)
+/// The owner workload the lookup found (a ReplicaSet's Deployment), else
+/// the controller itself for kinds the webhook does not follow (a
+/// DaemonSet, a Job), else `None`: a bare pod.
+pub fn workload_of(owner: Option<&Owner>, controller: Option<&OwnerReference>) -> Option<Workload> {
+    match (owner, controller) {
+        (Some(o), _) => Some(Workload {
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+        }),
+        (None, Some(c)) => Some(Workload {
+            kind: c.kind.clone(),
+            name: c.name.clone(),
+        }),
+        (None, None) => None,
     }
 }
 
-impl Workload {
-    /// The owner workload the lookup found (a ReplicaSet's Deployment), else
-    /// the controller itself for kinds the webhook does not follow (a
-    /// DaemonSet, a Job), else `None`: a bare pod.
-    pub fn of(owner: Option<&Owner>, controller: Option<&OwnerReference>) -> Option<Self> {
-        match (owner, controller) {
-            (Some(o), _) => Some(Self {
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-            }),
-            (None, Some(c)) => Some(Self {
-                kind: c.kind.clone(),
-                name: c.name.clone(),
-            }),
-            (None, None) => None,
-        }
-    }
-
-    /// A group name to suggest for this workload: `web-deploy` for Deployment `web`.
-    fn suggested_group(&self) -> String {
-        let suffix = match self.kind.as_str() {
-            "Deployment" => "deploy".to_owned(),
-            "StatefulSet" => "sts".to_owned(),
-            other => other.to_ascii_lowercase(),
-        };
-        format!("{}-{suffix}", self.name)
-    }
+/// A group name to suggest for a workload: `web-deploy` for Deployment `web`.
+fn suggested_group(w: &Workload) -> String {
+    let suffix = match w.kind.as_str() {
+        "Deployment" => "deploy".to_owned(),
+        "StatefulSet" => "sts".to_owned(),
+        other => other.to_ascii_lowercase(),
+    };
+    format!("{}-{suffix}", w.name)
 }
 
 /// A pod already in the group, as listed.
@@ -106,7 +96,7 @@ pub fn conflict(admitted: Option<&Workload>, group: &str, members: &[Member]) ->
                 other: other.clone(),
                 group: group.to_owned(),
                 pod: m.pod.clone(),
-                suggested: admitted.suggested_group(),
+                suggested: suggested_group(admitted),
             }),
             _ => None,
         })
@@ -301,7 +291,7 @@ mod tests {
             block_owner_deletion: None,
         };
         assert_eq!(
-            Workload::of(Some(&deploy), Some(&rs)),
+            workload_of(Some(&deploy), Some(&rs)),
             Some(w("Deployment", "api"))
         );
         let ds = OwnerReference {
@@ -309,7 +299,7 @@ mod tests {
             name: "agent".into(),
             ..rs
         };
-        assert_eq!(Workload::of(None, Some(&ds)), Some(w("DaemonSet", "agent")));
-        assert_eq!(Workload::of(None, None), None);
+        assert_eq!(workload_of(None, Some(&ds)), Some(w("DaemonSet", "agent")));
+        assert_eq!(workload_of(None, None), None);
     }
 }

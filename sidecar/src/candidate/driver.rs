@@ -6,7 +6,7 @@
 
 use std::{pin::pin, time::Instant};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::{api::coordination::v1::Lease, api::core::v1::Pod, jiff::Timestamp};
 use kube::runtime::watcher;
 use tokio::sync::watch;
@@ -38,6 +38,8 @@ pub struct Candidate {
     pub(super) service_endpoints: Option<ServiceEndpoints>,
     /// What the role file says: (role, holder, transitions).
     pub(super) role_file_written: Option<(Role, Option<String>, i32)>,
+    /// Whether the holder watches its group's pods (the census).
+    pub(super) group_watch: bool,
     pub(super) state: State,
 }
 
@@ -65,6 +67,7 @@ impl Candidate {
             status,
             service_endpoints: None,
             role_file_written: None,
+            group_watch: false,
             state,
         }
     }
@@ -72,6 +75,13 @@ impl Candidate {
     /// The sidecar also keeps its Pod's app-healthy condition (rule 10).
     pub fn with_health_condition(mut self, on: bool) -> Self {
         self.state.controls.health_condition = on;
+        self
+    }
+
+    /// The holder also watches its group's pods, while it holds the Lease,
+    /// and says what their census finds.
+    pub fn with_group_watch(mut self, on: bool) -> Self {
+        self.group_watch = on;
         self
     }
 
@@ -93,9 +103,11 @@ impl Candidate {
         let mut pod_events = pin!(pod_events);
         let mut shutdown = pin!(shutdown);
         let mut health = self.health.clone();
+        let mut group_events = None;
         loop {
             let now = Instant::now();
             self.sync_health();
+            self.sync_group_watch(&mut group_events);
             let notices = self.state.note(now);
             self.say(notices);
             // Before acting too: at the deadline the action is the passive
@@ -166,9 +178,30 @@ impl Candidate {
                 Some(event) = pod_events.next() => {
                     self.state.handle_pod_event(event, Instant::now())
                 }
+                Some(event) = next_group_event(&mut group_events) => {
+                    self.state.handle_group_event(event, Instant::now())
+                }
                 _ = sleep_until(wake) => Vec::new(),
             };
             self.say(notices);
+        }
+    }
+
+    /// Opens the group watch when the core wants it (we hold the Lease) and
+    /// closes it when it no longer does: one watch per group, on its
+    /// holder, and none on the standbys.
+    fn sync_group_watch(&mut self, events: &mut Option<GroupEvents>) {
+        let wanted = self.group_watch && self.state.wants_group_view();
+        match (wanted, events.is_some()) {
+            (true, false) => {
+                let retry = self.state.settings.retry_period;
+                *events = Some(self.labeller.group_events(retry));
+            }
+            (false, true) => {
+                *events = None;
+                self.state.close_group_view();
+            }
+            _ => {}
         }
     }
 
@@ -321,6 +354,18 @@ impl Candidate {
             Some(pod) => Labelled::Pod(Box::new(pod)),
             None => Labelled::Gone,
         })
+    }
+}
+
+type GroupEvents = BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>;
+
+/// The next event of the group watch; pending while there is none.
+async fn next_group_event(
+    events: &mut Option<GroupEvents>,
+) -> Option<Result<watcher::Event<Pod>, watcher::Error>> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
     }
 }
 

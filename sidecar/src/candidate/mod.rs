@@ -16,6 +16,7 @@
 
 mod decide;
 mod driver;
+mod group;
 mod notice;
 mod observe;
 mod record;

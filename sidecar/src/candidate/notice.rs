@@ -47,6 +47,17 @@ pub enum Notice {
     /// The group was paused (true) or resumed (false).
     GroupPaused(bool),
     InvalidControl(String),
+    /// Every standby runs on this node with the holder (Some), or no longer.
+    GroupOnOneNode(Option<String>),
+    /// The group's pods belong to these workloads (Some), or to one again.
+    GroupOwners(Option<Vec<String>>),
+    /// The group watch fails (the first of a streak), or lists again.
+    GroupWatchFailing {
+        error: String,
+    },
+    GroupWatchLanded {
+        failed_attempts: u32,
+    },
     /// A deleted holder alone in its group: nothing to drain for (rule 8).
     NoStandby,
     PassiveLabelFailing {

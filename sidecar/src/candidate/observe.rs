@@ -259,12 +259,14 @@ impl State {
     }
 
     /// What is news at the start of a turn: the app failing under a holder,
-    /// a stranger holding the Lease, the controls (rule 10).
+    /// a stranger holding the Lease, the controls (rule 10), the census of
+    /// the holder's group.
     pub fn note(&mut self, now: Instant) -> Vec<Notice> {
         let mut n = Vec::new();
         self.note_health(now, &mut n);
         self.note_stranger(&mut n);
         self.note_controls(&mut n);
+        self.note_group(&mut n);
         n
     }
 

@@ -34,6 +34,22 @@ pub fn status(s: &State, now: Instant) -> Status {
         paused: s.paused(),
         cordoned: s.cordoned(),
         switchover: s.switchover_request().map(|t| t.to_string()),
+        ..group_status(s)
+    }
+}
+
+/// The census fields of `/status`: the holder's, empty on the others.
+fn group_status(s: &State) -> Status {
+    let Some(c) = &s.group.census else {
+        return Status::default();
+    };
+    Status {
+        group_pods: Some(c.pods),
+        group_nodes: c.nodes.iter().cloned().collect(),
+        standbys_on_own_node: c.standbys_on_holder_node,
+        group_owners: c.owner_names(),
+        group_warnings: c.warnings(&s.labels.group),
+        ..Status::default()
     }
 }
 
@@ -88,6 +104,27 @@ impl Candidate {
                     info!(%lease, "group resumed: automatic failover is back")
                 }
                 Notice::InvalidControl(problem) => warn!(%problem, "invalid control annotation"),
+                Notice::GroupOnOneNode(Some(node)) => warn!(
+                    %node,
+                    "every standby of the group runs on the holder's node: a failure of that node takes the whole group"
+                ),
+                Notice::GroupOnOneNode(None) => {
+                    info!("the group's standbys no longer all run on the holder's node")
+                }
+                Notice::GroupOwners(Some(owners)) => warn!(
+                    owners = %owners.join(", "),
+                    "the group's pods belong to several workloads, which share one Lease and one active pod"
+                ),
+                Notice::GroupOwners(None) => {
+                    info!("the group's pods no longer belong to several workloads")
+                }
+                Notice::GroupWatchFailing { error } => warn!(
+                    %error,
+                    "cannot watch the group's pods; whether they share a node or a workload is not reported (retrying; logged again when it works)"
+                ),
+                Notice::GroupWatchLanded { failed_attempts } => {
+                    info!(failed_attempts, "watching the group's pods again")
+                }
                 Notice::NoStandby => {
                     info!("no other pod in the group to take over; the app stops without a drain")
                 }
@@ -206,6 +243,11 @@ impl Candidate {
         if s.lease.view != LeaseView::Unknown {
             self.metrics.set_cordoned(s.cordoned());
         }
+        let census = s.group.census.as_ref();
+        self.metrics.set_group_census(
+            census.is_some_and(|c| c.standbys_on_holder_node),
+            census.map_or(0, |c| c.owners.len()),
+        );
         let next = status(s, now);
         let role = next.role;
         let mut role_changed = false;

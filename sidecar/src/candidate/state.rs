@@ -12,6 +12,7 @@ use super::{Phase, SHUTDOWN_CALL_TIMEOUT};
 use crate::{
     backoff::{ApiState, Streak},
     contract::Role,
+    contract::census::Census,
     contract::controls::{self, CORDONED, PAUSED, Target},
     contract::role_labels::RoleLabels,
     election::{self, LeaseView, Observed, Situation, Step},
@@ -36,6 +37,7 @@ pub struct State {
     pub api: ApiHealth,
     pub endpoint: Endpoint,
     pub controls: Controls,
+    pub group: GroupView,
     pub said: Said,
 }
 
@@ -149,6 +151,25 @@ pub struct Controls {
     pub health_published: Option<bool>,
 }
 
+/// The holder's view of its group's pods, from a watch that runs only
+/// while it holds the Lease, and what it last said about them.
+#[derive(Debug, Clone, Default)]
+pub struct GroupView {
+    /// The pods as the watch last listed and followed them; None while
+    /// not watching, or before its first list is complete.
+    pub pods: Option<BTreeMap<String, Pod>>,
+    /// A (re)list under way: the pods seen so far.
+    pub listing: Option<BTreeMap<String, Pod>>,
+    /// The census of `pods`, as of the last turn.
+    pub census: Option<Census>,
+    /// The node said to hold every standby, while that is so.
+    pub one_node_said: Option<String>,
+    /// The owners said to share the group, while there are several.
+    pub owners_said: Option<Vec<String>>,
+    /// Failed events of the watch, said once per streak.
+    pub watch_failures: Streak,
+}
+
 /// A switchover we started: the Lease version we wrote, whom it hands the
 /// role to, and when we take it back if nobody has taken it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +219,7 @@ impl State {
             api: ApiHealth::default(),
             endpoint: Endpoint::default(),
             controls: Controls::default(),
+            group: GroupView::default(),
             said: Said::default(),
         }
     }
@@ -228,6 +250,16 @@ impl State {
 
     pub fn leading(&self, now: Instant) -> bool {
         self.leading_until().is_some_and(|until| now < until)
+    }
+
+    /// Whether the driver should keep a watch on the group's pods: only
+    /// the holder looks at them together, and only while it holds the
+    /// Lease and is not on its way out. The Lease as last observed, so
+    /// that a re-read (the view `Unknown` for one call) does not restart
+    /// the watch and its list.
+    pub fn wants_group_view(&self) -> bool {
+        let observed = self.lease.last_observed.as_ref();
+        !self.terminating() && observed.and_then(|o| o.holder.as_deref()) == Some(self.me())
     }
 
     pub fn terminating(&self) -> bool {

@@ -4,6 +4,7 @@
 //! JSON, and the parsers of the control annotations and the app-healthy
 //! condition. Each side reads these; none re-declares them.
 
+pub mod census;
 pub mod controls;
 pub mod role_labels;
 
@@ -75,6 +76,24 @@ pub struct Status {
     pub cordoned: bool,
     /// The switchover asked for on the Lease, while it is under way.
     pub switchover: Option<String>,
+    /// What the holder sees of its group's pods (`census`); the fields
+    /// below are empty on the other pods and before the first list. Each
+    /// has a default, so that the status of an older sidecar still parses.
+    /// The pods of the group not being deleted, the holder included.
+    #[serde(default)]
+    pub group_pods: Option<usize>,
+    /// The nodes they are scheduled on.
+    #[serde(default)]
+    pub group_nodes: Vec<String>,
+    /// There is a standby, and every one runs on the holder's node.
+    #[serde(default)]
+    pub standbys_on_own_node: bool,
+    /// The workloads the pods belong to, as `Kind/name`.
+    #[serde(default)]
+    pub group_owners: Vec<String>,
+    /// What a user must be told about the group, one line each.
+    #[serde(default)]
+    pub group_warnings: Vec<String>,
 }
 
 #[cfg(test)]
@@ -96,5 +115,22 @@ mod tests {
         assert_eq!(json["label_role"], "passive");
         let back: Status = serde_json::from_value(json).expect("deserializes");
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn the_status_of_a_sidecar_without_the_group_fields_still_parses() {
+        let mut json = serde_json::to_value(Status::default()).expect("serializes");
+        let fields = json.as_object_mut().expect("an object");
+        for key in [
+            "group_pods",
+            "group_nodes",
+            "standbys_on_own_node",
+            "group_owners",
+            "group_warnings",
+        ] {
+            assert!(fields.remove(key).is_some(), "{key} is served");
+        }
+        let back: Status = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, Status::default());
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use baton_sidecar::contract::role_labels::LabelFlags;
+use baton_sidecar::contract::{census::census, role_labels::LabelFlags};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
@@ -40,24 +40,62 @@ pub struct GroupStatus {
     #[serde(flatten)]
     pub lease: LeaseState,
     pub pods: Vec<PodState>,
+    /// The nodes of the pods not being deleted.
+    pub nodes: Vec<String>,
+    /// There is a standby, and every one runs on the holder's node.
+    pub standbys_on_holder_node: bool,
+    /// The workloads the pods belong to, as `Kind/name`.
+    pub owners: Vec<String>,
+    /// What the census of the pods finds, seen from the holder, one line
+    /// each: the sidecars' own words (`contract::census`).
+    pub group_warnings: Vec<String>,
 }
 
 impl GroupStatus {
+    /// The group's status from its `pods` as listed, through the census
+    /// the holder's sidecar also takes (a group without a holder has no
+    /// holder's node to share).
     pub fn new(
         namespace: String,
         group: String,
         lease: Option<LeaseState>,
-        mut pods: Vec<PodState>,
+        pods: &[&Pod],
+        keys: &LabelFlags,
     ) -> Self {
-        pods.sort_by(|a, b| a.name.cmp(&b.name));
         let lease_found = lease.is_some();
         let lease = lease.unwrap_or_default();
+        let c = census(
+            lease.holder.as_deref().unwrap_or_default(),
+            pods.iter().copied(),
+        );
+        let mut pods: Vec<PodState> = pods.iter().map(|p| PodState::from_pod(p, keys)).collect();
+        pods.sort_by(|a, b| a.name.cmp(&b.name));
         GroupStatus {
+            nodes: c.nodes.iter().cloned().collect(),
+            standbys_on_holder_node: c.standbys_on_holder_node,
+            owners: c.owner_names(),
+            group_warnings: c.warnings(&group),
             namespace,
             group,
             lease_found,
             lease,
             pods,
+        }
+    }
+
+    /// The census's findings in a word each, for the table.
+    fn warning_tags(&self) -> String {
+        let tags: Vec<&str> = [
+            (self.standbys_on_holder_node, "one-node"),
+            (self.owners.len() > 1, "several-owners"),
+        ]
+        .into_iter()
+        .filter_map(|(on, tag)| on.then_some(tag))
+        .collect();
+        if tags.is_empty() {
+            NONE.to_owned()
+        } else {
+            tags.join(",")
         }
     }
 
@@ -69,15 +107,17 @@ impl GroupStatus {
 
 /// The group's pods, by namespace and group, from a list of pods that
 /// carry the group label.
-pub fn by_group(pods: &[Pod], keys: &LabelFlags) -> BTreeMap<(String, String), Vec<PodState>> {
-    let mut groups: BTreeMap<(String, String), Vec<PodState>> = BTreeMap::new();
+pub fn by_group<'a>(
+    pods: &'a [Pod],
+    keys: &LabelFlags,
+) -> BTreeMap<(String, String), Vec<&'a Pod>> {
+    let mut groups: BTreeMap<(String, String), Vec<&Pod>> = BTreeMap::new();
     for pod in pods {
-        let state = PodState::from_pod(pod, keys);
-        let Some(group) = state.group.clone() else {
+        let Some(group) = pod.labels().get(&keys.group_label).cloned() else {
             continue;
         };
         let namespace = pod.namespace().unwrap_or_default();
-        groups.entry((namespace, group)).or_default().push(state);
+        groups.entry((namespace, group)).or_default().push(pod);
     }
     groups
 }
@@ -92,6 +132,7 @@ pub fn render_groups(groups: &[GroupStatus], all_namespaces: bool, now: Timestam
         "LAST SWITCH",
         "REASON",
         "PAUSED",
+        "WARNINGS",
     ];
     let mut table = with_namespace_column(header, all_namespaces);
     for g in groups {
@@ -123,6 +164,7 @@ pub fn render_groups(groups: &[GroupStatus], all_namespaces: bool, now: Timestam
                 .unwrap_or_else(|| NONE.to_owned()),
         );
         row.push(g.lease.paused.to_string());
+        row.push(g.warning_tags());
         table.push(row);
     }
     table.render()
@@ -165,10 +207,17 @@ fn with_namespace_column<const N: usize>(header: [&str; N], all_namespaces: bool
     )
 }
 
-/// Warnings about annotations whose values mean nothing, one per line.
+/// Warnings about annotations whose values mean nothing, and what the
+/// census of each group finds, one per line.
 pub fn warnings(groups: &[GroupStatus]) -> Vec<String> {
     let mut lines = Vec::new();
     for g in groups {
+        for warning in &g.group_warnings {
+            lines.push(format!(
+                "Warning: group {}/{}: {warning}",
+                g.namespace, g.group
+            ));
+        }
         for problem in &g.lease.problems {
             lines.push(format!(
                 "Warning: lease {}/{}: {problem}; taken as unset",
@@ -234,7 +283,7 @@ pub async fn run(cluster: &Cluster, args: &StatusArgs, keys: &LabelFlags) -> any
                     .await
                     .with_context(|| format!("getting lease {group} in namespace {namespace:?}"))?;
                 let lease = lease.as_ref().map(LeaseState::from_lease);
-                anyhow::Ok(GroupStatus::new(namespace, group, lease, pods))
+                anyhow::Ok(GroupStatus::new(namespace, group, lease, &pods, keys))
             }
         })
         .buffered(CONCURRENT_GETS)
@@ -303,32 +352,92 @@ mod tests {
         let groups = by_group(&pods, &keys());
         let (key, pods) = groups.into_iter().next().unwrap();
         assert_eq!(key, ("shop".to_owned(), "web".to_owned()));
-        GroupStatus::new(key.0, key.1, Some(LeaseState::from_lease(&lease)), pods)
+        GroupStatus::new(
+            key.0,
+            key.1,
+            Some(LeaseState::from_lease(&lease)),
+            &pods,
+            &keys(),
+        )
     }
 
     #[test]
     fn the_group_table_has_one_line_per_group() {
-        let api = GroupStatus::new(
-            "shop".into(),
-            "api".into(),
-            None,
-            vec![state(&pod("api-0"))],
-        );
+        let api = GroupStatus::new("shop".into(), "api".into(), None, &[&pod("api-0")], &keys());
         let released = GroupStatus::new(
             "shop".into(),
             "db".into(),
             Some(LeaseState::from_lease(&lease(None, &[]))),
-            vec![],
+            &[],
+            &keys(),
         );
         assert_eq!(
             render_groups(&[api, released, web()], false, now()),
             "\
-GROUP   HOLDER       PODS   TRANSITIONS   LAST SWITCH   REASON               PAUSED
-api     <no lease>   1/1    <none>        <none>        <none>               false
-db      <none>       0/0    3             3m12s         <none>               false
-web     web-0        2/3    3             3m12s         web-2 was cordoned   true
+GROUP   HOLDER       PODS   TRANSITIONS   LAST SWITCH   REASON               PAUSED   WARNINGS
+api     <no lease>   1/1    <none>        <none>        <none>               false    <none>
+db      <none>       0/0    3             3m12s         <none>               false    <none>
+web     web-0        2/3    3             3m12s         web-2 was cordoned   true     one-node
 "
         );
+    }
+
+    /// Pod `name` of group `web` on `node`, of `owner`'s StatefulSet.
+    fn placed(name: &str, node: &str, owner: &str) -> Pod {
+        let mut p = pod(name);
+        p.spec.get_or_insert_default().node_name = Some(node.into());
+        p.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "StatefulSet".into(),
+                name: owner.into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        p
+    }
+
+    fn group_of(pods: &[Pod], holder: &str) -> GroupStatus {
+        let lease = LeaseState::from_lease(&lease(Some(holder), &[]));
+        let pods: Vec<&Pod> = pods.iter().collect();
+        GroupStatus::new("shop".into(), "web".into(), Some(lease), &pods, &keys())
+    }
+
+    #[test]
+    fn the_census_of_the_listed_pods_is_a_column_and_a_warning_each() {
+        let spread = group_of(
+            &[placed("web-0", "n1", "web"), placed("web-1", "n2", "web")],
+            "web-0",
+        );
+        assert_eq!(spread.warning_tags(), NONE);
+        assert!(warnings(&[spread]).is_empty());
+
+        let fragile = group_of(
+            &[placed("web-0", "n1", "web"), placed("api-0", "n1", "api")],
+            "web-0",
+        );
+        assert_eq!(fragile.warning_tags(), "one-node,several-owners");
+        assert_eq!(fragile.nodes, ["n1"]);
+        assert_eq!(fragile.owners, ["StatefulSet/api", "StatefulSet/web"]);
+        let lines = warnings(std::slice::from_ref(&fragile));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "Warning: group shop/web: every standby of group web (1) runs on node n1"
+            ) && lines[1].contains("(StatefulSet/api, StatefulSet/web)"),
+            "{lines:?}"
+        );
+        let json = serde_json::to_value(&fragile).unwrap();
+        assert_eq!(json["standbysOnHolderNode"], true);
+        assert_eq!(json["groupWarnings"].as_array().map(Vec::len), Some(2));
+
+        // Without a holder there is no holder's node to share.
+        let released = group_of(
+            &[placed("web-0", "n1", "web"), placed("web-1", "n1", "web")],
+            "",
+        );
+        assert_eq!(released.warning_tags(), NONE);
     }
 
     #[test]
@@ -384,7 +493,8 @@ web     web-2   passive   healthy     true       true    12h   node-1
         other.metadata.namespace = Some("staging".into());
         let mut unlabelled = pod("x");
         unlabelled.metadata.labels = None;
-        let groups = by_group(&[pod("web-0"), other, unlabelled], &keys());
+        let pods = [pod("web-0"), other, unlabelled];
+        let groups = by_group(&pods, &keys());
         assert_eq!(
             groups.keys().cloned().collect::<Vec<_>>(),
             vec![
@@ -401,7 +511,8 @@ web     web-2   passive   healthy     true       true    12h   node-1
             "shop".into(),
             "web".into(),
             Some(LeaseState::from_lease(&lease)),
-            vec![state(&with_annotation(pod("web-1"), CORDONED, "on"))],
+            &[&with_annotation(pod("web-1"), CORDONED, "on")],
+            &keys(),
         );
         assert_eq!(
             warnings(&[g]),

@@ -6,6 +6,7 @@
 mod controls;
 mod deleted;
 mod driver;
+mod group;
 mod ladder;
 mod leaving;
 mod pure;
