@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use baton_e2e::{
     harness::{
-        Cluster, NeverTwoActive, TestNamespace, pod_ip, pod_node, poll_status, sidecar_get,
-        wait_for_holder, wait_until,
+        Cluster, NeverTwoActive, TestNamespace, pod_ip, pod_node, sidecar_get, wait_for_holder,
+        wait_status, wait_until,
     },
     workload,
 };
+use baton_sidecar::contract::{Role, Status};
 use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
 use kube::{ResourceExt, api::DeleteParams};
 use serde_json::Value;
@@ -68,11 +69,11 @@ async fn holder_status(
     ns: &TestNamespace,
     holder: &str,
     what: &str,
-    done: impl FnMut(&Value) -> bool,
-) -> Value {
+    done: impl Fn(&Status) -> bool,
+) -> Status {
     let ip = pod_ip(ns, holder).await;
-    let status = poll_status(&ip, T, done).await;
-    assert_eq!(status["pod"], holder, "{what}: {status}");
+    let status = wait_status(&ip, T, what, done).await;
+    assert_eq!(status.pod, holder, "{what}: {status:?}");
     status
 }
 
@@ -136,31 +137,30 @@ async fn standbys_on_the_holders_node_are_reported_until_one_runs_elsewhere() {
         .expect("two pods");
 
     let status = holder_status(&ns, &holder, "every standby on the holder's node", |s| {
-        s["standbys_on_own_node"] == true
+        s.standbys_on_own_node
     })
     .await;
-    assert_eq!(status["standbys_on_own_node"], true, "{status}");
-    assert_eq!(status["group_pods"], 2, "{status}");
-    assert_eq!(status["group_nodes"], serde_json::json!([node]), "{status}");
-    assert_eq!(
-        status["group_owners"],
-        serde_json::json!(["StatefulSet/web"])
-    );
-    let warnings = status["group_warnings"].as_array().expect("a list");
+    assert!(status.standbys_on_own_node, "{status:?}");
+    assert_eq!(status.group_pods, Some(2), "{status:?}");
+    assert_eq!(status.group_nodes, std::slice::from_ref(&node), "{status:?}");
+    assert_eq!(status.group_owners, ["StatefulSet/web"], "{status:?}");
+    let warnings = &status.group_warnings;
     assert!(
-        warnings.len() == 1 && warnings[0].as_str().is_some_and(|w| w.contains(&node)),
-        "{status}"
+        warnings.len() == 1 && warnings[0].contains(&node),
+        "{status:?}"
     );
     assert_eq!(
         gauge(&ns, &holder, "baton_group_standbys_same_node").await,
         Some(1)
     );
-    let standby_status =
-        poll_status(&pod_ip(&ns, &standby).await, T, |s| s["role"] == "passive").await;
+    let standby_ip = pod_ip(&ns, &standby).await;
+    let standby_status = wait_status(&standby_ip, T, "the standby passive", |s| {
+        s.role == Some(Role::Passive)
+    })
+    .await;
     assert_eq!(
-        standby_status["group_pods"],
-        Value::Null,
-        "only the holder looks at the group: {standby_status}"
+        standby_status.group_pods, None,
+        "only the holder looks at the group: {standby_status:?}"
     );
     assert_eq!(
         gauge(&ns, &standby, "baton_group_standbys_same_node").await,
@@ -210,14 +210,14 @@ async fn standbys_on_the_holders_node_are_reported_until_one_runs_elsewhere() {
         .map(pod_node)
         .expect("the standby");
     let status = holder_status(&ns, &holder, "the standby on another node", |s| {
-        s["standbys_on_own_node"] == false && s["group_nodes"].as_array().map(Vec::len) == Some(2)
+        !s.standbys_on_own_node && s.group_nodes.len() == 2
     })
     .await;
-    assert_eq!(status["standbys_on_own_node"], false, "{status}");
+    assert!(!status.standbys_on_own_node, "{status:?}");
     let mut nodes = vec![node.clone(), other];
     nodes.sort();
-    assert_eq!(status["group_nodes"], serde_json::json!(nodes), "{status}");
-    assert_eq!(status["group_warnings"], serde_json::json!([]), "{status}");
+    assert_eq!(status.group_nodes, nodes, "{status:?}");
+    assert!(status.group_warnings.is_empty(), "{status:?}");
     assert_eq!(
         gauge(&ns, &holder, "baton_group_standbys_same_node").await,
         Some(0)
@@ -242,16 +242,15 @@ async fn pods_of_two_workloads_in_one_group_are_reported_with_both_owners() {
     ns.apply(&statefulset(1, ""));
     ns.apply(&deployment_in_group("web-deploy"));
     let holder = wait_for_holder(&ns, GROUP, None).await;
-    let owners = serde_json::json!(["Deployment/web-deploy", "StatefulSet/web"]);
-    let status = holder_status(&ns, &holder, "both owners", |s| s["group_owners"] == owners).await;
-    assert_eq!(status["group_owners"], owners, "{status}");
+    let owners = ["Deployment/web-deploy", "StatefulSet/web"];
+    let status = holder_status(&ns, &holder, "both owners", |s| s.group_owners == owners).await;
+    assert_eq!(status.group_owners, owners, "{status:?}");
     assert!(
-        status["group_warnings"]
-            .as_array()
-            .expect("a list")
+        status
+            .group_warnings
             .iter()
-            .any(|w| w.as_str().is_some_and(|w| w.contains("several workloads"))),
-        "{status}"
+            .any(|w| w.contains("several workloads")),
+        "{status:?}"
     );
     assert_eq!(gauge(&ns, &holder, "baton_group_owners").await, Some(2));
     let notes = wait_event(&ns, "GroupHasSeveralOwners", &holder).await;
@@ -263,7 +262,7 @@ async fn pods_of_two_workloads_in_one_group_are_reported_with_both_owners() {
         "{notes:?}"
     );
     let (group, table) = plugin_view(&ns);
-    assert_eq!(group["owners"], owners, "{group}");
+    assert_eq!(group["owners"], serde_json::json!(owners), "{group}");
     assert!(table.contains("several-owners"), "{table}");
 
     let most = guard.assert_held().await;
