@@ -142,7 +142,11 @@ async fn standbys_on_the_holders_node_are_reported_until_one_runs_elsewhere() {
     .await;
     assert!(status.standbys_on_own_node, "{status:?}");
     assert_eq!(status.group_pods, Some(2), "{status:?}");
-    assert_eq!(status.group_nodes, std::slice::from_ref(&node), "{status:?}");
+    assert_eq!(
+        status.group_nodes,
+        std::slice::from_ref(&node),
+        "{status:?}"
+    );
     assert_eq!(status.group_owners, ["StatefulSet/web"], "{status:?}");
     let warnings = &status.group_warnings;
     assert!(

@@ -490,9 +490,19 @@ async fn helm_chart_webhooks_match_the_kustomize_install() {
 /// The admission policies and their bindings of a YAML stream, as JSON by
 /// kind and name, through kubectl's own conversion (a client-side dry run).
 fn admission_policies(cluster: &Cluster, yaml: &str) -> Vec<(String, serde_json::Value)> {
+    cluster_objects(cluster, yaml, &["ValidatingAdmissionPolicy"])
+}
+
+/// The objects of `yaml` whose kind starts with one of `kinds`, as the API
+/// server would take them: (kind and name, spec), sorted.
+fn cluster_objects(
+    cluster: &Cluster,
+    yaml: &str,
+    kinds: &[&str],
+) -> Vec<(String, serde_json::Value)> {
     let docs: Vec<String> = documents(yaml)
         .into_iter()
-        .filter(|(kind, _)| kind.starts_with("ValidatingAdmissionPolicy"))
+        .filter(|(kind, _)| kinds.iter().any(|k| kind.starts_with(k)))
         .map(|(_, doc)| doc)
         .collect();
     let out = cluster.kubectl(
@@ -548,6 +558,33 @@ async fn helm_chart_policies_match_the_kustomize_install() {
     assert!(
         admission_policies_absent(&off),
         "policies.enabled=false renders no policy"
+    );
+}
+
+/// The chart gives the sidecars' Lease calls the same priority level as
+/// manifests/rbac/policy (API Priority and Fairness), and can leave it out.
+#[tokio::test]
+async fn helm_chart_flow_control_matches_the_kustomize_install() {
+    let cluster = Cluster::connect().await;
+    let kinds = ["FlowSchema", "PriorityLevelConfiguration"];
+    let kustomized = kustomize(&cluster, "manifests/rbac/policy");
+    let kustomized = cluster_objects(&cluster, &kustomized, &kinds);
+    let charted = cluster_objects(&cluster, &helm_template("baton-system", &[]), &kinds);
+    let names: Vec<_> = kustomized.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "FlowSchema baton-leases",
+            "PriorityLevelConfiguration baton"
+        ]
+    );
+    assert_eq!(charted, kustomized, "the chart's objects differ");
+    let off = helm_template("baton-system", &["--set", "flowControl.enabled=false"]);
+    assert!(
+        documents(&off)
+            .iter()
+            .all(|(kind, _)| !kinds.contains(&kind.as_str())),
+        "flowControl.enabled=false renders none"
     );
 }
 

@@ -2,7 +2,9 @@
 //! of an app namespace, which the sidecar's Role lets patch pods, may change
 //! only the role label of a pod in a baton group, and only to a role value.
 //! What else confines the sidecar's credentials (its own group only) is
-//! tried by tests/tests/security.rs.
+//! tried by tests/tests/security.rs. And the API Priority and Fairness
+//! objects beside them (flowcontrol.yaml): the sidecars' Lease calls have a
+//! priority level of their own.
 
 use std::time::Duration;
 
@@ -10,9 +12,14 @@ use baton_e2e::{
     harness::{Cluster, wait_until},
     workload,
 };
-use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::Pod,
+    discovery::v1::EndpointSlice,
+    flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration},
+};
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
@@ -180,5 +187,70 @@ async fn a_baton_endpoint_slice_may_list_only_the_lease_holder() {
     create(slice("web-other", &["web-1"], "someone-else"))
         .await
         .expect("a slice baton does not manage is not judged");
+    ns.delete().await;
+}
+
+/// The flow schema and priority level the API server classified a GET of
+/// `path` by `client` into (API Priority and Fairness reports their UIDs in
+/// response headers).
+async fn classified(client: &kube::Client, path: &str) -> (String, String) {
+    let request = axum::http::Request::get(path)
+        .body(kube::client::Body::from(Vec::new()))
+        .expect("a request");
+    let response = client.send(request).await.expect("an answer");
+    assert!(
+        response.status().is_success(),
+        "GET {path}: {}",
+        response.status()
+    );
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (
+        header("X-Kubernetes-PF-FlowSchema-UID"),
+        header("X-Kubernetes-PF-PriorityLevel-UID"),
+    )
+}
+
+/// manifests/rbac/policy/flowcontrol.yaml: a sidecar's Lease calls, made
+/// with its service account, are dispatched in baton's own priority level
+/// (fair between namespaces), not in `workload-low` with every other
+/// service account's requests; its other calls are not.
+#[tokio::test]
+async fn the_sidecars_lease_calls_have_a_priority_level_of_their_own() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("flowcontrol").await;
+    ns.apply(&workload::statefulset("web", 1, true, &[]));
+    wait_until::<Lease, _>(ns.api(), "", T, "the group's Lease", |leases| {
+        !leases.is_empty()
+    })
+    .await;
+    let schemas: Api<FlowSchema> = Api::all(cluster.client.clone());
+    let levels: Api<PriorityLevelConfiguration> = Api::all(cluster.client.clone());
+    let schema = schemas.get("baton-leases").await.expect("the schema");
+    let level = levels.get("baton").await.expect("the level");
+    let (schema_uid, level_uid) = (schema.uid().expect("a uid"), level.uid().expect("a uid"));
+
+    let sidecar = ns.client_as("default").await;
+    let lease = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases/web",
+        ns.name
+    );
+    assert_eq!(
+        classified(&sidecar, &lease).await,
+        (schema_uid.clone(), level_uid.clone()),
+        "a Lease call of the sidecar's account"
+    );
+    let pod = format!("/api/v1/namespaces/{}/pods/web-0", ns.name);
+    let (other_schema, other_level) = classified(&sidecar, &pod).await;
+    assert!(
+        !other_schema.is_empty() && other_schema != schema_uid && other_level != level_uid,
+        "a Pod call is not baton's Lease traffic"
+    );
     ns.delete().await;
 }
