@@ -177,10 +177,17 @@ pub fn member_statefulset(group: &str, member: &str, image: &str, env: &[(&str, 
                 "labels: {{app: {group}, baton.dev/group: {group}, role: passive, member: {member}}}"
             ),
         ),
-        (format!("image: {SIDECAR_IMAGE}\n"), format!("image: {image}\n")),
+        (
+            format!("image: {SIDECAR_IMAGE}\n"),
+            format!("image: {image}\n"),
+        ),
     ];
     edits.iter().fold(set, |set, (from, to)| {
-        assert_eq!(set.matches(from.as_str()).count(), 1, "{from:?} once in\n{set}");
+        assert_eq!(
+            set.matches(from.as_str()).count(),
+            1,
+            "{from:?} once in\n{set}"
+        );
         set.replace(from.as_str(), to)
     })
 }

@@ -49,9 +49,8 @@ impl Clients {
         let _ = harness::http(); // installs the TLS provider reqwest needs
         let group_ip = cluster_ip(group, &workload::proxied_service_name("web")).await;
         let role_ip = cluster_ip(group, "web-proxied-active").await;
-        let start = |c, ip: &str| {
-            Client::start(c, format!("http://{ip}/"), RATE).expect("an HTTP client")
-        };
+        let start =
+            |c, ip: &str| Client::start(c, format!("http://{ip}/"), RATE).expect("an HTTP client");
         Clients(vec![
             (
                 "whole group, kept alive",
@@ -177,9 +176,9 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
     let env = [("BATON_ROLE_FILE", role_file.as_str())];
     let (old, new) = ("web-old-0", "web-new-0");
     // The earlier build first: it holds the Lease when the new one joins.
-    group
-        .ns
-        .apply(&workload::member_statefulset("web", "old", &old_image, &env));
+    group.ns.apply(&workload::member_statefulset(
+        "web", "old", &old_image, &env,
+    ));
     group.ns.apply(&workload::active_service("web"));
     let first = group.wait_for_new_holder(None).await;
     assert_eq!(first, old, "the only pod takes the Lease");
@@ -216,9 +215,16 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
 
     // The new holder's health check fails: the old build takes over.
     switch_failed.push(
-        switch(&group, &clients, "failover to the old build", new, old, async {
-            group.set_app_health(new, "fail").await;
-        })
+        switch(
+            &group,
+            &clients,
+            "failover to the old build",
+            new,
+            old,
+            async {
+                group.set_app_health(new, "fail").await;
+            },
+        )
         .await,
     );
     group.set_app_health(new, "ok").await;
@@ -227,9 +233,16 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
 
     // And the old holder's: the new build takes over.
     switch_failed.push(
-        switch(&group, &clients, "failover to the new build", old, new, async {
-            group.set_app_health(old, "fail").await;
-        })
+        switch(
+            &group,
+            &clients,
+            "failover to the new build",
+            old,
+            new,
+            async {
+                group.set_app_health(old, "fail").await;
+            },
+        )
         .await,
     );
     group.set_app_health(old, "ok").await;
@@ -244,7 +257,8 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
     for pod in [old, new] {
         let metrics = group.sidecar_get(pod, "/metrics").await;
         assert!(
-            metrics.contains("baton_proxy_connections_total{listener=\"front\",result=\"forward\"}"),
+            metrics
+                .contains("baton_proxy_connections_total{listener=\"front\",result=\"forward\"}"),
             "{pod} never forwarded a connection of the whole group's Service:\n{metrics}"
         );
     }
