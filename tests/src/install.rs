@@ -102,6 +102,15 @@ impl InstalledWebhook {
         }
     }
 
+    /// `kubectl apply -k dir` over the installed webhook, as a user applies
+    /// a newer release's manifests (or an overlay that moves its image
+    /// tags), then waits until the Deployment has rolled out: every
+    /// replica of the new template ready, none of the old left.
+    pub fn upgrade(&mut self, dir: &Path) {
+        apply_and_roll_out(&self.cluster, dir);
+        dir.clone_into(&mut self.dir);
+    }
+
     /// The webhook's pods, to read their metrics.
     pub async fn pods(&self) -> Vec<Pod> {
         let api: Api<Pod> = Api::namespaced(self.cluster.client.clone(), "baton-system");

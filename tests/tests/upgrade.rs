@@ -4,14 +4,29 @@
 //! two builds, as it is in the middle of that roll, switching both ways
 //! with clients through the proxied Services.
 
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
 use baton_e2e::{
     clients::{Client, Connections, Sample, now},
     group::Group,
-    harness::{self, repo_root},
+    harness::{
+        self, Cluster, NeverTwoActive, TestNamespace, repo_root, wait_for_holder, wait_until,
+    },
+    install::InstalledWebhook,
     workload::{self, ProxiedService},
 };
 use baton_sidecar::controls::SWITCHOVER_TO;
-use k8s_openapi::api::core::v1::Service;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::{
+    ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
 
 /// Requests a second per client.
 const RATE: u32 = 50;
@@ -264,4 +279,378 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
     }
     drop(clients);
     group.finish().await;
+}
+
+/// The images `make image` built, as the manifests name them.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const REPO: &str = "ghcr.io/baton-dev";
+/// What an upgrade's release is tagged here: the same images under a
+/// second tag, on every node, so that the new tag is a new image to
+/// Kubernetes (no registry is reachable: `IfNotPresent` finds it there).
+fn next_tag() -> String {
+    format!("{VERSION}-next")
+}
+
+/// Tags our sidecar and webhook images `<version>-next` on every real node.
+fn tag_next_on_every_node(cluster: &Cluster) {
+    for node in &cluster.nodes {
+        for name in ["baton-sidecar", "baton-webhook"] {
+            let (from, to) = (
+                format!("{REPO}/{name}:{VERSION}"),
+                format!("{REPO}/{name}:{}", next_tag()),
+            );
+            let out = cluster.ctr(&node.name, &["images", "tag", "--force", &from, &to]);
+            assert!(
+                out.status.success(),
+                "ctr images tag {from} {to} on {}: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A kustomize overlay of `manifests/webhook` in a folder of its own under
+/// target/: as installed (`next` false), or moved to the next tags as a
+/// newer release's manifests are (`images:` for the webhook's image; the
+/// sidecar image it injects is its env, set by a patch).
+fn overlay(name: &str, next: bool) -> PathBuf {
+    let dir = repo_root().join(format!("target/upgrade-overlays/{name}"));
+    std::fs::create_dir_all(&dir).expect("the overlay's folder");
+    let mut k = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../../manifests/webhook\n".to_owned();
+    if next {
+        let tag = next_tag();
+        k.push_str(&format!(
+            r#"images:
+- name: {REPO}/baton-webhook
+  newTag: {tag}
+patches:
+- patch: |-
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {{name: baton-webhook, namespace: baton-system}}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: webhook
+            env:
+            - {{name: BATON_WEBHOOK_SIDECAR_IMAGE, value: "{REPO}/baton-sidecar:{tag}"}}
+"#
+        ));
+    }
+    std::fs::write(dir.join("kustomization.yaml"), k).expect("the overlay");
+    dir
+}
+
+/// A pod as first seen by the test's watch: admission has run, and a
+/// pod's containers never change after.
+#[derive(Debug, Clone)]
+struct Seen {
+    name: String,
+    created: i64,
+    /// The image of its container `baton-sidecar`, if it has one.
+    sidecar: Option<String>,
+}
+
+fn sidecar_image(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == "baton-sidecar")
+        .and_then(|c| c.image.clone())
+}
+
+/// Every pod of `ns` the watch sees, by uid.
+struct PodsSeen {
+    seen: Arc<Mutex<BTreeMap<String, Seen>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodsSeen {
+    fn start(ns: &TestNamespace) -> PodsSeen {
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (s, e) = (seen.clone(), errors.clone());
+        let stream = watcher(ns.api::<Pod>(), watcher::Config::default()).applied_objects();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(pod) => {
+                        let uid = pod.uid().unwrap_or_default();
+                        let created = pod
+                            .creation_timestamp()
+                            .map(|t| t.0.as_second())
+                            .unwrap_or_default();
+                        s.lock().expect("not poisoned").entry(uid).or_insert(Seen {
+                            name: pod.name_any(),
+                            created,
+                            sidecar: sidecar_image(&pod),
+                        });
+                    }
+                    Err(err) => e.lock().expect("not poisoned").push(err.to_string()),
+                }
+            }
+            e.lock()
+                .expect("not poisoned")
+                .push("the watch ended".to_owned());
+        });
+        PodsSeen { seen, errors, task }
+    }
+
+    fn all(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Fails if the watch stopped seeing (it could have missed a pod).
+    fn finish(self) -> Vec<Seen> {
+        self.task.abort();
+        let errors = self.errors.lock().expect("not poisoned").clone();
+        assert!(
+            errors.is_empty(),
+            "the pods' watch stopped seeing: {errors:?}"
+        );
+        self.all()
+    }
+}
+
+/// An opted-in Deployment of the demo app, scaled up and down by
+/// [`churn`] so that opted-in pods are created throughout an upgrade.
+fn churn_deployment() -> String {
+    let app = workload::DEMO_APP_IMAGE;
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: churn
+  annotations: {{baton.dev/inject: "true"}}
+spec:
+  replicas: 0
+  selector:
+    matchLabels: {{app: churn}}
+  template:
+    metadata:
+      labels: {{app: churn}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: app
+        image: {app}
+        ports: [{{name: http, containerPort: 8080}}]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - {{name: LISTEN_ADDR, value: "0.0.0.0:8080"}}
+"#
+    )
+}
+
+/// Scales `churn` between 0 and 2 every 2 s until `stop`.
+fn churn(
+    ns: &TestNamespace,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (cluster, ns) = (ns.cluster.clone(), ns.name.clone());
+    tokio::spawn(async move {
+        let mut up = true;
+        while !stop.is_cancelled() {
+            let replicas = format!("--replicas={}", if up { 2 } else { 0 });
+            let args = ["-n", &ns, "scale", "deployment", "churn", &replicas];
+            let out = tokio::task::block_in_place(|| cluster.kubectl(&args, None));
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            up = !up;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+    })
+}
+
+/// The clients' requests since `from` that failed, printed and returned.
+fn failed_since(client: &Client, from: f64, what: &str) -> Vec<Sample> {
+    let samples: Vec<Sample> = client
+        .samples()
+        .into_iter()
+        .filter(|s| s.sent >= from)
+        .collect();
+    let failed: Vec<Sample> = samples
+        .iter()
+        .filter(|s| s.answer.is_err())
+        .cloned()
+        .collect();
+    eprintln!(
+        "{what}: {} requests, {} failed: {:?}",
+        samples.len(),
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    failed
+}
+
+/// The webhook moved to the next tags by `kubectl apply -k` of an overlay
+/// (as of a newer release's manifests) while opted-in pods are created and
+/// a client calls the helloworld example's Service (the whole group,
+/// through the proxies) 200 times a second on kept-alive connections: no
+/// request fails, no opted-in pod is created without its sidecar, every
+/// pod created after the rollout carries the new sidecar image; then the
+/// group is rolled onto it, again without a failed request, and ends with
+/// one active pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_webhook_upgraded_under_load_injects_every_pod_and_the_group_rolls_onto_the_new_sidecar()
+ {
+    const RATE: u32 = 200;
+    let cluster = Cluster::connect().await;
+    tag_next_on_every_node(&cluster);
+    let ns = cluster.namespace("upgrade-webhook").await;
+    let mut webhook = InstalledWebhook::install_from(&ns, &overlay("installed", false)).await;
+    let seen = PodsSeen::start(&ns);
+    let guard = NeverTwoActive::start(ns.api(), "app=helloworld", "role", "active").await;
+    let example = repo_root().join("manifests/examples/helloworld");
+    ns.kubectl_ok(
+        &["apply", "-k", example.to_str().expect("utf-8 path")],
+        None,
+    );
+    ns.apply(&churn_deployment());
+    let holder = wait_for_holder(&ns, "helloworld", None).await;
+    for pod in ["helloworld-0", "helloworld-1"] {
+        harness::wait_app_healthy(&ns, pod).await;
+    }
+    let svc: Service = ns.api().get("helloworld").await.expect("the Service");
+    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    let _ = harness::http(); // installs the TLS provider reqwest needs
+    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
+        .expect("an HTTP client");
+    client
+        .wait_steady_on(&holder, 20)
+        .await
+        .expect("steady on the holder");
+
+    // The upgrade, with pods being created all along.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let churning = churn(&ns, stop.clone());
+    let from = now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // kubectl waits for the rollout: not on the clients' threads.
+    tokio::task::block_in_place(|| webhook.upgrade(&overlay("next", true)));
+    let next_webhook = format!("{REPO}/baton-webhook:{}", next_tag());
+    let system: kube::Api<Pod> = kube::Api::namespaced(cluster.client.clone(), "baton-system");
+    wait_until::<Pod, _>(
+        system,
+        "app.kubernetes.io/name=baton-webhook",
+        Duration::from_secs(120),
+        "only webhook replicas of the next tag",
+        |pods| {
+            !pods.is_empty()
+                && pods.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.spec.as_ref().is_some_and(|s| {
+                            s.containers
+                                .iter()
+                                .all(|c| c.image.as_deref() == Some(next_webhook.as_str()))
+                        })
+                })
+        },
+    )
+    .await;
+    let finished = now().ceil() as i64;
+    // Pods created once the upgrade is over: at least one scale-up more.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.cancel();
+    churning.await.expect("the churn loop");
+    let failed = failed_since(&client, from, "webhook upgrade");
+    assert!(
+        failed.is_empty(),
+        "requests failed while the webhook was upgraded: {failed:?}"
+    );
+
+    let next_sidecar = format!("{REPO}/baton-sidecar:{}", next_tag());
+    let pods = seen.all();
+    let without: Vec<&Seen> = pods.iter().filter(|p| p.sidecar.is_none()).collect();
+    assert!(
+        without.is_empty(),
+        "opted-in pods created without the sidecar: {without:?}"
+    );
+    let after: Vec<&Seen> = pods
+        .iter()
+        .filter(|p| p.name.starts_with("churn-") && p.created > finished)
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "no pod was created after the upgrade finished: {pods:?}"
+    );
+    let stale: Vec<&&Seen> = after
+        .iter()
+        .filter(|p| p.sidecar.as_deref() != Some(next_sidecar.as_str()))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "pods created after the upgrade with another sidecar than {next_sidecar}: {stale:?}"
+    );
+    eprintln!(
+        "webhook upgrade: {} pods seen, {} created after it finished, all with {next_sidecar}",
+        pods.len(),
+        after.len()
+    );
+    ns.kubectl_ok(&["scale", "deployment", "churn", "--replicas=0"], None);
+
+    // The group rolled onto the new sidecar.
+    let from = now();
+    ns.kubectl_ok(&["rollout", "restart", "statefulset", "helloworld"], None);
+    tokio::task::block_in_place(|| {
+        ns.kubectl_ok(
+            &[
+                "rollout",
+                "status",
+                "statefulset",
+                "helloworld",
+                "--timeout=180s",
+            ],
+            None,
+        )
+    });
+    let rolled = wait_until::<Pod, _>(
+        ns.api(),
+        "app=helloworld",
+        Duration::from_secs(60),
+        "both helloworld pods on the new sidecar, one active",
+        |pods| {
+            pods.len() == 2
+                && pods.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && sidecar_image(p).as_deref() == Some(next_sidecar.as_str())
+                })
+                && harness::labelled(pods, "role", "active").len() == 1
+        },
+    )
+    .await;
+    let active = harness::labelled(&rolled, "role", "active");
+    client
+        .wait_steady_on(&active[0], 20)
+        .await
+        .expect("the client ends on the active pod");
+    let failed = failed_since(&client, from, "rolling restart onto the new sidecar");
+    assert!(
+        failed.is_empty(),
+        "requests failed while the group rolled: {failed:?}"
+    );
+    drop(client);
+    assert_eq!(guard.assert_held().await, 1);
+    let pods = seen.finish();
+    assert!(pods.iter().all(|p| p.sidecar.is_some()), "{pods:?}");
+    ns.delete().await;
+    webhook.uninstall();
 }
