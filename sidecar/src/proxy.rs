@@ -872,6 +872,19 @@ mod tests {
         peer: u16,
         metrics: &Metrics,
     ) -> Side {
+        side_among(me, ip, app_port, peer, metrics, true).await
+    }
+
+    /// [`side_of`] among pods that announce the peer protocol (this build)
+    /// or not (`announced` false: an earlier build's).
+    async fn side_among(
+        me: &'static str,
+        ip: &str,
+        app_port: u16,
+        peer: u16,
+        metrics: &Metrics,
+        announced: bool,
+    ) -> Side {
         let config = Config {
             me: me.into(),
             front: SocketAddr::new(ip.parse().expect("ip"), 0),
@@ -883,7 +896,12 @@ mod tests {
         };
         let proxy = Proxy::bind(config).await.expect("bind");
         let front = proxy.front.local_addr().expect("addr");
-        let api = crate::testing::ScriptedApi::new(|req| {
+        let annotations = if announced {
+            serde_json::json!({PEER_PROTOCOL_ANNOTATION: PEER_PROTOCOL})
+        } else {
+            serde_json::json!({})
+        };
+        let api = crate::testing::ScriptedApi::new(move |req| {
             let (name, ip) = if req.path.ends_with("/pods/web-0") {
                 ("web-0", "127.0.0.2")
             } else {
@@ -893,10 +911,7 @@ mod tests {
             (
                 200,
                 serde_json::json!({
-                    "metadata": {
-                        "name": name,
-                        "annotations": {PEER_PROTOCOL_ANNOTATION: PEER_PROTOCOL},
-                    },
+                    "metadata": {"name": name, "annotations": annotations},
                     "status": {"podIP": ip},
                 }),
             )
@@ -1289,39 +1304,17 @@ mod tests {
             let _ = first_tx.send(first);
         });
         let app_port = app("web-1", "127.0.0.1").await;
-        let config = Config {
-            me: "web-1".into(),
-            front: "127.0.0.1:0".parse().expect("addr"),
-            peer: SocketAddr::new(ip("127.0.0.1"), peer_port),
-            app: ("127.0.0.1".into(), app_port),
-            route_wait: Duration::from_secs(10),
-            api_timeout: Duration::from_secs(1),
-            retry_period: Duration::from_millis(100),
-        };
-        let proxy = Proxy::bind(config).await.expect("bind");
-        let front = proxy.front.local_addr().expect("addr");
         // The API's web-0 lacks the annotation: an earlier build.
-        let api = crate::testing::ScriptedApi::new(|_| {
-            (
-                200,
-                serde_json::json!({"metadata": {"name": "web-0"}, "status": {"podIP": "127.0.0.2"}}),
-            )
-        });
-        let (tx, rx) = watch::channel(status(Role::Passive, Some("web-0")));
-        tokio::spawn(proxy.run(
-            rx,
-            Api::namespaced(api.client(), "default"),
-            metrics.clone(),
-            CancellationToken::new(),
-        ));
-        let mut c = connect(front).await;
+        let web1 = side_among("web-1", "127.0.0.1", app_port, peer_port, &metrics, false).await;
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        let mut c = connect(web1.front).await;
         assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
         assert_eq!(
             first_rx.await.expect("web-0 got a line"),
             "who",
             "the client's bytes first"
         );
-        drop(tx);
     }
 
     #[test]
