@@ -17,7 +17,7 @@ use baton_e2e::{
     harness::{
         self, Cluster, NeverTwoActive, TestNamespace, repo_root, wait_for_holder, wait_until,
     },
-    install::InstalledWebhook,
+    install::{HelmRelease, InstalledWebhook},
     workload::{self, ProxiedService},
 };
 use baton_sidecar::controls::SWITCHOVER_TO;
@@ -501,22 +501,85 @@ fn failed_since(client: &Client, from: f64, what: &str) -> Vec<Sample> {
     failed
 }
 
-/// The webhook moved to the next tags by `kubectl apply -k` of an overlay
-/// (as of a newer release's manifests) while opted-in pods are created and
-/// a client calls the helloworld example's Service (the whole group,
-/// through the proxies) 200 times a second on kept-alive connections: no
+/// How the webhook is installed and upgraded, as docs/install.md offers.
+#[derive(Clone, Copy, Debug)]
+enum Way {
+    /// `kubectl apply -k` of an overlay of `manifests/webhook`, then of one
+    /// that moves the image tags (as a newer release's manifests do).
+    Kustomize,
+    /// `helm install`, then `helm upgrade --set image.tag=... --set
+    /// sidecar.image=...` (as a newer chart's appVersion does).
+    Helm,
+}
+
+enum Installed {
+    Kustomize(InstalledWebhook),
+    Helm(HelmRelease),
+}
+
+/// One install in `baton-system` at a time: the tests of this file that
+/// install share its names.
+static ONE_INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Installed {
+    async fn install(way: Way, ns: &TestNamespace) -> Installed {
+        match way {
+            Way::Kustomize => Installed::Kustomize(
+                InstalledWebhook::install_from(ns, &overlay("installed", false)).await,
+            ),
+            Way::Helm => Installed::Helm(HelmRelease::install(ns, &[]).await),
+        }
+    }
+
+    /// Moves the webhook and the sidecar it injects to the next tags and
+    /// returns once the webhook's Deployment has rolled out.
+    fn upgrade(&mut self) {
+        match self {
+            Installed::Kustomize(w) => w.upgrade(&overlay("next", true)),
+            Installed::Helm(h) => h.upgrade(&[
+                "--set",
+                &format!("image.tag={}", next_tag()),
+                "--set",
+                &format!("sidecar.image={REPO}/baton-sidecar:{}", next_tag()),
+            ]),
+        }
+    }
+
+    fn uninstall(self) {
+        match self {
+            Installed::Kustomize(w) => w.uninstall(),
+            Installed::Helm(h) => h.uninstall(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_webhook_upgraded_by_kustomize_under_load_injects_every_pod_and_the_group_rolls_onto_the_new_sidecar()
+ {
+    upgraded_under_load(Way::Kustomize).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_webhook_upgraded_by_helm_under_load_injects_every_pod_and_the_group_rolls_onto_the_new_sidecar()
+ {
+    upgraded_under_load(Way::Helm).await;
+}
+
+/// The webhook moved to the next tags (by `way`) while opted-in pods are
+/// created and a client calls the helloworld example's Service (the whole
+/// group, through the proxies) 200 times a second on kept-alive connections: no
 /// request fails, no opted-in pod is created without its sidecar, every
 /// pod created after the rollout carries the new sidecar image; then the
 /// group is rolled onto it, again without a failed request, and ends with
 /// one active pod.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_webhook_upgraded_under_load_injects_every_pod_and_the_group_rolls_onto_the_new_sidecar()
- {
+async fn upgraded_under_load(way: Way) {
     const RATE: u32 = 200;
     let cluster = Cluster::connect().await;
     tag_next_on_every_node(&cluster);
-    let ns = cluster.namespace("upgrade-webhook").await;
-    let mut webhook = InstalledWebhook::install_from(&ns, &overlay("installed", false)).await;
+    let _one = ONE_INSTALL.lock().await;
+    let way_name = format!("{way:?}").to_lowercase();
+    let ns = cluster.namespace(&format!("upgrade-{way_name}")).await;
+    let mut webhook = Installed::install(way, &ns).await;
     let seen = PodsSeen::start(&ns);
     let guard = NeverTwoActive::start(ns.api(), "app=helloworld", "role", "active").await;
     let example = repo_root().join("manifests/examples/helloworld");
@@ -545,7 +608,7 @@ async fn the_webhook_upgraded_under_load_injects_every_pod_and_the_group_rolls_o
     let from = now();
     tokio::time::sleep(Duration::from_secs(4)).await;
     // kubectl waits for the rollout: not on the clients' threads.
-    tokio::task::block_in_place(|| webhook.upgrade(&overlay("next", true)));
+    tokio::task::block_in_place(|| webhook.upgrade());
     let next_webhook = format!("{REPO}/baton-webhook:{}", next_tag());
     let system: kube::Api<Pod> = kube::Api::namespaced(cluster.client.clone(), "baton-system");
     wait_until::<Pod, _>(
