@@ -29,7 +29,8 @@ e2e: build image old-sidecar cluster-binaries
 ## The sidecar image of an earlier commit (tests/tests/upgrade.rs's group of
 ## two builds): built once per commit into ~/.cache/baton/old-sidecar,
 ## saved as target/image/baton-sidecar-old.tar for the nodes to import.
-## About 5 minutes on a cold cache (2 cores), nothing when cached.
+## About 20 minutes on a cold cache (2 cores shared with other builds;
+## 7 min of CPU), seconds when cached.
 old-sidecar:
 	$(CLUSTER)/build-old-sidecar.sh >/dev/null
 
