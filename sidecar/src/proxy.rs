@@ -152,9 +152,14 @@ pub fn route(view: &View, listener: Listener) -> Route {
 }
 
 /// Whether a connection that took `taken` lives on under `now`: only while
-/// the route is unchanged.
+/// the route is unchanged. A holder looked up again and found to announce
+/// the peer protocol now is the same route: a connection already spliced
+/// to it is served as it is.
 pub fn keeps(taken: Route, now: Route) -> bool {
-    taken == now
+    match (taken, now) {
+        (Route::Forward(a), Route::Forward(b)) => a.ip == b.ip,
+        _ => taken == now,
+    }
 }
 
 /// The routes of both listeners at one moment.
@@ -791,6 +796,9 @@ mod tests {
         assert!(!keeps(Route::Forward(a), Route::Forward(b)));
         assert!(!keeps(Route::Forward(a), Route::Wait));
         assert!(!keeps(Route::Forward(a), Route::Local));
+        // The same holder, its announcement seen on a later lookup.
+        let unannounced = Peer { acks: false, ..a };
+        assert!(keeps(Route::Forward(unannounced), Route::Forward(a)));
     }
 
     /// An app that answers each line with its name.
