@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
 use crate::{
-    harness::{Cluster, TestNamespace, repo_root},
+    harness::{Cluster, TestNamespace, cached_tool, repo_root},
     webhook::dry_run_until_injected,
 };
 
@@ -185,7 +185,7 @@ impl HelmRelease {
             ],
         );
         let release = HelmRelease {
-            helm: helm_binary(),
+            helm: cached_tool("build-helm.sh", "helm"),
             cluster,
         };
         let _ = release.helm(&["uninstall", "baton", "-n", "baton-system", "--wait"]);
@@ -235,21 +235,6 @@ impl HelmRelease {
             .output()
             .expect("running helm")
     }
-}
-
-/// helm, as tests/cluster/build-helm.sh built it into the cache (`make
-/// cluster-binaries`; cached, so it runs offline inside the cluster's
-/// network namespace).
-fn helm_binary() -> PathBuf {
-    let out = std::process::Command::new(repo_root().join("tests/cluster/build-helm.sh"))
-        .output()
-        .expect("running tests/cluster/build-helm.sh");
-    assert!(
-        out.status.success(),
-        "tests/cluster/build-helm.sh (run it outside the cluster's network namespace first): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("helm")
 }
 
 /// `kubectl label namespace NS baton.dev/injection=enabled`: the webhook
