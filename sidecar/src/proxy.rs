@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    contract::{Role, Status},
+    contract::{PEER_PROTOCOL, PEER_PROTOCOL_ANNOTATION, Role, Status},
     metrics::Metrics,
     telemetry::ErrorChain,
 };
@@ -378,13 +378,6 @@ fn still_valid(
 ) -> Option<(String, Peer)> {
     looked_up.filter(|_| holder_before == holder)
 }
-
-/// The annotation a sidecar of this build puts on its own pod at start:
-/// its peer port takes [`HELLO`] and acknowledges with [`SERVED`]. Pods of
-/// an earlier build lack it; forwarders then splice at once.
-pub const PEER_PROTOCOL_ANNOTATION: &str = "baton.dev/proxy-peer-protocol";
-/// Its value: the protocol's version, the hello's last byte.
-pub const PEER_PROTOCOL: &str = "1";
 
 /// The looked-up holder's IP and protocol, from its pod.
 fn peer_of(pod: &Pod) -> Option<Peer> {

@@ -20,7 +20,10 @@ use baton_e2e::{
     install::{HelmRelease, InstalledWebhook},
     workload::{self, ProxiedService},
 };
-use baton_sidecar::controls::SWITCHOVER_TO;
+use baton_sidecar::{
+    contract::{PEER_PROTOCOL, PEER_PROTOCOL_ANNOTATION},
+    controls::SWITCHOVER_TO,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
@@ -711,6 +714,22 @@ async fn upgraded_under_load(way: Way) {
     )
     .await;
     let active = harness::labelled(&rolled, "role", "active");
+    // Each new sidecar announced its proxy's peer protocol on its pod: the
+    // admission policies (applied for every test namespace) let it.
+    let annotated = |p: &Pod| {
+        p.annotations()
+            .get(PEER_PROTOCOL_ANNOTATION)
+            .map(String::as_str)
+            == Some(PEER_PROTOCOL)
+    };
+    wait_until::<Pod, _>(
+        ns.api(),
+        "app=helloworld",
+        Duration::from_secs(60),
+        "both helloworld pods announcing the peer protocol",
+        |pods| pods.len() == 2 && pods.iter().all(annotated),
+    )
+    .await;
     client
         .wait_steady_on(&active[0], 20)
         .await
