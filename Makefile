@@ -9,7 +9,7 @@ export KUBECONFIG := $(CURDIR)/target/cluster/kubeconfig
 # one, the bench sets its own.
 REAL_NODES ?= 2
 
-.PHONY: build test unit e2e cluster-binaries cluster-up cluster-down shell lint demo image plugin release release-check release-index version bench kle-race
+.PHONY: build test unit e2e old-sidecar cluster-binaries cluster-up cluster-down shell lint demo image plugin release release-check release-index version bench kle-race
 
 build:
 	$(CARGO) build --workspace --bins --locked
@@ -22,9 +22,17 @@ unit:
 
 # Test binaries are built outside the cluster's network namespace (which
 # reaches no registry), then run inside it.
-e2e: build image cluster-binaries
+e2e: build image old-sidecar cluster-binaries
 	$(CARGO) test -p baton-e2e --test '*' --locked --no-run
 	BATON_REAL_NODES=$(REAL_NODES) $(CLUSTER)/with-cluster.sh $(CARGO) test -p baton-e2e --test '*' --locked --offline --no-fail-fast -- --test-threads=$${E2E_THREADS:-3}
+
+## The sidecar image of an earlier commit (tests/tests/upgrade.rs's group of
+## two builds): built once per commit into ~/.cache/baton/old-sidecar,
+## saved as target/image/baton-sidecar-old.tar for the nodes to import.
+## About 20 minutes on a cold cache (2 cores shared with other builds;
+## 7 min of CPU), seconds when cached.
+old-sidecar:
+	$(CLUSTER)/build-old-sidecar.sh >/dev/null
 
 ## Benchmarks (never part of `make test`) on a fresh cluster of their own:
 ## clients through the ClusterIP on the real node; baton vs the polling

@@ -25,6 +25,15 @@
 //! reached a pod which is not (or no longer) the holder is sent on by the
 //! next route instead of being closed: at a switch only the connections
 //! that were being served are cut.
+//!
+//! That acknowledgement is asked for, so that sidecars of two builds serve
+//! one group during an upgrade (`docs/design.md`, rule 11's version skew):
+//! a forwarding side opens with [`HELLO`] and waits for [`SERVED`] only
+//! when the holder's pod carries [`PEER_PROTOCOL_ANNOTATION`], which this
+//! build puts on its own pod at start; else (a holder of an earlier build)
+//! it splices at once, as that build's forwarders do. The peer port sends
+//! [`SERVED`] only after a [`HELLO`]; any other first bytes are a client's,
+//! forwarded by an earlier build, and go to the app untouched.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -43,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    contract::{Role, Status},
+    contract::{PEER_PROTOCOL, PEER_PROTOCOL_ANNOTATION, Role, Status},
     metrics::Metrics,
     telemetry::ErrorChain,
 };
@@ -66,13 +75,23 @@ impl Listener {
     }
 }
 
+/// The holder's pod as a forwarding side needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// Its peer port takes a [`HELLO`] and acknowledges with [`SERVED`]:
+    /// the pod carries [`PEER_PROTOCOL_ANNOTATION`]. A pod of an earlier
+    /// build does not, and its peer port passes every byte to its app.
+    pub acks: bool,
+}
+
 /// Where a connection goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// To the app beside us.
     Local,
     /// To the holder's peer port at this address.
-    Forward(IpAddr),
+    Forward(Peer),
     /// Nowhere yet: hold the connection until a route appears.
     Wait,
 }
@@ -85,13 +104,13 @@ pub struct View {
     pub me: String,
     /// The Lease's holder, as the sidecar last saw it.
     pub holder: Option<String>,
-    /// The pod IP of a pod that held the Lease, by name, as last looked up.
-    pub holder_ip: Option<(String, IpAddr)>,
+    /// The pod of a pod that held the Lease, by name, as last looked up.
+    pub holder_ip: Option<(String, Peer)>,
 }
 
 impl View {
     /// The view of a sidecar's status, keeping an earlier lookup.
-    pub fn of(status: &Status, me: &str, looked_up: Option<(String, IpAddr)>) -> View {
+    pub fn of(status: &Status, me: &str, looked_up: Option<(String, Peer)>) -> View {
         View {
             active: status.role == Some(Role::Active),
             me: me.to_owned(),
@@ -123,8 +142,8 @@ pub fn route(view: &View, listener: Listener) -> Route {
         return Route::Wait;
     }
     match (&view.holder, &view.holder_ip) {
-        (Some(holder), Some((name, ip))) if holder != &view.me && holder == name => {
-            Route::Forward(*ip)
+        (Some(holder), Some((name, peer))) if holder != &view.me && holder == name => {
+            Route::Forward(*peer)
         }
         // No holder, the holder is us and not yet labelled, or its IP is
         // still being looked up.
@@ -133,9 +152,14 @@ pub fn route(view: &View, listener: Listener) -> Route {
 }
 
 /// Whether a connection that took `taken` lives on under `now`: only while
-/// the route is unchanged.
+/// the route is unchanged. A holder looked up again and found to announce
+/// the peer protocol now is the same route: a connection already spliced
+/// to it is served as it is.
 pub fn keeps(taken: Route, now: Route) -> bool {
-    taken == now
+    match (taken, now) {
+        (Route::Forward(a), Route::Forward(b)) => a.ip == b.ip,
+        _ => taken == now,
+    }
 }
 
 /// The routes of both listeners at one moment.
@@ -254,6 +278,7 @@ impl Proxy {
         let config = Arc::new(config);
         let (routes_tx, routes_rx) = watch::channel(Routes::default());
         let stale = Arc::new(Notify::new());
+        tokio::spawn(announce(config.clone(), pods.clone(), stop.clone()).in_current_span());
         let router = tokio::spawn(
             follow(
                 config.clone(),
@@ -299,7 +324,7 @@ async fn follow(
     stale: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut looked_up: Option<(String, IpAddr)> = None;
+    let mut looked_up: Option<(String, Peer)> = None;
     let mut holder_before: Option<String> = None;
     loop {
         let current = status.borrow_and_update().clone();
@@ -316,13 +341,9 @@ async fn follow(
         if let Some(holder) = view.lookup_needed().map(str::to_owned) {
             match tokio::time::timeout(config.api_timeout, pods.get(&holder)).await {
                 Ok(Ok(pod)) => {
-                    let ip = pod
-                        .status
-                        .and_then(|s| s.pod_ip)
-                        .and_then(|ip| ip.parse::<IpAddr>().ok());
-                    if let Some(ip) = ip {
-                        debug!(%holder, %ip, "holder looked up");
-                        looked_up = Some((holder, ip));
+                    if let Some(peer) = peer_of(&pod) {
+                        debug!(%holder, ip = %peer.ip, acks = peer.acks, "holder looked up");
+                        looked_up = Some((holder, peer));
                         continue;
                     }
                     warn!(%holder, "the holder has no pod IP yet");
@@ -351,11 +372,58 @@ async fn follow(
 /// holder: a StatefulSet pod deleted and re-created under the same name
 /// has another IP, so each time the holder changes it is looked up again.
 fn still_valid(
-    looked_up: Option<(String, IpAddr)>,
+    looked_up: Option<(String, Peer)>,
     holder_before: Option<&str>,
     holder: Option<&str>,
-) -> Option<(String, IpAddr)> {
+) -> Option<(String, Peer)> {
     looked_up.filter(|_| holder_before == holder)
+}
+
+/// The looked-up holder's IP and protocol, from its pod.
+fn peer_of(pod: &Pod) -> Option<Peer> {
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+    let acks = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PEER_PROTOCOL_ANNOTATION))
+        .is_some_and(|v| v == PEER_PROTOCOL);
+    Some(Peer { ip, acks })
+}
+
+/// Puts [`PEER_PROTOCOL_ANNOTATION`] on our own pod, retrying until the API
+/// takes it: the candidate's first probes take longer than one write, so
+/// the pod carries it before it can hold the Lease. Should it not, the
+/// group's forwarders splice to it as to an earlier build: served, though
+/// a connection caught at a switch is cut rather than rerouted.
+async fn announce(config: Arc<Config>, pods: Api<Pod>, stop: CancellationToken) {
+    let patch = kube::api::Patch::Merge(serde_json::json!({
+        "metadata": {"annotations": {PEER_PROTOCOL_ANNOTATION: PEER_PROTOCOL}}
+    }));
+    let pp = kube::api::PatchParams::default();
+    loop {
+        match tokio::time::timeout(config.api_timeout, pods.patch(&config.me, &pp, &patch)).await {
+            Ok(Ok(_)) => {
+                debug!("peer protocol announced on our pod");
+                return;
+            }
+            // Refused (an admission policy of an earlier install): asking
+            // again would not change that.
+            Ok(Err(kube::Error::Api(e))) if (400..500).contains(&e.code) => {
+                warn!(code = e.code, reason = %e.reason, message = %e.message,
+                    "our pod may not be annotated with the peer protocol: the group's forwarders splice to it as to an earlier build");
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %ErrorChain(&e), "annotating our pod with the peer protocol")
+            }
+            Err(_) => warn!("annotating our pod with the peer protocol timed out"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(config.retry_period) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 fn publish(current: &mut Routes, new: Routes) -> bool {
@@ -393,6 +461,67 @@ async fn accept(listener: TcpListener, which: Listener, shared: Shared) {
 /// became it) is rerouted instead of failed.
 const SERVED: u8 = 1;
 
+/// What a forwarding side of this build sends first, to a holder whose pod
+/// says its peer port answers it ([`PEER_PROTOCOL_ANNOTATION`]): it asks
+/// for [`SERVED`]. A NUL, then text: no client's protocol opens so (PROXY
+/// protocol v2 picks its signature alike).
+pub const HELLO: &[u8; 8] = b"\0baton/1";
+
+/// How long the peer port waits for a connection's first bytes before it
+/// takes it for a client's forwarded by an earlier build whose protocol
+/// has the server speak first. A hello is written at once after the
+/// connect, so it is here long before.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
+
+/// What the first bytes of a connection to the peer port say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// A [`HELLO`]: a forwarder of this build, which waits for [`SERVED`].
+    Hello,
+    /// A client's bytes, forwarded by an earlier build: for the app, as
+    /// they are, and nothing of ours before its answer.
+    Client,
+    /// A prefix of the hello so far: read on.
+    Undecided,
+}
+
+/// Classifies the first bytes read on the peer port.
+pub fn opening(first: &[u8]) -> Opening {
+    let n = first.len().min(HELLO.len());
+    if first[..n] != HELLO[..n] {
+        Opening::Client
+    } else if n == HELLO.len() {
+        Opening::Hello
+    } else {
+        Opening::Undecided
+    }
+}
+
+/// Reads a peer connection's opening: whether it said [`HELLO`], and the
+/// client's bytes read meanwhile (for the app), or None if it closed.
+async fn read_opening(client: &mut TcpStream, stop: &CancellationToken) -> Option<(bool, Vec<u8>)> {
+    let mut first = Vec::with_capacity(HELLO.len());
+    let deadline = tokio::time::Instant::now() + HELLO_WAIT;
+    loop {
+        match opening(&first) {
+            Opening::Hello => return Some((true, Vec::new())),
+            Opening::Client => return Some((false, first)),
+            Opening::Undecided => {}
+        }
+        // Never past the hello: what follows is the client's.
+        let mut more = [0u8; HELLO.len()];
+        let want = HELLO.len() - first.len();
+        tokio::select! {
+            read = client.read(&mut more[..want]) => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => first.extend_from_slice(&more[..n]),
+            },
+            () = tokio::time::sleep_until(deadline) => return Some((false, first)),
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
 /// What opening a route gave.
 enum Opened {
     /// Spliced from here on.
@@ -407,6 +536,16 @@ enum Opened {
 /// One connection: wait for a route, connect (and, forwarded, wait for the
 /// holder to serve it), splice until done or cut.
 async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
+    // On the peer port: a forwarder of this build asks for the
+    // acknowledgement; an earlier build's sends its client's bytes at once.
+    let (acked, early) = if which == Listener::Peer {
+        match read_opening(&mut client, &shared.stop).await {
+            Some(opened) => opened,
+            None => return,
+        }
+    } else {
+        (false, Vec::new())
+    };
     let mut routes = shared.routes.clone();
     let deadline = tokio::time::Instant::now() + shared.config.route_wait;
     let mut tried = false;
@@ -456,7 +595,10 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
         let _ =
             tokio::time::timeout(REROUTE_PAUSE, routes.wait_for(|r| r.get(which) != taken)).await;
     };
-    if which == Listener::Peer && client.write_all(&[SERVED]).await.is_err() {
+    if acked && client.write_all(&[SERVED]).await.is_err() {
+        return;
+    }
+    if !early.is_empty() && server.write_all(&early).await.is_err() {
         return;
     }
     let kind = if taken == Route::Local {
@@ -494,7 +636,7 @@ async fn open(
 ) -> Opened {
     let upstream = match taken {
         Route::Local => format!("{}:{}", shared.config.app.0, shared.config.app.1),
-        Route::Forward(ip) => SocketAddr::new(ip, shared.config.peer.port()).to_string(),
+        Route::Forward(peer) => SocketAddr::new(peer.ip, shared.config.peer.port()).to_string(),
         Route::Wait => unreachable!("waited for a route"),
     };
     let mut server = match tokio::time::timeout_at(deadline, TcpStream::connect(&upstream)).await {
@@ -504,8 +646,14 @@ async fn open(
             return Opened::Unreachable;
         }
     };
-    if taken == Route::Local {
-        return Opened::Served(server);
+    match taken {
+        // A holder of an earlier build splices at once and sends nothing
+        // of its own: so do we.
+        Route::Local | Route::Forward(Peer { acks: false, .. }) => return Opened::Served(server),
+        _ => {}
+    }
+    if server.write_all(HELLO).await.is_err() {
+        return Opened::NotServed;
     }
     let mut served = [0u8];
     tokio::select! {
@@ -525,6 +673,14 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("an IP")
+    }
+
+    /// A holder's pod of this build at `s`.
+    fn peer(s: &str) -> Peer {
+        Peer {
+            ip: ip(s),
+            acks: true,
+        }
     }
 
     fn view(me: &str) -> View {
@@ -549,10 +705,10 @@ mod tests {
     fn a_passive_pod_forwards_front_connections_to_the_holder_it_looked_up() {
         let v = View {
             holder: Some("web-0".into()),
-            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            holder_ip: Some(("web-0".into(), peer("10.0.0.7"))),
             ..view("web-1")
         };
-        assert_eq!(route(&v, Listener::Front), Route::Forward(ip("10.0.0.7")));
+        assert_eq!(route(&v, Listener::Front), Route::Forward(peer("10.0.0.7")));
         assert_eq!(v.lookup_needed(), None);
     }
 
@@ -560,7 +716,7 @@ mod tests {
     fn the_peer_port_never_forwards_again() {
         let v = View {
             holder: Some("web-0".into()),
-            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            holder_ip: Some(("web-0".into(), peer("10.0.0.7"))),
             ..view("web-1")
         };
         assert_eq!(route(&v, Listener::Peer), Route::Wait);
@@ -571,7 +727,7 @@ mod tests {
         // The IP we know belongs to the holder before.
         let v = View {
             holder: Some("web-2".into()),
-            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            holder_ip: Some(("web-0".into(), peer("10.0.0.7"))),
             ..view("web-1")
         };
         assert_eq!(v.lookup_needed(), Some("web-2"));
@@ -581,7 +737,7 @@ mod tests {
     #[test]
     fn connections_wait_while_nobody_holds_the_lease() {
         let v = View {
-            holder_ip: Some(("web-0".into(), ip("10.0.0.7"))),
+            holder_ip: Some(("web-0".into(), peer("10.0.0.7"))),
             ..view("web-1")
         };
         assert_eq!(v.lookup_needed(), None);
@@ -592,7 +748,7 @@ mod tests {
     fn the_holder_waits_for_its_own_label_and_never_forwards_to_itself() {
         let v = View {
             holder: Some("web-1".into()),
-            holder_ip: Some(("web-1".into(), ip("10.0.0.8"))),
+            holder_ip: Some(("web-1".into(), peer("10.0.0.8"))),
             ..view("web-1")
         };
         assert_eq!(v.lookup_needed(), None, "no lookup of ourselves");
@@ -602,7 +758,7 @@ mod tests {
 
     #[test]
     fn a_holder_is_looked_up_again_each_time_the_lease_names_it_anew() {
-        let web0 = Some(("web-0".to_owned(), ip("10.0.0.7")));
+        let web0 = Some(("web-0".to_owned(), peer("10.0.0.7")));
         assert_eq!(
             still_valid(web0.clone(), Some("web-0"), Some("web-0")),
             web0,
@@ -623,7 +779,7 @@ mod tests {
 
     #[test]
     fn a_connection_lives_only_while_its_route_is_unchanged() {
-        let (a, b) = (ip("10.0.0.7"), ip("10.0.0.8"));
+        let (a, b) = (peer("10.0.0.7"), peer("10.0.0.8"));
         assert!(keeps(Route::Local, Route::Local));
         // Demoted: local connections are cut.
         assert!(!keeps(Route::Local, Route::Wait));
@@ -633,6 +789,9 @@ mod tests {
         assert!(!keeps(Route::Forward(a), Route::Forward(b)));
         assert!(!keeps(Route::Forward(a), Route::Wait));
         assert!(!keeps(Route::Forward(a), Route::Local));
+        // The same holder, its announcement seen on a later lookup.
+        let unannounced = Peer { acks: false, ..a };
+        assert!(keeps(Route::Forward(unannounced), Route::Forward(a)));
     }
 
     /// An app that answers each line with its name.
@@ -714,6 +873,19 @@ mod tests {
         peer: u16,
         metrics: &Metrics,
     ) -> Side {
+        side_among(me, ip, app_port, peer, metrics, true).await
+    }
+
+    /// [`side_of`] among pods that announce the peer protocol (this build)
+    /// or not (`announced` false: an earlier build's).
+    async fn side_among(
+        me: &'static str,
+        ip: &str,
+        app_port: u16,
+        peer: u16,
+        metrics: &Metrics,
+        announced: bool,
+    ) -> Side {
         let config = Config {
             me: me.into(),
             front: SocketAddr::new(ip.parse().expect("ip"), 0),
@@ -725,7 +897,12 @@ mod tests {
         };
         let proxy = Proxy::bind(config).await.expect("bind");
         let front = proxy.front.local_addr().expect("addr");
-        let api = crate::testing::ScriptedApi::new(|req| {
+        let annotations = if announced {
+            serde_json::json!({PEER_PROTOCOL_ANNOTATION: PEER_PROTOCOL})
+        } else {
+            serde_json::json!({})
+        };
+        let api = crate::testing::ScriptedApi::new(move |req| {
             let (name, ip) = if req.path.ends_with("/pods/web-0") {
                 ("web-0", "127.0.0.2")
             } else {
@@ -734,7 +911,10 @@ mod tests {
             };
             (
                 200,
-                serde_json::json!({"metadata": {"name": name}, "status": {"podIP": ip}}),
+                serde_json::json!({
+                    "metadata": {"name": name, "annotations": annotations},
+                    "status": {"podIP": ip},
+                }),
             )
         });
         let (tx, rx) = watch::channel(Status::default());
@@ -1002,7 +1182,140 @@ mod tests {
                 "baton_proxy_connections_total{listener=\"front\",result=\"no_route\"} 1"
             )
         );
-        assert!(api.requests().is_empty(), "no holder, no lookup");
+        assert!(
+            api.requests().iter().all(|r| r.method != "GET"),
+            "no holder, no lookup: {:?}",
+            api.requests()
+        );
+    }
+
+    #[test]
+    fn the_peer_port_tells_a_hello_from_a_clients_first_bytes() {
+        assert_eq!(opening(b""), Opening::Undecided);
+        assert_eq!(opening(&HELLO[..3]), Opening::Undecided);
+        assert_eq!(opening(HELLO), Opening::Hello);
+        // An earlier build's forwarder sends its client's bytes at once.
+        assert_eq!(opening(b"GET / HTTP/1.1\r\n"), Opening::Client);
+        assert_eq!(opening(b"\x16\x03\x01"), Opening::Client, "TLS");
+        assert_eq!(opening(b"\0bat0n"), Opening::Client);
+        assert_eq!(opening(b"\0baton/2"), Opening::Client, "another version");
+    }
+
+    #[test]
+    fn only_a_holder_whose_pod_announces_the_protocol_is_asked_for_it() {
+        let pod = |annotations: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web-0", "annotations": annotations},
+                "status": {"podIP": "10.0.0.7"},
+            }))
+            .expect("a pod")
+        };
+        let this_build = pod(serde_json::json!({PEER_PROTOCOL_ANNOTATION: PEER_PROTOCOL}));
+        assert_eq!(peer_of(&this_build), Some(peer("10.0.0.7")));
+        for earlier in [
+            pod(serde_json::json!({})),
+            pod(serde_json::json!({PEER_PROTOCOL_ANNOTATION: "0"})),
+        ] {
+            assert_eq!(
+                peer_of(&earlier),
+                Some(Peer {
+                    ip: ip("10.0.0.7"),
+                    acks: false
+                })
+            );
+        }
+        let no_ip: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-0"}}))
+            .expect("a pod");
+        assert_eq!(
+            peer_of(&no_ip),
+            None,
+            "not forwarded to before it has an IP"
+        );
+    }
+
+    /// A forwarder of an earlier build sends its client's bytes at once and
+    /// takes every byte back for the client: this build's holder serves it
+    /// with the app's answer alone, no acknowledgement before it.
+    #[tokio::test]
+    async fn an_earlier_builds_forwarder_gets_the_apps_bytes_alone() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let metrics = Metrics::new();
+        let peer_port = free_port("127.0.0.2").await;
+        let web0 = side("web-0", "127.0.0.2", peer_port, &metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        let mut old = connect(SocketAddr::new(ip("127.0.0.2"), peer_port)).await;
+        old.get_mut().write_all(b"who\n").await.expect("write");
+        let mut line = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), old.read_until(b'\n', &mut line))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        assert_eq!(line, b"web-0\n", "the app's bytes, nothing before them");
+    }
+
+    /// An earlier build's forwarder of a protocol whose server speaks
+    /// first sends nothing: the peer port connects it to the app after
+    /// [`HELLO_WAIT`], and the app's greeting comes alone.
+    #[tokio::test]
+    async fn an_earlier_builds_silent_forwarder_is_served_after_the_hello_wait() {
+        use tokio::io::AsyncReadExt;
+        let metrics = Metrics::new();
+        let greeter = TcpListener::bind("127.0.0.2:0").await.expect("bind app");
+        let app_port = greeter.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = greeter.accept().await {
+                let _ = c.write_all(b"220 web-0\n").await;
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 64];
+                    while matches!(c.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let peer_port = free_port("127.0.0.2").await;
+        let web0 = side_of("web-0", "127.0.0.2", app_port, peer_port, &metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        let mut old = TcpStream::connect(("127.0.0.2", peer_port))
+            .await
+            .expect("connect");
+        let mut greeting = [0u8; 10];
+        old.read_exact(&mut greeting).await.expect("the greeting");
+        assert_eq!(&greeting, b"220 web-0\n");
+    }
+
+    /// A holder of an earlier build passes every byte to its app: this
+    /// build's standby sends it no hello and waits for no acknowledgement
+    /// (its pod does not announce the protocol), and the client is served.
+    #[tokio::test]
+    async fn a_holder_of_an_earlier_build_is_spliced_to_without_a_hello() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let metrics = Metrics::new();
+        // web-0 of the earlier build: its peer port splices to its app; it
+        // records the first line it got, which must be the client's.
+        let web0_peer = TcpListener::bind("127.0.0.2:0").await.expect("bind");
+        let peer_port = web0_peer.local_addr().expect("addr").port();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (c, _) = web0_peer.accept().await.expect("forwarded");
+            let (r, mut w) = c.into_split();
+            let mut lines = BufReader::new(r).lines();
+            let first = lines.next_line().await.expect("read").expect("a line");
+            let _ = w.write_all(b"web-0\n").await;
+            let _ = first_tx.send(first);
+        });
+        let app_port = app("web-1", "127.0.0.1").await;
+        // The API's web-0 lacks the annotation: an earlier build.
+        let web1 = side_among("web-1", "127.0.0.1", app_port, peer_port, &metrics, false).await;
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        let mut c = connect(web1.front).await;
+        assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
+        assert_eq!(
+            first_rx.await.expect("web-0 got a line"),
+            "who",
+            "the client's bytes first"
+        );
     }
 
     #[test]

@@ -54,8 +54,8 @@ impl Group {
         restricted: bool,
         placement: &str,
     ) -> (Group, String) {
-        let cluster = Cluster::connect().await;
-        let ns = cluster.namespace(test).await;
+        let group = Group::empty(test).await;
+        let ns = &group.ns;
         if restricted {
             ns.kubectl_ok(
                 &[
@@ -67,9 +67,7 @@ impl Group {
                 None,
             );
         }
-        let name = "web".to_string();
-        let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
-        let history = LeaseHistory::start(ns.api(), &name).await;
+        let name = group.name.clone();
         // The role file goes to the sidecar's emptyDir, which the test
         // reads through kubelet's folder.
         let role_file = format!("{}/role.json", workload::RUN_DIR);
@@ -82,12 +80,6 @@ impl Group {
             set
         });
         ns.apply(&workload::active_service(&name));
-        let group = Group {
-            ns,
-            name,
-            guard,
-            history,
-        };
         let holder = group.wait_for_new_holder(None).await;
         // Every test starts from warm standbys: without this a standby whose
         // app is still starting cannot take over, and a re-created holder
@@ -109,6 +101,23 @@ impl Group {
             group.wait_app_healthy(&format!("{}-{i}", group.name)).await;
         }
         (group, holder)
+    }
+
+    /// A namespace for the group `web` with its watchers started and
+    /// nothing in it yet: the test writes the group's workloads (all pods
+    /// labelled `app: web`, the Lease named `web`) and its Services.
+    pub async fn empty(test: &str) -> Group {
+        let cluster = Cluster::connect().await;
+        let ns = cluster.namespace(test).await;
+        let name = "web".to_string();
+        let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
+        let history = LeaseHistory::start(ns.api(), &name).await;
+        Group {
+            ns,
+            name,
+            guard,
+            history,
+        }
     }
 
     /// Waits (bounded) until the pod's sidecar reports its app healthy.

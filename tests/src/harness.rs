@@ -10,7 +10,7 @@
 //!
 //! | file (`harness/`) | what it holds |
 //! | --- | --- |
-//! | `cluster.rs` | [`Cluster`] (the connection, kubectl, `ctr` on a real node), [`TestNamespace`] (a namespace per test, kubectl and `kubectl baton` in it, clients with a service account's token), [`repo_root`] |
+//! | `cluster.rs` | [`Cluster`] (the connection, kubectl, `ctr` on a real node), [`TestNamespace`] (a namespace per test, kubectl and `kubectl baton` in it, clients with a service account's token), [`repo_root`], [`cached_tool`] (helm and the like, built once into the cache) |
 //! | `pods.rs` | a pod's node, IP, readiness, sidecar restarts and running containers; [`TestNamespace::pid`], [`TestNamespace::log_tail`], [`TestNamespace::empty_dir`], [`TestNamespace::pod_dir`]; [`signal`] to a host pid; which pods carry a label ([`labelled`], [`serving_active`]) |
 //! | `waits.rs` | bounded waits on watches: [`wait_until`], [`wait_for_object`], [`wait_for_holder`], [`wait_roles`], [`wait_endpoints`] (and [`ready_endpoints`]); the watch state they share (`Listed`) |
 //! | `guards.rs` | watches checked at a test's end: [`NeverTwoActive`] (I1), [`ReadyEndpointsHistory`], [`LeaseHistory`] |
@@ -24,7 +24,7 @@ mod pod_http;
 mod pods;
 mod waits;
 
-pub use cluster::{Cluster, TestNamespace, repo_root};
+pub use cluster::{Cluster, TestNamespace, cached_tool, repo_root};
 pub use guards::{LeaseHistory, NeverTwoActive, ReadyEndpointsHistory};
 pub use pod_http::{
     get_status, http, parse_status, poll_status, set_app_health, sidecar_get, sidecar_status,

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
 use crate::{
-    harness::{Cluster, TestNamespace, repo_root},
+    harness::{Cluster, TestNamespace, cached_tool, repo_root},
     webhook::dry_run_until_injected,
 };
 
@@ -96,10 +96,16 @@ impl InstalledWebhook {
     /// namespace NS baton.dev/injection=enabled`), then waits until the API
     /// server calls the webhook for its pods.
     pub async fn wait_until_injecting(&self, ns: &TestNamespace) {
-        enable_injection(ns);
-        if let Err(last) = dry_run_until_injected(ns, Duration::from_secs(60)).await {
-            panic!("the API server never called the installed webhook: {last}");
-        }
+        wait_until_injecting(ns).await;
+    }
+
+    /// `kubectl apply -k dir` over the installed webhook, as a user applies
+    /// a newer release's manifests (or an overlay that moves its image
+    /// tags), then waits until the Deployment has rolled out: every
+    /// replica of the new template ready, none of the old left.
+    pub fn upgrade(&mut self, dir: &Path) {
+        apply_and_roll_out(&self.cluster, dir);
+        dir.clone_into(&mut self.dir);
     }
 
     /// The webhook's pods, to read their metrics.
@@ -140,6 +146,94 @@ impl InstalledWebhook {
                 "--timeout=120s",
             ],
         );
+    }
+}
+
+/// Enables injection in `ns`, then waits until the API server calls the
+/// webhook for its pods.
+async fn wait_until_injecting(ns: &TestNamespace) {
+    enable_injection(ns);
+    if let Err(last) = dry_run_until_injected(ns, Duration::from_secs(60)).await {
+        panic!("the API server never called the installed webhook: {last}");
+    }
+}
+
+/// baton installed with its Helm chart (`manifests/helm/baton`, release
+/// `baton` in `baton-system`), as docs/install.md's first way.
+pub struct HelmRelease {
+    cluster: Cluster,
+    helm: PathBuf,
+}
+
+impl HelmRelease {
+    /// `helm install baton manifests/helm/baton -n baton-system
+    /// --create-namespace --wait ARGS`, from nothing (a kustomize install
+    /// another test left is deleted first: the chart would not adopt its
+    /// objects), then waits until the API server calls it for pods of `ns`.
+    pub async fn install(ns: &TestNamespace, args: &[&str]) -> HelmRelease {
+        let cluster = ns.cluster.clone();
+        let kustomized = repo_root().join("manifests/webhook");
+        kubectl_ok(
+            &cluster,
+            &[
+                "delete",
+                "-k",
+                kustomized.to_str().expect("utf-8 path"),
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=120s",
+            ],
+        );
+        let release = HelmRelease {
+            helm: cached_tool("build-helm.sh", "helm"),
+            cluster,
+        };
+        let _ = release.helm(&["uninstall", "baton", "-n", "baton-system", "--wait"]);
+        release.helm_ok(&[&["install", "--create-namespace"], args].concat());
+        wait_until_injecting(ns).await;
+        release
+    }
+
+    /// `helm upgrade baton manifests/helm/baton --reuse-values --wait ARGS`:
+    /// returns once the Deployment has rolled out.
+    pub fn upgrade(&self, args: &[&str]) {
+        self.helm_ok(&[&["upgrade", "--reuse-values"], args].concat());
+    }
+
+    /// `helm uninstall baton -n baton-system --wait`.
+    pub fn uninstall(self) {
+        let out = self.helm(&["uninstall", "baton", "-n", "baton-system", "--wait"]);
+        assert!(
+            out.status.success(),
+            "helm uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `helm VERB baton manifests/helm/baton -n baton-system --wait
+    /// --timeout 120s ARGS` (VERB and its flags first in `args`).
+    fn helm_ok(&self, args: &[&str]) {
+        let (verb, rest) = args.split_first().expect("a helm verb");
+        let chart = repo_root().join("manifests/helm/baton");
+        let mut all = vec![*verb, "baton", chart.to_str().expect("utf-8 path")];
+        all.extend(["-n", "baton-system", "--wait", "--timeout", ROLLOUT]);
+        all.extend(rest);
+        let out = self.helm(&all);
+        assert!(
+            out.status.success(),
+            "helm {all:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn helm(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(&self.helm)
+            .arg("--kubeconfig")
+            .arg(self.cluster.dir.join("kubeconfig"))
+            .args(args)
+            .output()
+            .expect("running helm")
     }
 }
 

@@ -155,6 +155,43 @@ spec:
     )
 }
 
+/// One member of the group `group` in a StatefulSet of its own: one pod,
+/// `{group}-{member}-0`, whose sidecar runs `image` (an upgrade's group
+/// runs sidecars of two builds at once: tests/tests/upgrade.rs). Its pods
+/// carry `member: {member}` beside the group's labels, so that the
+/// members' StatefulSets select only their own.
+pub fn member_statefulset(group: &str, member: &str, image: &str, env: &[(&str, &str)]) -> String {
+    let set = statefulset(group, 1, true, env);
+    let edits = [
+        (
+            format!("metadata:\n  name: {group}\n"),
+            format!("metadata:\n  name: {group}-{member}\n"),
+        ),
+        (
+            format!("matchLabels: {{app: {group}}}"),
+            format!("matchLabels: {{app: {group}, member: {member}}}"),
+        ),
+        (
+            format!("labels: {{app: {group}, baton.dev/group: {group}, role: passive}}"),
+            format!(
+                "labels: {{app: {group}, baton.dev/group: {group}, role: passive, member: {member}}}"
+            ),
+        ),
+        (
+            format!("image: {SIDECAR_IMAGE}\n"),
+            format!("image: {image}\n"),
+        ),
+    ];
+    edits.iter().fold(set, |set, (from, to)| {
+        assert_eq!(
+            set.matches(from.as_str()).count(),
+            1,
+            "{from:?} once in\n{set}"
+        );
+        set.replace(from.as_str(), to)
+    })
+}
+
 /// The user's Service: the app's pods that carry `role: active`.
 pub fn active_service(name: &str) -> String {
     format!(
@@ -252,6 +289,21 @@ mod tests {
             yaml.contains("seccompProfile: {type: RuntimeDefault}"),
             "{yaml}"
         );
+    }
+
+    #[test]
+    fn a_member_statefulset_runs_its_own_sidecar_image_and_selects_its_own_pod() {
+        let yaml = super::member_statefulset("web", "old", "sidecar:old", &[]);
+        for want in [
+            "  name: web-old\n",
+            "matchLabels: {app: web, member: old}",
+            "baton.dev/group: web, role: passive, member: old}",
+            "image: sidecar:old\n",
+            "BATON_LEASE_NAME, value: \"web\"",
+        ] {
+            assert!(yaml.contains(want), "{want:?} in\n{yaml}");
+        }
+        assert!(!yaml.contains(super::SIDECAR_IMAGE), "{yaml}");
     }
 
     #[test]

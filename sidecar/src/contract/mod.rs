@@ -18,6 +18,15 @@ pub const ANNOTATION_PREFIX: &str = "baton.dev/";
 /// the flags' env vars.
 pub const ANNOTATION_HEADING: &str = "Settable by pod annotation baton.dev/<flag>";
 
+/// The annotation a sidecar puts on its own pod when its proxy starts: its
+/// peer port takes a hello and acknowledges a forwarded connection once
+/// served (`proxy.rs`; decisions.md §20). Pods of an earlier build lack
+/// it; forwarders then splice to them at once. The role-label admission
+/// policy lets the sidecars write this one annotation, with this value.
+pub const PEER_PROTOCOL_ANNOTATION: &str = "baton.dev/proxy-peer-protocol";
+/// Its value: the peer protocol's version, the hello's last byte.
+pub const PEER_PROTOCOL: &str = "1";
+
 /// The env vars that the webhook sets on the sidecar it injects, beyond the
 /// annotated settings (each is the `env` of a sidecar flag).
 pub mod env {

@@ -26,6 +26,23 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A tool that a script of tests/cluster builds once into the cache (`make
+/// cluster-binaries`), such as helm: the script prints its folder. Cached,
+/// the script runs offline, inside the cluster's network namespace too.
+pub fn cached_tool(script: &str, tool: &str) -> PathBuf {
+    let out = Command::new(repo_root().join("tests/cluster").join(script))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("running tests/cluster/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "tests/cluster/{script} failed (run it outside the cluster's network namespace first, \
+         as `make cluster-binaries` does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(tool)
+}
+
 #[derive(Clone)]
 pub struct Cluster {
     pub client: Client,
