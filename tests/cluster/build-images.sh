@@ -11,12 +11,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 image_repo=${1:?image repo}; version=${2:?version}
 out=$repo/target/image
-engine=${IMAGE_ENGINE:-podman}
-case "$engine" in
-  podman) run() { "$here/podman.sh" "$@"; } ;;
-  docker) run() { docker "$@"; } ;;
-  *) echo "build-images.sh: IMAGE_ENGINE is podman or docker, not $engine" >&2; exit 1 ;;
-esac
+# shellcheck source=sidecar-image.sh
+source "$here/sidecar-image.sh"
 
 # name:ports[:description], all from sidecar/Dockerfile (one recipe).
 file=sidecar/Dockerfile
@@ -29,19 +25,6 @@ for spec in "baton-sidecar:9095" \
   [ -x "$out/bin/$name" ] || { echo "build-images.sh: no $out/bin/$name (make image builds it)" >&2; exit 1; }
   # Up to date when the archive is newer than the binary and the recipe.
   if [ "$tar" -nt "$out/bin/$name" ] && [ "$tar" -nt "$repo/$file" ]; then echo "$tar"; continue; fi
-  args=(build -q -f "$repo/$file" --build-arg "BIN=$name" --build-arg "VERSION=$version"
-    --build-arg "PORTS=$ports" -t "$tag")
-  [ -n "$desc" ] && args+=(--build-arg "DESCRIPTION=$desc")
-  [ "$engine" = podman ] && args+=(--pull=never)
-  # docker: through buildx (BuildKit), loaded into docker to be saved.
-  [ "$engine" = docker ] && args=(buildx "${args[@]}" --load)
-  run "${args[@]}" "$out/bin" >/dev/null
-  rm -f "$tar.tmp"
-  if [ "$engine" = podman ]; then
-    run save -q --format docker-archive -o "$tar.tmp" "$tag"
-  else
-    run save -o "$tar.tmp" "$tag"
-  fi
-  mv "$tar.tmp" "$tar"
+  wrap_binary "$out/bin" "$name" "$version" "$ports" "$tag" "$tar" "$desc"
   echo "$tar"
 done

@@ -16,16 +16,17 @@ repo=$(cd "$here/../.." && pwd)
 commit=${1:-${BATON_OLD_SIDECAR_COMMIT:-2e5709044c092a8e6ea96bbe77f4845521c69a1c}}
 image_repo=${IMAGE_REPO:-ghcr.io/baton-dev}
 target=$(uname -m)-unknown-linux-gnu
-engine=${IMAGE_ENGINE:-podman}
-case "$engine" in
-  podman) run() { "$here/podman.sh" "$@"; } ;;
-  docker) run() { docker "$@"; } ;;
-  *) echo "build-old-sidecar.sh: IMAGE_ENGINE is podman or docker, not $engine" >&2; exit 1 ;;
-esac
+# shellcheck source=sidecar-image.sh
+source "$here/sidecar-image.sh"
 
-git -C "$repo" cat-file -e "$commit^{commit}" 2>/dev/null || {
-  echo "build-old-sidecar.sh: commit $commit is not in this clone (a shallow clone?);" \
-    "fetch it (git fetch --unshallow) or set BATON_OLD_SIDECAR_COMMIT" >&2
+have() { git -C "$repo" cat-file -e "$1^{commit}" 2>/dev/null; }
+# A shallow clone may lack it: its origin (a local path or a mirror) has it.
+if ! have "$commit" && [ "$(git -C "$repo" rev-parse --is-shallow-repository)" = true ]; then
+  git -C "$repo" fetch --quiet --unshallow >&2 || true
+fi
+have "$commit" || {
+  echo "build-old-sidecar.sh: commit $commit is not in this clone (a shallow clone whose" \
+    "origin cannot be reached?); fetch it (git fetch --unshallow) or set BATON_OLD_SIDECAR_COMMIT" >&2
   exit 1
 }
 commit=$(git -C "$repo" rev-parse "$commit^{commit}")
@@ -57,18 +58,6 @@ if [ ! -x "$bin" ]; then
   mv "$bin.tmp" "$bin"
 fi
 
-args=(build -q -f "$repo/sidecar/Dockerfile" --build-arg BIN=baton-sidecar --build-arg "VERSION=old-$short"
-  --build-arg PORTS=9095 -t "$tag")
-[ "$engine" = podman ] && args+=(--pull=never)
-[ "$engine" = docker ] && args=(buildx "${args[@]}" --load)
-run "${args[@]}" "$cache/bin" >/dev/null
-mkdir -p "$(dirname "$tar")"
-rm -f "$tar.tmp"
-if [ "$engine" = podman ]; then
-  run save -q --format docker-archive -o "$tar.tmp" "$tag"
-else
-  run save -o "$tar.tmp" "$tag"
-fi
-mv "$tar.tmp" "$tar"
+wrap_binary "$cache/bin" baton-sidecar "old-$short" 9095 "$tag" "$tar"
 echo "$tag" >"$tar.tag"
 echo "$tar"

@@ -4,14 +4,10 @@
 //! the alert rules pass promtool. (The install applied for real, and the
 //! metrics the dashboards name, are tests/tests/install.rs.)
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::{collections::BTreeSet, path::Path, process::Command};
 
 use baton_e2e::{
-    harness::{Cluster, TestNamespace, repo_root},
+    harness::{Cluster, TestNamespace, cached_tool, repo_root},
     prometheus::referenced,
 };
 /// API groups of CRDs the local control plane does not have.
@@ -27,22 +23,6 @@ const FOREIGN_KINDS: [&str; 6] = [
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// Runs a script of tests/cluster that prints a bin directory (building once,
-/// outside the network namespace: `make cluster-binaries`).
-fn cached_tool(script: &str, tool: &str) -> PathBuf {
-    let out = Command::new(repo_root().join("tests/cluster").join(script))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("running tests/cluster/{script}: {e}"));
-    assert!(
-        out.status.success(),
-        "tests/cluster/{script} failed (run it outside the cluster's network namespace first, \
-         as `make cluster-binaries` does): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(tool)
 }
 
 /// `kubectl kustomize` of a directory of the repository.
