@@ -11,10 +11,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service};
+use k8s_openapi::api::coordination::v1::Lease;
 
 use crate::{
-    clients::{Client, Connections, now},
+    clients::{Client, keep_alive_through, now},
     group::Group,
     harness::{
         self, Cluster,
@@ -114,11 +114,6 @@ struct Served {
     transitions: i32,
 }
 
-async fn cluster_ip(group: &Group, service: &str) -> String {
-    let svc: Service = group.ns.api().get(service).await.expect("the Service");
-    svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
-}
-
 async fn transitions(group: &Group) -> i32 {
     let lease: Lease = group.ns.api().get(&group.name).await.expect("the Lease");
     lease
@@ -139,14 +134,7 @@ async fn serve(test: &str, shape: Shape, placement: &str) -> Served {
             workload::proxied_service_name(&group.name)
         }
     };
-    let ip = cluster_ip(&group, &service).await;
-    let _ = harness::http(); // installs the TLS provider reqwest needs
-    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
-        .expect("an HTTP client");
-    client
-        .wait_steady_on(&holder, 20)
-        .await
-        .expect("steady on the holder");
+    let client = keep_alive_through(&group.ns, &service, RATE, &holder).await;
     let mut ips = Vec::new();
     for i in 0..2 {
         ips.push(pod_ip(&group.ns, &format!("{}-{i}", group.name)).await);

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 
 use baton_e2e::{
-    clients::{Client, Connections, Sample, now},
+    clients::{Client, Connections, Sample, keep_alive_through, now},
     group::Group,
     harness,
     workload::{self, ProxiedService},
 };
 use baton_sidecar::controls::SWITCHOVER_TO;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service};
+use k8s_openapi::api::coordination::v1::Lease;
 
 /// Requests a second per client.
 const RATE: u32 = 50;
@@ -39,11 +39,6 @@ struct Outcome {
     /// Requests that failed from the start of the switch until the client
     /// was steady on the new holder.
     failed: Vec<Sample>,
-}
-
-async fn cluster_ip(group: &Group, service: &str) -> String {
-    let svc: Service = group.ns.api().get(service).await.expect("the Service");
-    svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
 }
 
 /// The time the Lease says its holder (`new`) took it, s since the epoch.
@@ -212,7 +207,7 @@ async fn follows_every_switch(test: &str, kind: ProxiedService, kept: Kept) {
     group
         .ns
         .apply(&workload::proxied_service(&group.name, kind));
-    let ip = cluster_ip(&group, &service).await;
+    let ip = group.ns.cluster_ip(&service).await;
     let client = match kept {
         Kept::Http1 => {
             let _ = harness::http(); // installs the TLS provider reqwest needs
@@ -295,14 +290,8 @@ async fn the_proxy_works_under_the_restricted_pod_security_profile() {
         &group.name,
         ProxiedService::WholeGroup,
     ));
-    let ip = cluster_ip(&group, &format!("{}-proxied", group.name)).await;
-    let _ = harness::http(); // installs the TLS provider reqwest needs
-    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
-        .expect("an HTTP client");
-    client
-        .wait_steady_on(&first, 20)
-        .await
-        .expect("steady on the holder");
+    let service = format!("{}-proxied", group.name);
+    let client = keep_alive_through(&group.ns, &service, RATE, &first).await;
     let other = if first == "web-0" { "web-1" } else { "web-0" };
     let to = format!("{SWITCHOVER_TO}={other}");
     let o = switch(&group, &client, "switchover", &first, async {

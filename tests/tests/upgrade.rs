@@ -12,7 +12,7 @@ use std::{
 };
 
 use baton_e2e::{
-    clients::{Client, Connections, Sample, now},
+    clients::{Client, Connections, Sample, keep_alive_through, now},
     group::Group,
     harness::{
         self, Cluster, NeverTwoActive, TestNamespace, repo_root, wait_for_holder, wait_until,
@@ -25,7 +25,7 @@ use baton_sidecar::{
     controls::SWITCHOVER_TO,
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     ResourceExt,
     runtime::{WatchStreamExt, watcher},
@@ -51,11 +51,6 @@ fn old_sidecar_image() -> String {
         .to_owned()
 }
 
-async fn cluster_ip(group: &Group, service: &str) -> String {
-    let svc: Service = group.ns.api().get(service).await.expect("the Service");
-    svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
-}
-
 /// The clients of a mixed group: each Service shape that passes through
 /// the sidecars' proxies, kept-alive, and the whole group's also with a new
 /// connection per request (about half of which reach the standby's proxy,
@@ -65,8 +60,11 @@ struct Clients(Vec<(&'static str, Client)>);
 impl Clients {
     async fn start(group: &Group) -> Clients {
         let _ = harness::http(); // installs the TLS provider reqwest needs
-        let group_ip = cluster_ip(group, &workload::proxied_service_name("web")).await;
-        let role_ip = cluster_ip(group, "web-proxied-active").await;
+        let group_ip = group
+            .ns
+            .cluster_ip(&workload::proxied_service_name("web"))
+            .await;
+        let role_ip = group.ns.cluster_ip("web-proxied-active").await;
         let start =
             |c, ip: &str| Client::start(c, format!("http://{ip}/"), RATE).expect("an HTTP client");
         Clients(vec![
@@ -605,15 +603,7 @@ async fn upgraded_under_load(way: Way) {
     for pod in ["helloworld-0", "helloworld-1"] {
         harness::wait_app_healthy(&ns, pod).await;
     }
-    let svc: Service = ns.api().get("helloworld").await.expect("the Service");
-    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
-    let _ = harness::http(); // installs the TLS provider reqwest needs
-    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), RATE)
-        .expect("an HTTP client");
-    client
-        .wait_steady_on(&holder, 20)
-        .await
-        .expect("steady on the holder");
+    let client = keep_alive_through(&ns, "helloworld", RATE, &holder).await;
 
     // The upgrade, with pods being created all along.
     let stop = tokio_util::sync::CancellationToken::new();

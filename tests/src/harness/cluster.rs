@@ -199,6 +199,13 @@ impl TestNamespace {
         Api::namespaced(self.cluster.client.clone(), &self.name)
     }
 
+    /// The ClusterIP of the Service `service` of this namespace.
+    pub async fn cluster_ip(&self, service: &str) -> String {
+        let svc: k8s_openapi::api::core::v1::Service =
+            self.api().get(service).await.expect("the Service");
+        svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
+    }
+
     /// kubectl in this namespace; panics with its stderr when it fails.
     pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl(args, stdin);

@@ -65,13 +65,7 @@ fn calls(api: &ScriptedApi) -> Vec<String> {
 /// call returns and the Lease is to be re-read.
 #[tokio::test]
 async fn a_renewal_shows_passive_at_the_deadline_while_it_waits() {
-    let flags = [
-        "--lease-duration=1s",
-        "--renew-deadline=400ms",
-        "--renew-period=100ms",
-        "--retry-period=100ms",
-        "--api-timeout=500ms",
-    ];
+    let flags = SHORT;
     let api = frozen();
     let (mut c, mut shown, _health) = driver(&api, holder(Instant::now() - 200 * MS, &flags));
     let renew = decide(&c.state, Instant::now()).expect("a renewal due");

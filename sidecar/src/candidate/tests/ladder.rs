@@ -101,13 +101,7 @@ fn a_lease_read_that_times_out_backs_off_like_any_failed_call() {
 /// the timeout backs off and re-reads the Lease.
 #[test]
 fn a_renewal_waits_until_the_lease_would_expire_and_shows_passive_from_the_deadline() {
-    let flags = [
-        "--lease-duration=1s",
-        "--renew-deadline=400ms",
-        "--renew-period=100ms",
-        "--retry-period=100ms",
-        "--api-timeout=500ms",
-    ];
+    let flags = SHORT;
     let t0 = Instant::now();
     let mut s = holder(t0, &flags);
     let now = t0 + 200 * MS;
@@ -142,13 +136,7 @@ fn a_renewal_waits_until_the_lease_would_expire_and_shows_passive_from_the_deadl
 /// during a shutdown at its bound.
 #[test]
 fn only_a_renewal_outlasts_the_deadline() {
-    let flags = [
-        "--lease-duration=1s",
-        "--renew-deadline=400ms",
-        "--renew-period=100ms",
-        "--retry-period=100ms",
-        "--api-timeout=500ms",
-    ];
+    let flags = SHORT;
     let t0 = Instant::now();
     let s = holder(t0, &flags);
     let now = t0 + 200 * MS;

@@ -39,6 +39,15 @@ use crate::{
 
 pub const S: Duration = Duration::from_secs(1);
 pub const MS: Duration = Duration::from_millis(1);
+/// Short timings that keep the settings' relations: lease 1 s, renew
+/// deadline 400 ms, renew and retry every 100 ms, API timeout 500 ms.
+pub const SHORT: [&str; 5] = [
+    "--lease-duration=1s",
+    "--renew-deadline=400ms",
+    "--renew-period=100ms",
+    "--retry-period=100ms",
+    "--api-timeout=500ms",
+];
 /// The jitter every test settles with: the middle of the range.
 pub const JITTER: f64 = 0.5;
 
