@@ -17,6 +17,7 @@
 mod decide;
 mod driver;
 mod group;
+mod lead;
 mod notice;
 mod observe;
 mod record;
