@@ -20,7 +20,7 @@ pub const ANNOTATION_HEADING: &str = "Settable by pod annotation baton.dev/<flag
 
 /// The annotation a sidecar puts on its own pod when its proxy starts: its
 /// peer port takes a hello and acknowledges a forwarded connection once
-/// served (`proxy.rs`; decisions.md §20). Pods of an earlier build lack
+/// served (`proxy.rs`; decisions.md §22). Pods of an earlier build lack
 /// it; forwarders then splice to them at once. The role-label admission
 /// policy lets the sidecars write this one annotation, with this value.
 pub const PEER_PROTOCOL_ANNOTATION: &str = "baton.dev/proxy-peer-protocol";
