@@ -559,13 +559,15 @@ async fn helm_chart_flow_control_matches_the_kustomize_install() {
         ]
     );
     assert_eq!(charted, kustomized, "the chart's objects differ");
-    let off = helm_template("baton-system", &["--set", "flowControl.enabled=false"]);
-    assert!(
-        documents(&off)
-            .iter()
-            .all(|(kind, _)| !kinds.contains(&kind.as_str())),
-        "flowControl.enabled=false renders none"
-    );
+    for off in ["flowControl.enabled=false", "policies.enabled=false"] {
+        let yaml = helm_template("baton-system", &["--set", off]);
+        assert!(
+            documents(&yaml)
+                .iter()
+                .all(|(kind, _)| !kinds.contains(&kind.as_str())),
+            "{off} renders none"
+        );
+    }
 }
 
 fn admission_policies_absent(yaml: &str) -> bool {
