@@ -2,7 +2,8 @@
 //! measure shared by the e2e test (`tests/tests/brownout.rs`) and `make
 //! bench`. kube-apiserver is frozen and resumed in a duty cycle
 //! ([`Brownout`]), so that every call waits up to the freeze, while two
-//! groups with the sidecar's default timings each serve a kept-alive client
+//! groups with the sidecar's default timings each serve two clients (one
+//! keeping its connections, one opening one per request)
 //! through the ClusterIP: one through the role-label Service, one through
 //! the README's Service of the whole group (the sidecars' proxy). Counted
 //! per group: role changes told to the apps, time with no pod told active,
@@ -14,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 
 use crate::{
-    clients::{Client, keep_alive_through, now},
+    clients::{Client, Connections, Sample, client_through, now},
     group::Group,
     harness::{
         self, Cluster,
@@ -73,6 +74,8 @@ pub struct Outcome {
     pub holders: Vec<Option<String>>,
     pub requests: usize,
     pub failed: usize,
+    /// The distinct errors of the failed requests, the first few.
+    pub errors: Vec<String>,
     pub by_another_pod: usize,
     pub calls_per_s_before: f64,
     pub calls_per_s_during: f64,
@@ -84,7 +87,7 @@ impl std::fmt::Display for Outcome {
             f,
             "API server frozen {:.1} s in every {:.1} s, {}: {} role changes, \
              {:.1} s with no pod told active, at most {} told active, {} lease transitions, \
-             holders {:?}, {} of {} requests failed, {} answered by another pod, \
+             holders {:?}, {} of {} requests failed {:?}, {} answered by another pod, \
              API calls {:.2}/s before, {:.2}/s during",
             self.frozen.as_secs_f64(),
             (self.frozen + RUNNING).as_secs_f64(),
@@ -96,6 +99,7 @@ impl std::fmt::Display for Outcome {
             self.holders,
             self.failed,
             self.requests,
+            self.errors,
             self.by_another_pod,
             self.calls_per_s_before,
             self.calls_per_s_during,
@@ -109,7 +113,9 @@ struct Served {
     group: Group,
     holder: String,
     ips: Vec<String>,
-    client: Client,
+    /// One client keeping its connections, one opening one per request
+    /// (which an endpoint dropped from the Service would fail at once).
+    clients: Vec<Client>,
     told: ToldActive,
     transitions: i32,
 }
@@ -134,7 +140,10 @@ async fn serve(test: &str, shape: Shape, placement: &str) -> Served {
             workload::proxied_service_name(&group.name)
         }
     };
-    let client = keep_alive_through(&group.ns, &service, RATE, &holder).await;
+    let mut clients = Vec::new();
+    for connections in Connections::BOTH {
+        clients.push(client_through(&group.ns, &service, connections, RATE, &holder).await);
+    }
     let mut ips = Vec::new();
     for i in 0..2 {
         ips.push(pod_ip(&group.ns, &format!("{}-{i}", group.name)).await);
@@ -146,7 +155,7 @@ async fn serve(test: &str, shape: Shape, placement: &str) -> Served {
         group,
         holder,
         ips,
-        client,
+        clients,
         told,
         transitions,
     }
@@ -199,14 +208,14 @@ pub async fn run(cluster: &Cluster, name: &str, plan: Plan, placement: &str) -> 
     let mut outcomes = Vec::new();
     for (i, s) in served.into_iter().enumerate() {
         let during = api_calls(&s.ips).await - at_start[i];
-        let samples: Vec<_> = s
-            .client
-            .samples()
-            .into_iter()
+        let samples: Vec<Sample> = s
+            .clients
+            .iter()
+            .flat_map(Client::samples)
             .filter(|x| x.sent >= began && x.sent <= ended)
             .collect();
         let transitions = transitions(&s.group).await - s.transitions;
-        drop(s.client);
+        drop(s.clients);
         outcomes.push(Outcome {
             shape: s.shape,
             frozen: plan.frozen,
@@ -217,6 +226,7 @@ pub async fn run(cluster: &Cluster, name: &str, plan: Plan, placement: &str) -> 
             holders: s.group.finish().await,
             requests: samples.len(),
             failed: samples.iter().filter(|x| x.answer.is_err()).count(),
+            errors: first_errors(&samples),
             by_another_pod: samples
                 .iter()
                 .filter(|x| matches!(&x.answer, Ok(p) if *p != s.holder))
@@ -226,4 +236,15 @@ pub async fn run(cluster: &Cluster, name: &str, plan: Plan, placement: &str) -> 
         });
     }
     outcomes
+}
+
+/// The distinct errors among `samples`, at most three.
+fn first_errors(samples: &[Sample]) -> Vec<String> {
+    let mut errors: Vec<String> = Vec::new();
+    for e in samples.iter().filter_map(|x| x.answer.as_ref().err()) {
+        if errors.len() < 3 && !errors.contains(e) {
+            errors.push(e.clone());
+        }
+    }
+    errors
 }

@@ -307,18 +307,18 @@ pub async fn both_steady_on(
     Ok(clients)
 }
 
-/// A client that keeps its connections, calling the ClusterIP of `service`
-/// in `ns` `rate` times a second, once it is answered by `holder` alone.
-pub async fn keep_alive_through(
+/// A client of `connections`, calling the ClusterIP of `service` in `ns`
+/// `rate` times a second, once it is answered by `holder` alone.
+pub async fn client_through(
     ns: &crate::harness::TestNamespace,
     service: &str,
+    connections: Connections,
     rate: u32,
     holder: &str,
 ) -> Client {
     let ip = ns.cluster_ip(service).await;
     let _ = crate::harness::http(); // installs the TLS provider reqwest needs
-    let client = Client::start(Connections::KeepAlive, format!("http://{ip}/"), rate)
-        .expect("an HTTP client");
+    let client = Client::start(connections, format!("http://{ip}/"), rate).expect("an HTTP client");
     client
         .wait_steady_on(holder, 20)
         .await

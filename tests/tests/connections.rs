@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use baton_e2e::{
-    clients::{Client, Connections, Sample, keep_alive_through, now},
+    clients::{Client, Connections, Sample, client_through, now},
     group::Group,
     harness,
     workload::{self, ProxiedService},
@@ -291,7 +291,7 @@ async fn the_proxy_works_under_the_restricted_pod_security_profile() {
         ProxiedService::WholeGroup,
     ));
     let service = format!("{}-proxied", group.name);
-    let client = keep_alive_through(&group.ns, &service, RATE, &first).await;
+    let client = client_through(&group.ns, &service, Connections::KeepAlive, RATE, &first).await;
     let other = if first == "web-0" { "web-1" } else { "web-0" };
     let to = format!("{SWITCHOVER_TO}={other}");
     let o = switch(&group, &client, "switchover", &first, async {

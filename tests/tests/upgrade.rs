@@ -12,7 +12,7 @@ use std::{
 };
 
 use baton_e2e::{
-    clients::{Client, Connections, Sample, keep_alive_through, now},
+    clients::{Client, Connections, Sample, client_through, now},
     group::Group,
     harness::{
         self, Cluster, NeverTwoActive, TestNamespace, repo_root, wait_for_holder, wait_until,
@@ -603,7 +603,7 @@ async fn upgraded_under_load(way: Way) {
     for pod in ["helloworld-0", "helloworld-1"] {
         harness::wait_app_healthy(&ns, pod).await;
     }
-    let client = keep_alive_through(&ns, "helloworld", RATE, &holder).await;
+    let client = client_through(&ns, "helloworld", Connections::KeepAlive, RATE, &holder).await;
 
     // The upgrade, with pods being created all along.
     let stop = tokio_util::sync::CancellationToken::new();

@@ -53,7 +53,7 @@ impl BrownoutResult {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "kube-apiserver frozen (SIGSTOP) for the latency given, then resumed for {:.1} s, over and over for {} s: every client of the API server (baton, kubelet, controllers, kube-proxy) waits up to that long for an answer. Two groups of two pods on the real node with the sidecar's default timings (renew every 2 s, renew deadline 4 s, API timeout 2 s), each with a kept-alive client at {} requests/s through the ClusterIP. Role changes are those of the role a sidecar tells its app (`/status`, sampled every 0.1 s); API calls are `baton_api_calls_total` of both sidecars, over 30 s before and over the brownout.\n",
+            "kube-apiserver frozen (SIGSTOP) for the latency given, then resumed for {:.1} s, over and over for {} s: every client of the API server (baton, kubelet, controllers, kube-proxy) waits up to that long for an answer. Two groups of two pods on the real node with the sidecar's default timings (renew every 2 s, renew deadline 4 s, API timeout 2 s), each with two clients at {} requests/s through the ClusterIP, one keeping its connections and one opening one per request. Role changes are those of the role a sidecar tells its app (`/status`, sampled every 0.1 s); API calls are `baton_api_calls_total` of both sidecars, over 30 s before and over the brownout.\n",
             RUNNING.as_secs_f64(),
             self.secs,
             brownout::RATE
