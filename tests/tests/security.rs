@@ -116,14 +116,30 @@ impl Attacker {
     }
 
     /// Rewrites the Lease's holder, as the attack on a group's Lease does.
+    /// The real holder renews the Lease every second or so; a renewal
+    /// between our read and our write is a 409 from the resourceVersion
+    /// check, which runs before admission, so that attempt says nothing
+    /// about the rules and is made again on the fresh Lease.
     async fn take_lease(&self, name: &str, holder: &str) -> Result<(), String> {
-        let mut lease = self.leases.get(name).await.map_err(|e| e.to_string())?;
+        const ATTEMPTS: usize = 10;
+        for _ in 1..ATTEMPTS {
+            match self.try_take_lease(name, holder).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
+        self.try_take_lease(name, holder)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn try_take_lease(&self, name: &str, holder: &str) -> Result<(), kube::Error> {
+        let mut lease = self.leases.get(name).await?;
         lease.spec.get_or_insert_default().holder_identity = Some(holder.to_owned());
         self.leases
             .replace(name, &PostParams::default(), &lease)
             .await
             .map(drop)
-            .map_err(|e| e.to_string())
     }
 
     async fn create_slice(&self, s: EndpointSlice) -> Result<(), String> {
