@@ -4,12 +4,13 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::runtime::watcher;
 
-use super::{Notice, state::State};
+use super::{Notice, readiness, state::State};
 use crate::{
     contract::census::{self, Census},
+    contract::controls::CORDONED,
     telemetry::ErrorChain,
 };
 
@@ -128,12 +129,21 @@ fn pod_name(p: &Pod) -> String {
     p.metadata.name.clone().unwrap_or_default()
 }
 
-/// What the census reads of a pod is kept; the rest (its status, managed
-/// fields) is not, to keep the view small.
+/// What the census and the choice of a handover's target read of a pod is
+/// kept (its node, owners, labels, the cordon, the conditions of
+/// `readiness`); the rest (managed fields, other annotations, the rest of
+/// its status) is not, to keep the view small.
 fn slim(mut p: Pod) -> Pod {
     p.metadata.managed_fields = None;
-    p.metadata.annotations = None;
-    p.status = None;
+    if let Some(a) = &mut p.metadata.annotations {
+        a.retain(|k, _| k == CORDONED);
+    }
+    p.status = p.status.map(|s| PodStatus {
+        conditions: s
+            .conditions
+            .map(|c| c.into_iter().filter(readiness::kept_condition).collect()),
+        ..Default::default()
+    });
     if let Some(spec) = &mut p.spec {
         *spec = k8s_openapi::api::core::v1::PodSpec {
             node_name: spec.node_name.take(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use k8s_openapi::api::coordination::v1::Lease;
 
 use super::{
-    Phase, SHUTDOWN_CALL_TIMEOUT,
+    Phase, SHUTDOWN_CALL_TIMEOUT, readiness,
     state::{CallBound, State},
 };
 use crate::{
@@ -29,15 +29,33 @@ impl State {
                 .is_some_and(|h| now < h.began + self.settings.lease_duration)
     }
 
-    /// Whom the holder should hand the role to now, and why (rule 10).
+    /// Whom the holder should hand the role to now, and why (rules 10
+    /// and 13). A cordoned holder or one whose pod the node lifecycle
+    /// controller marked not Ready tries again a lease duration after a
+    /// handover nobody took.
     pub fn handover_wanted(&self, now: Instant) -> Option<(Target, &'static str)> {
-        if self.cordoned() && self.controls.handover_retry_at.is_none_or(|t| now >= t) {
+        let may_retry = self.controls.handover_retry_at.is_none_or(|t| now >= t);
+        if self.cordoned() && may_retry {
             return Some((Target::Any, "cordoned"));
         }
-        match self.switchover_request()? {
-            Target::Pod(p) if p == self.me() => None,
-            target => Some((target, "switchover requested")),
+        match self.switchover_request() {
+            Some(Target::Pod(p)) if p == self.me() => {}
+            Some(target) => return Some((target, "switchover requested")),
+            None => {}
         }
+        let pod = self
+            .pod()
+            .filter(|p| readiness::marked_not_ready_by_node(p))?;
+        if !may_retry {
+            return None;
+        }
+        let my_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        let pods = self.group.pods.as_ref()?.values();
+        let target = readiness::handover_target(self.me(), my_node, pods)?;
+        Some((
+            Target::Pod(target.to_owned()),
+            "its pod was marked not Ready by the node lifecycle controller",
+        ))
     }
 
     /// Rule 8: a deleted holder keeps its active label until another pod

@@ -20,6 +20,7 @@ mod group;
 mod lead;
 mod notice;
 mod observe;
+mod readiness;
 mod record;
 mod say;
 mod settle;

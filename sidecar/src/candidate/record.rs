@@ -125,9 +125,9 @@ impl State {
             if self.own.pod.is_some() {
                 n.push(Notice::event(true, "SwitchoverFailed", reason));
             }
-            if self.cordoned() {
-                self.controls.handover_retry_at = Some(now + self.settings.lease_duration);
-            }
+            // A cordoned holder, or one marked not Ready, wants to hand
+            // over again at once: it waits a lease duration first.
+            self.controls.handover_retry_at = Some(now + self.settings.lease_duration);
         }
         if write.step != Step::Release {
             self.controls.handing_over = None;

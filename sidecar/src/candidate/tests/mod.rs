@@ -9,6 +9,7 @@ mod driver;
 mod group;
 mod ladder;
 mod leaving;
+mod not_ready;
 mod pure;
 mod slow;
 
