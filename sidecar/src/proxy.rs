@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    contract::{PEER_PROTOCOL, PEER_PROTOCOL_ANNOTATION, Role, Status},
+    contract::{PEER_PROTOCOL, PEER_PROTOCOL_ANNOTATION, Status},
     metrics::Metrics,
     telemetry::ErrorChain,
 };
@@ -99,7 +99,8 @@ pub enum Route {
 /// What the proxy knows, from the sidecar's status and one lookup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
-    /// This pod's outward role is active (labelled active, within its deadline).
+    /// This pod serves: it holds the Lease within its deadline and is not
+    /// handing it over (`Status::serves`; its active label may follow).
     pub active: bool,
     pub me: String,
     /// The Lease's holder, as the sidecar last saw it.
@@ -112,7 +113,7 @@ impl View {
     /// The view of a sidecar's status, keeping an earlier lookup.
     pub fn of(status: &Status, me: &str, looked_up: Option<(String, Peer)>) -> View {
         View {
-            active: status.role == Some(Role::Active),
+            active: status.serves,
             me: me.to_owned(),
             holder: status.holder.clone().filter(|h| !h.is_empty()),
             holder_ip: looked_up,
@@ -670,6 +671,7 @@ async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::Role;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("an IP")
@@ -847,6 +849,7 @@ mod tests {
     fn status(role: Role, holder: Option<&str>) -> Status {
         Status {
             role: Some(role),
+            serves: role == Role::Active,
             holder: holder.map(str::to_owned),
             ..Status::default()
         }
@@ -1319,7 +1322,7 @@ mod tests {
     }
 
     #[test]
-    fn the_view_of_a_status_takes_only_an_outward_active_role() {
+    fn the_view_of_a_status_serves_only_while_the_status_says_it_serves() {
         let status = Status {
             role: Some(Role::Passive),
             label_role: Some(Role::Active),
@@ -1329,5 +1332,21 @@ mod tests {
         let v = View::of(&status, "web-0", None);
         assert!(!v.active, "labelled active but past its deadline");
         assert_eq!(v.holder, None, "an empty holder is none");
+    }
+
+    /// A new holder serves as soon as its Lease write lands: its active
+    /// label, which the Services of the role label wait for, may follow.
+    #[test]
+    fn a_new_holder_serves_locally_before_its_label_lands() {
+        let status = Status {
+            role: Some(Role::Passive),
+            label_role: Some(Role::Passive),
+            holder: Some("web-0".into()),
+            serves: true,
+            ..Status::default()
+        };
+        let v = View::of(&status, "web-0", None);
+        assert_eq!(route(&v, Listener::Front), Route::Local);
+        assert_eq!(route(&v, Listener::Peer), Route::Local);
     }
 }

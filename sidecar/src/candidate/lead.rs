@@ -117,6 +117,32 @@ impl State {
         }
     }
 
+    /// Whether the proxy may splice to our app at `now` (rule 11): we lead
+    /// (our own write of the Lease landed, its deadline is ahead) and are
+    /// not sending a handover. Unlike [`State::outward_role`] it does not
+    /// wait for our active label: whoever held the Lease before us showed
+    /// passive before its release or handover, or passed its own deadline
+    /// before the Lease could expire (rule 5), so nobody else serves by
+    /// then; the label's list and patch (rule 3) are for the Services that
+    /// select it, and would delay the first answer by two calls.
+    pub fn serves(&self, now: Instant) -> bool {
+        self.leading(now) && !self.controls.handover_sending
+    }
+
+    /// A holder whose app turned unhealthy (rule 4) releases the Lease
+    /// before it labels itself passive: it already shows passive (its
+    /// proxy stopped serving in the turn it gave up), and a standby may
+    /// begin only once the release lands, so the label's write first would
+    /// only delay the standby. The new holder demotes it before promoting
+    /// itself anyway (rule 3), as it does a deleted holder (rule 8). A
+    /// shutdown keeps its order (rule 6): its first failed call ends it.
+    pub fn releases_first(&self, now: Instant) -> bool {
+        self.life.phase == Phase::Candidate
+            && !self.leading(now)
+            && self.holder() == Some(self.me())
+            && self.step(now) == Step::Release
+    }
+
     /// Right before a handover's write is sent (rule 10): show passive.
     pub fn begin_handover_write(&mut self) {
         self.controls.handover_sending = true;

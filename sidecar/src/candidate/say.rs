@@ -21,6 +21,7 @@ pub fn status(s: &State, now: Instant) -> Status {
         pod_ip: s.settings.pod_ip.clone(),
         lease: s.lease_name.clone(),
         role: s.outward_role(now),
+        serves: s.serves(now),
         label_role: s.label_role(),
         holder: s.holder().map(str::to_owned),
         lease_problem: s.said.stranger.clone(),

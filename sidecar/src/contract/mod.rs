@@ -60,6 +60,12 @@ pub struct Status {
     /// deadline says passive even while its label cannot be changed. None
     /// until the first decision.
     pub role: Option<Role>,
+    /// The proxy splices to the app: we hold the Lease within our deadline
+    /// and are not handing it over. True as soon as our Lease write lands,
+    /// ahead of `role` by the promotion's calls (`docs/design.md`, rule
+    /// 11); never true while another pod may serve.
+    #[serde(default)]
+    pub serves: bool,
     /// The role label on the pod as last seen (None: no or a foreign value).
     /// It lags `role` while the API server refuses or misses the relabel.
     pub label_role: Option<Role>,
