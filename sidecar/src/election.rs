@@ -22,8 +22,6 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
-use crate::contract::Role;
-
 /// What a candidate knows of the Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -226,23 +224,6 @@ pub fn leading_until(
             last_renew_sent.map(|sent| sent + renew_deadline)
         }
         _ => None,
-    }
-}
-
-/// The role every outward sign shows (`/status`, `baton_role_active`, the
-/// role file): active only while the pod is labelled active *and* its
-/// leadership deadline has not passed (rule 5). A holder that cannot reach
-/// the API server, or may no longer write to it, cannot relabel itself at
-/// its deadline; it must not go on telling the app and its operators that
-/// it is active while a standby takes over. None until a role is decided.
-pub fn outward_role(
-    labelled: Option<Role>,
-    leading_until: Option<Instant>,
-    now: Instant,
-) -> Option<Role> {
-    match labelled? {
-        Role::Active if leading_until.is_some_and(|until| now < until) => Some(Role::Active),
-        _ => Some(Role::Passive),
     }
 }
 
@@ -701,32 +682,6 @@ mod tests {
             leading_until(&LeaseView::Absent, None, "web-0", Some(sent), deadline),
             None
         );
-    }
-
-    #[test]
-    fn the_outward_role_turns_passive_at_the_deadline_whatever_the_label_says() {
-        let sent = Instant::now();
-        let until = Some(sent + Duration::from_secs(4));
-        let before = sent + Duration::from_secs(3);
-        let at = sent + Duration::from_secs(4);
-        let active = Some(Role::Active);
-        assert_eq!(outward_role(active, until, before), active);
-        assert_eq!(
-            outward_role(active, until, at),
-            Some(Role::Passive),
-            "labelled active but past the deadline (the label could not be changed)"
-        );
-        assert_eq!(
-            outward_role(active, None, before),
-            Some(Role::Passive),
-            "labelled active, not leading at all"
-        );
-        assert_eq!(
-            outward_role(Some(Role::Passive), until, before),
-            Some(Role::Passive),
-            "leading but not promoted yet"
-        );
-        assert_eq!(outward_role(None, until, before), None, "nothing decided");
     }
 
     #[test]

@@ -99,7 +99,8 @@ pub enum Route {
 /// What the proxy knows, from the sidecar's status and one lookup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
-    /// This pod's outward role is active (labelled active, within its deadline).
+    /// This pod's outward role is active: it holds the Lease within its
+    /// deadline and is not handing it over (its active label may follow).
     pub active: bool,
     pub me: String,
     /// The Lease's holder, as the sidecar last saw it.
@@ -1329,5 +1330,20 @@ mod tests {
         let v = View::of(&status, "web-0", None);
         assert!(!v.active, "labelled active but past its deadline");
         assert_eq!(v.holder, None, "an empty holder is none");
+    }
+
+    /// A new holder is active as soon as its Lease write lands: its active
+    /// label, which the Services of the role label wait for, may follow.
+    #[test]
+    fn a_new_holder_serves_locally_before_its_label_lands() {
+        let status = Status {
+            role: Some(Role::Active),
+            label_role: Some(Role::Passive),
+            holder: Some("web-0".into()),
+            ..Status::default()
+        };
+        let v = View::of(&status, "web-0", None);
+        assert_eq!(route(&v, Listener::Front), Route::Local);
+        assert_eq!(route(&v, Listener::Peer), Route::Local);
     }
 }

@@ -161,13 +161,15 @@ pub fn decide(s: &State, now: Instant) -> Option<Action> {
     // which reads and renews first when the API server is back (a renewal
     // that lands proves nobody took over, so it keeps its label without a
     // flap); a deleted holder, which releases first and keeps its label
-    // while it drains (rule 8); and a holder handing over (rule 10).
+    // while it drains (rule 8); a holder handing over (rule 10); and a
+    // holder that gave up, which releases first (rule 4).
     if !leading
         && have_pod
         && label != Some(Role::Passive)
         && !s.may_still_hold(label)
         && !s.draining(now)
         && !s.keeps_label_while_handing_over(now)
+        && !s.releases_first(now)
     {
         return Some(Action::LabelPassive { bound });
     }
@@ -183,7 +185,7 @@ pub fn decide(s: &State, now: Instant) -> Option<Action> {
     match step {
         Step::WaitUntil(_) => {}
         Step::Read => return Some(Action::ReadLease { bound }),
-        // A release comes after the passive label above (rule 3).
+        // A release comes before the passive label above (rule 4).
         Step::Renew => {
             let bound = s.renewal_bound(now);
             return Some(Action::WriteLease(lease_write(s, Step::Renew, bound)));

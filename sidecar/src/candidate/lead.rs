@@ -126,13 +126,36 @@ impl State {
         }
     }
 
-    /// The role every outward sign shows at `now` (rule 5).
+    /// The role every outward sign shows at `now` (`/status`, the role
+    /// file, the proxy; rules 5 and 11): active while we lead (our own
+    /// write of the Lease landed, its deadline is ahead) and are not
+    /// sending a handover; passive otherwise; None before the first
+    /// decision. It does not wait for our active label: whoever held the
+    /// Lease before us showed passive before its release or handover, or
+    /// passed its own deadline before the Lease could expire (rule 5), so
+    /// no other app is told active by then; the label's list and patch
+    /// (rule 3) are for the Services that select it, and would delay the
+    /// app, and the proxy's first answer, by two calls.
     pub fn outward_role(&self, now: Instant) -> Option<Role> {
-        let role = election::outward_role(self.own.role, self.leading_until(), now);
-        match self.controls.handover_sending {
-            true => role.map(|_| Role::Passive),
-            false => role,
+        let serves = self.leading(now) && !self.controls.handover_sending;
+        match serves {
+            true => Some(Role::Active),
+            false => self.own.role.map(|_| Role::Passive),
         }
+    }
+
+    /// A holder whose app turned unhealthy (rule 4) releases the Lease
+    /// before it labels itself passive: it already shows passive (its
+    /// proxy stopped serving in the turn it gave up), and a standby may
+    /// begin only once the release lands, so the label's write first would
+    /// only delay the standby. The new holder demotes it before promoting
+    /// itself anyway (rule 3), as it does a deleted holder (rule 8). A
+    /// shutdown keeps its order (rule 6): its first failed call ends it.
+    pub fn releases_first(&self, now: Instant) -> bool {
+        self.life.phase == Phase::Candidate
+            && !self.leading(now)
+            && self.holder() == Some(self.me())
+            && self.step(now) == Step::Release
     }
 
     /// Right before a handover's write is sent (rule 10): show passive.

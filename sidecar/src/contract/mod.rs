@@ -55,10 +55,12 @@ pub struct Status {
     pub namespace: String,
     pub pod_ip: Option<String>,
     pub lease: String,
-    /// The role to act on: active only while labelled active and within the
-    /// leadership deadline (`election::outward_role`), so a holder past its
-    /// deadline says passive even while its label cannot be changed. None
-    /// until the first decision.
+    /// The role to act on: active only while the pod holds the Lease within
+    /// its leadership deadline and is not handing it over
+    /// (`State::outward_role`), so a holder past its deadline says passive
+    /// even while its label cannot be changed, and a new holder says active
+    /// as soon as its Lease write lands, before its label does. None until
+    /// the first decision.
     pub role: Option<Role>,
     /// The role label on the pod as last seen (None: no or a foreign value).
     /// It lags `role` while the API server refuses or misses the relabel.

@@ -208,7 +208,7 @@ fn a_paused_holder_keeps_the_lease_while_its_app_fails_and_gives_it_up_on_resume
     assert!(shown.paused);
     assert_eq!(shown.role, Some(Role::Active));
 
-    // Resumed: the unhealthy holder gives up (passive label, then release).
+    // Resumed: the unhealthy holder gives up (release, then passive label).
     annotate_lease(&mut s, now, &[(PAUSED, None)]);
     let mut released = None;
     let (actions, n) = turns(&mut s, now, 2, |s, a| {
@@ -218,7 +218,7 @@ fn a_paused_holder_keeps_the_lease_while_its_app_fails_and_gives_it_up_on_resume
         accept(s, a, now)
     });
     assert!(n.contains(&Notice::GroupPaused(false)), "{n:?}");
-    assert_eq!(kinds(&actions), ["label passive", "release lease"]);
+    assert_eq!(kinds(&actions), ["release lease", "label passive"]);
     let released = released.expect("the release");
     assert_eq!(holder_identity(&released), None);
     assert!(

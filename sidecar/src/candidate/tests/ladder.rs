@@ -396,3 +396,54 @@ fn a_failed_demotion_backs_off_without_promoting() {
         "not held up"
     );
 }
+
+/// Rules 5 and 11: the app is told active, and the proxy serves it, as
+/// soon as our acquisition lands, before the promotion's list and patch;
+/// only while we lead, and never while a holder gives up or hands over.
+#[test]
+fn a_new_holder_serves_once_its_acquisition_lands_and_stops_before_any_release() {
+    let t0 = Instant::now();
+    let mut s = standby(t0, &[]);
+    s.observe_lease(Some(&held_by("web-1", "8", 6)), t0, &mut Vec::new());
+    let at = t0 + 7 * S;
+    assert_eq!(
+        status(&s, at).role,
+        Some(Role::Passive),
+        "another pod's Lease"
+    );
+    let (actions, _) = turns(&mut s, at, 1, |s, a| accept(s, a, at));
+    assert_eq!(kinds(&actions), ["acquire lease"]);
+    let acquired = status(&s, at);
+    assert_eq!(
+        acquired.role,
+        Some(Role::Active),
+        "active once the write landed"
+    );
+    assert_eq!(acquired.label_role, Some(Role::Passive), "not yet labelled");
+    assert!(matches!(decide(&s, at), Some(Action::Promote { .. })));
+    let deadline = s.leading_until().expect("leads");
+    assert_eq!(
+        status(&s, deadline).role,
+        Some(Role::Passive),
+        "not past its deadline"
+    );
+
+    // A holder whose app dies stops serving before its first call.
+    let mut dying = holder(t0, &[]);
+    assert_eq!(status(&dying, t0).role, Some(Role::Active));
+    dying.handle_health(failing("connection refused"));
+    dying.enforce(t0 + MS);
+    assert_eq!(status(&dying, t0 + MS).role, Some(Role::Passive));
+    let (actions, _) = turns(&mut dying, t0 + MS, 3, |s, a| accept(s, a, t0 + MS));
+    assert_eq!(
+        kinds(&actions),
+        ["release lease", "label passive"],
+        "the release first: the standby waits for it, not for the label"
+    );
+    assert_eq!(status(&dying, t0 + MS).role, Some(Role::Passive));
+
+    // A holder handing over stops serving before the write is sent.
+    let mut handing = holder(t0, &[]);
+    handing.begin_handover_write();
+    assert_eq!(status(&handing, t0).role, Some(Role::Passive));
+}
