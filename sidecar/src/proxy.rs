@@ -611,16 +611,123 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let _open = shared.metrics.proxy_open();
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = routes.wait_for(|r| !keeps(taken, r.get(which))) => {
-            shared.metrics.proxy_cut(which.label());
-            debug!(?taken, "route changed; connection cut");
-        }
-        _ = shared.stop.cancelled() => {}
+    let switched = async {
+        let _ = routes.wait_for(|r| !keeps(taken, r.get(which))).await;
+    };
+    if splice(&mut client, &mut server, switched, &shared.stop).await == Spliced::Switched {
+        shared.metrics.proxy_cut(which.label());
+        debug!(?taken, "route changed; connection closed");
     }
     // Both sockets drop here: the client and the app see the close at once.
 }
+
+/// How a spliced connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spliced {
+    /// Either side closed, or the sidecar stops.
+    Done,
+    /// The route changed: closed at once, or once the answer to what the
+    /// client had already sent had reached it.
+    Switched,
+}
+
+/// After a switch, how long the answer to bytes the app already received
+/// may take to begin, and how long it may pause before it is taken as
+/// whole.
+const ANSWER_BOUND: Duration = Duration::from_secs(1);
+const ANSWER_QUIET: Duration = Duration::from_millis(20);
+
+/// Splices `client` and `server` both ways until either closes or
+/// `switched` completes. At a switch nothing more of the client's is sent
+/// on; a connection whose client had sent bytes the app has not answered
+/// yet (a request in flight) gets that answer first, within
+/// [`ANSWER_BOUND`], then is closed: the app already has the request, so
+/// delivering its answer lets it do nothing new, and the client does not
+/// lose a request it sent before the switch. An idle connection is closed
+/// at once (rule 11).
+async fn splice(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    switched: impl std::future::Future<Output = ()>,
+    stop: &CancellationToken,
+) -> Spliced {
+    let (mut client_in, mut client_out) = client.split();
+    let (mut server_in, mut server_out) = server.split();
+    let (mut asked, mut answer) = (vec![0u8; BUFFER], vec![0u8; BUFFER]);
+    let (mut client_open, mut server_open) = (true, true);
+    // The client sent bytes after the app's last ones: it awaits an answer.
+    let mut awaiting = false;
+    tokio::pin!(switched);
+    loop {
+        tokio::select! {
+            // A switch first: bytes that arrive with it are not sent on.
+            biased;
+            () = &mut switched => {
+                if awaiting {
+                    finish_answer(&mut server_in, &mut client_out).await;
+                }
+                return Spliced::Switched;
+            }
+            () = stop.cancelled() => return Spliced::Done,
+            read = client_in.read(&mut asked), if client_open => match read {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    let _ = server_out.shutdown().await;
+                }
+                Ok(n) => {
+                    if server_out.write_all(&asked[..n]).await.is_err() {
+                        return Spliced::Done;
+                    }
+                    awaiting = true;
+                }
+            },
+            read = server_in.read(&mut answer), if server_open => match read {
+                Ok(0) | Err(_) => {
+                    server_open = false;
+                    let _ = client_out.shutdown().await;
+                }
+                Ok(n) => {
+                    if client_out.write_all(&answer[..n]).await.is_err() {
+                        return Spliced::Done;
+                    }
+                    awaiting = false;
+                }
+            },
+        }
+        if !client_open && !server_open {
+            return Spliced::Done;
+        }
+    }
+}
+
+/// Passes on what the app sends until it ends, pauses for
+/// [`ANSWER_QUIET`] after it began, or [`ANSWER_BOUND`] passes.
+async fn finish_answer(
+    server_in: &mut tokio::net::tcp::ReadHalf<'_>,
+    client_out: &mut tokio::net::tcp::WriteHalf<'_>,
+) {
+    let bound = tokio::time::Instant::now() + ANSWER_BOUND;
+    let mut answer = vec![0u8; BUFFER];
+    let mut began = false;
+    loop {
+        let wait = match began {
+            true => (tokio::time::Instant::now() + ANSWER_QUIET).min(bound),
+            false => bound,
+        };
+        match tokio::time::timeout_at(wait, server_in.read(&mut answer)).await {
+            Ok(Ok(n)) if n > 0 => {
+                if client_out.write_all(&answer[..n]).await.is_err() {
+                    return;
+                }
+                began = true;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Each direction's buffer, as `copy_bidirectional`'s.
+const BUFFER: usize = 8 * 1024;
 
 /// How long a connection that was not served where it went waits for
 /// another route before it tries the same one again.
@@ -746,7 +853,7 @@ mod tests {
     }
 
     #[test]
-    fn the_holder_waits_for_its_own_label_and_never_forwards_to_itself() {
+    fn a_holder_not_yet_active_waits_and_never_forwards_to_itself() {
         let v = View {
             holder: Some("web-1".into()),
             holder_ip: Some(("web-1".into(), peer("10.0.0.8"))),
@@ -926,6 +1033,60 @@ mod tests {
             CancellationToken::new(),
         ));
         Side { front, status: tx }
+    }
+
+    /// A request the app already has when the route changes is answered
+    /// before its connection closes; what the client sends after the switch
+    /// never reaches the app.
+    #[tokio::test]
+    async fn a_request_in_flight_at_a_switch_is_answered_then_the_connection_closes() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (ip, metrics) = ("127.0.0.1", Metrics::new());
+        // The app tells the test each line it gets, and answers it only
+        // when the test says so.
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let answer = Arc::new(Notify::new());
+        let l = TcpListener::bind((ip, 0)).await.expect("bind app");
+        let app_port = l.local_addr().expect("addr").port();
+        let go = answer.clone();
+        tokio::spawn(async move {
+            let (c, _) = l.accept().await.expect("a connection");
+            let (r, mut w) = c.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = got_tx.send(line);
+                go.notified().await;
+                let _ = w.write_all(b"web-0\n").await;
+            }
+        });
+        let web0 = side_of("web-0", ip, app_port, free_port(ip).await, &metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        let mut c = connect(web0.front).await;
+        c.get_mut().write_all(b"first\n").await.expect("sent");
+        assert_eq!(got.recv().await.as_deref(), Some("first"));
+
+        // Demoted while the app works on it; the client sends more.
+        web0.status.send_replace(status(Role::Passive, None));
+        c.get_mut().write_all(b"second\n").await.expect("sent");
+        tokio::time::sleep(ANSWER_QUIET).await;
+        answer.notify_one();
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
+        assert_eq!(
+            line, "web-0\n",
+            "the answer to the request in flight: {read:?}"
+        );
+        line.clear();
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "then closed: {read:?} {line:?}"
+        );
+        assert!(
+            got.try_recv().is_err(),
+            "nothing after the switch reached the app"
+        );
     }
 
     /// Two pods on two loopback addresses: the passive one forwards to the
