@@ -264,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
                 args.node_runs,
                 args.node_kubelet_runs.unwrap_or(args.node_runs),
                 args.clusterip_rate,
+                &out,
                 say,
             )
             .await,

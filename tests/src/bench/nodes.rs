@@ -8,7 +8,7 @@
 //! per request, one keeping its connections) call the ClusterIP from the
 //! control plane's network namespace, which no fault here touches.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use baton_e2e::{
@@ -170,8 +170,8 @@ pub struct NodesResult {
 }
 
 /// Runs `runs` of each fault (`kubelet_runs` of the kubelet stop) under
-/// each Service kind in `modes`, each kind in a group of its own (a drain
-/// and a failed run redeploy it).
+/// each Service kind in `modes`, each run on a group of its own; each
+/// run's requests go to `out`/nodes-FAULT-KIND-RUN.csv.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     cluster: &Cluster,
@@ -180,6 +180,7 @@ pub async fn run(
     runs: usize,
     kubelet_runs: usize,
     rate: u32,
+    out: &Path,
     say: fn(&str),
 ) -> NodesResult {
     let mut result = NodesResult {
@@ -202,23 +203,19 @@ pub async fn run(
             runs
         };
         for &mode in modes {
-            let mut group: Option<Arc<Spread>> = None;
             for i in 0..n {
-                let g = match group.take() {
-                    Some(g) => g,
-                    None => {
-                        let name = format!("bench-nodes-{}-{}-{i}", fault.slug(), mode_slug(mode));
-                        match Spread::deploy(cluster, &name, mode).await {
-                            Ok(g) => Arc::new(g),
-                            Err(e) => {
-                                result.errors.push(format!(
-                                    "{} ({}) {i}: deploy: {e:#}",
-                                    fault.slug(),
-                                    mode_label(mode)
-                                ));
-                                continue;
-                            }
-                        }
+                let what = format!("{} ({}) {i}", fault.slug(), mode_label(mode));
+                // A group of its own per run, on a Service of its own: the
+                // client's namespace keeps for 120 s the conntrack entries
+                // of connections that timed out against a lost pod, and a
+                // later connection from a reused source port follows them
+                // to that pod (measured; see docs/bench.md).
+                let name = format!("bench-nodes-{}-{}-{i}", fault.slug(), mode_slug(mode));
+                let g = match Spread::deploy(cluster, &name, mode).await {
+                    Ok(g) => Arc::new(g),
+                    Err(e) => {
+                        result.errors.push(format!("{what}: deploy: {e:#}"));
+                        continue;
                     }
                 };
                 say(&format!(
@@ -227,41 +224,33 @@ pub async fn run(
                     mode_label(mode),
                     i + 1
                 ));
+                let csv = out.join(format!(
+                    "nodes-{}-{}-{i}.csv",
+                    fault.slug(),
+                    mode_slug(mode)
+                ));
                 // The harness's waits panic as a test would; a run that
                 // panics is an error of that run (its fault undone as the
                 // handle drops).
                 let run = tokio::spawn({
                     let g = g.clone();
-                    async move { g.run(fault, rate).await }
+                    async move { g.run(fault, rate, &csv).await }
                 })
                 .await;
-                let run = match run {
-                    Ok(r) => r.map_err(|e| format!("{e:#}")),
-                    Err(panic) => Err(panic.to_string()),
-                };
-                let keep = match run {
-                    Ok(r) => {
+                match run {
+                    Ok(Ok(r)) => {
                         say(&format!("  {}", r.line()));
                         result.runs.push(r);
-                        fault != NodeFault::Drain
                     }
-                    Err(e) => {
-                        say(&format!("  failed: {e}"));
-                        result.errors.push(format!(
-                            "{} ({}) {i}: {e}",
-                            fault.slug(),
-                            mode_label(mode)
-                        ));
-                        false
+                    Ok(Err(e)) => {
+                        say(&format!("  failed: {e:#}"));
+                        result.errors.push(format!("{what}: {e:#}"));
                     }
-                };
-                if keep {
-                    group = Some(g);
-                } else {
-                    g.remove().await;
+                    Err(panic) => {
+                        say(&format!("  failed: {panic}"));
+                        result.errors.push(format!("{what}: {panic}"));
+                    }
                 }
-            }
-            if let Some(g) = group {
                 g.remove().await;
             }
         }
@@ -337,7 +326,8 @@ impl Spread {
 
     /// One fault, from a steady group: the holder alone active and serving
     /// both clients, the nodes healthy.
-    async fn run(&self, fault: NodeFault, rate: u32) -> anyhow::Result<NodeRun> {
+    /// Each client's requests of the run go to `csv`.
+    async fn run(&self, fault: NodeFault, rate: u32, csv: &Path) -> anyhow::Result<NodeRun> {
         wait_nodes_healthy(&self.cluster, NODE_GRACE).await;
         let holder = wait_for_holder(&self.ns, GROUP, None).await;
         let pods = wait_until::<Pod, _>(self.ns.api(), &Self::labels(), T, "2 Ready pods", |p| {
@@ -385,6 +375,7 @@ impl Spread {
             }
         };
         let t1 = now();
+        write_samples(csv, &clients, t0, t1)?;
         let (without_ready, _) = endpoint_gaps(&self.called.timed(), t0, t1);
         let (_, two_ready) = endpoint_gaps(
             &self.active.as_ref().unwrap_or(&self.called).timed(),
@@ -543,6 +534,33 @@ async fn steady(clients: &[(Connections, Client)], pod: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// The clients' requests sent within `[t0, t1]`: client, sent and ended
+/// (s after `t0`), the answering pod or the error.
+fn write_samples(
+    path: &Path,
+    clients: &[(Connections, Client)],
+    t0: f64,
+    t1: f64,
+) -> anyhow::Result<()> {
+    let mut csv = String::from("client,sent,done,answer\n");
+    for (k, c) in clients {
+        for s in c.samples().iter().filter(|s| s.sent >= t0 && s.sent <= t1) {
+            let answer = match &s.answer {
+                Ok(pod) => pod.clone(),
+                Err(e) => format!("error: {}", e.replace(',', ";")),
+            };
+            let _ = writeln!(
+                csv,
+                "{},{:.3},{:.3},{answer}",
+                k.label(),
+                s.sent - t0,
+                s.done - t0
+            );
+        }
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
+}
+
 /// A client's requests sent within `[t0, t1]`, its first answer by
 /// `standby` after `t0`, and the answers by `old` after that one.
 fn client_run(c: &Client, old: &str, standby: &str, t0: f64, t1: f64) -> ClientRun {
@@ -619,7 +637,7 @@ impl NodesResult {
         );
         let _ = writeln!(
             md,
-            "| fault | Service | client | runs | first answer by the standby, s | failed / requests | answers by the old holder after the standby's first | s without a ready endpoint | s with two ready endpoints | passive first | Lease transitions | switches (nodes that hosted the holder) | goal met |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| fault | Service | client | runs | first answer by the standby, s | failed requests | requests | answers by the old holder after the standby's first | s without a ready endpoint | s with two ready endpoints | passive first | Lease transitions | switches (nodes that hosted the holder) | goal met |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         let mut keys: Vec<(NodeFault, ServiceMode)> = Vec::new();
         for r in &self.runs {
@@ -678,7 +696,7 @@ impl NodesResult {
                 );
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {first} | {failed} / {requests} | {old} | {} | {} | {passive} | {} | {switches} | {met} of {} |",
+                    "| {} | {} | {} | {} | {first} | {failed} | {requests} | {old} | {} | {} | {passive} | {} | {switches} | {met} of {} |",
                     fault.label(),
                     mode_label(mode),
                     c.label(),
