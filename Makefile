@@ -41,7 +41,7 @@ old-sidecar:
 ## release binaries users run: the images' on the real node, the same files
 ## (target/image/bin) as the KWOK pods' processes and the webhook's.
 bench: build image cluster-binaries kle-race
-	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench BATON_KWOK_NODES=3 BATON_REAL_NODES=1 \
+	BATON_CLUSTER_DIR=$(CURDIR)/target/cluster-bench BATON_NETNS=baton-bench BATON_KWOK_NODES=3 BATON_REAL_NODES=2 \
 	  BATON_POD_BIN_DIR=$(CURDIR)/target/image/bin \
 	  $(CLUSTER)/with-cluster.sh $(BIN_DIR)/baton-bench --out target/bench --bin-dir $(CURDIR)/target/image/bin $(BENCH_ARGS)
 

@@ -11,9 +11,9 @@
 //! | file (`harness/`) | what it holds |
 //! | --- | --- |
 //! | `cluster.rs` | [`Cluster`] (the connection, kubectl, `ctr` on a real node), [`TestNamespace`] (a namespace per test, kubectl and `kubectl baton` in it, clients with a service account's token), [`repo_root`], [`cached_tool`] (helm and the like, built once into the cache) |
-//! | `pods.rs` | a pod's node, IP, readiness, sidecar restarts and running containers; [`TestNamespace::pid`], [`TestNamespace::log_tail`], [`TestNamespace::empty_dir`], [`TestNamespace::pod_dir`]; [`signal`] to a host pid; which pods carry a label ([`labelled`], [`serving_active`]) |
-//! | `waits.rs` | bounded waits on watches: [`wait_until`], [`wait_for_object`], [`wait_for_holder`], [`wait_roles`], [`wait_endpoints`] (and [`ready_endpoints`]); the watch state they share (`Listed`) |
-//! | `guards.rs` | watches checked at a test's end: [`NeverTwoActive`] (I1), [`ReadyEndpointsHistory`], [`LeaseHistory`] |
+//! | `pods.rs` | a pod's node, IP, readiness, sidecar restarts and running containers; [`TestNamespace::pid`], [`TestNamespace::log_tail`], [`TestNamespace::empty_dir`], [`TestNamespace::role_file`], [`TestNamespace::pod_dir`]; [`signal`] to a host pid; which pods carry a label ([`labelled`], [`serving_active`]) |
+//! | `waits.rs` | bounded waits on watches: [`wait_until`], [`wait_for_object`], [`wait_for_holder`], [`wait_roles`], [`wait_endpoints`] (and [`ready_endpoints`]), [`wait_nodes_healthy`] (and [`node_ready`]), [`lease_acquired`]; the watch state they share (`Listed`) |
+//! | `guards.rs` | watches checked at a test's end: [`NeverTwoActive`] (I1), [`ReadyEndpointsHistory`] (and [`endpoint_gaps`] over its timed views), [`LeaseHistory`] |
 //! | `pod_http.rs` | HTTP to pods: the shared client [`http`], the sidecar's status server ([`sidecar_get`]; its `/status` read as the contract's `Status`: [`sidecar_status`], [`get_status`], [`poll_status`], [`wait_status`], [`wait_role`], [`parse_status`], [`wait_app_healthy`]), the demo app's [`set_app_health`] |
 //! | `nodes.rs` | the real nodes and faults on them (public module [`nodes`]) |
 //! | `outage.rs` | the chaos tests' additions: a declared control-plane outage for [`NeverTwoActive`], [`outage::ActiveTimeline`] (public module [`outage`]) |
@@ -25,7 +25,7 @@ mod pods;
 mod waits;
 
 pub use cluster::{Cluster, TestNamespace, cached_tool, repo_root};
-pub use guards::{LeaseHistory, NeverTwoActive, ReadyEndpointsHistory};
+pub use guards::{LeaseHistory, NeverTwoActive, ReadyEndpointsHistory, endpoint_gaps};
 pub use pod_http::{
     get_status, http, parse_status, poll_status, set_app_health, sidecar_get, sidecar_status,
     wait_app_healthy, wait_role, wait_status,
@@ -35,7 +35,8 @@ pub use pods::{
     signal,
 };
 pub use waits::{
-    ready_endpoints, wait_endpoints, wait_for_holder, wait_for_object, wait_roles, wait_until,
+    lease_acquired, node_ready, ready_endpoints, wait_endpoints, wait_for_holder, wait_for_object,
+    wait_nodes_healthy, wait_roles, wait_until,
 };
 
 /// The chaos tests' additions (tests/tests/chaos.rs).

@@ -13,6 +13,7 @@ pub mod install;
 pub mod kwok;
 pub mod prometheus;
 pub mod release;
+pub mod spread;
 pub mod webhook;
 pub mod workload;
 

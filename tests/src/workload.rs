@@ -43,10 +43,16 @@ pub const ON_REAL_NODE: &str = concat!(
 
 /// Pod-spec lines that spread the pods of the group `name` over the real
 /// nodes, one per node while there are enough: a cordoned node does not
-/// count (a drain then places the evicted pod beside the other).
+/// count (a drain then places the evicted pod beside the other). Where
+/// KWOK nodes run beside them (`make bench`) the pods keep off those and
+/// tolerate the real nodes' taint.
 pub fn spread_over_nodes(name: &str) -> String {
+    let keep_off_kwok = "      affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: \
+         {nodeSelectorTerms: [{matchExpressions: [{key: type, operator: NotIn, values: [kwok]}]}]}}}\n";
+    let tolerate =
+        "      tolerations: [{key: baton.dev/real-node, operator: Exists, effect: NoSchedule}]\n";
     format!(
-        "      topologySpreadConstraints:\n      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, \
+        "{keep_off_kwok}{tolerate}      topologySpreadConstraints:\n      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, \
          whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor, \
          labelSelector: {{matchLabels: {{app: {name}}}}}}}\n"
     )

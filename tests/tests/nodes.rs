@@ -15,33 +15,27 @@
 //! a multi-threaded runtime: the client keeps sending while a test waits on
 //! a blocking call (kubectl drain).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use baton_e2e::{
     clients::{self, Connections},
     harness::{
         Cluster, LeaseHistory, NeverTwoActive, ReadyEndpointsHistory, TestNamespace,
+        lease_acquired, node_ready,
         nodes::{Fault, RealNode},
         pod_ip, pod_node, pod_ready, poll_status, wait_app_healthy, wait_endpoints,
-        wait_for_holder, wait_for_object, wait_roles, wait_until,
+        wait_for_holder, wait_for_object, wait_nodes_healthy, wait_roles, wait_until,
     },
-    workload,
+    spread::{self, Kind, Placed, SERVICE},
 };
 use baton_sidecar::contract::Role;
-use k8s_openapi::api::{
-    coordination::v1::Lease,
-    core::v1::{Node, Pod, Service},
-};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{Api, ResourceExt};
 
 const T: Duration = Duration::from_secs(60);
 /// kube-controller-manager's default node-monitor-grace-period (50 s), with
 /// room for its 5 s monitor period and a busy machine.
 const NODE_GRACE: Duration = Duration::from_secs(120);
-const SERVICE: &str = "web-active";
 /// What a client reads of a request cut in flight with its connection.
 const IN_FLIGHT_CUT: &str = "connection closed before message completed";
 /// The client's requests per second.
@@ -49,17 +43,6 @@ const RATE: u32 = 20;
 
 /// One node event at a time on the cluster.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    /// The Service selects `role: active`.
-    Labels,
-    /// A Service without a selector; the holder writes its endpoint.
-    HolderEndpoint,
-    /// A Service of the whole group through the sidecars' proxy (README's
-    /// install); the role-label Service beside it keeps the guards' view.
-    Proxy,
-}
 
 /// A group of two pods on two nodes, its Service, watchers and a client.
 struct Spread {
@@ -71,8 +54,7 @@ struct Spread {
     client: clients::Client,
     holder: String,
     standby: String,
-    /// Each pod's node.
-    node_of: BTreeMap<String, String>,
+    placed: Placed,
     _one: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -84,68 +66,14 @@ impl Spread {
             cluster.nodes.len() >= 2,
             "these tests need two real nodes (BATON_REAL_NODES=2, as make test starts)"
         );
-        wait_nodes_healthy(&cluster).await;
+        wait_nodes_healthy(&cluster, NODE_GRACE).await;
         let ns = cluster.namespace(test).await;
         let guard = NeverTwoActive::start(ns.api(), "app=web", "role", "active").await;
         let leases = LeaseHistory::start(ns.api(), "web").await;
-        let role_file = format!("{}/role.json", workload::RUN_DIR);
-        let mut env = vec![("BATON_ROLE_FILE", role_file.as_str())];
-        let service = match kind {
-            Kind::Labels | Kind::Proxy => workload::active_service("web"),
-            Kind::HolderEndpoint => {
-                env.push(("BATON_SERVICE", SERVICE));
-                workload::holder_endpoint_service("web")
-            }
-        };
-        ns.apply(&service);
-        let client_service = if kind == Kind::Proxy {
-            ns.apply(&workload::proxied_service(
-                "web",
-                workload::ProxiedService::WholeGroup,
-            ));
-            workload::proxied_service_name("web")
-        } else {
-            SERVICE.to_owned()
-        };
         let endpoints = ReadyEndpointsHistory::start(&ns, SERVICE).await;
-        // The sidecar's probes are the webhook's (workload.rs is checked
-        // against it): the pod is Ready (for the PodDisruptionBudget, the
-        // Service) once /readyz answers.
-        ns.apply(&workload::statefulset_placed(
-            "web",
-            2,
-            true,
-            &env,
-            &workload::spread_over_nodes("web"),
-        ));
-        ns.apply(&workload::pod_disruption_budget("web"));
-        let holder = wait_for_holder(&ns, "web", None).await;
-        let pods = wait_until::<Pod, _>(ns.api(), "app=web", T, "2 pods with an IP", |pods| {
-            pods.len() == 2
-                && pods
-                    .iter()
-                    .all(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
-        })
-        .await;
-        let node_of: BTreeMap<String, String> =
-            pods.iter().map(|p| (p.name_any(), pod_node(p))).collect();
-        assert_eq!(
-            node_of.values().collect::<BTreeSet<_>>().len(),
-            2,
-            "the pods are spread over two nodes: {node_of:?}"
-        );
-        let standby = node_of
-            .keys()
-            .find(|p| **p != holder)
-            .expect("two pods")
-            .clone();
-        for pod in node_of.keys() {
-            wait_app_healthy(&ns, pod).await;
-        }
-        wait_roles(&ns, "app=web", &holder, 1).await;
-        wait_endpoints(&ns, SERVICE, &[&holder], T).await;
-        let svc: Service = ns.api().get(&client_service).await.expect("the Service");
-        let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+        let placed = spread::deploy(&ns, kind).await;
+        let (holder, standby) = (placed.holder.clone(), placed.standby.clone());
+        let ip = ns.cluster_ip(&placed.client_service).await;
         let client = clients::Client::start(Connections::New, format!("http://{ip}/"), RATE)
             .expect("a client");
         client
@@ -161,13 +89,25 @@ impl Spread {
             client,
             holder,
             standby,
-            node_of,
+            placed,
             _one: one,
         }
     }
 
+    /// The Lease moved from `old` to `new`, which alone is labelled active,
+    /// is the Service's endpoint and answers the client.
+    async fn moved(&self, old: &str, new: &str) {
+        assert_eq!(wait_for_holder(&self.ns, "web", Some(old)).await, new);
+        wait_roles(&self.ns, "app=web", new, 1).await;
+        wait_endpoints(&self.ns, SERVICE, &[new], T).await;
+        self.client
+            .wait_steady_on(new, 20)
+            .await
+            .expect("the client moves to the new holder");
+    }
+
     fn holder_node(&self) -> RealNode {
-        self.cluster.node(&self.node_of[&self.holder]).clone()
+        self.placed.holder_node(&self.cluster)
     }
 
     /// Requests sent at or after `t0` that failed.
@@ -192,74 +132,9 @@ impl Spread {
             "the Service listed two ready endpoints at once: {views:?}"
         );
         self.ns.delete().await;
-        wait_nodes_healthy(&self.cluster).await;
+        wait_nodes_healthy(&self.cluster, NODE_GRACE).await;
         (holders, views)
     }
-}
-
-/// Waits until every real node is Ready, schedulable and untainted (a
-/// fault's aftermath: the node lifecycle controller lifts its taints once
-/// the node reports again).
-async fn wait_nodes_healthy(cluster: &Cluster) {
-    let names: BTreeSet<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
-    let api: Api<Node> = Api::all(cluster.client.clone());
-    wait_until::<Node, _>(
-        api,
-        "",
-        NODE_GRACE,
-        "every real node Ready, schedulable and untainted",
-        |nodes| {
-            names.iter().all(|name| {
-                nodes.iter().any(|n| {
-                    n.name_any() == *name
-                        && node_ready(n)
-                        && n.spec.as_ref().is_none_or(|s| {
-                            s.unschedulable != Some(true)
-                                && s.taints.as_ref().is_none_or(|t| t.is_empty())
-                        })
-                })
-            })
-        },
-    )
-    .await;
-}
-
-fn node_ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// When the Lease's current holder acquired it.
-async fn acquired(ns: &TestNamespace) -> k8s_openapi::jiff::Timestamp {
-    let lease: Lease = ns.api().get("web").await.expect("the Lease");
-    lease
-        .spec
-        .and_then(|s| s.acquire_time)
-        .expect("an acquired Lease")
-        .0
-}
-
-/// The role file of `pod` (read through kubelet's folder on the host, also
-/// while the pod's node is cut off), and when it was last written.
-async fn role_file(
-    ns: &TestNamespace,
-    pod: &str,
-) -> (serde_json::Value, k8s_openapi::jiff::Timestamp) {
-    let path = ns
-        .empty_dir(pod, workload::RUN_VOLUME)
-        .await
-        .join("role.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{pod}'s role file {}: {e}", path.display()));
-    let written = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .expect("the role file's mtime");
-    (
-        serde_json::from_str(&text).expect("the role file is JSON"),
-        k8s_openapi::jiff::Timestamp::try_from(written).expect("a time after the epoch"),
-    )
 }
 
 /// The holder's node is lost to `fault` and comes back; in between, the
@@ -286,17 +161,11 @@ async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
         .holder_node()
         .inject(fault)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert_eq!(wait_for_holder(&s.ns, "web", Some(&old)).await, new);
-    wait_roles(&s.ns, "app=web", &new, 1).await;
-    wait_endpoints(&s.ns, SERVICE, &[&new], T).await;
-    s.client
-        .wait_steady_on(&new, 20)
-        .await
-        .expect("the client moves to the new holder");
+    s.moved(&old, &new).await;
     if fault == Fault::Partition {
         // The old holder told its app passive before the new Lease began.
-        let began = acquired(&s.ns).await;
-        let (role, written) = role_file(&s.ns, &old).await;
+        let began = lease_acquired(&s.ns, "web").await;
+        let (role, written) = s.ns.role_file(&old).await;
         assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
         assert!(
             written < began,
@@ -320,7 +189,7 @@ async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
         Some(Role::Passive),
         "{old} after the {what}: {status:?}"
     );
-    let (role, _) = role_file(&s.ns, &old).await;
+    let (role, _) = s.ns.role_file(&old).await;
     assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
     wait_roles(&s.ns, "app=web", &new, 1).await;
     s.client
@@ -393,19 +262,13 @@ async fn kubelet_stopped(kind: Kind) -> (Vec<BTreeSet<String>>, usize) {
         !pod_ready(p)
     })
     .await;
-    assert_eq!(wait_for_holder(&s.ns, "web", Some(&old)).await, new);
-    wait_roles(&s.ns, "app=web", &new, 1).await;
-    wait_endpoints(&s.ns, SERVICE, &[&new], T).await;
-    s.client
-        .wait_steady_on(&new, 20)
-        .await
-        .expect("the client moves to the standby");
+    s.moved(&old, &new).await;
     // The old holder told its app passive before the new Lease began. Its
     // sidecar runs on (only kubelet is stopped), so it rewrites its role
     // file when it sees the new holder: the time it turned passive is its
     // `/status`'s `last_change`.
-    let began = acquired(&s.ns).await;
-    let (role, _) = role_file(&s.ns, &old).await;
+    let began = lease_acquired(&s.ns, "web").await;
+    let (role, _) = s.ns.role_file(&old).await;
     assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
     let ip = pod_ip(&s.ns, &old).await;
     let status = poll_status(&ip, T, |st| st.role == Some(Role::Passive)).await;
@@ -421,25 +284,9 @@ async fn kubelet_stopped(kind: Kind) -> (Vec<BTreeSet<String>>, usize) {
     );
     let handed_over = s.failed_since(t0);
     stopped.undo().expect("continuing kubelet");
-    wait_for_object::<Node, _>(
-        nodes,
-        &node.name,
-        NODE_GRACE,
-        "the node Ready again",
-        node_ready,
-    )
-    .await;
-    wait_for_object::<Pod, _>(
-        s.ns.api(),
-        &old,
-        T,
-        "the old holder's pod Ready again",
-        pod_ready,
-    )
-    .await;
     // Ready again, the old pod stays a standby: no switch back.
+    spread::wait_back(&s.cluster, &s.ns, &node.name, &old, &new).await;
     wait_roles(&s.ns, "app=web", &new, 1).await;
-    wait_endpoints(&s.ns, SERVICE, &[&new], T).await;
     s.client
         .wait_steady_on(&new, 20)
         .await
@@ -503,8 +350,8 @@ async fn holders_kubelet_stopped_hands_over_through_the_standbys_proxy() {
 async fn drain_both(kind: Kind) {
     let s = Spread::deploy("nodes-drain", kind).await;
     let t0 = clients::now();
-    let first = s.node_of[&s.holder].clone();
-    let second = s.node_of[&s.standby].clone();
+    let first = s.placed.node_of[&s.holder].clone();
+    let second = s.placed.node_of[&s.standby].clone();
     let mut switches = 0;
     for node in [&first, &second] {
         let pods =

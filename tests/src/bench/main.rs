@@ -8,6 +8,7 @@ mod clusterip;
 mod kle;
 mod load;
 mod measure;
+mod nodes;
 mod proxy_cost;
 mod recorder;
 mod report;
@@ -148,7 +149,30 @@ struct Args {
     /// Seconds each brownout lasts.
     #[arg(long, default_value_t = 120)]
     brownout_secs: u64,
-    /// Parts to skip: clusterip, soak, brownout, baton, fast, slow, timing, webhook, scale, kle.
+    /// Runs of each node event per Service kind (two real nodes).
+    #[arg(long, default_value_t = 3)]
+    node_runs: usize,
+    /// Runs of the stopped kubelet per Service kind (each over two
+    /// minutes); `--node-runs` by default.
+    #[arg(long)]
+    node_kubelet_runs: Option<usize>,
+    /// Which node events to measure.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "partition,freeze,kubelet,drain"
+    )]
+    node_faults: Vec<nodes::NodeFault>,
+    /// The Service kinds the node events are measured under.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "labels,holder-endpoint,proxy"
+    )]
+    node_modes: Vec<clusterip::ServiceMode>,
+    /// Parts to skip: clusterip, soak, brownout, nodes, baton, fast, slow, timing, webhook, scale, kle.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Where the binaries the bench measures are: the webhook's, and (up.sh,
@@ -226,6 +250,25 @@ async fn main() -> anyhow::Result<()> {
         None
     } else {
         Some(brownout::run(&cluster, &args.brownout_latencies, args.brownout_secs, say).await)
+    };
+
+    let nodes = if skip("nodes") {
+        None
+    } else {
+        say("nodes: node events under a group spread over two real nodes");
+        Some(
+            nodes::run(
+                &cluster,
+                &args.node_faults,
+                &args.node_modes,
+                args.node_runs,
+                args.node_kubelet_runs.unwrap_or(args.node_runs),
+                args.clusterip_rate,
+                &out,
+                say,
+            )
+            .await,
+        )
     };
 
     let mut systems: Vec<(System, SystemResult)> = Vec::new();
@@ -383,6 +426,7 @@ async fn main() -> anyhow::Result<()> {
         clusterip: &clusterip,
         soak: soak.as_ref(),
         brownout: brownout.as_ref(),
+        nodes: nodes.as_ref(),
         timings: &timings,
         scales: &scales,
         minutes: (now() - started) / 60.0,

@@ -8,7 +8,7 @@ use baton_e2e::harness::repo_root;
 use super::{
     Args, SystemResult, brownout, clusterip, kle,
     load::{self, Window},
-    measure, mib, scale,
+    measure, mib, nodes, scale,
     scenario::{Run, System},
     soak,
     stats::summary,
@@ -24,6 +24,7 @@ pub(super) struct Report<'a> {
     pub(super) clusterip: &'a [clusterip::ClusterIpResult],
     pub(super) soak: Option<&'a soak::SoakResult>,
     pub(super) brownout: Option<&'a brownout::BrownoutResult>,
+    pub(super) nodes: Option<&'a nodes::NodesResult>,
     pub(super) timings: &'a [(&'static timing::Timing, SystemResult)],
     pub(super) scales: &'a [scale::ScaleResult],
     pub(super) minutes: f64,
@@ -261,6 +262,10 @@ impl Report<'_> {
         if let Some(b) = self.brownout {
             let _ = writeln!(md, "\n## Brownout: a slow API server, on the real node\n");
             md.push_str(&b.markdown());
+        }
+        if let Some(n) = self.nodes {
+            let _ = writeln!(md, "\n## Node events: two real nodes\n");
+            md.push_str(&n.markdown());
         }
         let a = self.args;
         let _ = writeln!(md, "\n## baton vs the baseline controller\n");

@@ -162,12 +162,16 @@ impl NeverTwoActive {
     }
 }
 
+/// Sets of Ready endpoints, each with when the watch delivered it (s since
+/// the epoch), in order.
+pub type TimedViews = Vec<(f64, BTreeSet<String>)>;
+
 /// Watches a Service's EndpointSlices while a test acts and keeps every
 /// set of pods they listed as Ready, in order: what kube-proxy may balance
 /// across (a terminating pod it uses only while none is Ready).
 pub struct ReadyEndpointsHistory {
     task: tokio::task::JoinHandle<()>,
-    views: Arc<Mutex<Vec<BTreeSet<String>>>>,
+    views: Arc<Mutex<TimedViews>>,
     blind: Arc<Mutex<Vec<String>>>,
 }
 
@@ -189,8 +193,8 @@ impl ReadyEndpointsHistory {
             move |slices: Vec<EndpointSlice>| {
                 let ready = ready_endpoints(&slices);
                 let mut views = v.lock().expect("not poisoned");
-                if views.last() != Some(&ready) {
-                    views.push(ready);
+                if views.last().map(|(_, last)| last) != Some(&ready) {
+                    views.push((crate::clients::now(), ready));
                 }
             },
         )
@@ -207,8 +211,44 @@ impl ReadyEndpointsHistory {
             blind.is_empty(),
             "the endpoints watch stopped seeing: {blind:?}"
         );
+        self.timed().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Every set of Ready endpoints seen so far, with when the watch
+    /// delivered it ([`ReadyEndpointsHistory::went_blind`] says whether
+    /// changes may be missing).
+    pub fn timed(&self) -> TimedViews {
         self.views.lock().expect("not poisoned").clone()
     }
+
+    /// Whether the watch failed or ended at some point.
+    pub fn went_blind(&self) -> bool {
+        !self.blind.lock().expect("not poisoned").is_empty()
+    }
+}
+
+impl Drop for ReadyEndpointsHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Seconds within `[from, to]` during which the timed views (as
+/// [`ReadyEndpointsHistory::timed`] gives them, in order) listed no ready
+/// endpoint, and two or more.
+pub fn endpoint_gaps(views: &[(f64, BTreeSet<String>)], from: f64, to: f64) -> (f64, f64) {
+    let (mut none, mut two) = (0.0, 0.0);
+    for (i, (t, v)) in views.iter().enumerate() {
+        let start = t.max(from);
+        let end = views.get(i + 1).map_or(to, |(next, _)| *next).min(to);
+        let d = (end - start).max(0.0);
+        match v.len() {
+            0 => none += d,
+            1 => {}
+            _ => two += d,
+        }
+    }
+    (none, two)
 }
 
 /// Records every holder a Lease has had, from before a test acts.
@@ -263,5 +303,31 @@ impl LeaseHistory {
 impl Drop for LeaseHistory {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pods: &[&str]) -> BTreeSet<String> {
+        pods.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn gaps_count_only_the_window_and_end_at_the_next_view() {
+        let views = vec![
+            (0.0, set(&["a"])),
+            (10.0, set(&[])),
+            (12.5, set(&["a", "b"])),
+            (13.0, set(&["b"])),
+            (20.0, set(&[])),
+        ];
+        // From 5 to 22: none 10..12.5 and 20..22, two 12.5..13.
+        assert_eq!(endpoint_gaps(&views, 5.0, 22.0), (4.5, 0.5));
+        // A window inside one view takes that view's state.
+        assert_eq!(endpoint_gaps(&views, 10.5, 11.0), (0.5, 0.0));
+        // Before the first view nothing is known: nothing is counted.
+        assert_eq!(endpoint_gaps(&views[1..], 0.0, 11.0), (1.0, 0.0));
     }
 }

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::{TestNamespace, wait_for_object};
+use crate::workload::RUN_VOLUME;
 
 /// What a test reaches of a namespace's pods on their nodes: the runner's
 /// files, the containers' host pids, logs and emptyDir volumes.
@@ -62,6 +63,24 @@ impl TestNamespace {
             .join(uid)
             .join("volumes/kubernetes.io~empty-dir")
             .join(volume)
+    }
+}
+
+impl TestNamespace {
+    /// The sidecar's role file of `pod` (`BATON_ROLE_FILE` in [`crate::workload::RUN_DIR`]),
+    /// read through kubelet's folder on the host, also while the pod's node
+    /// is cut off; and when it was last written.
+    pub async fn role_file(&self, pod: &str) -> (serde_json::Value, k8s_openapi::jiff::Timestamp) {
+        let path = self.empty_dir(pod, RUN_VOLUME).await.join("role.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{pod}'s role file {}: {e}", path.display()));
+        let written = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("the role file's mtime");
+        (
+            serde_json::from_str(&text).expect("the role file is JSON"),
+            k8s_openapi::jiff::Timestamp::try_from(written).expect("a time after the epoch"),
+        )
     }
 }
 

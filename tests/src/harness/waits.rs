@@ -1,6 +1,7 @@
 //! Waits on watches, each bounded by a timeout that fails the test saying
 //! what it waited for and what it saw last: an object, a set of objects, a
-//! Lease's holder, the group's roles, a Service's Ready endpoints.
+//! Lease's holder, the group's roles, a Service's Ready endpoints, the real
+//! nodes' health.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -9,11 +10,15 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Pod},
+    discovery::v1::EndpointSlice,
+};
 use kube::{Api, Resource, ResourceExt, runtime::watcher};
 use serde::de::DeserializeOwned;
 
-use super::{TestNamespace, labelled};
+use super::{Cluster, TestNamespace, labelled};
 
 /// Watches the objects matching `labels` until `done` holds for them, or
 /// panics after `timeout` saying what it waited for and what it saw.
@@ -197,4 +202,53 @@ pub async fn wait_endpoints(ns: &TestNamespace, service: &str, pods: &[&str], ti
         |slices| ready_endpoints(slices) == want,
     )
     .await;
+}
+
+/// The taint up.sh puts on the real nodes when KWOK nodes run beside them
+/// (`make bench`): theirs from the start, not a fault's aftermath.
+const REAL_NODE_TAINT: &str = "baton.dev/real-node";
+
+/// Waits until every real node is Ready, schedulable and without a taint
+/// but up.sh's own (a fault's aftermath: the node lifecycle controller
+/// lifts its taints once the node reports again).
+pub async fn wait_nodes_healthy(cluster: &Cluster, timeout: Duration) {
+    let names: BTreeSet<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let api: Api<Node> = Api::all(cluster.client.clone());
+    wait_until::<Node, _>(
+        api,
+        "",
+        timeout,
+        "every real node Ready, schedulable and untainted",
+        |nodes| {
+            names.iter().all(|name| {
+                nodes.iter().any(|n| {
+                    n.name_any() == *name
+                        && node_ready(n)
+                        && n.spec.as_ref().is_none_or(|s| {
+                            s.unschedulable != Some(true)
+                                && s.taints.iter().flatten().all(|t| t.key == REAL_NODE_TAINT)
+                        })
+                })
+            })
+        },
+    )
+    .await;
+}
+
+/// The node reports Ready.
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// When Lease `lease`'s current holder acquired it.
+pub async fn lease_acquired(ns: &TestNamespace, lease: &str) -> k8s_openapi::jiff::Timestamp {
+    let lease: Lease = ns.api().get(lease).await.expect("the Lease");
+    lease
+        .spec
+        .and_then(|s| s.acquire_time)
+        .expect("an acquired Lease")
+        .0
 }
