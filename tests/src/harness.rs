@@ -31,8 +31,8 @@ pub use pod_http::{
     wait_app_healthy, wait_role, wait_status,
 };
 pub use pods::{
-    labelled, pod_ip, pod_node, pod_ready, running_container_id, serving_active, sidecar_restarts,
-    signal,
+    RoleFileHistory, labelled, pod_ip, pod_node, pod_ready, running_container_id, serving_active,
+    sidecar_restarts, signal,
 };
 pub use waits::{
     lease_acquired, node_ready, ready_endpoints, wait_endpoints, wait_for_holder, wait_for_object,

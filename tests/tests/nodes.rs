@@ -156,6 +156,7 @@ async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
     };
     let s = Spread::deploy(&format!("nodes-{}", what.replace(' ', "-")), kind).await;
     let (old, new) = (s.holder.clone(), s.standby.clone());
+    let role_file = s.ns.follow_role_file(&old).await;
     let t0 = clients::now();
     let lost = s
         .holder_node()
@@ -165,11 +166,12 @@ async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
     if fault == Fault::Partition {
         // The old holder told its app passive before the new Lease began.
         let began = lease_acquired(&s.ns, "web").await;
-        let (role, written) = s.ns.role_file(&old).await;
+        let (role, _) = s.ns.role_file(&old).await;
         assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
+        let turned = role_file.turned("passive");
         assert!(
-            written < began,
-            "{old}'s role file said passive at {written}, after the new Lease began at {began}"
+            turned.is_some_and(|t| t < began),
+            "{old}'s role file said passive at {turned:?}, not before the new Lease began at {began}"
         );
     }
     let first = s.client.first_answer_by(&new, t0).expect("an answer");

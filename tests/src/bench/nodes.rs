@@ -428,14 +428,16 @@ impl Spread {
         old: &str,
         clients: &[(Connections, Client)],
     ) -> anyhow::Result<bool> {
+        let role_file = self.ns.follow_role_file(old).await;
         let lost = node.inject(fault)?;
         let new = wait_for_holder(&self.ns, GROUP, Some(old)).await;
         wait_roles(&self.ns, &Self::labels(), &new, 1).await;
         wait_endpoints(&self.ns, SERVICE, &[&new], T).await;
         steady(clients, &new).await?;
         let began = lease_acquired(&self.ns, GROUP).await;
-        let (role, written) = self.ns.role_file(old).await;
-        let passive_first = role["role"] == "passive" && written < began;
+        let (role, _) = self.ns.role_file(old).await;
+        let passive_first =
+            role["role"] == "passive" && role_file.turned("passive").is_some_and(|t| t < began);
         lost.undo()?;
         let ip = pod_ip(&self.ns, old).await;
         poll_status(&ip, T, |st| st.holder.as_deref() == Some(new.as_str()))
@@ -633,7 +635,7 @@ impl NodesResult {
         }
         let _ = writeln!(
             md,
-            "A group of two pods (release images, the sidecar's default timings: lease 6 s) spread over two real nodes with a PodDisruptionBudget of minAvailable 1; two clients at {} requests/s each call the ClusterIP from the control plane's network namespace, one opening a connection per request, one keeping its connections. Faults on the holder's node: its link down then up (partition), everything on it frozen then thawed (a dead node), its kubelet alone stopped for {} s (node-monitor-grace-period is 50 s) then continued, and `kubectl drain` of the holder's node then of the other, each uncordoned once the group serves again. A run lasts from the fault until the group serves again after it is undone (a lost node: {} s more, for the kept connections below). \"First answer\" is by the pod that stood by before the fault, s after it; \"answers by the old holder\" are to requests sent after that first answer: a kept connection to the old holder's app outlives a partition or a freeze, and once the node is back that (now passive) app answers on it again, as the role-label and holder's-endpoint Services move new connections only; \"no ready endpoint\" is the Service the clients call (EndpointSlices as a watch delivers them); \"two ready endpoints\" is the role-label or holder's-endpoint Service (through the proxy: the role-label Service beside it); \"passive first\" counts runs where the old holder's role file said passive, written before the new holder's Lease began (`acquireTime`). Goals: a lost node's standby answers within {TAKEOVER_GOAL} s and never two ready endpoints; kubelet stopped, no time without a ready endpoint; a drain, no failed request and at most one switch per drained node that hosted the holder. Median / worst over the runs.\n",
+            "A group of two pods (release images, the sidecar's default timings: lease 6 s) spread over two real nodes with a PodDisruptionBudget of minAvailable 1; two clients at {} requests/s each call the ClusterIP from the control plane's network namespace, one opening a connection per request, one keeping its connections. Faults on the holder's node: its link down then up (partition), everything on it frozen then thawed (a dead node), its kubelet alone stopped for {} s (node-monitor-grace-period is 50 s) then continued, and `kubectl drain` of the holder's node then of the other, each uncordoned once the group serves again. A run lasts from the fault until the group serves again after it is undone (a lost node: {} s more, for the kept connections below). \"First answer\" is by the pod that stood by before the fault, s after it; \"answers by the old holder\" are to requests sent after that first answer: a kept connection to the old holder's app outlives a partition or a freeze, and once the node is back that (now passive) app answers on it again, as the role-label and holder's-endpoint Services move new connections only; \"no ready endpoint\" is the Service the clients call (EndpointSlices as a watch delivers them); \"two ready endpoints\" is the role-label or holder's-endpoint Service (through the proxy: the role-label Service beside it); \"passive first\" counts runs where the old holder's role file first said passive (its versions read every 20 ms: the sidecar rewrites it when the holder it shows changes) before the new holder's Lease began (`acquireTime`). Goals: a lost node's standby answers within {TAKEOVER_GOAL} s and never two ready endpoints; kubelet stopped, no time without a ready endpoint; a drain, no failed request and at most one switch per drained node that hosted the holder. Median / worst over the runs.\n",
             self.rate,
             KUBELET_STOPPED.as_secs(),
             AFTER_BACK.as_secs()

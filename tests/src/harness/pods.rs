@@ -3,7 +3,11 @@
 //! logs and emptyDir volumes, signals to its processes, and which pods
 //! carry a label.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -81,6 +85,68 @@ impl TestNamespace {
             serde_json::from_str(&text).expect("the role file is JSON"),
             k8s_openapi::jiff::Timestamp::try_from(written).expect("a time after the epoch"),
         )
+    }
+
+    /// Follows `pod`'s role file from now on (see [`RoleFileHistory`]).
+    /// The pod must be reachable through the API server now; the file is
+    /// then read through the host, also while the pod's node is cut off.
+    pub async fn follow_role_file(&self, pod: &str) -> RoleFileHistory {
+        let path = self.empty_dir(pod, RUN_VOLUME).await.join("role.json");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(version) = read_role_file(&path) {
+                    let mut seen = record.lock().expect("the role file history");
+                    if seen.last() != Some(&version) {
+                        seen.push(version);
+                    }
+                }
+                tokio::time::sleep(ROLE_FILE_POLL).await;
+            }
+        });
+        RoleFileHistory { seen, task }
+    }
+}
+
+/// How often a followed role file is read (a file on the host has no watch
+/// API; the sidecar writes it once per change of role, holder or count).
+const ROLE_FILE_POLL: Duration = Duration::from_millis(20);
+
+/// The role a role file says and when that version was written.
+fn read_role_file(path: &std::path::Path) -> Option<(String, k8s_openapi::jiff::Timestamp)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let written = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some((
+        value["role"].as_str()?.to_owned(),
+        k8s_openapi::jiff::Timestamp::try_from(written).ok()?,
+    ))
+}
+
+/// The versions of a role file, as read every 20 ms: when it first said a
+/// role. The sidecar rewrites the file when the holder or the count it
+/// shows changes (a partitioned holder whose renewal ends unanswered at
+/// the Lease's expiry forgets the holder), so the file's last mtime is not
+/// when it turned passive.
+pub struct RoleFileHistory {
+    seen: Arc<Mutex<Vec<(String, k8s_openapi::jiff::Timestamp)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoleFileHistory {
+    /// When the file first said `role` after saying another one.
+    pub fn turned(&self, role: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+        let seen = self.seen.lock().expect("the role file history");
+        seen.windows(2)
+            .find(|w| w[0].0 != role && w[1].0 == role)
+            .map(|w| w[1].1)
+    }
+}
+
+impl Drop for RoleFileHistory {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
