@@ -280,6 +280,15 @@ EOF
   done | kubectl_ apply -f - >/dev/null
   wait_for "$nodes Ready nodes" 60 bash -c \
     "[ \"\$('$bin/kubectl' --kubeconfig '$kubeconfig' get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}' | grep -c True)\" -eq $nodes ]"
+  # Node IPAM gives KWOK's nodes ranges too, and KWOK takes its pods' IPs
+  # from them rather than from --cidr: the pod runner's processes, in this
+  # namespace, must be able to bind them, so each range is local here.
+  for i in $(seq 0 $((nodes - 1))); do
+    wait_for "a pod range for kwok-node-$i" 60 bash -c \
+      "[ -n \"\$('$bin/kubectl' --kubeconfig '$kubeconfig' get node kwok-node-$i -o jsonpath='{.spec.podCIDR}')\" ]"
+    range=$(kubectl_ get node "kwok-node-$i" -o jsonpath='{.spec.podCIDR}')
+    ip -n "$netns" route replace local "$range" dev lo
+  done
 fi
 # New nodes start tainted not-ready; the node lifecycle controller lifts the
 # taint once it sees them Ready (KWOK's renew their Leases, kubelets theirs).
