@@ -37,7 +37,10 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -644,59 +647,91 @@ const ANSWER_QUIET: Duration = Duration::from_millis(20);
 /// [`ANSWER_BOUND`], then is closed: the app already has the request, so
 /// delivering its answer lets it do nothing new, and the client does not
 /// lose a request it sent before the switch. An idle connection is closed
-/// at once (rule 11).
+/// at once (rule 11). Both directions are copied concurrently
+/// (`copy_bidirectional`), so a stream that is busy both ways never waits
+/// on itself.
 async fn splice(
     client: &mut TcpStream,
     server: &mut TcpStream,
     switched: impl std::future::Future<Output = ()>,
     stop: &CancellationToken,
 ) -> Spliced {
-    let (mut client_in, mut client_out) = client.split();
-    let (mut server_in, mut server_out) = server.split();
-    let (mut asked, mut answer) = (vec![0u8; BUFFER], vec![0u8; BUFFER]);
-    let (mut client_open, mut server_open) = (true, true);
     // The client sent bytes after the app's last ones: it awaits an answer.
-    let mut awaiting = false;
-    tokio::pin!(switched);
-    loop {
+    let awaiting = AtomicBool::new(false);
+    {
+        let mut from_client = Marking {
+            stream: client,
+            awaiting: &awaiting,
+            marks: true,
+        };
+        let mut from_app = Marking {
+            stream: server,
+            awaiting: &awaiting,
+            marks: false,
+        };
         tokio::select! {
             // A switch first: bytes that arrive with it are not sent on.
             biased;
-            () = &mut switched => {
-                if awaiting {
-                    finish_answer(&mut server_in, &mut client_out).await;
-                }
-                return Spliced::Switched;
-            }
+            () = switched => {}
             () = stop.cancelled() => return Spliced::Done,
-            read = client_in.read(&mut asked), if client_open => match read {
-                Ok(0) | Err(_) => {
-                    client_open = false;
-                    let _ = server_out.shutdown().await;
-                }
-                Ok(n) => {
-                    if server_out.write_all(&asked[..n]).await.is_err() {
-                        return Spliced::Done;
-                    }
-                    awaiting = true;
-                }
-            },
-            read = server_in.read(&mut answer), if server_open => match read {
-                Ok(0) | Err(_) => {
-                    server_open = false;
-                    let _ = client_out.shutdown().await;
-                }
-                Ok(n) => {
-                    if client_out.write_all(&answer[..n]).await.is_err() {
-                        return Spliced::Done;
-                    }
-                    awaiting = false;
-                }
-            },
+            _ = tokio::io::copy_bidirectional(&mut from_client, &mut from_app) => {
+                return Spliced::Done;
+            }
         }
-        if !client_open && !server_open {
-            return Spliced::Done;
+    }
+    if awaiting.load(Ordering::Relaxed) {
+        let (mut server_in, _) = server.split();
+        let (_, mut client_out) = client.split();
+        finish_answer(&mut server_in, &mut client_out).await;
+    }
+    Spliced::Switched
+}
+
+/// A side of a spliced connection that notes who spoke last: bytes read
+/// from the client set `awaiting` (`marks` true), bytes read from the app
+/// clear it.
+struct Marking<'a> {
+    stream: &'a mut TcpStream,
+    awaiting: &'a AtomicBool,
+    marks: bool,
+}
+
+impl tokio::io::AsyncRead for Marking<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.stream).poll_read(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.awaiting.store(self.marks, Ordering::Relaxed);
         }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Marking<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_shutdown(cx)
     }
 }
 
@@ -726,7 +761,8 @@ async fn finish_answer(
     }
 }
 
-/// Each direction's buffer, as `copy_bidirectional`'s.
+/// The buffer of the answer passed on after a switch, as
+/// `copy_bidirectional`'s.
 const BUFFER: usize = 8 * 1024;
 
 /// How long a connection that was not served where it went waits for
