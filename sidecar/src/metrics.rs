@@ -84,7 +84,7 @@ impl Metrics {
         };
         registry.register(
             "role_active",
-            "1 while this pod is active: labelled active and within its leadership deadline, else 0",
+            "1 while this pod is active: holding the Lease within its leadership deadline, else 0",
             m.role_active.clone(),
         );
         registry.register(

@@ -10,7 +10,7 @@
 //!   the pod's loopback;
 //! - on any other pod, the front port forwards to the holder's peer port,
 //!   and the peer port waits (it never forwards again: no loops);
-//! - with no holder known, or on the holder before its label lands, a new
+//! - with no holder known, or on the holder before its Lease write lands, a new
 //!   connection waits for a route, at most `--proxy-route-wait`, then is
 //!   closed.
 //!
