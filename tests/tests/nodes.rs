@@ -166,7 +166,7 @@ async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
     if fault == Fault::Partition {
         // The old holder told its app passive before the new Lease began.
         let began = lease_acquired(&s.ns, "web").await;
-        let (role, _) = s.ns.role_file(&old).await;
+        let role = s.ns.role_file(&old).await;
         assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
         let turned = role_file.turned("passive");
         assert!(
@@ -191,7 +191,7 @@ async fn holders_node_lost_then_back(kind: Kind, fault: Fault) {
         Some(Role::Passive),
         "{old} after the {what}: {status:?}"
     );
-    let (role, _) = s.ns.role_file(&old).await;
+    let role = s.ns.role_file(&old).await;
     assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
     wait_roles(&s.ns, "app=web", &new, 1).await;
     s.client
@@ -270,7 +270,7 @@ async fn kubelet_stopped(kind: Kind) -> (Vec<BTreeSet<String>>, usize) {
     // file when it sees the new holder: the time it turned passive is its
     // `/status`'s `last_change`.
     let began = lease_acquired(&s.ns, "web").await;
-    let (role, _) = s.ns.role_file(&old).await;
+    let role = s.ns.role_file(&old).await;
     assert_eq!(role["role"], "passive", "{old}'s role file: {role}");
     let ip = pod_ip(&s.ns, &old).await;
     let status = poll_status(&ip, T, |st| st.role == Some(Role::Passive)).await;

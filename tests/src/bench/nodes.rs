@@ -435,7 +435,7 @@ impl Spread {
         wait_endpoints(&self.ns, SERVICE, &[&new], T).await;
         steady(clients, &new).await?;
         let began = lease_acquired(&self.ns, GROUP).await;
-        let (role, _) = self.ns.role_file(old).await;
+        let role = self.ns.role_file(old).await;
         let passive_first =
             role["role"] == "passive" && role_file.turned("passive").is_some_and(|t| t < began);
         lost.undo()?;

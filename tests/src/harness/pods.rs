@@ -73,18 +73,13 @@ impl TestNamespace {
 impl TestNamespace {
     /// The sidecar's role file of `pod` (`BATON_ROLE_FILE` in [`crate::workload::RUN_DIR`]),
     /// read through kubelet's folder on the host, also while the pod's node
-    /// is cut off; and when it was last written.
-    pub async fn role_file(&self, pod: &str) -> (serde_json::Value, k8s_openapi::jiff::Timestamp) {
+    /// is cut off. When it said what is [`RoleFileHistory`]'s: the sidecar
+    /// rewrites it, so its mtime is only its last write.
+    pub async fn role_file(&self, pod: &str) -> serde_json::Value {
         let path = self.empty_dir(pod, RUN_VOLUME).await.join("role.json");
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{pod}'s role file {}: {e}", path.display()));
-        let written = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .expect("the role file's mtime");
-        (
-            serde_json::from_str(&text).expect("the role file is JSON"),
-            k8s_openapi::jiff::Timestamp::try_from(written).expect("a time after the epoch"),
-        )
+        serde_json::from_str(&text).expect("the role file is JSON")
     }
 
     /// Follows `pod`'s role file from now on (see [`RoleFileHistory`]).
