@@ -227,6 +227,27 @@ pub fn leading_until(
     }
 }
 
+/// The label a Lease carries on the write that creates it or changes its
+/// holder to the writer, and loses on the holder's next renewal. The
+/// admission policies judge a sidecar's Lease write against its own pod
+/// (group membership) only when the Lease carries it, so the renewals, which
+/// are nearly all of the writes, cost the API server one cheap check instead
+/// of one evaluation per pod of the namespace (docs/decisions.md §16).
+pub const NEW_HOLDER_LABEL: &str = "baton.dev/new-holder";
+
+/// Marks (or unmarks) `lease` as written by a new holder ([`NEW_HOLDER_LABEL`]).
+fn mark_new_holder(lease: &mut Lease, new_holder: bool) {
+    if new_holder {
+        lease
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(NEW_HOLDER_LABEL.to_owned(), "true".to_owned());
+    } else if let Some(labels) = lease.metadata.labels.as_mut() {
+        labels.remove(NEW_HOLDER_LABEL);
+    }
+}
+
 /// The Lease after `step`, written as `me` at wall time `wall` (for people).
 pub fn desired_lease(
     current: Option<&Lease>,
@@ -263,6 +284,11 @@ pub fn desired_lease(
     }
     spec.lease_duration_seconds =
         Some(i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX));
+    match step {
+        Step::Create | Step::Acquire => mark_new_holder(&mut lease, true),
+        Step::Renew | Step::Release => mark_new_holder(&mut lease, false),
+        Step::Read | Step::WaitUntil(_) => {}
+    }
     lease
 }
 
@@ -286,6 +312,8 @@ pub fn handed_lease(
     }
     spec.lease_duration_seconds =
         Some(i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX));
+    // Written by the holder it names before the write: judged as a renewal.
+    mark_new_holder(&mut lease, false);
     lease
 }
 
@@ -719,5 +747,42 @@ mod tests {
             Some(1),
             "same holder again is no transition"
         );
+    }
+
+    fn new_holder_mark(lease: &Lease) -> Option<&str> {
+        lease
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(NEW_HOLDER_LABEL))
+            .map(String::as_str)
+    }
+
+    #[test]
+    fn only_a_write_that_makes_the_writer_holder_carries_the_new_holder_mark() {
+        let wall = Timestamp::UNIX_EPOCH;
+        let mut foreign = desired_lease(None, Step::Create, "web-0", DURATION, wall);
+        foreign
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("team".into(), "shop".into());
+        assert_eq!(new_holder_mark(&foreign), Some("true"), "created");
+
+        let renewed = desired_lease(Some(&foreign), Step::Renew, "web-0", DURATION, wall);
+        assert_eq!(new_holder_mark(&renewed), None, "a renewal clears it");
+        assert_eq!(
+            renewed.metadata.labels.as_ref().and_then(|l| l.get("team")),
+            Some(&"shop".to_owned()),
+            "other labels are kept"
+        );
+        let taken = desired_lease(Some(&renewed), Step::Acquire, "web-1", DURATION, wall);
+        assert_eq!(new_holder_mark(&taken), Some("true"), "acquired");
+        let handed = handed_lease(&taken, Some("web-0"), DURATION, wall);
+        assert_eq!(new_holder_mark(&handed), None, "handed on by its holder");
+        let taken_back = desired_lease(Some(&handed), Step::Acquire, "web-1", DURATION, wall);
+        assert_eq!(new_holder_mark(&taken_back), Some("true"), "taken back");
+        let released = desired_lease(Some(&taken_back), Step::Release, "web-1", DURATION, wall);
+        assert_eq!(new_holder_mark(&released), None, "released by its holder");
     }
 }

@@ -68,6 +68,53 @@ fn baton_labels(group: &str) -> Value {
     json!({"endpointslice.kubernetes.io/managed-by": "baton.dev", "baton.dev/group": group})
 }
 
+/// The label the sidecar puts on a Lease write that creates or takes it
+/// (sidecar/src/election.rs): only such writes reach the rules that judge a
+/// Lease write against the writer's group; an unmarked one passes only as a
+/// renewal by the holder the Lease names.
+const NEW_HOLDER: &str = "baton.dev/new-holder";
+
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    /// With the new-holder mark, as the sidecar creates or takes a Lease.
+    NewHolder,
+    /// Without it, as the sidecar renews one.
+    None,
+}
+
+impl Mark {
+    fn labels(self) -> Value {
+        match self {
+            Mark::NewHolder => json!({NEW_HOLDER: "true"}),
+            Mark::None => json!({}),
+        }
+    }
+}
+
+/// Waits until each of `leases` is unmarked: its holder renewed it after
+/// taking it, as the sidecar does, so that its renewals cost the API server
+/// one check each.
+async fn wait_unmarked(ns: &TestNamespace, leases: &[&str]) {
+    let unmarked = |l: &Lease| {
+        l.metadata
+            .labels
+            .as_ref()
+            .is_none_or(|labels| !labels.contains_key(NEW_HOLDER))
+    };
+    wait_until::<Lease, _>(
+        ns.api(),
+        "",
+        T,
+        &format!("Leases {leases:?} renewed without the new-holder mark"),
+        |seen| {
+            leases
+                .iter()
+                .all(|name| seen.iter().any(|l| l.name_any() == *name && unmarked(l)))
+        },
+    )
+    .await;
+}
+
 /// The writes the sidecar's Role grants, as one holder of its token tries them.
 struct Attacker {
     who: &'static str,
@@ -103,9 +150,12 @@ impl Attacker {
             .map_err(|e| e.to_string())
     }
 
-    async fn create_lease(&self, name: &str, holder: &str) -> Result<(), String> {
+    /// Creates a Lease naming `holder`, with the sidecar's new-holder mark
+    /// when `marked` (the write the group rules judge) or without it.
+    async fn create_lease(&self, name: &str, holder: &str, marked: Mark) -> Result<(), String> {
         let lease: Lease = serde_json::from_value(json!({
-            "metadata": {"name": name}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3600}
+            "metadata": {"name": name, "labels": marked.labels()},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3600}
         }))
         .expect("a Lease");
         self.leases
@@ -120,21 +170,36 @@ impl Attacker {
     /// between our read and our write is a 409 from the resourceVersion
     /// check, which runs before admission, so that attempt says nothing
     /// about the rules and is made again on the fresh Lease.
-    async fn take_lease(&self, name: &str, holder: &str) -> Result<(), String> {
+    async fn take_lease(&self, name: &str, holder: &str, marked: Mark) -> Result<(), String> {
         const ATTEMPTS: usize = 10;
         for _ in 1..ATTEMPTS {
-            match self.try_take_lease(name, holder).await {
+            match self.try_take_lease(name, holder, marked).await {
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 other => return other.map_err(|e| e.to_string()),
             }
         }
-        self.try_take_lease(name, holder)
+        self.try_take_lease(name, holder, marked)
             .await
             .map_err(|e| e.to_string())
     }
 
-    async fn try_take_lease(&self, name: &str, holder: &str) -> Result<(), kube::Error> {
+    async fn try_take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        marked: Mark,
+    ) -> Result<(), kube::Error> {
         let mut lease = self.leases.get(name).await?;
+        let labels = lease.metadata.labels.get_or_insert_default();
+        labels.remove(NEW_HOLDER);
+        labels.extend(
+            marked
+                .labels()
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())),
+        );
         lease.spec.get_or_insert_default().holder_identity = Some(holder.to_owned());
         self.leases
             .replace(name, &PostParams::default(), &lease)
@@ -152,11 +217,17 @@ impl Attacker {
 
     /// Asserts that `attempt` was refused with a message containing `rule`.
     fn refused(&self, what: &str, attempt: Result<(), String>, rule: &str) {
+        self.refused_by_any(what, attempt, &[rule]);
+    }
+
+    /// Asserts that `attempt` was refused with a message containing one of
+    /// `rules`: a write that two policies refuse is answered with the first.
+    fn refused_by_any(&self, what: &str, attempt: Result<(), String>, rules: &[&str]) {
         match attempt {
             Ok(()) => panic!("{}: {what} was admitted", self.who),
             Err(e) => assert!(
-                e.contains(rule),
-                "{}: {what} refused, but not by the rule {rule:?}: {e}",
+                rules.iter().any(|rule| e.contains(rule)),
+                "{}: {what} refused, but not by the rules {rules:?}: {e}",
                 self.who
             ),
         }
@@ -223,6 +294,9 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
         },
     )
     .await;
+    // Each holder renewed since it took its Lease, which unmarks it: from
+    // here on an unmarked write is judged as a renewal.
+    wait_unmarked(&ns, &["a", "b"]).await;
     let shop0 = ip_of(&ns, "shop-0").await;
     let a0 = ip_of(&ns, "a-0").await;
     let b0 = ip_of(&ns, b_0).await;
@@ -233,6 +307,8 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
         "shop-0 (in no group)",
     );
     let no_group = "shop-0 is in no baton group";
+    let unmarked = "unmarked only as the holder it names";
+    let only_baton_slices = "may write only the EndpointSlice baton manages for its group";
     // The policies were loaded before the pods' sidecars could write; the
     // pods reach the API server's cache at once, so the first try counts.
     stranger.refused(
@@ -240,7 +316,7 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
         stranger
             .create_slice(slice("shop-x", "shop", "shop-0", "10.9.9.9", json!({})))
             .await,
-        no_group,
+        only_baton_slices,
     );
     stranger.refused(
         "a baton EndpointSlice naming itself",
@@ -255,25 +331,29 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
             .await,
         no_group,
     );
-    stranger.refused(
-        "a Lease of its own",
-        stranger.create_lease("shop", "shop-0").await,
-        no_group,
-    );
-    stranger.refused(
-        "group a's Lease rewritten to a holder that is no pod",
-        stranger.take_lease("a", "ghost").await,
-        no_group,
-    );
-    stranger.refused(
-        "group a's Lease taken for itself",
-        stranger.take_lease("a", "shop-0").await,
-        no_group,
-    );
+    // Each Lease write both ways: unmarked, it passes only as a renewal by
+    // the holder the Lease names; marked, the group rules judge it.
+    for (mark, rule) in [(Mark::None, unmarked), (Mark::NewHolder, no_group)] {
+        stranger.refused(
+            &format!("a Lease of its own ({mark:?})"),
+            stranger.create_lease("shop", "shop-0", mark).await,
+            rule,
+        );
+        stranger.refused(
+            &format!("group a's Lease rewritten to a holder that is no pod ({mark:?})"),
+            stranger.take_lease("a", "ghost", mark).await,
+            rule,
+        );
+        stranger.refused(
+            &format!("group a's Lease taken for itself ({mark:?})"),
+            stranger.take_lease("a", "shop-0", mark).await,
+            rule,
+        );
+    }
     stranger.refused(
         "another pod's labels (moving Service shop's traffic)",
         stranger.label("shop-1", json!({"app": "elsewhere"})).await,
-        no_group,
+        "may change only pods of its own baton group, not pod shop-1, which is in none",
     );
     stranger.refused(
         "the role label of a group's pod",
@@ -282,13 +362,20 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
     );
     stranger.refused(
         "its own labels",
+        stranger.label("shop-0", json!({"app": "elsewhere"})).await,
+        "not pod shop-0, which is in none",
+    );
+    // role=active also reaches the rules that judge the writer's group; the
+    // API server names the first policy that refused.
+    stranger.refused_by_any(
+        "its own role label",
         stranger.label("shop-0", json!({"role": "active"})).await,
-        no_group,
+        &["not pod shop-0, which is in none", no_group],
     );
     stranger.refused(
         "another pod's Ready condition (out of Service shop)",
         stranger.status("shop-1", not_ready()).await,
-        no_group,
+        "may set only its own baton.dev/app-healthy condition",
     );
 
     // A token of `default` bound to no pod (plain `kubectl create token`).
@@ -299,7 +386,7 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
     );
     unbound.refused(
         "group a's Lease",
-        unbound.take_lease("a", "ghost").await,
+        unbound.take_lease("a", "ghost", Mark::NewHolder).await,
         "with the token of a pod",
     );
 
@@ -310,13 +397,18 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
         "a-0 (group a)",
     );
     a.refused(
+        "group b's Lease, unmarked",
+        a.take_lease("b", "a-0", Mark::None).await,
+        unmarked,
+    );
+    a.refused(
         "group b's Lease",
-        a.take_lease("b", "a-0").await,
+        a.take_lease("b", "a-0", Mark::NewHolder).await,
         "a-0 of group a may write only the Lease a, not b",
     );
     a.refused(
         "a Lease of another name",
-        a.create_lease("x", "a-0").await,
+        a.create_lease("x", "a-0", Mark::NewHolder).await,
         "may write only the Lease a, not x",
     );
     a.refused(
@@ -327,7 +419,7 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
     a.refused(
         "a pod in no group",
         a.label("shop-1", json!({"app": "elsewhere"})).await,
-        "may change only pods of group a, not pod shop-1",
+        "may change only pods of its own baton group, not pod shop-1, which is in none",
     );
     a.refused(
         "group b's holder's Ready condition",
@@ -369,6 +461,12 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
         "an EndpointSlice for Service shop",
         a.create_slice(slice("shop-y", "shop", "a-0", &a0, json!({})))
             .await,
+        only_baton_slices,
+    );
+    a.refused(
+        "an EndpointSlice for Service shop, labelled as baton's",
+        a.create_slice(slice("shop-z", "shop", "a-0", &a0, baton_labels("a")))
+            .await,
         own_slice_only,
     );
     // Its own Service, but an address that is not its own: the slice exists
@@ -390,13 +488,68 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
     a.label("a-0", json!({"role": "active"}))
         .await
         .expect("a-0's own role label");
-    a.take_lease("a", "a-0")
+    a.take_lease("a", "a-0", Mark::None)
         .await
         .expect("a-0 renews its Lease");
+    a.take_lease("a", "a-0", Mark::NewHolder)
+        .await
+        .expect("a-0 writes its Lease marked, as when it took it");
+    // The holder's own next renewal unmarks it, so that its renewals cost
+    // the API server one check each.
+    wait_unmarked(&ns, &["a"]).await;
 
     // Nothing of it landed: the Services still point where their holders do.
     wait_endpoints(&ns, "a-active", &["a-0"], T).await;
     wait_endpoints(&ns, "b-active", &[b_0], T).await;
     wait_endpoints(&ns, "shop", &["shop-0", "shop-1"], T).await;
     ns.delete().await;
+}
+
+/// A namespace labelled `baton.dev/sidecar-policy=disabled` is left out of
+/// the confinement (docs/operations.md, Upgrading: the roll of a group whose
+/// sidecars predate the new-holder mark): the same stranger's writes that
+/// the other test sees refused are admitted there, and only there.
+#[tokio::test]
+async fn a_namespace_left_out_of_the_confinement_admits_what_it_refuses() {
+    let cluster = baton_e2e::harness::Cluster::connect().await;
+    let ns = cluster.namespace("security-off").await;
+    ns.apply(&workload::statefulset("shop", 1, false, &[]).replace(
+        "labels: {app: shop, baton.dev/group: shop, role: passive}",
+        "labels: {app: shop}",
+    ));
+    ip_of(&ns, "shop-0").await;
+    let stranger = Attacker::new(
+        ns.client_of_pod("default", "shop-0").await,
+        &ns,
+        "shop-0 (in no group)",
+    );
+    stranger.refused(
+        "a Lease of its own, before the label",
+        stranger.create_lease("shop", "shop-0", Mark::None).await,
+        "unmarked only as the holder it names",
+    );
+    ns.kubectl_ok(
+        &[
+            "label",
+            "namespace",
+            &ns.name,
+            "baton.dev/sidecar-policy=disabled",
+        ],
+        None,
+    );
+    // The API server's policy matcher reads namespaces from its cache, which
+    // follows the label within moments: the first admitted attempt ends it.
+    let what = "the stranger's Lease, admitted once the namespace is left out";
+    let mut last = String::new();
+    for _ in 0..50 {
+        match stranger.create_lease("shop", "shop-0", Mark::None).await {
+            Ok(()) => {
+                ns.delete().await;
+                return;
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: still refused after 10 s: {last}");
 }
