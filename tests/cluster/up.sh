@@ -182,7 +182,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --authorization-mode Node,RBAC \
   --enable-admission-plugins NodeRestriction \
   --allow-privileged=true \
-  --profiling=false
+  --profiling="${BATON_APISERVER_PROFILING:-false}" # true serves /debug/pprof, to find where its time goes
 wait_healthy kube-apiserver 90
 
 log "starting kube-controller-manager and kube-scheduler"

@@ -523,8 +523,8 @@ async fn helm_chart_policies_match_the_kustomize_install() {
         |o: &[(String, serde_json::Value)]| o.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
     assert_eq!(
         names(&kustomized).len(),
-        14,
-        "six policies and their eight bindings: {:?}",
+        15,
+        "seven policies and their eight bindings: {:?}",
         names(&kustomized)
     );
     assert_eq!(names(&charted), names(&kustomized));

@@ -139,6 +139,26 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// Time the API server spent in the ValidatingAdmissionPolicy admission
+/// plugin (every policy and binding together), summed over requests, and
+/// the requests it judged: `apiserver_admission_controller_admission_duration_seconds`'s
+/// sum and count for that plugin.
+pub fn policy_admission(metrics: &str) -> (f64, f64) {
+    let total = |name: &str| {
+        samples(metrics, name)
+            .iter()
+            .filter(|s| {
+                s.labels.get("name").map(String::as_str) == Some("ValidatingAdmissionPolicy")
+            })
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    (
+        total("apiserver_admission_controller_admission_duration_seconds_sum"),
+        total("apiserver_admission_controller_admission_duration_seconds_count"),
+    )
+}
+
 /// API requests by (resource, verb), summed over codes and scopes.
 pub type Requests = BTreeMap<(String, String), f64>;
 
@@ -264,6 +284,18 @@ pub fn kubectl_costs(text: &str) -> Vec<KubectlCost> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn policy_admission_sums_the_validating_policy_plugin_only() {
+        let text = "\
+apiserver_admission_controller_admission_duration_seconds_sum{name=\"ValidatingAdmissionPolicy\",operation=\"UPDATE\",rejected=\"false\",type=\"validate\"} 2.5
+apiserver_admission_controller_admission_duration_seconds_sum{name=\"ValidatingAdmissionPolicy\",operation=\"CREATE\",rejected=\"true\",type=\"validate\"} 0.5
+apiserver_admission_controller_admission_duration_seconds_sum{name=\"MutatingAdmissionWebhook\",operation=\"CREATE\",rejected=\"false\",type=\"admit\"} 9
+apiserver_admission_controller_admission_duration_seconds_count{name=\"ValidatingAdmissionPolicy\",operation=\"UPDATE\",rejected=\"false\",type=\"validate\"} 40
+apiserver_admission_controller_admission_duration_seconds_count{name=\"ValidatingAdmissionPolicy\",operation=\"CREATE\",rejected=\"true\",type=\"validate\"} 2
+";
+        assert_eq!(policy_admission(text), (3.0, 42.0));
+    }
+
     use super::*;
 
     #[test]

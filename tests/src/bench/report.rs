@@ -416,12 +416,12 @@ impl Report<'_> {
             );
             let _ = writeln!(
                 md,
-                "| groups | settle s | failover s (median / p99) | detection s | failed failovers | flaps in window | leases+pods req/min per group | all req/min | API server CPU % | API server RSS MiB | etcd CPU % | sidecars: total RSS MiB (private) / CPU % of a core | apps CPU % | machine busy, % of a core (of {}) | note |",
+                "| groups | settle s | failover s (median / p99) | detection s | failed failovers | flaps in window | leases+pods req/min per group | all req/min | API server CPU % | API server RSS MiB | etcd CPU % | sidecars: total RSS MiB (private) / CPU % of a core | apps CPU % | machine busy, % of a core (of {}) | admission policies until settled: s summed / requests | note |",
                 100 * load::cores()
             );
             let _ = writeln!(
                 md,
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
             );
             let bg = self.background.leases_and_pods();
             for s in self.scales {
@@ -454,13 +454,15 @@ impl Report<'_> {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} | {lp} | {all} | {api} | {apirss} | {etcd} | {side} | {apps} | {busy} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {lp} | {all} | {api} | {apirss} | {etcd} | {side} | {apps} | {busy} | {} | {} |",
                     s.groups,
                     s.settle.map_or("–".into(), |v| format!("{v:.0}")),
                     s.failover.cell(2),
                     s.detection.cell(2),
                     s.failed_failovers,
                     s.flaps,
+                    s.policy_admission
+                        .map_or("–".into(), |(secs, n)| format!("{secs:.1} / {n:.0}")),
                     s.broke.clone().unwrap_or_default()
                 );
             }

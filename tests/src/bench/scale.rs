@@ -14,7 +14,7 @@ use kube::{Api, runtime::watcher};
 
 use super::{
     load::{Window, window},
-    measure::proc_sample,
+    measure::{policy_admission, proc_sample},
     recorder::Recorder,
     scenario::APP_PORT,
     stats::{Summary, now, parse_log_time, summary},
@@ -35,6 +35,18 @@ pub struct ScaleResult {
     pub broke: Option<String>,
     /// Private memory (RssAnon) of one pod's two processes, KiB.
     pub pod_anon_kib: Option<f64>,
+    /// From the apply until it settled (or gave up): seconds the API server
+    /// spent in the admission policies, summed over requests, and the
+    /// requests they judged (decisions §16 says why this is watched).
+    pub policy_admission: Option<(f64, f64)>,
+}
+
+/// The API server's admission policy totals now, if its metrics answer.
+fn policy_admission_now(cluster: &Cluster) -> Option<(f64, f64)> {
+    let out = cluster.kubectl(&["get", "--raw", "/metrics"], None);
+    out.status
+        .success()
+        .then(|| policy_admission(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Memory available to new processes now, KiB.
@@ -74,6 +86,7 @@ pub async fn run(
             )
         })
         .collect();
+    let admission_before = policy_admission_now(cluster);
     let t0 = now();
     let applied = ns.kubectl(&["apply", "-f", "-"], Some(&yaml));
     if !applied.status.success() {
@@ -113,6 +126,10 @@ pub async fn run(
             ));
         }
     }
+    r.policy_admission = match (admission_before, policy_admission_now(cluster)) {
+        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1)),
+        _ => None,
+    };
     // Measured even when it did not settle: what a saturated control plane
     // and machine look like is the point of the last step.
     {
