@@ -127,8 +127,15 @@ pub async fn run(
     .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
 
+    let labeller = labels::Labeller::new(
+        pods.clone(),
+        settings.labels.for_group(&settings.lease_name),
+    );
     if let Some(proxy) = proxy {
-        let run = proxy.run(proxy_status, pods.clone(), metrics.clone(), stop.clone());
+        // Its own watch of the group: every sidecar's proxy must know where
+        // the next holder is before the Lease names it (decisions §24).
+        let group = labeller.group_events(settings.retry_period);
+        let run = proxy.run(proxy_status, group, pods, metrics.clone(), stop.clone());
         tasks.spawn(
             "proxy",
             async move {
@@ -139,7 +146,6 @@ pub async fn run(
         );
     }
 
-    let labeller = labels::Labeller::new(pods, settings.labels.for_group(&settings.lease_name));
     let candidate = candidate::Candidate::new(
         settings.clone(),
         election::LeaseClient::new(leases, settings.lease_name.clone()),
