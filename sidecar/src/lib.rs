@@ -120,6 +120,13 @@ pub async fn run(
     )
     .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
+    // The proxy learns the Lease's holder as the watch's event arrives, not
+    // once the candidate, maybe busy with a call, takes it (decisions §24).
+    let (lease_holder_tx, lease_holder_rx) = watch::channel(None);
+    let lease_events = match &proxy {
+        Some(_) => proxy::tee_lease_holder(lease_events, lease_holder_tx),
+        None => lease_events,
+    };
     let pod_events = watcher(
         pods.clone(),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.pod_name)),
@@ -135,7 +142,14 @@ pub async fn run(
         // Its own watch of the group: every sidecar's proxy must know where
         // the next holder is before the Lease names it (decisions §24).
         let group = labeller.group_events(settings.retry_period);
-        let run = proxy.run(proxy_status, group, pods, metrics.clone(), stop.clone());
+        let run = proxy.run(
+            proxy_status,
+            lease_holder_rx,
+            group,
+            pods,
+            metrics.clone(),
+            stop.clone(),
+        );
         tasks.spawn(
             "proxy",
             async move {

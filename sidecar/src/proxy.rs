@@ -35,6 +35,7 @@
 //! [`SERVED`] only after a [`HELLO`]; any other first bytes are a client's,
 //! forwarded by an earlier build, and go to the app untouched.
 
+mod holder;
 mod peers;
 
 use std::{
@@ -62,6 +63,7 @@ use crate::{
     metrics::Metrics,
     telemetry::ErrorChain,
 };
+pub use holder::tee as tee_lease_holder;
 use peers::{Lookups, Peers, Source, peer_of};
 
 /// Which of the proxy's two listeners a connection came in on.
@@ -111,28 +113,28 @@ pub struct View {
     /// deadline and is not handing it over (its active label may follow).
     pub active: bool,
     pub me: String,
-    /// The Lease's holder, as the sidecar last saw it.
+    /// The Lease's holder, as its watch last said it.
     pub holder: Option<String>,
     /// A pod that holds or held the Lease, by name, and its peer.
     pub holder_ip: Option<(String, Peer)>,
 }
 
 impl View {
-    /// The view of a sidecar's status, with where the holder's pod is
-    /// known to be, if it is.
-    pub fn of(status: &Status, me: &str, known: Option<(String, Peer)>) -> View {
+    /// The view of a sidecar's status (its outward role), the Lease's
+    /// holder, and where the holder's pod is known to be, if it is.
+    pub fn of(
+        status: &Status,
+        me: &str,
+        holder: Option<String>,
+        known: Option<(String, Peer)>,
+    ) -> View {
         View {
             active: status.role == Some(Role::Active),
             me: me.to_owned(),
-            holder: holder_of(status),
+            holder,
             holder_ip: known,
         }
     }
-}
-
-/// The Lease's holder in a status; an empty name is none.
-fn holder_of(status: &Status) -> Option<String> {
-    status.holder.clone().filter(|h| !h.is_empty())
 }
 
 /// The route a new connection on `listener` takes.
@@ -265,13 +267,15 @@ impl Proxy {
         })
     }
 
-    /// Serves until `stop`: follows the status for routes, and the group's
-    /// pods (`group`, a watch of the pods of our group) for where the
-    /// holder is; accepts on both listeners, and cuts connections whose
-    /// route changed.
+    /// Serves until `stop`: follows the status (the outward role), the
+    /// Lease's holder as its watch says it (`holder`, from
+    /// [`tee_lease_holder`]) and the group's pods (`group`, a watch of the
+    /// pods of our group) for routes; accepts on both listeners, and cuts
+    /// connections whose route changed.
     pub async fn run(
         self,
         status: watch::Receiver<Status>,
+        holder: watch::Receiver<Option<String>>,
         group: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Send + 'static,
         pods: Api<Pod>,
         metrics: Metrics,
@@ -301,6 +305,7 @@ impl Proxy {
             follow(
                 config.clone(),
                 status,
+                holder,
                 peers_rx,
                 pods,
                 routes_tx,
@@ -334,13 +339,16 @@ struct Shared {
     stop: CancellationToken,
 }
 
-/// Turns the sidecar's status into routes. Where a new holder is comes
-/// from the group's table in the same step as its name; only a holder the
-/// table does not know, or an address a forward could not reach, is
-/// looked up (a Pod GET), and new connections wait for that meanwhile.
+/// Turns the sidecar's status and the Lease's holder into routes. Where a
+/// new holder is comes from the group's table in the same step as its
+/// name; only a holder the table does not know, or an address a forward
+/// could not reach, is looked up (a Pod GET), and new connections wait for
+/// that meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     config: Arc<Config>,
     mut status: watch::Receiver<Status>,
+    mut holders: watch::Receiver<Option<String>>,
     mut peers: watch::Receiver<Peers>,
     pods: Api<Pod>,
     routes: watch::Sender<Routes>,
@@ -350,7 +358,7 @@ async fn follow(
     let mut lookups = Lookups::default();
     loop {
         let current = status.borrow_and_update().clone();
-        let holder = holder_of(&current);
+        let holder = holders.borrow_and_update().clone();
         lookups.handle_holder(holder.as_deref());
         // What the table says of the holder now, kept with a lookup made
         // from here: a later change of it is newer than the lookup.
@@ -363,7 +371,7 @@ async fn follow(
             (Some(Source::Known(peer)), Some(holder)) => Some((holder.clone(), peer)),
             _ => None,
         };
-        let view = View::of(&current, &config.me, known);
+        let view = View::of(&current, &config.me, holder.clone(), known);
         // At once, lookup or not: connections forwarded to a former holder
         // are cut now, and new ones wait for the lookup.
         routes.send_if_modified(|r| publish(r, Routes::of(&view)));
@@ -376,7 +384,8 @@ async fn follow(
                     Ok(()) => continue,
                     Err(_) => return,
                 },
-                () = table_changed(&mut peers) => continue,
+                () = changed(&mut holders) => continue,
+                () = changed(&mut peers) => continue,
                 () = stop.cancelled() => return,
             };
             match got {
@@ -395,13 +404,15 @@ async fn follow(
             tokio::select! {
                 _ = tokio::time::sleep(config.retry_period) => continue,
                 _ = status.changed() => continue,
-                () = table_changed(&mut peers) => continue,
+                () = changed(&mut holders) => continue,
+                () = changed(&mut peers) => continue,
                 _ = stop.cancelled() => return,
             }
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },
-            () = table_changed(&mut peers) => {}
+            () = changed(&mut holders) => {}
+            () = changed(&mut peers) => {}
             // A forward failed to connect: the holder's pod may have been
             // re-created under the same name with another IP.
             _ = stale.notified() => lookups.handle_unreachable(),
@@ -410,10 +421,10 @@ async fn follow(
     }
 }
 
-/// Resolves when the group's table changes; never once its watch has
-/// ended (the proxy stops): routes then follow the status and lookups.
-async fn table_changed(peers: &mut watch::Receiver<Peers>) {
-    if peers.changed().await.is_err() {
+/// Resolves when the holder or the group's table changes; never once its
+/// watch has ended (the sidecar stops).
+async fn changed<T>(input: &mut watch::Receiver<T>) {
+    if input.changed().await.is_err() {
         std::future::pending().await
     }
 }
@@ -996,9 +1007,24 @@ mod tests {
 
     struct Side {
         front: SocketAddr,
-        status: watch::Sender<Status>,
+        status: Inputs,
         /// The API server this side's proxy calls.
         api: crate::testing::ScriptedApi,
+    }
+
+    /// A proxy's status and Lease holder, set together.
+    struct Inputs {
+        status: watch::Sender<Status>,
+        holder: watch::Sender<Option<String>>,
+    }
+
+    impl Inputs {
+        /// The sidecar shows `status`, and the Lease names its holder.
+        fn send_replace(&self, status: Status) {
+            self.holder
+                .send_replace(status.holder.clone().filter(|h| !h.is_empty()));
+            self.status.send_replace(status);
+        }
     }
 
     /// What a side's proxy is told of the group's pods.
@@ -1091,8 +1117,10 @@ mod tests {
             futures::stream::pending(),
         );
         let (tx, rx) = watch::channel(Status::default());
+        let (holder_tx, holder_rx) = watch::channel(None);
         tokio::spawn(proxy.run(
             rx,
+            holder_rx,
             group_events,
             Api::namespaced(api.client(), "default"),
             metrics.clone(),
@@ -1100,7 +1128,10 @@ mod tests {
         ));
         Side {
             front,
-            status: tx,
+            status: Inputs {
+                status: tx,
+                holder: holder_tx,
+            },
             api,
         }
     }
@@ -1119,47 +1150,60 @@ mod tests {
             .collect()
     }
 
+    /// web-0 holds the Lease; web-1's proxy, among `group`, is asked
+    /// through its front port and is answered by web-0. Returns the Pod
+    /// GETs web-1's proxy sent, and the metrics of both.
+    async fn forwarded_by_web1(group: Group) -> (Vec<String>, String) {
+        let metrics = Metrics::new();
+        let peer = free_port("127.0.0.2").await;
+        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
+        let app_port = app("web-1", "127.0.0.1").await;
+        let web1 = side_among("web-1", "127.0.0.1", app_port, peer, &metrics, group).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        let mut c = connect(web1.front).await;
+        assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
+        (lookups(&web1), metrics.encode())
+    }
+
     /// The old holder's proxy forwards to the new holder in the step the
     /// Lease names it: its address comes from the group's watch, with no
     /// Pod GET on the path.
     #[tokio::test]
     async fn a_new_holder_is_forwarded_to_from_the_groups_table_without_a_lookup() {
+        let (lookups, _) = forwarded_by_web1(GROUP).await;
+        assert_eq!(lookups, Vec::<String>::new());
+    }
+
+    /// The old holder's candidate is busy with its calls (its passive
+    /// label, its health condition) and still shows no holder: its proxy
+    /// forwards to the holder the Lease's watch names meanwhile.
+    #[tokio::test]
+    async fn the_route_follows_the_leases_holder_before_the_status_does() {
         let metrics = Metrics::new();
         let peer = free_port("127.0.0.2").await;
         let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
         let web1 = side("web-1", "127.0.0.1", peer, &metrics).await;
         web0.status
             .send_replace(status(Role::Active, Some("web-0")));
-        web1.status
-            .send_replace(status(Role::Passive, Some("web-0")));
+        web1.status.send_replace(status(Role::Passive, None));
+        web1.status.holder.send_replace(Some("web-0".into()));
         let mut c = connect(web1.front).await;
         assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
-        assert_eq!(lookups(&web1), Vec::<String>::new());
     }
 
     /// A holder the group's watch has not listed (not yet, or the watch
     /// fails) is looked up, as before the table.
     #[tokio::test]
     async fn a_holder_the_groups_watch_does_not_know_is_looked_up() {
-        let metrics = Metrics::new();
-        let peer = free_port("127.0.0.2").await;
-        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
         let unlisted = Group {
             web0_listed_at: None,
             ..GROUP
         };
-        let app_port = app("web-1", "127.0.0.1").await;
-        let web1 = side_among("web-1", "127.0.0.1", app_port, peer, &metrics, unlisted).await;
-        web0.status
-            .send_replace(status(Role::Active, Some("web-0")));
-        web1.status
-            .send_replace(status(Role::Passive, Some("web-0")));
-        let mut c = connect(web1.front).await;
-        assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
-        assert_eq!(
-            lookups(&web1),
-            vec!["/api/v1/namespaces/default/pods/web-0".to_owned()]
-        );
+        let (lookups, _) = forwarded_by_web1(unlisted).await;
+        assert_eq!(lookups, vec!["/api/v1/namespaces/default/pods/web-0"]);
     }
 
     /// The group's watch missed that web-0 came back under its name with
@@ -1167,32 +1211,14 @@ mod tests {
     /// looked up, and the connection is served at its new address.
     #[tokio::test]
     async fn a_forward_refused_at_the_tables_address_looks_the_holder_up() {
-        let metrics = Metrics::new();
-        let peer = free_port("127.0.0.2").await;
-        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
         let stale = Group {
             web0_listed_at: Some("127.0.0.3"),
             ..GROUP
         };
-        let app_port = app("web-1", "127.0.0.1").await;
-        let web1 = side_among("web-1", "127.0.0.1", app_port, peer, &metrics, stale).await;
-        web0.status
-            .send_replace(status(Role::Active, Some("web-0")));
-        web1.status
-            .send_replace(status(Role::Passive, Some("web-0")));
-        let mut c = connect(web1.front).await;
-        assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
-        assert_eq!(
-            lookups(&web1),
-            vec!["/api/v1/namespaces/default/pods/web-0".to_owned()]
-        );
-        assert!(
-            metrics.encode().contains(
-                "baton_proxy_connections_total{listener=\"front\",result=\"unreachable\"} 1"
-            ),
-            "{}",
-            metrics.encode()
-        );
+        let (lookups, metrics) = forwarded_by_web1(stale).await;
+        assert_eq!(lookups, vec!["/api/v1/namespaces/default/pods/web-0"]);
+        let refused = "baton_proxy_connections_total{listener=\"front\",result=\"unreachable\"} 1";
+        assert!(metrics.contains(refused), "{metrics}");
     }
 
     /// A request the app already has when the route changes is answered
@@ -1491,8 +1517,10 @@ mod tests {
         let front = proxy.front.local_addr().expect("addr");
         let api = crate::testing::ScriptedApi::new(|_| (500, serde_json::json!({})));
         let (_tx, rx) = watch::channel(status(Role::Passive, None));
+        let (_holder_tx, holder_rx) = watch::channel(None);
         tokio::spawn(proxy.run(
             rx,
+            holder_rx,
             futures::stream::pending(),
             Api::namespaced(api.client(), "default"),
             metrics.clone(),
@@ -1653,9 +1681,8 @@ mod tests {
             holder: Some(String::new()),
             ..Status::default()
         };
-        let v = View::of(&status, "web-0", None);
+        let v = View::of(&status, "web-0", None, None);
         assert!(!v.active, "labelled active but past its deadline");
-        assert_eq!(v.holder, None, "an empty holder is none");
     }
 
     /// A new holder is active as soon as its Lease write lands: its active
@@ -1668,7 +1695,7 @@ mod tests {
             holder: Some("web-0".into()),
             ..Status::default()
         };
-        let v = View::of(&status, "web-0", None);
+        let v = View::of(&status, "web-0", Some("web-0".into()), None);
         assert_eq!(route(&v, Listener::Front), Route::Local);
         assert_eq!(route(&v, Listener::Peer), Route::Local);
     }
