@@ -1150,6 +1150,20 @@ mod tests {
             .collect()
     }
 
+    /// web-0 (at 127.0.0.2) active and holding the Lease, web-1 (at
+    /// 127.0.0.1) passive; both peer ports take the same number, free on
+    /// 127.0.0.2.
+    async fn web0_holding(metrics: &Metrics) -> (Side, Side) {
+        let peer = free_port("127.0.0.2").await;
+        let web0 = side("web-0", "127.0.0.2", peer, metrics).await;
+        let web1 = side("web-1", "127.0.0.1", peer, metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        (web0, web1)
+    }
+
     /// web-0 holds the Lease; web-1's proxy, among `group`, is asked
     /// through its front port and is answered by web-0. Returns the Pod
     /// GETs web-1's proxy sent, and the metrics of both.
@@ -1182,12 +1196,7 @@ mod tests {
     /// forwards to the holder the Lease's watch names meanwhile.
     #[tokio::test]
     async fn the_route_follows_the_leases_holder_before_the_status_does() {
-        let metrics = Metrics::new();
-        let peer = free_port("127.0.0.2").await;
-        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
-        let web1 = side("web-1", "127.0.0.1", peer, &metrics).await;
-        web0.status
-            .send_replace(status(Role::Active, Some("web-0")));
+        let (_web0, web1) = web0_holding(&Metrics::new()).await;
         web1.status.send_replace(status(Role::Passive, None));
         web1.status.holder.send_replace(Some("web-0".into()));
         let mut c = connect(web1.front).await;
@@ -1281,15 +1290,7 @@ mod tests {
     #[tokio::test]
     async fn demotion_cuts_every_connection_and_new_ones_wait_for_the_next_holder() {
         let metrics = Metrics::new();
-        // web-0's peer port is free on 127.0.0.2; web-1's peer listener
-        // takes the same number on 127.0.0.1.
-        let peer = free_port("127.0.0.2").await;
-        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
-        let web1 = side("web-1", "127.0.0.1", peer, &metrics).await;
-        web0.status
-            .send_replace(status(Role::Active, Some("web-0")));
-        web1.status
-            .send_replace(status(Role::Passive, Some("web-0")));
+        let (web0, web1) = web0_holding(&metrics).await;
 
         let mut direct = connect(web0.front).await;
         let mut forwarded = connect(web1.front).await;
