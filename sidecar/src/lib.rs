@@ -120,6 +120,13 @@ pub async fn run(
     )
     .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
+    // The proxy learns the Lease's holder as the watch's event arrives, not
+    // once the candidate, maybe busy with a call, takes it (decisions §24).
+    let (lease_holder_tx, lease_holder_rx) = watch::channel(None);
+    let lease_events = match &proxy {
+        Some(_) => proxy::tee_lease_holder(lease_events, lease_holder_tx),
+        None => lease_events,
+    };
     let pod_events = watcher(
         pods.clone(),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.pod_name)),
@@ -127,8 +134,22 @@ pub async fn run(
     .backoff(backoff::WatchBackoff::new(settings.retry_period))
     .boxed();
 
+    let labeller = labels::Labeller::new(
+        pods.clone(),
+        settings.labels.for_group(&settings.lease_name),
+    );
     if let Some(proxy) = proxy {
-        let run = proxy.run(proxy_status, pods.clone(), metrics.clone(), stop.clone());
+        // Its own watch of the group: every sidecar's proxy must know where
+        // the next holder is before the Lease names it (decisions §24).
+        let group = labeller.group_events(settings.retry_period);
+        let run = proxy.run(
+            proxy_status,
+            lease_holder_rx,
+            group,
+            pods,
+            metrics.clone(),
+            stop.clone(),
+        );
         tasks.spawn(
             "proxy",
             async move {
@@ -139,7 +160,6 @@ pub async fn run(
         );
     }
 
-    let labeller = labels::Labeller::new(pods, settings.labels.for_group(&settings.lease_name));
     let candidate = candidate::Candidate::new(
         settings.clone(),
         election::LeaseClient::new(leases, settings.lease_name.clone()),

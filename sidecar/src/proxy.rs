@@ -35,6 +35,9 @@
 //! [`SERVED`] only after a [`HELLO`]; any other first bytes are a client's,
 //! forwarded by an earlier build, and go to the app untouched.
 
+mod holder;
+mod peers;
+
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
@@ -44,8 +47,9 @@ use std::{
     time::Duration,
 };
 
+use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
+use kube::{Api, runtime::watcher};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -59,6 +63,8 @@ use crate::{
     metrics::Metrics,
     telemetry::ErrorChain,
 };
+pub use holder::tee as tee_lease_holder;
+use peers::{Lookups, Peers, Source, peer_of};
 
 /// Which of the proxy's two listeners a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,39 +105,35 @@ pub enum Route {
     Wait,
 }
 
-/// What the proxy knows, from the sidecar's status and one lookup.
+/// What the proxy knows, from the sidecar's status and where the holder's
+/// pod is (the group's table, or a lookup).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
     /// This pod's outward role is active: it holds the Lease within its
     /// deadline and is not handing it over (its active label may follow).
     pub active: bool,
     pub me: String,
-    /// The Lease's holder, as the sidecar last saw it.
+    /// The Lease's holder, as its watch last said it.
     pub holder: Option<String>,
-    /// The pod of a pod that held the Lease, by name, as last looked up.
+    /// A pod that holds or held the Lease, by name, and its peer.
     pub holder_ip: Option<(String, Peer)>,
 }
 
 impl View {
-    /// The view of a sidecar's status, keeping an earlier lookup.
-    pub fn of(status: &Status, me: &str, looked_up: Option<(String, Peer)>) -> View {
+    /// The view of a sidecar's status (its outward role), the Lease's
+    /// holder, and where the holder's pod is known to be, if it is.
+    pub fn of(
+        status: &Status,
+        me: &str,
+        holder: Option<String>,
+        known: Option<(String, Peer)>,
+    ) -> View {
         View {
             active: status.role == Some(Role::Active),
             me: me.to_owned(),
-            holder: status.holder.clone().filter(|h| !h.is_empty()),
-            holder_ip: looked_up,
+            holder,
+            holder_ip: known,
         }
-    }
-
-    /// The holder whose IP must be looked up before connections can be
-    /// forwarded to it: another pod, not the one last looked up.
-    pub fn lookup_needed(&self) -> Option<&str> {
-        let holder = self.holder.as_deref()?;
-        let known = self
-            .holder_ip
-            .as_ref()
-            .is_some_and(|(name, _)| name == holder);
-        (holder != self.me && !known).then_some(holder)
     }
 }
 
@@ -265,11 +267,16 @@ impl Proxy {
         })
     }
 
-    /// Serves until `stop`: follows the status for routes, accepts on both
-    /// listeners, and cuts connections whose route changed.
+    /// Serves until `stop`: follows the status (the outward role), the
+    /// Lease's holder as its watch says it (`holder`, from
+    /// [`tee_lease_holder`]) and the group's pods (`group`, a watch of the
+    /// pods of our group) for routes; accepts on both listeners, and cuts
+    /// connections whose route changed.
     pub async fn run(
         self,
         status: watch::Receiver<Status>,
+        holder: watch::Receiver<Option<String>>,
+        group: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Send + 'static,
         pods: Api<Pod>,
         metrics: Metrics,
         stop: CancellationToken,
@@ -281,12 +288,25 @@ impl Proxy {
         } = self;
         let config = Arc::new(config);
         let (routes_tx, routes_rx) = watch::channel(Routes::default());
+        let (peers_tx, peers_rx) = watch::channel(Peers::default());
         let stale = Arc::new(Notify::new());
         tokio::spawn(announce(config.clone(), pods.clone(), stop.clone()).in_current_span());
+        let watching = stop.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    () = peers::keep(group, peers_tx) => {}
+                    () = watching.cancelled() => {}
+                }
+            }
+            .in_current_span(),
+        );
         let router = tokio::spawn(
             follow(
                 config.clone(),
                 status,
+                holder,
+                peers_rx,
                 pods,
                 routes_tx,
                 stale.clone(),
@@ -319,35 +339,60 @@ struct Shared {
     stop: CancellationToken,
 }
 
-/// Turns the sidecar's status into routes, looking up each new holder's IP.
+/// Turns the sidecar's status and the Lease's holder into routes. Where a
+/// new holder is comes from the group's table in the same step as its
+/// name; only a holder the table does not know, or an address a forward
+/// could not reach, is looked up (a Pod GET), and new connections wait for
+/// that meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     config: Arc<Config>,
     mut status: watch::Receiver<Status>,
+    mut holders: watch::Receiver<Option<String>>,
+    mut peers: watch::Receiver<Peers>,
     pods: Api<Pod>,
     routes: watch::Sender<Routes>,
     stale: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut looked_up: Option<(String, Peer)> = None;
-    let mut holder_before: Option<String> = None;
+    let mut lookups = Lookups::default();
     loop {
         let current = status.borrow_and_update().clone();
-        looked_up = still_valid(
-            looked_up,
-            holder_before.as_deref(),
-            current.holder.as_deref(),
-        );
-        holder_before.clone_from(&current.holder);
-        let view = View::of(&current, &config.me, looked_up.clone());
+        let holder = holders.borrow_and_update().clone();
+        lookups.handle_holder(holder.as_deref());
+        // What the table says of the holder now, kept with a lookup made
+        // from here: a later change of it is newer than the lookup.
+        let (source, table_then) = {
+            let table = peers.borrow_and_update();
+            let said = holder.as_deref().and_then(|h| table.get(h));
+            (lookups.source(&config.me, &table), said)
+        };
+        let known = match (source, &holder) {
+            (Some(Source::Known(peer)), Some(holder)) => Some((holder.clone(), peer)),
+            _ => None,
+        };
+        let view = View::of(&current, &config.me, holder.clone(), known);
         // At once, lookup or not: connections forwarded to a former holder
         // are cut now, and new ones wait for the lookup.
         routes.send_if_modified(|r| publish(r, Routes::of(&view)));
-        if let Some(holder) = view.lookup_needed().map(str::to_owned) {
-            match tokio::time::timeout(config.api_timeout, pods.get(&holder)).await {
+        if let (Some(Source::LookUp), Some(holder)) = (source, holder) {
+            let get = tokio::time::timeout(config.api_timeout, pods.get(&holder));
+            // The table may learn the pod meanwhile, or the holder change.
+            let got = tokio::select! {
+                got = get => got,
+                changed = status.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+                () = changed(&mut holders) => continue,
+                () = changed(&mut peers) => continue,
+                () = stop.cancelled() => return,
+            };
+            match got {
                 Ok(Ok(pod)) => {
                     if let Some(peer) = peer_of(&pod) {
                         debug!(%holder, ip = %peer.ip, acks = peer.acks, "holder looked up");
-                        looked_up = Some((holder, peer));
+                        lookups.handle_looked_up(&holder, peer, table_then);
                         continue;
                     }
                     warn!(%holder, "the holder has no pod IP yet");
@@ -359,40 +404,29 @@ async fn follow(
             tokio::select! {
                 _ = tokio::time::sleep(config.retry_period) => continue,
                 _ = status.changed() => continue,
+                () = changed(&mut holders) => continue,
+                () = changed(&mut peers) => continue,
                 _ = stop.cancelled() => return,
             }
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },
+            () = changed(&mut holders) => {}
+            () = changed(&mut peers) => {}
             // A forward failed to connect: the holder's pod may have been
             // re-created under the same name with another IP.
-            _ = stale.notified() => looked_up = None,
+            _ = stale.notified() => lookups.handle_unreachable(),
             _ = stop.cancelled() => return,
         }
     }
 }
 
-/// The holder's looked-up IP, kept only while the Lease names the same
-/// holder: a StatefulSet pod deleted and re-created under the same name
-/// has another IP, so each time the holder changes it is looked up again.
-fn still_valid(
-    looked_up: Option<(String, Peer)>,
-    holder_before: Option<&str>,
-    holder: Option<&str>,
-) -> Option<(String, Peer)> {
-    looked_up.filter(|_| holder_before == holder)
-}
-
-/// The looked-up holder's IP and protocol, from its pod.
-fn peer_of(pod: &Pod) -> Option<Peer> {
-    let ip = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-    let acks = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PEER_PROTOCOL_ANNOTATION))
-        .is_some_and(|v| v == PEER_PROTOCOL);
-    Some(Peer { ip, acks })
+/// Resolves when the holder or the group's table changes; never once its
+/// watch has ended (the sidecar stops).
+async fn changed<T>(input: &mut watch::Receiver<T>) {
+    if input.changed().await.is_err() {
+        std::future::pending().await
+    }
 }
 
 /// Puts [`PEER_PROTOCOL_ANNOTATION`] on our own pod, retrying until the API
@@ -846,14 +880,13 @@ mod tests {
     }
 
     #[test]
-    fn a_passive_pod_forwards_front_connections_to_the_holder_it_looked_up() {
+    fn a_passive_pod_forwards_front_connections_to_the_holder_it_knows() {
         let v = View {
             holder: Some("web-0".into()),
             holder_ip: Some(("web-0".into(), peer("10.0.0.7"))),
             ..view("web-1")
         };
         assert_eq!(route(&v, Listener::Front), Route::Forward(peer("10.0.0.7")));
-        assert_eq!(v.lookup_needed(), None);
     }
 
     #[test]
@@ -867,14 +900,13 @@ mod tests {
     }
 
     #[test]
-    fn a_new_holder_must_be_looked_up_before_anything_is_forwarded_to_it() {
+    fn nothing_is_forwarded_to_a_new_holder_before_its_address_is_known() {
         // The IP we know belongs to the holder before.
         let v = View {
             holder: Some("web-2".into()),
             holder_ip: Some(("web-0".into(), peer("10.0.0.7"))),
             ..view("web-1")
         };
-        assert_eq!(v.lookup_needed(), Some("web-2"));
         assert_eq!(route(&v, Listener::Front), Route::Wait);
     }
 
@@ -884,7 +916,6 @@ mod tests {
             holder_ip: Some(("web-0".into(), peer("10.0.0.7"))),
             ..view("web-1")
         };
-        assert_eq!(v.lookup_needed(), None);
         assert_eq!(route(&v, Listener::Front), Route::Wait);
     }
 
@@ -895,30 +926,8 @@ mod tests {
             holder_ip: Some(("web-1".into(), peer("10.0.0.8"))),
             ..view("web-1")
         };
-        assert_eq!(v.lookup_needed(), None, "no lookup of ourselves");
         assert_eq!(route(&v, Listener::Front), Route::Wait);
         assert_eq!(route(&v, Listener::Peer), Route::Wait);
-    }
-
-    #[test]
-    fn a_holder_is_looked_up_again_each_time_the_lease_names_it_anew() {
-        let web0 = Some(("web-0".to_owned(), peer("10.0.0.7")));
-        assert_eq!(
-            still_valid(web0.clone(), Some("web-0"), Some("web-0")),
-            web0,
-            "the same holder: one lookup is enough"
-        );
-        // web-0 handed over to web-1, was re-created with another IP and
-        // took the Lease back: its old IP is forgotten on each change.
-        assert_eq!(
-            still_valid(web0.clone(), Some("web-0"), Some("web-1")),
-            None
-        );
-        assert_eq!(
-            still_valid(web0.clone(), Some("web-1"), Some("web-0")),
-            None
-        );
-        assert_eq!(still_valid(web0, Some("web-0"), None), None);
     }
 
     #[test]
@@ -998,18 +1007,62 @@ mod tests {
 
     struct Side {
         front: SocketAddr,
+        status: Inputs,
+        /// The API server this side's proxy calls.
+        api: crate::testing::ScriptedApi,
+    }
+
+    /// A proxy's status and Lease holder, set together.
+    struct Inputs {
         status: watch::Sender<Status>,
+        holder: watch::Sender<Option<String>>,
+    }
+
+    impl Inputs {
+        /// The sidecar shows `status`, and the Lease names its holder.
+        fn send_replace(&self, status: Status) {
+            self.holder
+                .send_replace(status.holder.clone().filter(|h| !h.is_empty()));
+            self.status.send_replace(status);
+        }
+    }
+
+    /// What a side's proxy is told of the group's pods.
+    #[derive(Clone, Copy)]
+    struct Group {
+        /// The pods announce the peer protocol (this build), or not (an
+        /// earlier build's).
+        announced: bool,
+        /// web-0's IP as the group's watch lists it (web-1 at 127.0.0.1);
+        /// None: the watch lists nothing. A Pod GET always finds web-0 at
+        /// 127.0.0.2 and web-1 at 127.0.0.1.
+        web0_listed_at: Option<&'static str>,
+    }
+
+    const GROUP: Group = Group {
+        announced: true,
+        web0_listed_at: Some("127.0.0.2"),
+    };
+
+    fn pod_of(name: &str, ip: &str, announced: bool) -> serde_json::Value {
+        let annotations = match announced {
+            true => serde_json::json!({PEER_PROTOCOL_ANNOTATION: PEER_PROTOCOL}),
+            false => serde_json::json!({}),
+        };
+        serde_json::json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "status": {"podIP": ip},
+        })
     }
 
     /// A proxy for `me` on `ip` (its peer port `peer`), in front of an app
-    /// named `me`, with the API answering that web-0 is at 127.0.0.2.
+    /// named `me`, among [`GROUP`]: web-0 at 127.0.0.2, web-1 at 127.0.0.1.
     async fn side(me: &'static str, ip: &str, peer: u16, metrics: &Metrics) -> Side {
         let app_port = app(me, ip).await;
         side_of(me, ip, app_port, peer, metrics).await
     }
 
-    /// [`side`] in front of an app already listening on `ip:app_port`; the
-    /// API says web-0 is at 127.0.0.2 and web-1 at 127.0.0.1.
+    /// [`side`] in front of an app already listening on `ip:app_port`.
     async fn side_of(
         me: &'static str,
         ip: &str,
@@ -1017,18 +1070,17 @@ mod tests {
         peer: u16,
         metrics: &Metrics,
     ) -> Side {
-        side_among(me, ip, app_port, peer, metrics, true).await
+        side_among(me, ip, app_port, peer, metrics, GROUP).await
     }
 
-    /// [`side_of`] among pods that announce the peer protocol (this build)
-    /// or not (`announced` false: an earlier build's).
+    /// [`side_of`] among the pods `group` describes.
     async fn side_among(
         me: &'static str,
         ip: &str,
         app_port: u16,
         peer: u16,
         metrics: &Metrics,
-        announced: bool,
+        group: Group,
     ) -> Side {
         let config = Config {
             me: me.into(),
@@ -1041,11 +1093,7 @@ mod tests {
         };
         let proxy = Proxy::bind(config).await.expect("bind");
         let front = proxy.front.local_addr().expect("addr");
-        let annotations = if announced {
-            serde_json::json!({PEER_PROTOCOL_ANNOTATION: PEER_PROTOCOL})
-        } else {
-            serde_json::json!({})
-        };
+        let announced = group.announced;
         let api = crate::testing::ScriptedApi::new(move |req| {
             let (name, ip) = if req.path.ends_with("/pods/web-0") {
                 ("web-0", "127.0.0.2")
@@ -1053,22 +1101,133 @@ mod tests {
                 assert!(req.path.ends_with("/pods/web-1"), "{}", req.path);
                 ("web-1", "127.0.0.1")
             };
-            (
-                200,
-                serde_json::json!({
-                    "metadata": {"name": name, "annotations": annotations},
-                    "status": {"podIP": ip},
-                }),
-            )
+            (200, pod_of(name, ip, announced))
         });
+        let listed = match group.web0_listed_at {
+            Some(web0) => vec![
+                watcher::Event::Init,
+                watcher::Event::InitApply(pod_from(pod_of("web-0", web0, announced))),
+                watcher::Event::InitApply(pod_from(pod_of("web-1", "127.0.0.1", announced))),
+                watcher::Event::InitDone,
+            ],
+            None => Vec::new(),
+        };
+        let group_events = futures::StreamExt::chain(
+            futures::stream::iter(listed.into_iter().map(Ok)),
+            futures::stream::pending(),
+        );
         let (tx, rx) = watch::channel(Status::default());
+        let (holder_tx, holder_rx) = watch::channel(None);
         tokio::spawn(proxy.run(
             rx,
+            holder_rx,
+            group_events,
             Api::namespaced(api.client(), "default"),
             metrics.clone(),
             CancellationToken::new(),
         ));
-        Side { front, status: tx }
+        Side {
+            front,
+            status: Inputs {
+                status: tx,
+                holder: holder_tx,
+            },
+            api,
+        }
+    }
+
+    fn pod_from(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("a pod")
+    }
+
+    /// The Pod GETs a side's proxy sent.
+    fn lookups(side: &Side) -> Vec<String> {
+        side.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .map(|r| r.path)
+            .collect()
+    }
+
+    /// web-0 (at 127.0.0.2) active and holding the Lease, web-1 (at
+    /// 127.0.0.1) passive; both peer ports take the same number, free on
+    /// 127.0.0.2.
+    async fn web0_holding(metrics: &Metrics) -> (Side, Side) {
+        let peer = free_port("127.0.0.2").await;
+        let web0 = side("web-0", "127.0.0.2", peer, metrics).await;
+        let web1 = side("web-1", "127.0.0.1", peer, metrics).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        (web0, web1)
+    }
+
+    /// web-0 holds the Lease; web-1's proxy, among `group`, is asked
+    /// through its front port and is answered by web-0. Returns the Pod
+    /// GETs web-1's proxy sent, and the metrics of both.
+    async fn forwarded_by_web1(group: Group) -> (Vec<String>, String) {
+        let metrics = Metrics::new();
+        let peer = free_port("127.0.0.2").await;
+        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
+        let app_port = app("web-1", "127.0.0.1").await;
+        let web1 = side_among("web-1", "127.0.0.1", app_port, peer, &metrics, group).await;
+        web0.status
+            .send_replace(status(Role::Active, Some("web-0")));
+        web1.status
+            .send_replace(status(Role::Passive, Some("web-0")));
+        let mut c = connect(web1.front).await;
+        assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
+        (lookups(&web1), metrics.encode())
+    }
+
+    /// The old holder's proxy forwards to the new holder in the step the
+    /// Lease names it: its address comes from the group's watch, with no
+    /// Pod GET on the path.
+    #[tokio::test]
+    async fn a_new_holder_is_forwarded_to_from_the_groups_table_without_a_lookup() {
+        let (lookups, _) = forwarded_by_web1(GROUP).await;
+        assert_eq!(lookups, Vec::<String>::new());
+    }
+
+    /// The old holder's candidate is busy with its calls (its passive
+    /// label, its health condition) and still shows no holder: its proxy
+    /// forwards to the holder the Lease's watch names meanwhile.
+    #[tokio::test]
+    async fn the_route_follows_the_leases_holder_before_the_status_does() {
+        let (_web0, web1) = web0_holding(&Metrics::new()).await;
+        web1.status.send_replace(status(Role::Passive, None));
+        web1.status.holder.send_replace(Some("web-0".into()));
+        let mut c = connect(web1.front).await;
+        assert_eq!(ask(&mut c).await.as_deref(), Some("web-0"));
+    }
+
+    /// A holder the group's watch has not listed (not yet, or the watch
+    /// fails) is looked up, as before the table.
+    #[tokio::test]
+    async fn a_holder_the_groups_watch_does_not_know_is_looked_up() {
+        let unlisted = Group {
+            web0_listed_at: None,
+            ..GROUP
+        };
+        let (lookups, _) = forwarded_by_web1(unlisted).await;
+        assert_eq!(lookups, vec!["/api/v1/namespaces/default/pods/web-0"]);
+    }
+
+    /// The group's watch missed that web-0 came back under its name with
+    /// another IP: the forward to the old address is refused, web-0 is
+    /// looked up, and the connection is served at its new address.
+    #[tokio::test]
+    async fn a_forward_refused_at_the_tables_address_looks_the_holder_up() {
+        let stale = Group {
+            web0_listed_at: Some("127.0.0.3"),
+            ..GROUP
+        };
+        let (lookups, metrics) = forwarded_by_web1(stale).await;
+        assert_eq!(lookups, vec!["/api/v1/namespaces/default/pods/web-0"]);
+        let refused = "baton_proxy_connections_total{listener=\"front\",result=\"unreachable\"} 1";
+        assert!(metrics.contains(refused), "{metrics}");
     }
 
     /// A request the app already has when the route changes is answered
@@ -1131,15 +1290,7 @@ mod tests {
     #[tokio::test]
     async fn demotion_cuts_every_connection_and_new_ones_wait_for_the_next_holder() {
         let metrics = Metrics::new();
-        // web-0's peer port is free on 127.0.0.2; web-1's peer listener
-        // takes the same number on 127.0.0.1.
-        let peer = free_port("127.0.0.2").await;
-        let web0 = side("web-0", "127.0.0.2", peer, &metrics).await;
-        let web1 = side("web-1", "127.0.0.1", peer, &metrics).await;
-        web0.status
-            .send_replace(status(Role::Active, Some("web-0")));
-        web1.status
-            .send_replace(status(Role::Passive, Some("web-0")));
+        let (web0, web1) = web0_holding(&metrics).await;
 
         let mut direct = connect(web0.front).await;
         let mut forwarded = connect(web1.front).await;
@@ -1367,8 +1518,11 @@ mod tests {
         let front = proxy.front.local_addr().expect("addr");
         let api = crate::testing::ScriptedApi::new(|_| (500, serde_json::json!({})));
         let (_tx, rx) = watch::channel(status(Role::Passive, None));
+        let (_holder_tx, holder_rx) = watch::channel(None);
         tokio::spawn(proxy.run(
             rx,
+            holder_rx,
+            futures::stream::pending(),
             Api::namespaced(api.client(), "default"),
             metrics.clone(),
             CancellationToken::new(),
@@ -1504,7 +1658,11 @@ mod tests {
         });
         let app_port = app("web-1", "127.0.0.1").await;
         // The API's web-0 lacks the annotation: an earlier build.
-        let web1 = side_among("web-1", "127.0.0.1", app_port, peer_port, &metrics, false).await;
+        let earlier = Group {
+            announced: false,
+            ..GROUP
+        };
+        let web1 = side_among("web-1", "127.0.0.1", app_port, peer_port, &metrics, earlier).await;
         web1.status
             .send_replace(status(Role::Passive, Some("web-0")));
         let mut c = connect(web1.front).await;
@@ -1524,9 +1682,8 @@ mod tests {
             holder: Some(String::new()),
             ..Status::default()
         };
-        let v = View::of(&status, "web-0", None);
+        let v = View::of(&status, "web-0", None, None);
         assert!(!v.active, "labelled active but past its deadline");
-        assert_eq!(v.holder, None, "an empty holder is none");
     }
 
     /// A new holder is active as soon as its Lease write lands: its active
@@ -1539,7 +1696,7 @@ mod tests {
             holder: Some("web-0".into()),
             ..Status::default()
         };
-        let v = View::of(&status, "web-0", None);
+        let v = View::of(&status, "web-0", Some("web-0".into()), None);
         assert_eq!(route(&v, Listener::Front), Route::Local);
         assert_eq!(route(&v, Listener::Peer), Route::Local);
     }
