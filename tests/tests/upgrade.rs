@@ -15,7 +15,8 @@ use baton_e2e::{
     clients::{Client, Connections, Sample, client_through, now},
     group::Group,
     harness::{
-        self, Cluster, NeverTwoActive, TestNamespace, repo_root, wait_for_holder, wait_until,
+        self, Cluster, NeverTwoActive, TestNamespace, repo_root, wait_endpoints, wait_for_holder,
+        wait_until,
     },
     install::{HelmRelease, InstalledWebhook},
     workload::{self, ProxiedService},
@@ -117,8 +118,19 @@ impl Clients {
 }
 
 /// A steady stretch with `holder` serving: `secs` seconds of every client's
-/// requests, none of which may fail.
-async fn steady(clients: &Clients, what: &str, holder: &str, secs: u64) -> usize {
+/// requests, none of which may fail. It begins once every client is
+/// answered by the holder and the role-label Service lists the holder
+/// alone: until the endpoint controller has dropped the former holder, a
+/// new connection of the role-label client may still be sent to it, which
+/// is the switch's cost (measured by `switch`), not the steady state's.
+async fn steady(group: &Group, clients: &Clients, what: &str, holder: &str, secs: u64) -> usize {
+    wait_endpoints(
+        &group.ns,
+        "web-proxied-active",
+        &[holder],
+        Duration::from_secs(60),
+    )
+    .await;
     clients.wait_steady_on(holder).await;
     let from = now();
     tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
@@ -234,7 +246,7 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
     );
     let clients = Clients::start(&group).await;
 
-    let mut sent = steady(&clients, "old holder, new standby", old, 5).await;
+    let mut sent = steady(&group, &clients, "old holder, new standby", old, 5).await;
     let mut switch_failed = Vec::new();
     let to = format!("{SWITCHOVER_TO}={new}");
     switch_failed.push(
@@ -245,7 +257,7 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
         })
         .await,
     );
-    sent += steady(&clients, "new holder, old standby", new, 5).await;
+    sent += steady(&group, &clients, "new holder, old standby", new, 5).await;
 
     // The new holder's health check fails: the old build takes over.
     switch_failed.push(
@@ -263,7 +275,7 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
     );
     group.set_app_health(new, "ok").await;
     group.wait_app_healthy(new).await;
-    sent += steady(&clients, "old holder again", old, 3).await;
+    sent += steady(&group, &clients, "old holder again", old, 3).await;
 
     // And the old holder's: the new build takes over.
     switch_failed.push(
@@ -281,7 +293,7 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
     );
     group.set_app_health(old, "ok").await;
     group.wait_app_healthy(old).await;
-    sent += steady(&clients, "new holder again", new, 3).await;
+    sent += steady(&group, &clients, "new holder again", new, 3).await;
     eprintln!(
         "mixed group: {sent} requests in the steady stretches, none failed; failed at the switches: {switch_failed:?}"
     );
