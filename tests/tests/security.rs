@@ -18,6 +18,7 @@ use baton_e2e::{
     harness::{TestNamespace, wait_endpoints, wait_for_holder, wait_until},
     workload,
 };
+use baton_sidecar::election::NEW_HOLDER_LABEL as NEW_HOLDER;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client, ResourceExt,
@@ -68,12 +69,10 @@ fn baton_labels(group: &str) -> Value {
     json!({"endpointslice.kubernetes.io/managed-by": "baton.dev", "baton.dev/group": group})
 }
 
-/// The label the sidecar puts on a Lease write that creates or takes it
-/// (sidecar/src/election.rs): only such writes reach the rules that judge a
-/// Lease write against the writer's group; an unmarked one passes only as a
-/// renewal by the holder the Lease names.
-const NEW_HOLDER: &str = "baton.dev/new-holder";
-
+/// Whether a Lease write carries the label the sidecar puts on the write
+/// that creates or takes a Lease ([`NEW_HOLDER`]): only such writes reach
+/// the rules that judge a Lease write against the writer's group; an
+/// unmarked one passes only as a renewal by the holder the Lease names.
 #[derive(Debug, Clone, Copy)]
 enum Mark {
     /// With the new-holder mark, as the sidecar creates or takes a Lease.
@@ -83,12 +82,22 @@ enum Mark {
 }
 
 impl Mark {
-    fn labels(self) -> Value {
+    /// Sets or removes the mark on `lease`.
+    fn apply(self, lease: &mut Lease) {
+        let labels = lease.metadata.labels.get_or_insert_default();
         match self {
-            Mark::NewHolder => json!({NEW_HOLDER: "true"}),
-            Mark::None => json!({}),
-        }
+            Mark::NewHolder => labels.insert(NEW_HOLDER.to_owned(), "true".to_owned()),
+            Mark::None => labels.remove(NEW_HOLDER),
+        };
     }
+}
+
+/// The pods of a StatefulSet `shop` of `replicas`, in no baton group.
+fn shop_outside_any_group(replicas: u32) -> String {
+    workload::statefulset("shop", replicas, false, &[]).replace(
+        "labels: {app: shop, baton.dev/group: shop, role: passive}",
+        "labels: {app: shop}",
+    )
 }
 
 /// Waits until each of `leases` is unmarked: its holder renewed it after
@@ -153,11 +162,12 @@ impl Attacker {
     /// Creates a Lease naming `holder`, with the sidecar's new-holder mark
     /// when `marked` (the write the group rules judge) or without it.
     async fn create_lease(&self, name: &str, holder: &str, marked: Mark) -> Result<(), String> {
-        let lease: Lease = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": marked.labels()},
+        let mut lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": name},
             "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3600}
         }))
         .expect("a Lease");
+        marked.apply(&mut lease);
         self.leases
             .create(&PostParams::default(), &lease)
             .await
@@ -190,16 +200,7 @@ impl Attacker {
         marked: Mark,
     ) -> Result<(), kube::Error> {
         let mut lease = self.leases.get(name).await?;
-        let labels = lease.metadata.labels.get_or_insert_default();
-        labels.remove(NEW_HOLDER);
-        labels.extend(
-            marked
-                .labels()
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())),
-        );
+        marked.apply(&mut lease);
         lease.spec.get_or_insert_default().holder_identity = Some(holder.to_owned());
         self.leases
             .replace(name, &PostParams::default(), &lease)
@@ -248,10 +249,7 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
         });
         ns.apply(&workload::holder_endpoint_service(g));
     }
-    ns.apply(&workload::statefulset("shop", 2, false, &[]).replace(
-        "labels: {app: shop, baton.dev/group: shop, role: passive}",
-        "labels: {app: shop}",
-    ));
+    ns.apply(&shop_outside_any_group(2));
     ns.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n\
          spec: {selector: {app: shop}, ports: [{name: http, port: 80, targetPort: 8080}]}\n",
@@ -505,10 +503,7 @@ async fn the_sidecars_credentials_reach_only_its_own_group() {
 async fn a_namespace_left_out_of_the_confinement_admits_what_it_refuses() {
     let cluster = baton_e2e::harness::Cluster::connect().await;
     let ns = cluster.namespace("security-off").await;
-    ns.apply(&workload::statefulset("shop", 1, false, &[]).replace(
-        "labels: {app: shop, baton.dev/group: shop, role: passive}",
-        "labels: {app: shop}",
-    ));
+    ns.apply(&shop_outside_any_group(1));
     ip_of(&ns, "shop-0").await;
     let stranger = Attacker::new(
         ns.client_of_pod("default", "shop-0").await,
@@ -520,15 +515,7 @@ async fn a_namespace_left_out_of_the_confinement_admits_what_it_refuses() {
         stranger.create_lease("shop", "shop-0", Mark::None).await,
         "unmarked only as the holder it names",
     );
-    ns.kubectl_ok(
-        &[
-            "label",
-            "namespace",
-            &ns.name,
-            "baton.dev/sidecar-policy=disabled",
-        ],
-        None,
-    );
+    ns.label_namespace("baton.dev/sidecar-policy=disabled");
     // The API server's policy matcher reads namespaces from its cache, which
     // follows the label within moments: the first admitted attempt ends it.
     let what = "the stranger's Lease, admitted once the namespace is left out";

@@ -212,15 +212,9 @@ async fn a_group_with_sidecars_of_two_builds_serves_and_switches_both_ways() {
     // that create or take it, which the confinement policies ask of every
     // such write: during a roll from it, the namespace is left out of them
     // (docs/operations.md, Upgrading), as a user does.
-    group.ns.kubectl_ok(
-        &[
-            "label",
-            "namespace",
-            &group.ns.name,
-            "baton.dev/sidecar-policy=disabled",
-        ],
-        None,
-    );
+    group
+        .ns
+        .label_namespace("baton.dev/sidecar-policy=disabled");
     // The earlier build first: it holds the Lease when the new one joins.
     group.ns.apply(&workload::member_statefulset(
         "web", "old", &old_image, &env,

@@ -206,6 +206,12 @@ impl TestNamespace {
         svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP")
     }
 
+    /// Labels the namespace itself (`key=value`), as an administrator does
+    /// to opt it out of a policy (`baton.dev/sidecar-policy=disabled`).
+    pub fn label_namespace(&self, label: &str) {
+        self.kubectl_ok(&["label", "namespace", &self.name, label], None);
+    }
+
     /// kubectl in this namespace; panics with its stderr when it fails.
     pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl(args, stdin);
