@@ -147,3 +147,67 @@ pub async fn wait_back(
     wait_for_object::<Pod, _>(ns.api(), pod, t, "the pod Ready again", pod_ready).await;
     wait_endpoints(ns, SERVICE, &[serving], t).await;
 }
+
+/// `kubectl drain` of `node`, as a node's maintenance begins, then waits
+/// until the group serves from the pod left: a holder, labelled alone
+/// active, the one endpoint of [`SERVICE`]. The evicted pod waits Pending
+/// for a node of its own, since the spread counts a cordoned node
+/// ([`workload::spread_over_nodes`]). kubectl blocks for the whole drain,
+/// so it runs off the runtime's threads and the clients keep sending.
+/// Returns the holder.
+pub async fn drain(cluster: &Cluster, ns: &TestNamespace, node: &str) -> String {
+    let kubectl = cluster.clone();
+    let n = node.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        kubectl.kubectl(
+            &[
+                "drain",
+                &n,
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+                "--timeout=180s",
+            ],
+            None,
+        )
+    })
+    .await
+    .expect("kubectl drain ran");
+    assert!(
+        out.status.success(),
+        "kubectl drain {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let holder = wait_for_holder(ns, GROUP, None).await;
+    let what = format!("{holder} alone active");
+    let t = Duration::from_secs(60);
+    wait_until::<Pod, _>(ns.api(), &format!("app={GROUP}"), t, &what, |pods| {
+        let active = pods
+            .iter()
+            .filter(|p| p.labels().get("role").is_some_and(|r| r == "active"));
+        active.map(|p| p.name_any()).eq([holder.clone()])
+    })
+    .await;
+    wait_endpoints(ns, SERVICE, &[&holder], Duration::from_secs(60)).await;
+    holder
+}
+
+/// `kubectl uncordon` of `node` after [`drain`], then waits until the
+/// group is whole again: the pod that waited is placed there, Ready and
+/// healthy, passive beside `holder`.
+pub async fn uncordon(cluster: &Cluster, ns: &TestNamespace, node: &str, holder: &str) {
+    let out = cluster.kubectl(&["uncordon", node], None);
+    assert!(out.status.success(), "kubectl uncordon {node}");
+    let labels = format!("app={GROUP}");
+    let t = Duration::from_secs(120);
+    let pods = wait_until::<Pod, _>(ns.api(), &labels, t, "2 Ready pods", |pods| {
+        pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none())
+    })
+    .await;
+    for pod in &pods {
+        wait_app_healthy(ns, &pod.name_any()).await;
+    }
+    wait_roles(ns, &labels, holder, 1).await;
+}

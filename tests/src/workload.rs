@@ -42,8 +42,9 @@ pub const ON_REAL_NODE: &str = concat!(
 );
 
 /// Pod-spec lines that spread the pods of the group `name` over the real
-/// nodes, one per node while there are enough: a cordoned node does not
-/// count (a drain then places the evicted pod beside the other). Where
+/// nodes, as the example does: one per node, and a cordoned node still
+/// counts, so a drained pod waits Pending for its node rather than land
+/// beside the other (decisions §25). Where
 /// KWOK nodes run beside them (`make bench`) the pods keep off those and
 /// tolerate the real nodes' taint.
 pub fn spread_over_nodes(name: &str) -> String {
@@ -53,7 +54,7 @@ pub fn spread_over_nodes(name: &str) -> String {
         "      tolerations: [{key: baton.dev/real-node, operator: Exists, effect: NoSchedule}]\n";
     format!(
         "{keep_off_kwok}{tolerate}      topologySpreadConstraints:\n      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, \
-         whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor, \
+         whenUnsatisfiable: DoNotSchedule, \
          labelSelector: {{matchLabels: {{app: {name}}}}}}}\n"
     )
 }

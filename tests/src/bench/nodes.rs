@@ -16,8 +16,8 @@ use baton_e2e::{
     harness::{
         Cluster, LeaseHistory, ReadyEndpointsHistory, TestNamespace, endpoint_gaps, lease_acquired,
         nodes::{Fault, RealNode},
-        pod_ip, pod_node, pod_ready, poll_status, wait_app_healthy, wait_endpoints,
-        wait_for_holder, wait_nodes_healthy, wait_roles, wait_until,
+        pod_ip, pod_node, pod_ready, poll_status, wait_endpoints, wait_for_holder,
+        wait_nodes_healthy, wait_roles, wait_until,
     },
     spread::{self, GROUP, SERVICE},
 };
@@ -469,8 +469,9 @@ impl Spread {
     }
 
     /// `kubectl drain` of `first` then `second`, each uncordoned once the
-    /// group is whole and serving again; the drained nodes that hosted the
-    /// holder when drained.
+    /// group serves again from the pod left (the evicted one waits Pending
+    /// for its node); the drained nodes that hosted the holder when
+    /// drained.
     async fn drain_both(
         &self,
         first: &str,
@@ -484,44 +485,9 @@ impl Spread {
             if pod_node(&pod) == node {
                 holder_nodes += 1;
             }
-            let cluster = self.cluster.clone();
-            let n = node.to_owned();
-            // kubectl blocks for the whole drain: off the runtime's
-            // threads, so that the clients keep sending.
-            let out = tokio::task::spawn_blocking(move || {
-                cluster.kubectl(
-                    &[
-                        "drain",
-                        &n,
-                        "--ignore-daemonsets",
-                        "--delete-emptydir-data",
-                        "--timeout=180s",
-                    ],
-                    None,
-                )
-            })
-            .await?;
-            anyhow::ensure!(
-                out.status.success(),
-                "kubectl drain {node}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            wait_until::<Pod, _>(self.ns.api(), &Self::labels(), T, "2 Ready pods", |pods| {
-                pods.len() == 2
-                    && pods
-                        .iter()
-                        .all(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none())
-            })
-            .await;
-            let now_holder = wait_for_holder(&self.ns, GROUP, None).await;
-            for pod in ["web-0", "web-1"] {
-                wait_app_healthy(&self.ns, pod).await;
-            }
-            wait_roles(&self.ns, &Self::labels(), &now_holder, 1).await;
-            wait_endpoints(&self.ns, SERVICE, &[&now_holder], T).await;
+            let now_holder = spread::drain(&self.cluster, &self.ns, node).await;
             steady(clients, &now_holder).await?;
-            let out = self.cluster.kubectl(&["uncordon", node], None);
-            anyhow::ensure!(out.status.success(), "kubectl uncordon {node}");
+            spread::uncordon(&self.cluster, &self.ns, node, &now_holder).await;
         }
         Ok(holder_nodes)
     }
