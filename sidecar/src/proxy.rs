@@ -474,15 +474,17 @@ fn publish(current: &mut Routes, new: Routes) -> bool {
 }
 
 async fn accept(listener: TcpListener, which: Listener, shared: Shared) {
+    let mut open = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shared.stop.cancelled() => return,
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
+            _ = shared.stop.cancelled() => break,
         };
         match accepted {
             Ok((client, from)) => {
                 let span = info_span!("connection", listener = which.label(), %from);
-                tokio::spawn(serve(client, which, shared.clone()).instrument(span));
+                open.spawn(serve(client, which, shared.clone()).instrument(span));
             }
             Err(e) => {
                 warn!(listener = which.label(), error = %e, "accept");
@@ -490,6 +492,13 @@ async fn accept(listener: TcpListener, which: Listener, shared: Shared) {
             }
         }
     }
+    // The sidecar exits: each connection ends as at a switch, an answer
+    // in flight passed on first ([`splice`]); whatever is left after that
+    // bound is dropped with the set.
+    let _ = tokio::time::timeout(2 * ANSWER_BOUND, async {
+        while open.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// The byte the holder's peer port sends once it has connected a forwarded
@@ -661,7 +670,8 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
 /// How a spliced connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spliced {
-    /// Either side closed, or the sidecar stops.
+    /// Either side closed, or the sidecar stops (once the answer to what
+    /// the client had already sent has reached it).
     Done,
     /// The route changed: closed at once, or once the answer to what the
     /// client had already sent had reached it.
@@ -681,7 +691,10 @@ const ANSWER_QUIET: Duration = Duration::from_millis(20);
 /// [`ANSWER_BOUND`], then is closed: the app already has the request, so
 /// delivering its answer lets it do nothing new, and the client does not
 /// lose a request it sent before the switch. An idle connection is closed
-/// at once (rule 11). Both directions are copied concurrently
+/// at once (rule 11). The sidecar's exit (`stop`) closes its connections
+/// the same way: it comes after the handover and the drain, and the
+/// connections still open then are forwarded ones, whose client may be
+/// awaiting the holder's answer. Both directions are copied concurrently
 /// (`copy_bidirectional`), so a stream that is busy both ways never waits
 /// on itself.
 async fn splice(
@@ -692,7 +705,7 @@ async fn splice(
 ) -> Spliced {
     // The client sent bytes after the app's last ones: it awaits an answer.
     let awaiting = AtomicBool::new(false);
-    {
+    let ended = {
         let mut from_client = Marking {
             stream: client,
             awaiting: &awaiting,
@@ -706,19 +719,20 @@ async fn splice(
         tokio::select! {
             // A switch first: bytes that arrive with it are not sent on.
             biased;
-            () = switched => {}
-            () = stop.cancelled() => return Spliced::Done,
+            () = switched => Spliced::Switched,
+            // The sidecar's exit ends its connections as a switch does.
+            () = stop.cancelled() => Spliced::Done,
             _ = tokio::io::copy_bidirectional(&mut from_client, &mut from_app) => {
                 return Spliced::Done;
             }
         }
-    }
+    };
     if awaiting.load(Ordering::Relaxed) {
         let (mut server_in, _) = server.split();
         let (_, mut client_out) = client.split();
         finish_answer(&mut server_in, &mut client_out).await;
     }
-    Spliced::Switched
+    ended
 }
 
 /// A side of a spliced connection that notes who spoke last: bytes read
@@ -1010,6 +1024,10 @@ mod tests {
         status: Inputs,
         /// The API server this side's proxy calls.
         api: crate::testing::ScriptedApi,
+        /// The sidecar's exit.
+        stop: CancellationToken,
+        /// The proxy's task.
+        run: tokio::task::JoinHandle<()>,
     }
 
     /// A proxy's status and Lease holder, set together.
@@ -1118,13 +1136,14 @@ mod tests {
         );
         let (tx, rx) = watch::channel(Status::default());
         let (holder_tx, holder_rx) = watch::channel(None);
-        tokio::spawn(proxy.run(
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(proxy.run(
             rx,
             holder_rx,
             group_events,
             Api::namespaced(api.client(), "default"),
             metrics.clone(),
-            CancellationToken::new(),
+            stop.clone(),
         ));
         Side {
             front,
@@ -1133,6 +1152,8 @@ mod tests {
                 holder: holder_tx,
             },
             api,
+            stop,
+            run,
         }
     }
 
@@ -1230,11 +1251,30 @@ mod tests {
         assert!(metrics.contains(refused), "{metrics}");
     }
 
+    /// What ends a connection in [`answered_then_closed`].
+    enum Ending {
+        /// The pod is demoted.
+        Switch,
+        /// The sidecar exits.
+        Stop,
+    }
+
     /// A request the app already has when the route changes is answered
     /// before its connection closes; what the client sends after the switch
     /// never reaches the app.
     #[tokio::test]
     async fn a_request_in_flight_at_a_switch_is_answered_then_the_connection_closes() {
+        answered_then_closed(Ending::Switch).await;
+    }
+
+    /// The same when the sidecar exits (after its drain, with a forwarded
+    /// connection's client awaiting the holder's answer).
+    #[tokio::test]
+    async fn a_request_in_flight_when_the_sidecar_exits_is_answered_then_the_connection_closes() {
+        answered_then_closed(Ending::Stop).await;
+    }
+
+    async fn answered_then_closed(ending: Ending) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let (ip, metrics) = ("127.0.0.1", Metrics::new());
         // The app tells the test each line it gets, and answers it only
@@ -1261,10 +1301,17 @@ mod tests {
         c.get_mut().write_all(b"first\n").await.expect("sent");
         assert_eq!(got.recv().await.as_deref(), Some("first"));
 
-        // Demoted while the app works on it; the client sends more.
-        web0.status.send_replace(status(Role::Passive, None));
+        // Ended while the app works on it; the client sends more.
+        match ending {
+            Ending::Switch => {
+                web0.status.send_replace(status(Role::Passive, None));
+            }
+            Ending::Stop => web0.stop.cancel(),
+        }
         c.get_mut().write_all(b"second\n").await.expect("sent");
         tokio::time::sleep(ANSWER_QUIET).await;
+        // An exiting proxy waits for the answer: its task ends after it.
+        assert!(!web0.run.is_finished(), "the proxy ended before the answer");
         answer.notify_one();
         let mut line = String::new();
         let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
@@ -1280,8 +1327,14 @@ mod tests {
         );
         assert!(
             got.try_recv().is_err(),
-            "nothing after the switch reached the app"
+            "nothing after the end reached the app"
         );
+        if let Ending::Stop = ending {
+            tokio::time::timeout(Duration::from_secs(5), web0.run)
+                .await
+                .expect("the proxy ends once its connections have")
+                .expect("the proxy's task");
+        }
     }
 
     /// Two pods on two loopback addresses: the passive one forwards to the
