@@ -148,6 +148,13 @@ pub async fn wait_back(
     wait_endpoints(ns, SERVICE, &[serving], t).await;
 }
 
+/// Whether the group's Lease holder runs on `node` now.
+pub async fn holder_on(ns: &TestNamespace, node: &str) -> bool {
+    let holder = wait_for_holder(ns, GROUP, None).await;
+    let pod: Pod = ns.api().get(&holder).await.expect("the holder's pod");
+    pod_node(&pod) == node
+}
+
 /// `kubectl drain` of `node`, as a node's maintenance begins, then waits
 /// until the group serves from the pod left: a holder, labelled alone
 /// active, the one endpoint of [`SERVICE`]. The evicted pod waits Pending

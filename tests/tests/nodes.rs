@@ -23,7 +23,7 @@ use baton_e2e::{
         Cluster, LeaseHistory, NeverTwoActive, ReadyEndpointsHistory, TestNamespace,
         lease_acquired, node_ready,
         nodes::{Fault, RealNode},
-        pod_ip, pod_node, pod_ready, poll_status, wait_endpoints, wait_for_holder, wait_for_object,
+        pod_ip, pod_ready, poll_status, wait_endpoints, wait_for_holder, wait_for_object,
         wait_nodes_healthy, wait_roles,
     },
     spread::{self, Kind, Placed, SERVICE},
@@ -357,9 +357,7 @@ async fn drain_both(kind: Kind) {
     let second = s.placed.node_of[&s.standby].clone();
     let mut holder_nodes = 0;
     for node in [&first, &second] {
-        let holder = wait_for_holder(&s.ns, "web", None).await;
-        let pod: Pod = s.ns.api().get(&holder).await.expect("the holder's pod");
-        if pod_node(&pod) == *node {
+        if spread::holder_on(&s.ns, node).await {
             holder_nodes += 1;
         }
         let now_holder = spread::drain(&s.cluster, &s.ns, node).await;

@@ -480,9 +480,7 @@ impl Spread {
     ) -> anyhow::Result<usize> {
         let mut holder_nodes = 0;
         for node in [first, second] {
-            let holder = wait_for_holder(&self.ns, GROUP, None).await;
-            let pod: Pod = self.ns.api().get(&holder).await?;
-            if pod_node(&pod) == node {
+            if spread::holder_on(&self.ns, node).await {
                 holder_nodes += 1;
             }
             let now_holder = spread::drain(&self.cluster, &self.ns, node).await;
