@@ -77,6 +77,11 @@ struct Args {
     /// Failovers per scale step (in distinct groups).
     #[arg(long, default_value_t = 10)]
     scale_failovers: usize,
+    /// Labels put on each scale step's namespace before its groups are
+    /// created, e.g. `baton.dev/sidecar-policy=disabled` to leave it out
+    /// of the admission policies (docs/operations.md, Limits).
+    #[arg(long, value_delimiter = ',')]
+    scale_namespace_labels: Vec<String>,
     /// Unplanned failovers through the ClusterIP on the real node.
     #[arg(long, default_value_t = 10)]
     clusterip_failovers: usize,
@@ -404,7 +409,14 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
             say(&format!("scale: {n} groups"));
-            let r = scale::run(&cluster, n, args.window, args.scale_failovers).await;
+            let r = scale::run(
+                &cluster,
+                n,
+                args.window,
+                args.scale_failovers,
+                &args.scale_namespace_labels,
+            )
+            .await;
             if let Some(k) = r.pod_anon_kib {
                 per_pod_kib = k + 1024.0;
             }

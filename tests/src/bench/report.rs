@@ -414,6 +414,13 @@ impl Report<'_> {
                 md,
                 "\n## Scale: groups of two pods with the sidecar on one control plane\n"
             );
+            if !self.args.scale_namespace_labels.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "Each step's namespace labelled `{}` before its groups were created.\n",
+                    self.args.scale_namespace_labels.join("`, `")
+                );
+            }
             let _ = writeln!(
                 md,
                 "| groups | settle s | failover s (median / p99) | detection s | failed failovers | flaps in window | leases+pods req/min per group | all req/min | API server CPU % | API server RSS MiB | etcd CPU % | sidecars: total RSS MiB (private) / CPU % of a core | apps CPU % | machine busy, % of a core (of {}) | admission policies until settled: s summed / requests | note |",

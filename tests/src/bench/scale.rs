@@ -69,12 +69,16 @@ pub async fn run(
     groups: usize,
     window_secs: u64,
     failovers: usize,
+    namespace_labels: &[String],
 ) -> ScaleResult {
     let mut r = ScaleResult {
         groups,
         ..ScaleResult::default()
     };
     let ns = cluster.namespace(&format!("bench-scale-{groups}")).await;
+    for label in namespace_labels {
+        ns.label_namespace(label);
+    }
     let rec = Recorder::start(ns.api(), ns.api()).await;
     let yaml: String = (0..groups)
         .map(|i| {
