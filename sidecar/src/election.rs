@@ -44,6 +44,16 @@ pub struct Observed {
 /// the group for longer (a `leaseDurationSeconds` of 2^31 would, for decades).
 pub const MAX_CLAIMED_DURATION_FACTOR: u32 = 10;
 
+/// The holder a Lease names; an empty name (a release) is none.
+pub fn lease_holder(lease: &Lease) -> Option<String> {
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .clone()
+        .filter(|h| !h.is_empty())
+}
+
 impl Observed {
     /// Reads a Lease as seen at `now`, keeping `seen_at` when the
     /// `resourceVersion` is the one already known (a re-list, not a write).
@@ -67,9 +77,7 @@ impl Observed {
             .filter(|s| *s > 0)
             .map_or(default_duration, Duration::from_secs);
         Observed {
-            holder: spec
-                .and_then(|s| s.holder_identity.clone())
-                .filter(|h| !h.is_empty()),
+            holder: lease_holder(lease),
             resource_version,
             duration: claimed.min(default_duration * MAX_CLAIMED_DURATION_FACTOR),
             claimed,

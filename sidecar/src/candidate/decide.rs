@@ -334,9 +334,8 @@ fn switch_reason(
             ))
         }
         Step::Acquire => current
-            .and_then(|c| c.spec.as_ref())
-            .and_then(|s| s.holder_identity.clone())
-            .filter(|h| !h.is_empty() && h != me)
+            .and_then(election::lease_holder)
+            .filter(|h| h != me)
             .map(|h| format!("{h} stopped renewing; its lease expired")),
         Step::Release => Some(match s.life.phase.gave_up() {
             Some(why) => format!("{me} gave up: {}", why.text()),

@@ -17,6 +17,8 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::election::lease_holder;
+
 /// The Lease's holder through the watch's events, a relist included.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HolderWatch {
@@ -37,24 +39,14 @@ impl HolderWatch {
                 None
             }
             watcher::Event::InitApply(lease) => {
-                self.listing = Some(holder_of(lease));
+                self.listing = Some(lease_holder(lease));
                 None
             }
             watcher::Event::InitDone => Some(self.listing.take().flatten()),
-            watcher::Event::Apply(lease) => Some(holder_of(lease)),
+            watcher::Event::Apply(lease) => Some(lease_holder(lease)),
             watcher::Event::Delete(_) => Some(None),
         }
     }
-}
-
-/// The holder a Lease names; an empty name (a release) is none.
-fn holder_of(lease: &Lease) -> Option<String> {
-    lease
-        .spec
-        .as_ref()?
-        .holder_identity
-        .clone()
-        .filter(|h| !h.is_empty())
 }
 
 /// Reads the Lease watch in a task of its own: says each holder on

@@ -132,7 +132,7 @@ impl LeaseState {
             false
         });
         LeaseState {
-            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            holder: baton_sidecar::election::lease_holder(lease),
             transitions: spec.lease_transitions,
             acquire_time: spec.acquire_time,
             renew_time: spec.renew_time,
