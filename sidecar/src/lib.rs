@@ -11,6 +11,7 @@ pub(crate) mod labels;
 pub mod metrics;
 pub(crate) mod probe;
 pub(crate) mod proxy;
+pub(crate) mod relisted;
 pub mod rolefile;
 pub mod settings;
 pub(crate) mod status;

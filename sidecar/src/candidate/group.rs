@@ -2,9 +2,9 @@
 //! driver keeps open while we hold the Lease, and what the census of those
 //! pods says once per change (`contract::census`). No I/O.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use kube::runtime::watcher;
 
 use super::{Notice, readiness, state::State};
@@ -25,25 +25,12 @@ impl State {
         let mut n = Vec::new();
         let g = &mut self.group;
         match event {
-            Ok(watcher::Event::Init) => g.listing = Some(BTreeMap::new()),
-            Ok(watcher::Event::InitApply(p)) => {
-                let listing = g.listing.get_or_insert_default();
-                listing.insert(pod_name(&p), slim(p));
-            }
-            Ok(watcher::Event::InitDone) => {
-                g.pods = Some(g.listing.take().unwrap_or_default());
-                if let Some(failed_attempts) = g.watch_failures.succeeded() {
+            Ok(event) => {
+                g.pods.handle(&event, slim);
+                if matches!(event, watcher::Event::InitDone)
+                    && let Some(failed_attempts) = g.watch_failures.succeeded()
+                {
                     n.push(Notice::GroupWatchLanded { failed_attempts });
-                }
-            }
-            Ok(watcher::Event::Apply(p)) => {
-                if let Some(pods) = &mut g.pods {
-                    pods.insert(pod_name(&p), slim(p));
-                }
-            }
-            Ok(watcher::Event::Delete(p)) => {
-                if let Some(pods) = &mut g.pods {
-                    pods.remove(&pod_name(&p));
                 }
             }
             // Counted and said once per streak, but not an outage of the API
@@ -75,7 +62,7 @@ impl State {
     pub(super) fn note_group(&mut self, n: &mut Vec<Notice>) {
         let me = self.settings.pod_name.clone();
         let group = self.labels.group.clone();
-        let Some(pods) = &self.group.pods else {
+        let Some(pods) = self.group.pods.table() else {
             self.group.census = None;
             return;
         };
@@ -125,32 +112,32 @@ impl State {
     }
 }
 
-fn pod_name(p: &Pod) -> String {
-    p.metadata.name.clone().unwrap_or_default()
-}
-
 /// What the census and the choice of a handover's target read of a pod is
 /// kept (its node, owners, labels, the cordon, the conditions of
 /// `readiness`); the rest (managed fields, other annotations, the rest of
 /// its status) is not, to keep the view small.
-fn slim(mut p: Pod) -> Pod {
-    p.metadata.managed_fields = None;
-    if let Some(a) = &mut p.metadata.annotations {
+fn slim(p: &Pod) -> Pod {
+    let mut metadata = p.metadata.clone();
+    metadata.managed_fields = None;
+    if let Some(a) = &mut metadata.annotations {
         a.retain(|k, _| k == CORDONED);
     }
-    p.status = p.status.map(|s| PodStatus {
-        conditions: s
-            .conditions
-            .map(|c| c.into_iter().filter(readiness::kept_condition).collect()),
-        ..Default::default()
-    });
-    if let Some(spec) = &mut p.spec {
-        *spec = k8s_openapi::api::core::v1::PodSpec {
-            node_name: spec.node_name.take(),
+    Pod {
+        metadata,
+        spec: p.spec.as_ref().map(|s| PodSpec {
+            node_name: s.node_name.clone(),
             ..Default::default()
-        };
+        }),
+        status: p.status.as_ref().map(|s| PodStatus {
+            conditions: s.conditions.as_ref().map(|c| {
+                c.iter()
+                    .filter(|c| readiness::kept_condition(c))
+                    .cloned()
+                    .collect()
+            }),
+            ..Default::default()
+        }),
     }
-    p
 }
 
 fn join<T: ToString>(items: impl Iterator<Item = T>) -> String {

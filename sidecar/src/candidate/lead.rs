@@ -50,7 +50,7 @@ impl State {
             return None;
         }
         let my_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-        let pods = self.group.pods.as_ref()?.values();
+        let pods = self.group.pods.table()?.values();
         let target = readiness::handover_target(self.me(), my_node, pods)?;
         Some((
             Target::Pod(target.to_owned()),

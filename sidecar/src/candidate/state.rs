@@ -19,6 +19,7 @@ use crate::{
     election::{self, LeaseView, Observed},
     labels::Membership,
     probe::Health,
+    relisted::Relisted,
     settings::Settings,
 };
 
@@ -156,11 +157,9 @@ pub struct Controls {
 /// while it holds the Lease, and what it last said about them.
 #[derive(Debug, Clone, Default)]
 pub struct GroupView {
-    /// The pods as the watch last listed and followed them; None while
+    /// The pods as the watch last listed and followed them; no table while
     /// not watching, or before its first list is complete.
-    pub pods: Option<BTreeMap<String, Pod>>,
-    /// A (re)list under way: the pods seen so far.
-    pub listing: Option<BTreeMap<String, Pod>>,
+    pub pods: Relisted<Pod>,
     /// The census of `pods`, as of the last turn.
     pub census: Option<Census>,
     /// The node said to hold every standby, while that is so.

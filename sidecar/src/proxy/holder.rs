@@ -19,7 +19,9 @@ use tracing::Instrument;
 
 use crate::election::lease_holder;
 
-/// The Lease's holder through the watch's events, a relist included.
+/// The Lease's holder through the watch's events, a relist included. The
+/// watch selects one Lease by name, so each applied event says its holder
+/// (not a table of objects as [`crate::relisted::Relisted`] keeps).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HolderWatch {
     /// A (re)list under way: the holder it found so far (None: no Lease

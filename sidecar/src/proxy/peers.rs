@@ -10,8 +10,6 @@
 //! failed forward put the address in doubt) are pure; [`keep`] is the thin
 //! driver that feeds the watch's events into the table.
 
-use std::collections::BTreeMap;
-
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
@@ -21,60 +19,28 @@ use tracing::{debug, warn};
 use super::Peer;
 use crate::{
     contract::{PEER_PROTOCOL, PEER_PROTOCOL_ANNOTATION},
+    relisted::Relisted,
     telemetry::ErrorChain,
 };
 
 /// The group's pods by name, each with its peer (None: no IP yet), as the
 /// watch last listed and followed them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Peers {
-    /// None before the first list is complete.
-    pods: Option<BTreeMap<String, Option<Peer>>>,
-    /// A (re)list under way: the pods seen so far.
-    listing: Option<BTreeMap<String, Option<Peer>>>,
-}
+pub struct Peers(Relisted<Option<Peer>>);
 
 impl Peers {
     /// An event of the group watch; whether what [`Peers::get`] answers
     /// may have changed. A relist replaces the table only once complete.
     pub fn handle(&mut self, event: watcher::Event<Pod>) -> bool {
-        match event {
-            watcher::Event::Init => {
-                self.listing = Some(BTreeMap::new());
-                false
-            }
-            watcher::Event::InitApply(p) => {
-                let listing = self.listing.get_or_insert_default();
-                listing.insert(name(&p), peer_of(&p));
-                false
-            }
-            watcher::Event::InitDone => {
-                let listed = self.listing.take().unwrap_or_default();
-                let changed = self.pods.as_ref() != Some(&listed);
-                self.pods = Some(listed);
-                changed
-            }
-            watcher::Event::Apply(p) => match &mut self.pods {
-                Some(pods) => pods.insert(name(&p), peer_of(&p)) != Some(peer_of(&p)),
-                None => false,
-            },
-            watcher::Event::Delete(p) => match &mut self.pods {
-                Some(pods) => pods.remove(&name(&p)).is_some(),
-                None => false,
-            },
-        }
+        self.0.handle(&event, peer_of)
     }
 
     /// What the table says of pod `name`: None when it does not know the
     /// pod (not listed yet, or not of the group), `Some(None)` when the pod
     /// has no IP yet (re-created under its name and not running again).
     pub fn get(&self, name: &str) -> Option<Option<Peer>> {
-        self.pods.as_ref()?.get(name).copied()
+        self.0.table()?.get(name).copied()
     }
-}
-
-fn name(p: &Pod) -> String {
-    p.metadata.name.clone().unwrap_or_default()
 }
 
 /// A pod's IP and protocol, if it has an IP.
