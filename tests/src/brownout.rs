@@ -10,7 +10,7 @@
 //! Lease transitions, failed requests, answers by another pod than the
 //! holder, and baton's API calls a second before and during the brownout.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::coordination::v1::Lease;
 
@@ -18,7 +18,7 @@ use crate::{
     clients::{Client, Connections, Sample, client_through, now},
     group::Group,
     harness::{
-        self, Cluster,
+        self, Cluster, ReadyEndpointsHistory,
         outage::{Brownout, ToldActive},
         pod_ip,
     },
@@ -72,6 +72,11 @@ pub struct Outcome {
     pub transitions: i32,
     /// The Lease's holders, from its watch.
     pub holders: Vec<Option<String>>,
+    /// Every set of pods the Service's EndpointSlices listed as Ready, from
+    /// the clients' steady state to the end, and whether that watch failed
+    /// at some point (so that a set may be missing).
+    pub ready_endpoints: Vec<BTreeSet<String>>,
+    pub endpoints_watch_failed: bool,
     pub requests: usize,
     pub failed: usize,
     /// The distinct errors of the failed requests, the first few.
@@ -87,8 +92,8 @@ impl std::fmt::Display for Outcome {
             f,
             "API server frozen {:.1} s in every {:.1} s, {}: {} role changes, \
              {:.1} s with no pod told active, at most {} told active, {} lease transitions, \
-             holders {:?}, {} of {} requests failed {:?}, {} answered by another pod, \
-             API calls {:.2}/s before, {:.2}/s during",
+             holders {:?}, ready endpoints {:?}{}, {} of {} requests failed {:?}, \
+             {} answered by another pod, API calls {:.2}/s before, {:.2}/s during",
             self.frozen.as_secs_f64(),
             (self.frozen + RUNNING).as_secs_f64(),
             self.shape.label(),
@@ -97,6 +102,12 @@ impl std::fmt::Display for Outcome {
             self.most_active,
             self.transitions,
             self.holders,
+            self.ready_endpoints,
+            if self.endpoints_watch_failed {
+                " (that watch failed at some point)"
+            } else {
+                ""
+            },
             self.failed,
             self.requests,
             self.errors,
@@ -116,6 +127,7 @@ struct Served {
     /// One client keeping its connections, one opening one per request
     /// (which an endpoint dropped from the Service would fail at once).
     clients: Vec<Client>,
+    endpoints: ReadyEndpointsHistory,
     told: ToldActive,
     transitions: i32,
 }
@@ -144,6 +156,7 @@ async fn serve(test: &str, shape: Shape, placement: &str) -> Served {
     for connections in Connections::BOTH {
         clients.push(client_through(&group.ns, &service, connections, RATE, &holder).await);
     }
+    let endpoints = ReadyEndpointsHistory::start(&group.ns, &service).await;
     let mut ips = Vec::new();
     for i in 0..2 {
         ips.push(pod_ip(&group.ns, &format!("{}-{i}", group.name)).await);
@@ -156,6 +169,7 @@ async fn serve(test: &str, shape: Shape, placement: &str) -> Served {
         holder,
         ips,
         clients,
+        endpoints,
         told,
         transitions,
     }
@@ -216,6 +230,8 @@ pub async fn run(cluster: &Cluster, name: &str, plan: Plan, placement: &str) -> 
             .collect();
         let transitions = transitions(&s.group).await - s.transitions;
         drop(s.clients);
+        let endpoints_watch_failed = s.endpoints.went_blind();
+        let ready_endpoints = s.endpoints.timed().into_iter().map(|(_, v)| v).collect();
         outcomes.push(Outcome {
             shape: s.shape,
             frozen: plan.frozen,
@@ -224,6 +240,8 @@ pub async fn run(cluster: &Cluster, name: &str, plan: Plan, placement: &str) -> 
             most_active: s.told.most_active(),
             transitions,
             holders: s.group.finish().await,
+            ready_endpoints,
+            endpoints_watch_failed,
             requests: samples.len(),
             failed: samples.iter().filter(|x| x.answer.is_err()).count(),
             errors: first_errors(&samples),

@@ -277,7 +277,13 @@ fn error_kind(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timeout".into()
     } else if e.is_connect() {
-        "connect error".into()
+        // Only the OS's reason (refused, reset, unreachable): it tells an
+        // endpoint kube-proxy rejects from one that did not answer, and
+        // keeps the kinds few enough to count.
+        match io_cause(e) {
+            Some(kind) => format!("connect error: {kind}"),
+            None => "connect error".into(),
+        }
     } else {
         // The chain names the cause (reset by peer, closed before answering).
         let mut msg = e.to_string();
@@ -288,6 +294,18 @@ fn error_kind(e: &reqwest::Error) -> String {
         }
         msg
     }
+}
+
+/// The kind of the I/O error under `e`, if there is one.
+fn io_cause(e: &reqwest::Error) -> Option<std::io::ErrorKind> {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        src = s.source();
+    }
+    None
 }
 
 /// One client of each kind calling `url` `rate` times a second, returned
