@@ -38,10 +38,18 @@ async fn brownout(test: &str, frozen: Duration) -> Vec<Outcome> {
 /// answered within 4 s of the last one that was; the tolerated latency is
 /// 2 s with the defaults, docs/operations.md "Tuning"), so nothing
 /// changes: the same holder, no role change told to any app, never a
-/// moment without an active pod, and not one failed request through either
-/// Service. Half the tolerance, so that a busy test machine's own delays do
-/// not push an answer past it; `make bench` measures the latencies up to
-/// and past it.
+/// moment without an active pod, the Services' ready endpoints never
+/// change, and no request through the proxy fails. Half the tolerance, so
+/// that a busy test machine's own delays do not push an answer past it;
+/// `make bench` measures the latencies up to and past it.
+///
+/// Through the role-label Service no baton component is in the data path:
+/// baton can fail its requests only by moving the label (an endpoint
+/// change) or the role. With neither, one request in about 6,000 once
+/// failed in CI ("connect error", the client opening a connection per
+/// request), as a connection through kube-proxy can; more than one, or any
+/// with an endpoint change, fails the test. The proxy is in the path of the
+/// other Service, so there every failed request is baton's to explain.
 #[tokio::test]
 async fn an_api_server_slow_by_1_s_changes_no_role_and_fails_no_request() {
     for o in brownout("brownout-1000", Duration::from_millis(1000)).await {
@@ -50,7 +58,11 @@ async fn an_api_server_slow_by_1_s_changes_no_role_and_fails_no_request() {
         assert_eq!(o.most_active, 1, "{o}");
         assert_eq!(o.transitions, 0, "{o}");
         assert_eq!(o.holders.len(), 1, "{o}");
-        assert_eq!(o.failed, 0, "{o}");
+        assert_eq!(o.ready_endpoints.len(), 1, "{o}");
+        match o.shape {
+            Shape::RoleLabel => assert!(o.failed <= 1, "{o}"),
+            Shape::WholeGroup => assert_eq!(o.failed, 0, "{o}"),
+        }
         assert_eq!(o.by_another_pod, 0, "{o}");
     }
 }
