@@ -160,7 +160,7 @@ impl Metrics {
         );
         registry.register(
             "proxy_connections",
-            "What became of the connections the proxy accepted, by listener (front: the Service's port, peer: forwarded by another pod of the group): local: spliced to the app; forward: sent to the holder; no_route: closed, not served within the route wait; and, before one of those, each try that was not served: unreachable: the app or the holder refused; rerouted: the pod forwarded to did not serve it",
+            "What became of the connections the proxy accepted, by listener (front: the Service's port, peer: forwarded by another pod of the group): local: spliced to the app; forward: sent to the holder; no_route: closed, not served within the route wait; and, before one of those, each try that was not served: unreachable: the app or the holder refused; rerouted: the pod forwarded to did not serve it; and moved: a connection whose route changed moved to the new one instead of being closed (nothing passed on yet, or HTTP/1.1 between requests), counted again there",
             m.proxy_connections.clone(),
         );
         registry.register(

@@ -41,7 +41,7 @@ mod peers;
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -585,7 +585,7 @@ enum Opened {
 async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
     // On the peer port: a forwarder of this build asks for the
     // acknowledgement; an earlier build's sends its client's bytes at once.
-    let (acked, early) = if which == Listener::Peer {
+    let (mut acked, mut early) = if which == Listener::Peer {
         match read_opening(&mut client, &shared.stop).await {
             Some(opened) => opened,
             None => return,
@@ -594,77 +594,205 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
         (false, Vec::new())
     };
     let mut routes = shared.routes.clone();
-    let deadline = tokio::time::Instant::now() + shared.config.route_wait;
-    let mut tried = false;
-    let (taken, mut server) = loop {
-        // A route that is there is taken even past the deadline (a timeout
-        // polls its future first): the tries end here.
-        if tried && tokio::time::Instant::now() >= deadline {
-            shared.metrics.proxy_connection(which.label(), "no_route");
-            debug!("not served within the wait; closed");
-            return;
-        }
-        tried = true;
-        let waited =
-            tokio::time::timeout_at(deadline, routes.wait_for(|r| r.get(which) != Route::Wait))
-                .await
-                .map(|r| r.map(|r| r.get(which)));
-        let taken = match waited {
-            Ok(Ok(r)) => r,
-            _ => {
+    // Whether the connection began as HTTP/1.x, from its first bytes.
+    let http1 = OnceLock::new();
+    // The listener whose routes the connection takes: its own, until a
+    // peer connection is moved at a switch.
+    let mut routing = which;
+    // Once per route a connection takes: a second only for an HTTP/1.1
+    // connection moved at a switch ([`next_request_is_http1`]).
+    loop {
+        let deadline = tokio::time::Instant::now() + shared.config.route_wait;
+        let mut tried = false;
+        let (taken, mut server) = loop {
+            // A route that is there is taken even past the deadline (a timeout
+            // polls its future first): the tries end here.
+            if tried && tokio::time::Instant::now() >= deadline {
                 shared.metrics.proxy_connection(which.label(), "no_route");
-                debug!("no route within the wait; closed");
+                debug!("not served within the wait; closed");
                 return;
             }
-        };
-        match open(taken, which, &shared, &mut routes, deadline).await {
-            Opened::Served(server) => break (taken, server),
-            _ if shared.stop.is_cancelled() => return,
-            Opened::Unreachable => {
-                // Nothing listens there: the app is down (killed, or
-                // stopping as its pod is deleted), or the holder's pod has
-                // another IP now. Nothing of the client's was read: it
-                // waits for the next route, as a connection without one.
-                shared
-                    .metrics
-                    .proxy_connection(which.label(), "unreachable");
-                if matches!(taken, Route::Forward(_)) {
-                    shared.stale.notify_one();
+            tried = true;
+            let waited = tokio::time::timeout_at(
+                deadline,
+                routes.wait_for(|r| r.get(routing) != Route::Wait),
+            )
+            .await
+            .map(|r| r.map(|r| r.get(routing)));
+            let taken = match waited {
+                Ok(Ok(r)) => r,
+                _ => {
+                    shared.metrics.proxy_connection(which.label(), "no_route");
+                    debug!("no route within the wait; closed");
+                    return;
+                }
+            };
+            match open(taken, routing, &shared, &mut routes, deadline).await {
+                Opened::Served(server) => break (taken, server),
+                _ if shared.stop.is_cancelled() => return,
+                Opened::Unreachable => {
+                    // Nothing listens there: the app is down (killed, or
+                    // stopping as its pod is deleted), or the holder's pod has
+                    // another IP now. Nothing of the client's was read: it
+                    // waits for the next route, as a connection without one.
+                    shared
+                        .metrics
+                        .proxy_connection(which.label(), "unreachable");
+                    if matches!(taken, Route::Forward(_)) {
+                        shared.stale.notify_one();
+                    }
+                }
+                Opened::NotServed => {
+                    shared.metrics.proxy_connection(which.label(), "rerouted");
+                    debug!(?taken, "not served there; taking the next route");
                 }
             }
-            Opened::NotServed => {
-                shared.metrics.proxy_connection(which.label(), "rerouted");
-                debug!(?taken, "not served there; taking the next route");
-            }
+            // Not at once again to the same place: until the route changes,
+            // or briefly.
+            let _ =
+                tokio::time::timeout(REROUTE_PAUSE, routes.wait_for(|r| r.get(routing) != taken))
+                    .await;
+        };
+        // Once, to the first route: the forwarder splices after it.
+        if std::mem::take(&mut acked) && client.write_all(&[SERVED]).await.is_err() {
+            return;
         }
-        // Not at once again to the same place: until the route changes,
-        // or briefly.
-        let _ =
-            tokio::time::timeout(REROUTE_PAUSE, routes.wait_for(|r| r.get(which) != taken)).await;
-    };
-    if acked && client.write_all(&[SERVED]).await.is_err() {
-        return;
-    }
-    if !early.is_empty() && server.write_all(&early).await.is_err() {
-        return;
-    }
-    let kind = if taken == Route::Local {
-        "local"
-    } else {
-        "forward"
-    };
-    shared.metrics.proxy_connection(which.label(), kind);
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let _open = shared.metrics.proxy_open();
-    let switched = async {
-        let _ = routes.wait_for(|r| !keeps(taken, r.get(which))).await;
-    };
-    if splice(&mut client, &mut server, switched, &shared.stop).await == Spliced::Switched {
+        if !early.is_empty() && server.write_all(&std::mem::take(&mut early)).await.is_err() {
+            return;
+        }
+        let kind = if taken == Route::Local {
+            "local"
+        } else {
+            "forward"
+        };
+        shared.metrics.proxy_connection(which.label(), kind);
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let _open = shared.metrics.proxy_open();
+        let mut watched = routes.clone();
+        let switched = async move {
+            let _ = watched.wait_for(|r| !keeps(taken, r.get(routing))).await;
+        };
+        let ended = splice(&mut client, &mut server, switched, &shared.stop, &http1).await;
+        if ended == Spliced::Done {
+            // Both sockets drop here: the client and the app see the close at once.
+            return;
+        }
+        // Nothing more of the old route's app reaches the client.
+        drop(server);
+        // Only a connection that began as HTTP/1.x is held at a switch: any
+        // other is closed at once, before its client sends more into it.
+        let between_requests = ended == Spliced::Switched && http1.get() == Some(&true);
+        if ended == Spliced::Untouched
+            || between_requests && next_request_is_http1(&client, &shared.stop).await
+        {
+            shared.metrics.proxy_connection(which.label(), "moved");
+            debug!(
+                ?taken,
+                "route changed between HTTP/1.1 requests; the next takes the new route"
+            );
+            // On the peer port too: the pod that forwarded this connection
+            // moves it at its own switch, just after ours, and a request
+            // it sent on meanwhile goes on to the new holder from here, as
+            // a client's would (a peer port forwards only a connection
+            // moved this way, once per switch: no loop).
+            routing = Listener::Front;
+            continue;
+        }
         shared.metrics.proxy_cut(which.label());
-        debug!(?taken, "route changed; connection closed");
+        debug!(?taken, ?ended, http1 = ?http1.get(), "route changed; connection closed");
+        return;
     }
-    // Both sockets drop here: the client and the app see the close at once.
+}
+
+/// How long a connection whose route changed between requests is kept for
+/// its client's next one. A busy client sends it well within; an idle one
+/// meets the close later, when it is less likely to be sending. Short,
+/// because the proxy cannot tell a finished answer from a paused one: a
+/// stream the app was still sending (server-sent events, a long poll)
+/// learns of the switch only this much later than at once.
+const NEXT_REQUEST_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest request line looked for.
+const REQUEST_LINE_MAX: usize = 8 * 1024;
+
+/// After a switch, whether the client's next bytes (peeked, left in the
+/// socket for the next route to read) begin an HTTP/1.x request line. An
+/// HTTP/1.1 client that does not pipeline (none of the common ones does)
+/// sends its next request only once it has the whole answer to the last,
+/// so a request line then is a new exchange, which any pod's app may
+/// answer: the connection takes the new route instead of being closed
+/// under a request the client may be sending that moment. Anything else
+/// (HTTP/2 frames, TLS, a protocol the proxy does not know, the rest of a
+/// request body) is not a request line, and the connection is closed as
+/// before; so is one that sends nothing within [`NEXT_REQUEST_WAIT`], or
+/// when the sidecar exits.
+async fn next_request_is_http1(client: &TcpStream, stop: &CancellationToken) -> bool {
+    let bound = tokio::time::Instant::now() + NEXT_REQUEST_WAIT;
+    let mut line = vec![0u8; REQUEST_LINE_MAX];
+    let mut seen = 0;
+    loop {
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout_at(bound, client.peek(&mut line)) => peeked,
+            () = stop.cancelled() => return false,
+        };
+        let n = match peeked {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        match request_line(&line[..n]) {
+            Some(is) => return is,
+            // Part of a line: the rest is on its way (peek returns at once
+            // while any byte waits, so wait a little before the next).
+            None if n > seen => seen = n,
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Whether `bytes` begin an HTTP/1.x request line (`method SP target SP
+/// HTTP/1.x CRLF`): `Some(true)` or `Some(false)`, or `None` while they
+/// are a part of one that could still be.
+pub fn request_line(bytes: &[u8]) -> Option<bool> {
+    // A part of a line that could still be one, until it is too long.
+    let partial = || (bytes.len() >= REQUEST_LINE_MAX).then_some(false);
+    let method = bytes.iter().take_while(|b| is_tchar(**b)).count();
+    match bytes.get(method) {
+        None => return partial(),
+        Some(b' ') if method > 0 => {}
+        Some(_) => return Some(false),
+    }
+    let rest = &bytes[method + 1..];
+    let target = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
+    match rest.get(target) {
+        None => return partial(),
+        Some(b' ') if target > 0 => {}
+        Some(_) => return Some(false),
+    }
+    let version = &rest[target + 1..];
+    let fits = |at: usize, b: u8| match at {
+        0..=6 => b == b"HTTP/1."[at],
+        7 => b == b'0' || b == b'1',
+        8 => b == b'\r',
+        _ => b == b'\n',
+    };
+    if !version
+        .iter()
+        .take(10)
+        .enumerate()
+        .all(|(at, b)| fits(at, *b))
+    {
+        return Some(false);
+    }
+    if version.len() < 10 {
+        return partial();
+    }
+    Some(true)
+}
+
+/// A character of a token, as a method is (RFC 9110, 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// How a spliced connection ended.
@@ -673,9 +801,15 @@ enum Spliced {
     /// Either side closed, or the sidecar stops (once the answer to what
     /// the client had already sent has reached it).
     Done,
-    /// The route changed: closed at once, or once the answer to what the
-    /// client had already sent had reached it.
+    /// The route changed, and the client has the answer to all it sent:
+    /// at once, or once that answer had reached it.
     Switched,
+    /// The route changed, and no answer to what the client had sent came
+    /// within [`ANSWER_BOUND`].
+    SwitchedUnanswered,
+    /// The route changed before a byte passed either way: as good as a new
+    /// connection (a client's pool holds some that it has not used yet).
+    Untouched,
 }
 
 /// After a switch, how long the answer to bytes the app already received
@@ -702,19 +836,25 @@ async fn splice(
     server: &mut TcpStream,
     switched: impl std::future::Future<Output = ()>,
     stop: &CancellationToken,
+    http1: &OnceLock<bool>,
 ) -> Spliced {
     // The client sent bytes after the app's last ones: it awaits an answer.
     let awaiting = AtomicBool::new(false);
+    let spoke = AtomicBool::new(false);
     let ended = {
         let mut from_client = Marking {
             stream: client,
             awaiting: &awaiting,
+            spoke: &spoke,
             marks: true,
+            http1: Some(http1),
         };
         let mut from_app = Marking {
             stream: server,
             awaiting: &awaiting,
+            spoke: &spoke,
             marks: false,
+            http1: None,
         };
         tokio::select! {
             // A switch first: bytes that arrive with it are not sent on.
@@ -727,10 +867,15 @@ async fn splice(
             }
         }
     };
+    if ended == Spliced::Switched && !spoke.load(Ordering::Relaxed) {
+        return Spliced::Untouched;
+    }
     if awaiting.load(Ordering::Relaxed) {
         let (mut server_in, _) = server.split();
         let (_, mut client_out) = client.split();
-        finish_answer(&mut server_in, &mut client_out).await;
+        if !finish_answer(&mut server_in, &mut client_out).await && ended == Spliced::Switched {
+            return Spliced::SwitchedUnanswered;
+        }
     }
     ended
 }
@@ -741,7 +886,12 @@ async fn splice(
 struct Marking<'a> {
     stream: &'a mut TcpStream,
     awaiting: &'a AtomicBool,
+    /// Set by a byte read from either side.
+    spoke: &'a AtomicBool,
     marks: bool,
+    /// The client's side only: whether the connection's first bytes began
+    /// an HTTP/1.x request line, set at its first read.
+    http1: Option<&'a OnceLock<bool>>,
 }
 
 impl tokio::io::AsyncRead for Marking<'_> {
@@ -754,6 +904,10 @@ impl tokio::io::AsyncRead for Marking<'_> {
         let polled = std::pin::Pin::new(&mut *self.stream).poll_read(cx, buf);
         if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.awaiting.store(self.marks, Ordering::Relaxed);
+            self.spoke.store(true, Ordering::Relaxed);
+            if let Some(http1) = self.http1 {
+                http1.get_or_init(|| request_line(&buf.filled()[before..]) == Some(true));
+            }
         }
         polled
     }
@@ -784,11 +938,12 @@ impl tokio::io::AsyncWrite for Marking<'_> {
 }
 
 /// Passes on what the app sends until it ends, pauses for
-/// [`ANSWER_QUIET`] after it began, or [`ANSWER_BOUND`] passes.
+/// [`ANSWER_QUIET`] after it began, or [`ANSWER_BOUND`] passes. Whether an
+/// answer came and reached the client.
 async fn finish_answer(
     server_in: &mut tokio::net::tcp::ReadHalf<'_>,
     client_out: &mut tokio::net::tcp::WriteHalf<'_>,
-) {
+) -> bool {
     let bound = tokio::time::Instant::now() + ANSWER_BOUND;
     let mut answer = vec![0u8; BUFFER];
     let mut began = false;
@@ -800,11 +955,11 @@ async fn finish_answer(
         match tokio::time::timeout_at(wait, server_in.read(&mut answer)).await {
             Ok(Ok(n)) if n > 0 => {
                 if client_out.write_all(&answer[..n]).await.is_err() {
-                    return;
+                    return false;
                 }
                 began = true;
             }
-            _ => return,
+            _ => return began,
         }
     }
 }
@@ -1385,6 +1540,175 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn only_an_http1_request_line_is_taken_for_a_next_request() {
+        for line in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /orders?id=1 HTTP/1.0\r\nHost: web\r\n",
+            b"OPTIONS * HTTP/1.1\r\n",
+        ] {
+            assert_eq!(request_line(line), Some(true), "{line:?}");
+        }
+        for not in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], // HTTP/2's preface
+            b"\x16\x03\x01\x02\x00",                  // a TLS hello
+            b"who\n",                                 // a line protocol
+            b"GET / HTTP/1.1\n",
+            b"GET  / HTTP/1.1\r\n",
+            b" GET / HTTP/1.1\r\n",
+            b"GET / HTTP/1.2\r\n",
+            b"GET /\x01 HTTP/1.1\r\n",
+            b"{\"id\": 1}", // the rest of a body
+        ] {
+            assert_eq!(request_line(not), Some(false), "{not:?}");
+        }
+        for part in [
+            &b""[..],
+            b"GE",
+            b"GET",
+            b"GET /ind",
+            b"GET /index HTTP/1",
+            b"GET / HTTP/1.1\r",
+        ] {
+            assert_eq!(request_line(part), None, "{part:?}");
+        }
+        let long = [b'A'; REQUEST_LINE_MAX];
+        assert_eq!(request_line(&long), Some(false), "too long to be one");
+    }
+
+    /// An HTTP/1.1 client between requests when the holder changes keeps
+    /// its connection: its next request, on the same connection, is
+    /// answered by the new holder, whether it came in at the old holder
+    /// (then forwarded to the new one) or at the new one (then forwarded to
+    /// the old one, whose peer port waits for the new holder's proxy to let
+    /// go instead of cutting first), not lost to a close. A client sending
+    /// anything else then is cut, as before (the demotion test).
+    #[tokio::test]
+    async fn an_http1_connection_between_requests_at_a_switch_takes_the_new_route() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let metrics = Metrics::new();
+        let (web0, web1) = web0_holding(&metrics).await;
+        let mut direct = connect(web0.front).await;
+        let mut forwarded = connect(web1.front).await;
+        let exchange = async |c: &mut tokio::io::BufReader<TcpStream>| {
+            c.get_mut()
+                .write_all(b"GET / HTTP/1.1\r\n")
+                .await
+                .expect("sent");
+            let mut line = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
+            assert!(matches!(read, Ok(Ok(n)) if n > 0), "an answer: {read:?}");
+            line.trim().to_owned()
+        };
+        assert_eq!(exchange(&mut direct).await, "web-0");
+        assert_eq!(exchange(&mut forwarded).await, "web-0");
+
+        // web-0 hands the Lease to web-1: it is passive first.
+        web0.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        tokio::task::yield_now().await;
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+        for c in [&mut direct, &mut forwarded] {
+            assert_eq!(
+                exchange(c).await,
+                "web-1",
+                "the same connection, the new holder"
+            );
+            assert_eq!(exchange(c).await, "web-1");
+        }
+
+        let text = metrics.encode();
+        for needle in [
+            "baton_proxy_connections_total{listener=\"front\",result=\"moved\"} 2",
+            "baton_proxy_connections_total{listener=\"front\",result=\"forward\"} 2",
+            "baton_proxy_connections_total{listener=\"front\",result=\"local\"} 2",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(
+            !text.contains("baton_proxy_cuts_total{listener=\"front\"}"),
+            "nothing cut on the front port:\n{text}"
+        );
+    }
+
+    /// A connection nothing has passed on yet when the route changes (a
+    /// client's pool opens some it does not use at once) takes the new
+    /// route, whatever its protocol: it is as good as a new one.
+    #[tokio::test]
+    async fn a_connection_nothing_passed_on_yet_takes_the_new_route_at_a_switch() {
+        let metrics = Metrics::new();
+        let (web0, web1) = web0_holding(&metrics).await;
+        let mut direct = connect(web0.front).await;
+        let mut forwarded = connect(web1.front).await;
+        // Both are spliced (to web-0's app, to web-0's peer port) before
+        // the switch: an open connection counts once served.
+        let served = async || {
+            let text = metrics.encode();
+            text.contains("baton_proxy_connections_total{listener=\"front\",result=\"local\"} 1")
+                && text.contains(
+                    "baton_proxy_connections_total{listener=\"front\",result=\"forward\"} 1",
+                )
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !served().await {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("both served");
+        web0.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+        assert_eq!(ask(&mut direct).await.as_deref(), Some("web-1"));
+        assert_eq!(ask(&mut forwarded).await.as_deref(), Some("web-1"));
+    }
+
+    /// A request forwarded to the old holder after it demoted itself but
+    /// before the forwarding pod has seen the switch is not cut there: the
+    /// old holder's peer port sends it on to the new holder, which answers
+    /// once active; the forwarding pod then moves the connection itself.
+    #[tokio::test]
+    async fn a_request_forwarded_to_a_holder_that_just_demoted_itself_is_sent_on_to_the_new_one() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let metrics = Metrics::new();
+        let (web0, web1) = web0_holding(&metrics).await;
+        let mut forwarded = connect(web1.front).await;
+        let exchange = async |c: &mut tokio::io::BufReader<TcpStream>| {
+            c.get_mut()
+                .write_all(b"GET / HTTP/1.1\r\n")
+                .await
+                .expect("sent");
+            let mut line = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
+            assert!(matches!(read, Ok(Ok(n)) if n > 0), "an answer: {read:?}");
+            line.trim().to_owned()
+        };
+        assert_eq!(exchange(&mut forwarded).await, "web-0");
+
+        // web-0 has handed over; web-1 has not seen it yet and forwards the
+        // next request to web-0 still.
+        web0.status
+            .send_replace(status(Role::Passive, Some("web-1")));
+        let asked = tokio::spawn(async move {
+            let answer = exchange(&mut forwarded).await;
+            (answer, forwarded)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!asked.is_finished(), "no answer before web-1 is active");
+        web1.status
+            .send_replace(status(Role::Active, Some("web-1")));
+        let (answer, mut forwarded) = asked.await.expect("joined");
+        assert_eq!(answer, "web-1", "sent on to the new holder");
+        assert_eq!(exchange(&mut forwarded).await, "web-1");
+        let text = metrics.encode();
+        assert!(
+            text.contains("baton_proxy_connections_total{listener=\"peer\",result=\"moved\"} 1"),
+            "web-0's peer port moved it:\n{text}"
+        );
     }
 
     /// A forwarded connection that the holder's peer port has not served
