@@ -599,8 +599,9 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
     // The listener whose routes the connection takes: its own, until a
     // peer connection is moved at a switch.
     let mut routing = which;
-    // Once per route a connection takes: a second only for an HTTP/1.1
-    // connection moved at a switch ([`next_request_is_http1`]).
+    // Once per route a connection takes: again only for one moved at a
+    // switch (unused, or HTTP/1.1 between requests: [`Spliced::Untouched`],
+    // [`next_request_is_http1`]).
     loop {
         let deadline = tokio::time::Instant::now() + shared.config.route_wait;
         let mut tried = false;
@@ -657,7 +658,10 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
         if std::mem::take(&mut acked) && client.write_all(&[SERVED]).await.is_err() {
             return;
         }
-        if !early.is_empty() && server.write_all(&std::mem::take(&mut early)).await.is_err() {
+        // An earlier build's forwarder's first bytes, sent on here rather
+        // than through the splice: this route has them.
+        let sent_early = !early.is_empty();
+        if sent_early && server.write_all(&std::mem::take(&mut early)).await.is_err() {
             return;
         }
         let kind = if taken == Route::Local {
@@ -683,13 +687,14 @@ async fn serve(mut client: TcpStream, which: Listener, shared: Shared) {
         // Only a connection that began as HTTP/1.x is held at a switch: any
         // other is closed at once, before its client sends more into it.
         let between_requests = ended == Spliced::Switched && http1.get() == Some(&true);
-        if ended == Spliced::Untouched
+        if ended == Spliced::Untouched && !sent_early
             || between_requests && next_request_is_http1(&client, &shared.stop).await
         {
             shared.metrics.proxy_connection(which.label(), "moved");
             debug!(
                 ?taken,
-                "route changed between HTTP/1.1 requests; the next takes the new route"
+                ?ended,
+                "route changed; the connection takes the new one"
             );
             // On the peer port too: the pod that forwarded this connection
             // moves it at its own switch, just after ours, and a request
