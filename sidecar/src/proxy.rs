@@ -1121,6 +1121,28 @@ mod tests {
         assert!(keeps(Route::Forward(unannounced), Route::Forward(a)));
     }
 
+    /// The metrics' text, asserted to hold every one of `needles`.
+    fn assert_counted(metrics: &Metrics, needles: &[&str]) -> String {
+        let text = metrics.encode();
+        for needle in needles {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        text
+    }
+
+    /// Sends an HTTP/1.1 request line, reads the answer (the app's name).
+    async fn exchange_http1(c: &mut tokio::io::BufReader<TcpStream>) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        c.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("sent");
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
+        assert!(matches!(read, Ok(Ok(n)) if n > 0), "an answer: {read:?}");
+        line.trim().to_owned()
+    }
+
     /// An app that answers each line with its name.
     async fn app(name: &'static str, ip: &str) -> u16 {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -1537,14 +1559,14 @@ mod tests {
             .send_replace(status(Role::Active, Some("web-1")));
         assert_eq!(waiting.await.expect("joined").as_deref(), Some("web-1"));
 
-        let text = metrics.encode();
-        for needle in [
-            "baton_proxy_cuts_total{listener=\"front\"} 2",
-            "baton_proxy_connections_total{listener=\"front\",result=\"forward\"} 1",
-            "baton_proxy_connections_total{listener=\"peer\",result=\"local\"} 1",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
-        }
+        assert_counted(
+            &metrics,
+            &[
+                "baton_proxy_cuts_total{listener=\"front\"} 2",
+                "baton_proxy_connections_total{listener=\"front\",result=\"forward\"} 1",
+                "baton_proxy_connections_total{listener=\"peer\",result=\"local\"} 1",
+            ],
+        );
     }
 
     #[test]
@@ -1592,23 +1614,12 @@ mod tests {
     /// anything else then is cut, as before (the demotion test).
     #[tokio::test]
     async fn an_http1_connection_between_requests_at_a_switch_takes_the_new_route() {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let metrics = Metrics::new();
         let (web0, web1) = web0_holding(&metrics).await;
         let mut direct = connect(web0.front).await;
         let mut forwarded = connect(web1.front).await;
-        let exchange = async |c: &mut tokio::io::BufReader<TcpStream>| {
-            c.get_mut()
-                .write_all(b"GET / HTTP/1.1\r\n")
-                .await
-                .expect("sent");
-            let mut line = String::new();
-            let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
-            assert!(matches!(read, Ok(Ok(n)) if n > 0), "an answer: {read:?}");
-            line.trim().to_owned()
-        };
-        assert_eq!(exchange(&mut direct).await, "web-0");
-        assert_eq!(exchange(&mut forwarded).await, "web-0");
+        assert_eq!(exchange_http1(&mut direct).await, "web-0");
+        assert_eq!(exchange_http1(&mut forwarded).await, "web-0");
 
         // web-0 hands the Lease to web-1: it is passive first.
         web0.status
@@ -1618,21 +1629,21 @@ mod tests {
             .send_replace(status(Role::Active, Some("web-1")));
         for c in [&mut direct, &mut forwarded] {
             assert_eq!(
-                exchange(c).await,
+                exchange_http1(c).await,
                 "web-1",
                 "the same connection, the new holder"
             );
-            assert_eq!(exchange(c).await, "web-1");
+            assert_eq!(exchange_http1(c).await, "web-1");
         }
 
-        let text = metrics.encode();
-        for needle in [
-            "baton_proxy_connections_total{listener=\"front\",result=\"moved\"} 2",
-            "baton_proxy_connections_total{listener=\"front\",result=\"forward\"} 2",
-            "baton_proxy_connections_total{listener=\"front\",result=\"local\"} 2",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
-        }
+        let text = assert_counted(
+            &metrics,
+            &[
+                "baton_proxy_connections_total{listener=\"front\",result=\"moved\"} 2",
+                "baton_proxy_connections_total{listener=\"front\",result=\"forward\"} 2",
+                "baton_proxy_connections_total{listener=\"front\",result=\"local\"} 2",
+            ],
+        );
         assert!(
             !text.contains("baton_proxy_cuts_total{listener=\"front\"}"),
             "nothing cut on the front port:\n{text}"
@@ -1678,28 +1689,17 @@ mod tests {
     /// once active; the forwarding pod then moves the connection itself.
     #[tokio::test]
     async fn a_request_forwarded_to_a_holder_that_just_demoted_itself_is_sent_on_to_the_new_one() {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let metrics = Metrics::new();
         let (web0, web1) = web0_holding(&metrics).await;
         let mut forwarded = connect(web1.front).await;
-        let exchange = async |c: &mut tokio::io::BufReader<TcpStream>| {
-            c.get_mut()
-                .write_all(b"GET / HTTP/1.1\r\n")
-                .await
-                .expect("sent");
-            let mut line = String::new();
-            let read = tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await;
-            assert!(matches!(read, Ok(Ok(n)) if n > 0), "an answer: {read:?}");
-            line.trim().to_owned()
-        };
-        assert_eq!(exchange(&mut forwarded).await, "web-0");
+        assert_eq!(exchange_http1(&mut forwarded).await, "web-0");
 
         // web-0 has handed over; web-1 has not seen it yet and forwards the
         // next request to web-0 still.
         web0.status
             .send_replace(status(Role::Passive, Some("web-1")));
         let asked = tokio::spawn(async move {
-            let answer = exchange(&mut forwarded).await;
+            let answer = exchange_http1(&mut forwarded).await;
             (answer, forwarded)
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1708,7 +1708,7 @@ mod tests {
             .send_replace(status(Role::Active, Some("web-1")));
         let (answer, mut forwarded) = asked.await.expect("joined");
         assert_eq!(answer, "web-1", "sent on to the new holder");
-        assert_eq!(exchange(&mut forwarded).await, "web-1");
+        assert_eq!(exchange_http1(&mut forwarded).await, "web-1");
         let text = metrics.encode();
         assert!(
             text.contains("baton_proxy_connections_total{listener=\"peer\",result=\"moved\"} 1"),
@@ -1748,13 +1748,13 @@ mod tests {
             "answered by the new holder, not failed"
         );
         drop(waiting);
-        let text = metrics.encode();
-        for needle in [
-            "baton_proxy_connections_total{listener=\"front\",result=\"rerouted\"} 2",
-            "baton_proxy_connections_total{listener=\"front\",result=\"local\"} 1",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
-        }
+        let text = assert_counted(
+            &metrics,
+            &[
+                "baton_proxy_connections_total{listener=\"front\",result=\"rerouted\"} 2",
+                "baton_proxy_connections_total{listener=\"front\",result=\"local\"} 1",
+            ],
+        );
         assert!(
             !text.contains("baton_proxy_cuts_total{listener=\"front\"} 1"),
             "{text}"
