@@ -795,7 +795,7 @@ pub fn request_line(bytes: &[u8]) -> Option<bool> {
     Some(true)
 }
 
-/// A character of a token, as a method is (RFC 9110, 5.6.2).
+/// A character of an HTTP token, which a method is.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
