@@ -251,7 +251,7 @@ sleep 1
 switch_to "$other" c -X POST "http://$active_ip:8080/control?health=fail"
 keepalive_report
 # The story above is told only if it is what the client got.
-[ "$(head -n1 "$ka_dir/answers.txt")" = "hello from $active" ] && [ "$(tail -n1 "$ka_dir/answers.txt")" = "hello from $other" ] &&
+[ "$(head -n1 "$ka_dir/answers.txt")" = "hello from $active" ] && [ "$(tail -n1 "$ka_dir/answers.txt")" = "hello from $other" ] ||
   { echo "the kept-alive client did not go from $active to $other" >&2; exit 1; }
 if [ "$ka_connections" -eq 1 ]; then
   ka_story="its one connection was answered by $active until the switch and by $other after it: the proxy carrying it moved it to the new holder between two HTTP/1.1 requests, and curl never reconnected"
