@@ -226,6 +226,27 @@ async fn follows_every_switch(test: &str, kind: ProxiedService, kept: Kept) {
         // No EndpointSlice changes at all: only requests in flight fail.
         assert_few_failed(&outcomes);
     }
+    if kept == Kept::Http1 {
+        // The proxies moved kept HTTP/1.1 connections to the new holder
+        // at the switches rather than closing them all (design rule 11).
+        let mut moved = 0.0;
+        for pod in ["web-0", "web-1"] {
+            let text = group.sidecar_get(pod, "/metrics").await;
+            moved += text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("baton_proxy_connections_total{")
+                        && l.contains("result=\"moved\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        eprintln!("connections moved at the switches: {moved}");
+        assert!(
+            moved > 0.0,
+            "no kept connection was moved at three switches"
+        );
+    }
     drop(client);
     group.finish().await;
 }
