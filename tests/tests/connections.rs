@@ -12,6 +12,7 @@ use baton_e2e::{
     clients::{Client, Connections, Sample, client_through, now},
     group::Group,
     harness,
+    prometheus::sample_sum,
     workload::{self, ProxiedService},
 };
 use baton_sidecar::controls::SWITCHOVER_TO;
@@ -232,14 +233,14 @@ async fn follows_every_switch(test: &str, kind: ProxiedService, kept: Kept) {
         let mut moved = 0.0;
         for pod in ["web-0", "web-1"] {
             let text = group.sidecar_get(pod, "/metrics").await;
-            moved += text
-                .lines()
-                .filter(|l| {
-                    l.starts_with("baton_proxy_connections_total{")
-                        && l.contains("result=\"moved\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+            for listener in ["front", "peer"] {
+                moved += sample_sum(
+                    &text,
+                    &format!(
+                        "baton_proxy_connections_total{{listener=\"{listener}\",result=\"moved\"}}"
+                    ),
+                );
+            }
         }
         eprintln!("connections moved at the switches: {moved}");
         assert!(
