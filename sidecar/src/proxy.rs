@@ -9,15 +9,19 @@
 //! - on the active pod, both serve locally: bytes are spliced to the app on
 //!   the pod's loopback;
 //! - on any other pod, the front port forwards to the holder's peer port,
-//!   and the peer port waits (it never forwards again: no loops);
+//!   and the peer port waits (it forwards only a connection moved at a
+//!   switch, below, once per switch: no loops);
 //! - with no holder known, or on the holder before its Lease write lands, a new
 //!   connection waits for a route, at most `--proxy-route-wait`, then is
 //!   closed.
 //!
-//! When the route changes (this pod demoted, the holder changed) every
-//! connection that took the old one is closed at once, both directions, so
-//! no byte of a demoted app reaches a client afterwards; the client's next
-//! connection takes the new route.
+//! When the route changes (this pod demoted, the holder changed) no byte of
+//! the old route's app reaches a client afterwards: a connection that took
+//! it is closed (once an answer in flight has reached its client), and the
+//! client's next connection takes the new route; except a connection
+//! nothing has passed on yet, and an HTTP/1.1 one between requests, which
+//! are moved: its next request takes the new route on the same client
+//! connection ([`next_request_is_http1`]).
 //!
 //! A forwarded connection is served once the holder's peer port sends one
 //! byte ([`SERVED`]) after connecting it to its app. Before that the
